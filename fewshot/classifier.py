@@ -1,0 +1,25 @@
+"""How a trained SetFit model's outputs map back to the user's label strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def column_labels(model: Any, labels: list[str]) -> list[str]:
+    """The label of each `predict_proba` column, in column order.
+
+    The head is trained on label indices (`labels` is the sorted label list); sklearn heads order
+    their columns by `classes_`, the differentiable head by index.
+    """
+    classes = getattr(model.model_head, "classes_", None)
+    column_ids = [int(c) for c in classes] if classes is not None else list(range(len(labels)))
+    return [labels[i] for i in column_ids]
+
+
+def best_labels(probabilities: np.ndarray, columns: list[str]) -> tuple[list[str], list[float]]:
+    """The most probable label of each row and its probability."""
+    best = probabilities.argmax(axis=1)
+    scores = probabilities[np.arange(len(best)), best]
+    return [columns[i] for i in best], [float(s) for s in scores]

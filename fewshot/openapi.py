@@ -1,0 +1,90 @@
+"""The OpenAPI document at /docs.json, corrected to describe what the service really returns.
+
+BentoML generates it from the services and the mounted FastAPI app, but documents only 200/400/
+404/500 with its own error schemas, no 202, no 401 and no security scheme. We fix that up once
+and serve the result (so "Authorize" works in the Swagger UI at /).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from fewshot.auth import is_open_path
+from fewshot.schemas import ErrorResponse
+
+ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+SECURITY_SCHEMES = {
+    "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "BearerAuth": {"type": "http", "scheme": "bearer"},
+}
+HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ERROR_REF}}}
+
+
+ERROR_RESPONSES = {
+    "400": _error_response("Invalid input: the message names the field and the rule."),
+    "401": _error_response("Missing or wrong API key."),
+    "404": _error_response("Unknown job or model."),
+    "500": _error_response("Internal error."),
+    "503": _error_response("Overloaded; retry shortly."),
+}
+
+
+def correct_document(spec: dict[str, Any], status_overrides: dict[str, int],
+                     errors_by_path: dict[str, list[str]]) -> dict[str, Any]:
+    """Our error schema, the API-key schemes, 401 on protected routes, and the real success codes.
+
+    `status_overrides` maps a path to its real success status (e.g. 202 for train);
+    `errors_by_path` lists the error statuses each path can return besides 401 and 500.
+    """
+    spec = copy.deepcopy(spec)
+    components = spec.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas["ErrorResponse"] = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name in ("InvalidArgument", "NotFound", "InternalServerError", "HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    components["securitySchemes"] = SECURITY_SCHEMES
+    for path, item in spec.get("paths", {}).items():
+        for method, operation in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            for status in [s for s in responses if s != "200" and s.startswith(("4", "5"))]:
+                del responses[status]  # BentoML's and FastAPI's own error schemas
+            if path in status_overrides and "200" in responses:
+                responses[str(status_overrides[path])] = responses.pop("200")
+            for status in errors_by_path.get(path, []):
+                responses[status] = ERROR_RESPONSES[status]
+            if not is_open_path(path):
+                operation["security"] = [{"APIKeyHeader": []}, {"BearerAuth": []}]
+                responses["401"] = ERROR_RESPONSES["401"]
+                responses["500"] = ERROR_RESPONSES["500"]
+    return spec
+
+
+class OpenAPIDocumentMiddleware:
+    """Serves the corrected document at /docs.json (built once, on first request)."""
+
+    def __init__(self, app: ASGIApp, build: Callable[[], dict[str, Any]]) -> None:
+        self.app = app
+        self._build = build
+        self._body: bytes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/docs.json" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        if self._body is None:
+            self._body = json.dumps(self._build()).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(self._body)).encode()),
+        ]})
+        await send({"type": "http.response.body", "body": self._body})

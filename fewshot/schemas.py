@@ -1,0 +1,214 @@
+"""Request, response and error schemas of every route, plus the gateway ↔ inference items.
+
+Validation lives here, so that BentoML rejects bad input with a 400 before any handler runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+
+MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
+MODEL_NAME_MAX_LENGTH = 63
+MODEL_NAME_RULE = (
+    f"must be 1-{MODEL_NAME_MAX_LENGTH} characters of lower-case letters, digits, '-', '_' or '.', "
+    "starting and ending with a letter or digit"
+)
+MIN_EXAMPLES_PER_LABEL_FOR_DEFAULT_HOLDOUT = 4
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def is_valid_model_name(value: str) -> bool:
+    return len(value) <= MODEL_NAME_MAX_LENGTH and MODEL_NAME_PATTERN.match(value) is not None
+
+
+def _check_model_name(value: str) -> str:
+    if not is_valid_model_name(value):
+        raise ValueError(MODEL_NAME_RULE)
+    return value
+
+
+def _check_not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamps must carry a UTC offset")
+    return value.astimezone(UTC)
+
+
+ModelName = Annotated[str, AfterValidator(_check_model_name)]
+NonBlankText = Annotated[str, AfterValidator(_check_not_blank)]
+# ISO 8601 in UTC with an explicit "+00:00" offset, everywhere.
+UtcTimestamp = Annotated[
+    datetime,
+    AfterValidator(_as_utc),
+    PlainSerializer(lambda value: value.isoformat(), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+
+class Example(BaseModel):
+    text: NonBlankText
+    label: NonBlankText
+
+
+class TrainRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "model_name": "intents",
+        "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+        "examples": [
+            {"text": "I still have not received my new card", "label": "card_arrival"},
+            {"text": "When will my card arrive?", "label": "card_arrival"},
+            {"text": "How do I top up with a bank transfer?", "label": "top_up"},
+            {"text": "Can I add money to my account by card?", "label": "top_up"},
+        ],
+        "num_iterations": 20,
+    }})
+
+    model_name: ModelName = Field(description="Name the model is registered and served under.")
+    base_model: NonBlankText | None = Field(
+        default=None,
+        description="Hugging Face id or local sentence-transformers directory; "
+        "defaults to the DEFAULT_BASE_MODEL setting.",
+    )
+    examples: list[Example] = Field(min_length=1, description="Labelled examples, at least 2 labels.")
+    num_iterations: int = Field(default=20, gt=0, description="SetFit pair-generation iterations.")
+    learning_rate: float = Field(default=2e-5, gt=0, description="Learning rate of the SetFit body.")
+    batch_size: int = Field(default=16, gt=0, description="Contrastive training batch size.")
+    holdout_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Share of each label's examples kept out of training to measure accuracy. "
+        "Default: 0.2 when every label has at least 4 examples, else 0 (accuracy null).",
+    )
+
+    @field_validator("examples")
+    @classmethod
+    def _at_least_two_labels(cls, examples: list[Example]) -> list[Example]:
+        if len({example.label for example in examples}) < 2:
+            raise ValueError("must contain at least 2 distinct labels")
+        return examples
+
+    @field_validator("holdout_fraction")
+    @classmethod
+    def _every_label_can_spare_one(cls, fraction: float | None, info: ValidationInfo) -> float | None:
+        examples = info.data.get("examples")
+        if fraction and examples:
+            counts = Counter(example.label for example in examples)
+            too_few = sorted(label for label, n in counts.items() if n < 2)
+            if too_few:
+                raise ValueError(
+                    "needs at least 2 examples of every label when > 0 (one to train on, one to "
+                    f"evaluate); too few for: {', '.join(too_few[:10])}"
+                )
+        return fraction
+
+
+JobStatus = Literal["pending", "running", "completed", "failed"]
+
+
+class TrainAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
+    model_name: str
+    created_at: UtcTimestamp
+
+
+class JobView(BaseModel):
+    job_id: str
+    status: JobStatus
+    model_name: str
+    created_at: UtcTimestamp
+    started_at: UtcTimestamp | None = None
+    finished_at: UtcTimestamp | None = None
+    error: str | None = None
+    model_version: str | None = Field(default=None, description="Store version, once completed.")
+    attempts: int = Field(default=0, description="How many times a trainer started this job.")
+    note: str | None = Field(default=None, description="What happened to the job besides its status.")
+
+
+class ModelView(BaseModel):
+    model_name: str
+    model_version: str
+    base_model: str
+    created_at: UtcTimestamp
+    accuracy: float | None = Field(description="Accuracy on held-out examples; null without hold-out.")
+    training_duration_seconds: float
+    num_examples: int = Field(description="Examples received, hold-out included.")
+    eval_num_examples: int = Field(description="Held-out examples accuracy was measured on.")
+    labels: list[str]
+    job_id: str | None = None
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "model_name": "intents", "texts": ["my card has not come yet"],
+    }})
+
+    model_name: ModelName
+    texts: list[NonBlankText] = Field(min_length=1)
+
+
+class Prediction(BaseModel):
+    text: str
+    label: str
+    score: float = Field(description="Probability of the predicted label.")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class EmbeddingsRequest(PredictRequest):
+    pass
+
+
+class EmbeddingsResponse(BaseModel):
+    embeddings: list[list[float]]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="What is wrong, naming the field and the rule where there is one.")
+    detail: Any = Field(default=None, description="Structured detail, e.g. each validation error.")
+
+
+# Gateway → inference service: one item per text, so adaptive batching can merge requests.
+class TextItem(BaseModel):
+    model_name: str
+    text: str
+
+
+class ItemPrediction(BaseModel):
+    found: bool = True
+    label: str = ""
+    score: float = 0.0
+
+
+class ItemEmbedding(BaseModel):
+    found: bool = True
+    vector: list[float] = Field(default_factory=list)

@@ -1,0 +1,169 @@
+"""fewshot: train SetFit classifiers over HTTP and serve their predictions and embeddings.
+
+    client ─HTTP─▶ Gateway (this file's `Gateway`)             Trainer (Huey consumer, trainers/)
+                   auth · validation · /v1 routes ─enqueue─▶ queue ─▶ SetFit · register in store
+                   predict/embeddings ─to_async─▶ Inference (batchable; grouped by model; GPU)
+
+Only wiring lives here: the services, their resources, routes and middleware.
+"""
+
+from __future__ import annotations
+
+import bentoml
+from fastapi import FastAPI
+from starlette.responses import JSONResponse
+
+from fewshot import store
+from fewshot.auth import APIKeyMiddleware
+from fewshot.errors import ErrorShapeMiddleware, error_body
+from fewshot.openapi import OpenAPIDocumentMiddleware, correct_document
+from fewshot.schemas import (
+    MODEL_NAME_RULE,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    HealthResponse,
+    ItemEmbedding,
+    ItemPrediction,
+    JobView,
+    ModelView,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+    TextItem,
+    TrainAccepted,
+    TrainRequest,
+    is_valid_model_name,
+)
+from fewshot.settings import apply_process_environment, get_settings, reexec_serve_cli_with_store_home
+
+settings = get_settings()
+# Before anything touches the BentoML store: every process shares the store under MODEL_PATH.
+reexec_serve_cli_with_store_home(settings)
+apply_process_environment(settings)
+
+from trainers.tasks import jobs, submit_training  # noqa: E402 - needs the environment set above
+
+BATCH = {"batchable": True, "max_batch_size": 64, "max_latency_ms": 60_000}
+
+
+@bentoml.service(name="fewshot-inference", workers=1, resources={"gpu": 1}, traffic={"timeout": 300})
+class Inference:
+    """Holds the loaded models; merges texts of concurrent requests into one batch per model."""
+
+    def __init__(self) -> None:
+        from fewshot.inference import ModelCache
+
+        self.models = ModelCache(refresh_seconds=settings.model_refresh_seconds)
+
+    @bentoml.api(**BATCH)
+    def predict(self, items: list[TextItem]) -> list[ItemPrediction]:
+        from fewshot.inference import predict_items
+
+        return predict_items(self.models, items)
+
+    @bentoml.api(**BATCH)
+    def embed(self, items: list[TextItem]) -> list[ItemEmbedding]:
+        from fewshot.inference import embed_items
+
+        return embed_items(self.models, items)
+
+    @bentoml.on_shutdown
+    def stop_refreshing(self) -> None:
+        self.models.stop()
+
+
+@bentoml.service(name="fewshot-trainer", workers=1)
+class EmbeddedTrainer:
+    """Runs the Huey consumer (`python -m trainers.consumer`) beside the server and supervises it."""
+
+    def __init__(self) -> None:
+        from fewshot.supervisor import ChildSupervisor
+
+        self.consumer = ChildSupervisor.for_module("trainers.consumer", name="trainer")
+        self.consumer.start()
+
+    @bentoml.api
+    def alive(self) -> bool:
+        return self.consumer.alive()
+
+    @bentoml.on_shutdown
+    def stop_consumer(self) -> None:
+        self.consumer.stop()
+
+
+routes = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def not_found(message: str) -> JSONResponse:
+    return JSONResponse(error_body(message), status_code=404)
+
+
+def unknown_model(name: str) -> JSONResponse:
+    return not_found(f"model_name: no model named {name!r}; train one with POST /v1/train")
+
+
+@bentoml.asgi_app(routes, path="/")
+@bentoml.service(name="fewshot", http={"port": 8000}, traffic={"timeout": 300})
+class Gateway:
+    inference = bentoml.depends(Inference)
+    if settings.embedded_trainer:
+        trainer = bentoml.depends(EmbeddedTrainer)
+
+    @bentoml.api(route="/v1/train")
+    def train(self, request: TrainRequest, /, ctx: bentoml.Context) -> TrainAccepted:
+        """Queue a training job; poll GET /v1/jobs/{job_id} for its outcome."""
+        record = submit_training(request)
+        ctx.response.status_code = 202
+        return TrainAccepted(job_id=record.job_id, status=record.status, model_name=record.model_name,
+                             created_at=record.created_at)
+
+    @bentoml.api(route="/v1/predict")
+    async def predict(self, request: PredictRequest, /) -> PredictResponse:
+        """Label and probability of each text, in input order."""
+        items = [TextItem(model_name=request.model_name, text=text) for text in request.texts]
+        results = await self.inference.to_async.predict(items)
+        if not all(result.found for result in results):
+            return unknown_model(request.model_name)
+        return PredictResponse(predictions=[
+            Prediction(text=text, label=result.label, score=result.score)
+            for text, result in zip(request.texts, results, strict=True)
+        ])
+
+    @bentoml.api(route="/v1/embeddings")
+    async def embeddings(self, request: EmbeddingsRequest, /) -> EmbeddingsResponse:
+        """Sentence embeddings from the model's fine-tuned body, in input order."""
+        items = [TextItem(model_name=request.model_name, text=text) for text in request.texts]
+        results = await self.inference.to_async.embed(items)
+        if not all(result.found for result in results):
+            return unknown_model(request.model_name)
+        return EmbeddingsResponse(embeddings=[result.vector for result in results])
+
+    @routes.get("/health", response_model=HealthResponse)
+    def health(self) -> HealthResponse:
+        return HealthResponse()
+
+    @routes.get("/v1/jobs/{job_id}", response_model=JobView)
+    def get_job(self, job_id: str) -> JobView | JSONResponse:
+        record = jobs.get(job_id)
+        return record.view() if record else not_found(f"job_id: no job with id {job_id!r}")
+
+    @routes.get("/v1/models/{model_name}", response_model=ModelView)
+    def get_model(self, model_name: str) -> ModelView | JSONResponse:
+        if not is_valid_model_name(model_name):
+            return JSONResponse(error_body(f"model_name: {MODEL_NAME_RULE}"), status_code=400)
+        stored = store.latest(model_name)
+        return stored.view() if stored else unknown_model(model_name)
+
+
+Gateway.add_asgi_middleware(APIKeyMiddleware, api_key=settings.api_key)
+Gateway.add_asgi_middleware(
+    OpenAPIDocumentMiddleware,
+    build=lambda: correct_document(
+        Gateway.openapi_spec.asdict(),
+        status_overrides={"/v1/train": 202},
+        errors_by_path={"/v1/train": ["400"], "/v1/predict": ["400", "404", "503"],
+                        "/v1/embeddings": ["400", "404", "503"], "/v1/jobs/{job_id}": ["404"],
+                        "/v1/models/{model_name}": ["400", "404"]},
+    ),
+)
+Gateway.add_asgi_middleware(ErrorShapeMiddleware)

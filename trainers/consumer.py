@@ -1,0 +1,74 @@
+"""The trainer process: `python -m trainers.consumer` runs the Huey consumer for training jobs.
+
+With the embedded SQLite queue only one consumer may serve a state directory (it alone can tell
+that a `running` job's worker is dead), so it first takes an exclusive lock on a file there and
+waits while another consumer holds it, e.g. an orphan of a killed server that is still exiting.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from fewshot.logs import configure_logging
+from fewshot.settings import apply_process_environment, get_settings
+
+logger = logging.getLogger("fewshot.trainer")
+
+LOCK_WAIT_LOG_SECONDS = 10
+
+
+@contextmanager
+def exclusive_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        waited_since = time.monotonic()
+        next_log = 0.0
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = time.monotonic() - waited_since
+                if waited >= next_log:
+                    logger.warning("another trainer holds %s; waiting for it to exit (%.0fs)", path, waited)
+                    next_log += LOCK_WAIT_LOG_SECONDS
+                time.sleep(0.5)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+def run_consumer(sole_consumer: bool) -> None:
+    import trainers.run  # noqa: F401 - load torch/SetFit now, not inside the first job
+    from trainers.queue import huey
+    from trainers.tasks import reconcile_after_restart
+
+    reconcile_after_restart(sole_consumer=sole_consumer)
+    # One job at a time per trainer, in a thread: SIGTERM then fires SIGNAL_INTERRUPTED for the
+    # running job from the main thread, which queues it again before the process exits.
+    consumer = huey.create_consumer(workers=1, worker_type="thread", periodic=False,
+                                    check_worker_health=True)
+    logger.info("trainer consumer started (pid %d)", os.getpid())
+    consumer.run()
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    apply_process_environment(settings)
+    if settings.redis_url:
+        run_consumer(sole_consumer=False)
+    else:
+        with exclusive_lock(settings.consumer_lock_file):
+            run_consumer(sole_consumer=True)
+
+
+if __name__ == "__main__":
+    main()

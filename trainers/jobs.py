@@ -1,0 +1,171 @@
+"""Training job records: written before a job is queued, updated as it runs, kept across restarts.
+
+Two backends behind one interface: SQLite under MODEL_PATH (embedded default) and Redis (when
+REDIS_URL is set, for several trainer machines). Every status change is a compare-and-set, so a
+late signal can never overwrite a newer state (e.g. "interrupted" after "completed").
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from fewshot.schemas import JobStatus, JobView, utc_now
+
+
+class JobRecord(JobView):
+    request: dict[str, Any]
+    """The validated training request, as JSON: the task reads it from here, not from the queue."""
+    worker: str | None = None
+    """Which trainer (host:pid) ran it last."""
+
+    def view(self) -> JobView:
+        return JobView.model_validate(self.model_dump(include=set(JobView.model_fields)))
+
+
+def new_job(model_name: str, request: dict[str, Any]) -> JobRecord:
+    return JobRecord(job_id=str(uuid.uuid4()), status="pending", model_name=model_name,
+                     created_at=utc_now(), request=request)
+
+
+class JobStore(Protocol):
+    def create(self, record: JobRecord) -> None: ...
+
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    def transition(self, job_id: str, allowed_from: Iterable[JobStatus], **changes: Any) -> JobRecord | None:
+        """Apply `changes` if the job's status is in `allowed_from`; the new record, else None."""
+        ...
+
+    def with_status(self, status: JobStatus) -> list[JobRecord]: ...
+
+
+def _changed(record: JobRecord, allowed_from: Iterable[JobStatus], changes: dict[str, Any]) -> JobRecord | None:
+    if record.status not in set(allowed_from):
+        return None
+    return JobRecord.model_validate({**record.model_dump(), **changes})
+
+
+class SqliteJobStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._local = threading.local()
+        with self._connection() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, status TEXT NOT NULL, "
+                "created_at TEXT NOT NULL, record TEXT NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status)")
+
+    @contextmanager
+    def _connection(self):
+        # One connection per thread; BEGIN IMMEDIATE serialises writers across processes.
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+        yield db
+
+    @contextmanager
+    def _write(self):
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def create(self, record: JobRecord) -> None:
+        with self._write() as db:
+            db.execute("INSERT INTO jobs (job_id, status, created_at, record) VALUES (?, ?, ?, ?)",
+                       (record.job_id, record.status, record.created_at.isoformat(), record.model_dump_json()))
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._connection() as db:
+            row = db.execute("SELECT record FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return JobRecord.model_validate_json(row[0]) if row else None
+
+    def transition(self, job_id: str, allowed_from: Iterable[JobStatus], **changes: Any) -> JobRecord | None:
+        with self._write() as db:
+            row = db.execute("SELECT record FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            updated = _changed(JobRecord.model_validate_json(row[0]), allowed_from, changes)
+            if updated is not None:
+                db.execute("UPDATE jobs SET status = ?, record = ? WHERE job_id = ?",
+                           (updated.status, updated.model_dump_json(), job_id))
+        return updated
+
+    def with_status(self, status: JobStatus) -> list[JobRecord]:
+        with self._connection() as db:
+            rows = db.execute("SELECT record FROM jobs WHERE status = ? ORDER BY created_at",
+                              (status,)).fetchall()
+        return [JobRecord.model_validate_json(row[0]) for row in rows]
+
+
+class RedisJobStore:
+    """Each record a JSON string under `<prefix>:job:<id>`, plus one set of ids per status."""
+
+    def __init__(self, url: str, prefix: str = "fewshot") -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(url)
+        self._prefix = prefix
+
+    def _key(self, job_id: str) -> str:
+        return f"{self._prefix}:job:{job_id}"
+
+    def _status_key(self, status: str) -> str:
+        return f"{self._prefix}:jobs:{status}"
+
+    def create(self, record: JobRecord) -> None:
+        with self._redis.pipeline() as pipe:
+            pipe.set(self._key(record.job_id), record.model_dump_json())
+            pipe.sadd(self._status_key(record.status), record.job_id)
+            pipe.execute()
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self._redis.get(self._key(job_id))
+        return JobRecord.model_validate_json(raw) if raw else None
+
+    def transition(self, job_id: str, allowed_from: Iterable[JobStatus], **changes: Any) -> JobRecord | None:
+        import redis
+
+        key = self._key(job_id)
+        with self._redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        return None
+                    current = JobRecord.model_validate_json(raw)
+                    updated = _changed(current, allowed_from, changes)
+                    if updated is None:
+                        return None
+                    pipe.multi()
+                    pipe.set(key, updated.model_dump_json())
+                    pipe.srem(self._status_key(current.status), job_id)
+                    pipe.sadd(self._status_key(updated.status), job_id)
+                    pipe.execute()
+                    return updated
+                except redis.WatchError:
+                    continue  # another writer changed it first; decide again on its value
+
+    def with_status(self, status: JobStatus) -> list[JobRecord]:
+        ids = sorted(member.decode() for member in self._redis.smembers(self._status_key(status)))
+        records = [self.get(job_id) for job_id in ids]
+        return sorted((r for r in records if r is not None), key=lambda r: r.created_at)
+
+
+def open_job_store(sqlite_path: Path, redis_url: str | None) -> JobStore:
+    if redis_url:
+        return RedisJobStore(redis_url)
+    return SqliteJobStore(sqlite_path)

@@ -1,0 +1,48 @@
+"""One training job from its record to a registered model version."""
+
+from __future__ import annotations
+
+import logging
+
+from fewshot import store
+from fewshot.base_models import resolve_base_model
+from fewshot.schemas import TrainRequest, utc_now
+from fewshot.settings import Settings
+from trainers.jobs import JobRecord
+from trainers.training import ProgressCallback, TrainingOptions, train_classifier
+
+logger = logging.getLogger("fewshot.trainer")
+
+
+def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback) -> str:
+    """Train the job's classifier and register it; returns the new store version."""
+    request = TrainRequest.model_validate(record.request)
+    base_model = request.base_model or settings.default_base_model
+    options = TrainingOptions(
+        base_model=resolve_base_model(base_model),
+        num_iterations=request.num_iterations,
+        learning_rate=request.learning_rate,
+        batch_size=request.batch_size,
+        holdout_fraction=request.holdout_fraction,
+        hf_token=settings.hf_token,
+    )
+    logger.info("job %s: training %s on %d examples from %s", record.job_id, request.model_name,
+                len(request.examples), options.base_model.location)
+    trained = train_classifier([e.text for e in request.examples], [e.label for e in request.examples],
+                               options, progress)
+    metadata = {
+        "base_model": base_model,
+        "created_at": utc_now().isoformat(),
+        "accuracy": trained.accuracy,
+        "training_duration_seconds": round(trained.training_duration_seconds, 3),
+        "num_examples": trained.num_examples,
+        "eval_num_examples": trained.eval_num_examples,
+        "labels": trained.labels,
+        "job_id": record.job_id,
+        "num_iterations": request.num_iterations,
+        "learning_rate": request.learning_rate,
+        "batch_size": request.batch_size,
+    }
+    stored = store.register(request.model_name, trained.save, metadata)
+    logger.info("job %s: registered %s", record.job_id, stored.tag)
+    return stored.version

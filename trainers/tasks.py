@@ -1,0 +1,101 @@
+"""The training task and the job lifecycle around it.
+
+Status flow: pending → running → completed | failed, and running → pending when the trainer is
+shut down mid-job (the task is queued again). Huey signals move the status; the task itself only
+records its result, so that a job's record always says what really happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from huey import signals
+
+from fewshot.schemas import TrainRequest, utc_now
+from fewshot.settings import get_settings
+from trainers.jobs import JobRecord, new_job
+from trainers.queue import huey, jobs
+
+logger = logging.getLogger("fewshot.trainer")
+
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+DIED_WHILE_RUNNING = (
+    "the trainer process stopped unexpectedly (killed or crashed) while training this job; "
+    "no model was registered. Submit the training request again."
+)
+
+
+def submit_training(request: TrainRequest) -> JobRecord:
+    """Record the job, then queue it: a job is never queued without a record to report on."""
+    record = new_job(request.model_name, request.model_dump(mode="json"))
+    jobs.create(record)
+    enqueue(record.job_id)
+    return record
+
+
+def enqueue(job_id: str) -> None:
+    # The task id is the job id, so a job queued twice is recognised and runs once.
+    huey.enqueue(train_model.s(job_id, id=job_id))
+
+
+@huey.task()
+def train_model(job_id: str) -> None:
+    record = jobs.get(job_id)
+    if record is None or record.status != "running" or record.worker != WORKER_ID:
+        logger.info("job %s: not ours to run (status %s); skipped", job_id, record and record.status)
+        return
+    from trainers.run import run_job  # heavy ML imports stay out of the gateway
+
+    version = run_job(record, get_settings(), progress=lambda done, total: None)
+    finished = jobs.transition(job_id, {"running"}, status="completed", model_version=version,
+                               finished_at=utc_now(), error=None)
+    logger.info("job %s: completed as %s:%s", job_id, record.model_name, version if finished else "?")
+
+
+@huey.signal(signals.SIGNAL_EXECUTING)
+def _mark_running(signal: str, task: Any) -> None:
+    record = jobs.get(task.id)
+    if record is None:
+        return
+    jobs.transition(task.id, {"pending"}, status="running", started_at=utc_now(), worker=WORKER_ID,
+                    attempts=record.attempts + 1)
+
+
+@huey.signal(signals.SIGNAL_ERROR)
+def _mark_failed(signal: str, task: Any, exc: BaseException | None = None) -> None:
+    from trainers.errors import describe_failure
+
+    message = describe_failure(exc)
+    logger.error("job %s: failed: %s", task.id, message)
+    jobs.transition(task.id, {"running"}, status="failed", error=message, finished_at=utc_now())
+
+
+@huey.signal(signals.SIGNAL_INTERRUPTED)
+def _requeue_interrupted(signal: str, task: Any) -> None:
+    note = (f"the trainer shut down while this job was running ({utc_now().isoformat()}); "
+            "it was queued again and restarts from the beginning when a trainer runs")
+    if jobs.transition(task.id, {"running"}, status="pending", note=note, worker=None) is not None:
+        enqueue(task.id)
+        logger.warning("job %s: interrupted by shutdown; queued again", task.id)
+
+
+def reconcile_after_restart(sole_consumer: bool) -> None:
+    """Put the records right after a trainer (re)starts: nothing stays running or unqueued forever.
+
+    A job left `running` by a dead worker is failed (only when this is the one consumer of its
+    state directory: with several trainers it may be running elsewhere). A `pending` job whose task
+    is not in the queue (the gateway died between the two writes) is queued again.
+    """
+    if sole_consumer:
+        for record in jobs.with_status("running"):
+            jobs.transition(record.job_id, {"running"}, status="failed", error=DIED_WHILE_RUNNING,
+                            finished_at=utc_now())
+            logger.warning("job %s: was running when its trainer died; marked failed", record.job_id)
+    queued = {task.id for task in huey.pending()}
+    for record in jobs.with_status("pending"):
+        if record.job_id not in queued:
+            enqueue(record.job_id)
+            logger.warning("job %s: was pending but not queued; queued again", record.job_id)
