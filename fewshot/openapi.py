@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fewshot.auth import is_open_path
 from fewshot.schemas import ErrorResponse
+
+logger = logging.getLogger("fewshot.openapi")
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 SECURITY_SCHEMES = {
@@ -56,7 +59,8 @@ def correct_document(spec: dict[str, Any], status_overrides: dict[str, int],
         for method, operation in item.items():
             if method not in HTTP_METHODS:
                 continue
-            responses = operation.setdefault("responses", {})
+            # BentoML keys its responses by int, FastAPI by str: one kind of key from here on.
+            responses = operation["responses"] = {str(k): v for k, v in operation.get("responses", {}).items()}
             for status in [s for s in responses if s != "200" and s.startswith(("4", "5"))]:
                 del responses[status]  # BentoML's and FastAPI's own error schemas
             if path in status_overrides and "200" in responses:
@@ -83,7 +87,12 @@ class OpenAPIDocumentMiddleware:
             await self.app(scope, receive, send)
             return
         if self._body is None:
-            self._body = json.dumps(self._build()).encode()
+            try:
+                self._body = json.dumps(self._build()).encode()
+            except Exception:  # never leave the docs without an answer: serve BentoML's own
+                logger.exception("could not correct the OpenAPI document; serving BentoML's")
+                await self.app(scope, receive, send)
+                return
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(self._body)).encode()),
         ]})

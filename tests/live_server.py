@@ -1,0 +1,119 @@
+"""A real `bentoml serve` of this project as a subprocess, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+START_TIMEOUT_SECONDS = 180
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """`bentoml serve --port N` with its own MODEL_PATH and HOME; start, stop and restart it."""
+
+    def __init__(self, state_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.state_dir = state_dir
+        self.model_path = state_dir / "model-path"
+        self.home = state_dir / "home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = state_dir / "server.log"
+        self._extra_env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in {"BENTOML_HOME", "API_KEY", "REDIS_URL"}}
+        env.update({
+            "HOME": str(self.home),  # so that a write to the default ~/bentoml would show up here
+            "MODEL_PATH": str(self.model_path),
+            "HF_HUB_OFFLINE": "1",
+            "BENTOML_DO_NOT_TRACK": "true",
+            "MODEL_REFRESH_SECONDS": "0.5",
+        })
+        env.update(self._extra_env)
+        return env
+
+    def start(self) -> LiveServer:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
+        self.process = subprocess.Popen(
+            [BENTOML, "serve", "--port", str(self.port)], cwd=PROJECT_ROOT, env=self.env,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server not ready in {START_TIMEOUT_SECONDS}s:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        """Signal the server and wait; whatever of its process tree outlives the timeout is killed."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        tree = psutil.Process(self.process.pid).children(recursive=True)
+        self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            code = self.process.wait()
+        _, survivors = psutil.wait_procs(tree, timeout=15)
+        for survivor in survivors:
+            survivor.kill()
+        return code
+
+    def restart(self) -> LiveServer:
+        self.stop()
+        return self.start()
+
+    def client(self, **headers: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120, headers=headers)
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def consumer_processes(self) -> list[psutil.Process]:
+        """Trainer consumers (ours or orphans) serving this server's MODEL_PATH."""
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if "trainers.consumer" in " ".join(process.info["cmdline"] or []) and \
+                        process.environ().get("MODEL_PATH") == str(self.model_path):
+                    found.append(process)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return found
+
+
+def wait_for_job(client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} not {statuses} within {timeout}s: {job}")

@@ -1,0 +1,289 @@
+"""End to end, embedded mode: one real `bentoml serve` (with its own Huey consumer) over HTTP.
+
+Tests in this module share one server and run in file order: train → inspect → predict → restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta
+
+import bentoml
+import httpx
+import pytest
+
+from tests.conftest import BASE_MODEL
+from tests.live_server import BENTOML, LiveServer, wait_for_job
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "bank"
+CLEAR_TEXTS = {
+    "My card has not arrived yet.": "card_arrival",
+    "What exchange rates do you offer?": "exchange_rate",
+    "My card is lost! What can I do?": "lost_or_stolen_card",
+    "I have a top up that didn't go through.  Why?": "top_up_failed",
+}
+
+
+@pytest.fixture(scope="module")
+def server(live_server_factory) -> LiveServer:
+    return live_server_factory("embedded")
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> httpx.Client:
+    return server.client()
+
+
+@pytest.fixture(scope="module")
+def trained(client: httpx.Client, train_examples) -> dict:
+    """One small real training job, shared by the tests that need a model."""
+    response = client.post("/v1/train", json={
+        "model_name": MODEL, "base_model": BASE_MODEL, "examples": train_examples, "num_iterations": 2,
+    })
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    job = wait_for_job(client, accepted["job_id"], {"completed", "failed"})
+    assert job["status"] == "completed", job
+    return {"accepted": accepted, "job": job}
+
+
+def parse_utc(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    assert parsed.utcoffset() == timedelta(0), value
+    assert value.endswith("+00:00"), value
+    return parsed
+
+
+def predict(client: httpx.Client, texts: list[str], model: str = MODEL) -> httpx.Response:
+    return client.post("/v1/predict", json={"model_name": model, "texts": texts})
+
+
+def test_health_needs_no_key_and_says_ok(client: httpx.Client) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_train_is_accepted_at_once_with_a_pending_job(trained: dict) -> None:
+    accepted = trained["accepted"]
+    assert set(accepted) == {"job_id", "status", "model_name", "created_at"}
+    assert uuid.UUID(accepted["job_id"]).version == 4
+    assert accepted["status"] == "pending"
+    assert accepted["model_name"] == MODEL
+    parse_utc(accepted["created_at"])
+
+
+def test_completed_job_reports_its_model_version(trained: dict) -> None:
+    job = trained["job"]
+    assert job["job_id"] == trained["accepted"]["job_id"]
+    assert job["error"] is None
+    assert job["model_version"]
+    assert job["attempts"] == 1
+    assert parse_utc(job["created_at"]) <= parse_utc(job["started_at"]) <= parse_utc(job["finished_at"])
+
+
+def test_model_metadata_is_complete_and_honest(client: httpx.Client, trained: dict, train_examples) -> None:
+    model = client.get(f"/v1/models/{MODEL}").json()
+    assert model["model_name"] == MODEL
+    assert model["model_version"] == trained["job"]["model_version"]
+    assert model["base_model"] == BASE_MODEL
+    parse_utc(model["created_at"])
+    assert model["num_examples"] == len(train_examples) == 32
+    # 8 examples per label → a stratified 20% hold-out of 2 per label, never trained on.
+    assert model["eval_num_examples"] == 8
+    assert 0.0 <= model["accuracy"] <= 1.0
+    assert model["training_duration_seconds"] > 0
+    assert model["labels"] == ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
+    assert model["job_id"] == trained["job"]["job_id"]
+
+
+def test_predict_labels_clear_examples_in_input_order(client: httpx.Client, trained: dict) -> None:
+    texts = list(CLEAR_TEXTS)
+    for ordered in (texts, texts[::-1]):
+        response = predict(client, ordered)
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        assert [p["text"] for p in predictions] == ordered
+        assert [p["label"] for p in predictions] == [CLEAR_TEXTS[t] for t in ordered]
+        assert all(0.25 < p["score"] <= 1.0 for p in predictions)  # above chance for 4 labels
+
+
+def test_embeddings_come_from_the_model_body_in_input_order(client: httpx.Client, trained: dict) -> None:
+    texts = ["where is my new card", "euro exchange rate", "where is my new card"]
+    response = client.post("/v1/embeddings", json={"model_name": MODEL, "texts": texts})
+    assert response.status_code == 200, response.text
+    vectors = response.json()["embeddings"]
+    assert len(vectors) == 3
+    assert all(len(vector) == 384 for vector in vectors)
+    assert vectors[0] == pytest.approx(vectors[2], abs=1e-5)
+    assert vectors[0] != pytest.approx(vectors[1], abs=1e-3)
+    reversed_vectors = client.post("/v1/embeddings", json={"model_name": MODEL, "texts": texts[::-1]}).json()
+    assert reversed_vectors["embeddings"][0] == pytest.approx(vectors[2], abs=1e-5)
+    assert reversed_vectors["embeddings"][1] == pytest.approx(vectors[1], abs=1e-5)
+
+
+def test_bentoml_python_client_calls_the_api(server: LiveServer, trained: dict) -> None:
+    with bentoml.SyncHTTPClient(server.url) as python_client:
+        result = python_client.predict({"model_name": MODEL, "texts": ["My card is lost! What can I do?"]})
+    assert result["predictions"][0]["label"] == "lost_or_stolen_card"
+
+
+def test_unknown_model_and_job_are_404_with_the_error_shape(client: httpx.Client) -> None:
+    for response in (
+        predict(client, ["hello"], model="no-such-model"),
+        client.post("/v1/embeddings", json={"model_name": "no-such-model", "texts": ["hello"]}),
+        client.get("/v1/models/no-such-model"),
+        client.get(f"/v1/jobs/{uuid.uuid4()}"),
+    ):
+        assert response.status_code == 404, response.text
+        body = response.json()
+        assert set(body) == {"error", "detail"}
+        assert "no-such-model" in body["error"] or "job_id" in body["error"]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/predict", {"model_name": "Bank", "texts": ["x"]}, "model_name"),
+    ("/v1/predict", {"model_name": "bank", "texts": []}, "texts"),
+    ("/v1/predict", {"model_name": "bank", "texts": ["ok", "  "]}, "texts[1]"),
+    ("/v1/embeddings", {"model_name": "bank"}, "texts"),
+    ("/v1/train", {"model_name": "m", "examples": []}, "examples"),
+    ("/v1/train", {"model_name": "m", "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "x"}]},
+     "examples"),
+    ("/v1/train", {"model_name": "m", "examples": [{"text": "", "label": "x"}, {"text": "b", "label": "y"}]},
+     "examples[0].text"),
+    ("/v1/train", {"model_name": "m", "num_iterations": 0,
+                   "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]}, "num_iterations"),
+    ("/v1/train", {"model_name": "m", "learning_rate": -1,
+                   "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]}, "learning_rate"),
+    ("/v1/train", {"model_name": "m", "batch_size": 0,
+                   "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]}, "batch_size"),
+    ("/v1/train", {"model_name": "m", "holdout_fraction": 0.5,
+                   "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]}, "holdout_fraction"),
+    ("/v1/train", {"model_name": "-bad-", "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]},
+     "model_name"),
+])
+def test_bad_input_is_400_naming_the_field(client: httpx.Client, path: str, body: dict, field: str) -> None:
+    response = client.post(path, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error.startswith(f"{field}:") or f"; {field}:" in error, error
+
+
+def test_malformed_json_and_unknown_routes_get_the_error_shape(client: httpx.Client) -> None:
+    malformed = client.post("/v1/train", content=b"{not json", headers={"content-type": "application/json"})
+    assert malformed.status_code == 400
+    assert "JSON" in malformed.json()["error"]
+    missing = client.get("/v1/nothing-here")
+    assert missing.status_code == 404
+    assert set(missing.json()) == {"error", "detail"}
+    invalid_name = client.get("/v1/models/Not_Valid")
+    assert invalid_name.status_code == 400
+    assert invalid_name.json()["error"].startswith("model_name:")
+
+
+def test_failing_base_model_fails_the_job_with_its_reason(client: httpx.Client, train_examples) -> None:
+    response = client.post("/v1/train", json={
+        "model_name": "broken", "base_model": "no-such-org/no-such-model", "examples": train_examples[:10],
+    })
+    assert response.status_code == 202
+    job = wait_for_job(client, response.json()["job_id"], {"completed", "failed"}, timeout=120)
+    assert job["status"] == "failed"
+    assert "no-such-org/no-such-model" in job["error"]
+    assert "HF_TOKEN" in job["error"]  # says what to do
+    assert client.get("/v1/models/broken").status_code == 404  # nothing half-registered
+
+
+def test_openapi_document_describes_the_real_api(client: httpx.Client) -> None:
+    spec = client.get("/docs.json").json()
+    paths = spec["paths"]
+    for route in ("/v1/train", "/v1/predict", "/v1/embeddings", "/health"):
+        assert route in paths, route
+    assert "get" in paths["/v1/jobs/{job_id}"] and "get" in paths["/v1/models/{model_name}"]
+    train = paths["/v1/train"]["post"]
+    assert "202" in train["responses"] and "200" not in train["responses"]
+    assert "401" in train["responses"] and train["security"]
+    assert "401" not in paths["/health"]["get"]["responses"]
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+    error_schema = spec["components"]["schemas"]["ErrorResponse"]
+    assert set(error_schema["properties"]) == {"error", "detail"}
+    assert client.get("/").status_code == 200
+
+
+def test_retraining_switches_predictions_within_seconds_without_failures(
+        client: httpx.Client, server: LiveServer, trained: dict, train_examples) -> None:
+    two_labels = [e for e in train_examples if e["label"] in {"card_arrival", "exchange_rate"}]
+    stolen = "My card is lost! What can I do?"
+    assert predict(client, [stolen]).json()["predictions"][0]["label"] == "lost_or_stolen_card"
+
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def keep_predicting() -> None:  # requests in flight while the new version is swapped in
+        with server.client() as background:
+            while not stop.is_set():
+                response = predict(background, list(CLEAR_TEXTS))
+                if response.status_code != 200:
+                    failures.append(response.text)
+
+    hammer = threading.Thread(target=keep_predicting)
+    hammer.start()
+    try:
+        response = client.post("/v1/train", json={
+            "model_name": MODEL, "base_model": BASE_MODEL, "examples": two_labels, "num_iterations": 1,
+        })
+        job = wait_for_job(client, response.json()["job_id"], {"completed", "failed"})
+        assert job["status"] == "completed", job
+        completed_at = time.monotonic()
+        while predict(client, [stolen]).json()["predictions"][0]["label"] not in {"card_arrival", "exchange_rate"}:
+            assert time.monotonic() - completed_at < 5, "new version not served within 5 s"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        hammer.join()
+    assert failures == []
+    model = client.get(f"/v1/models/{MODEL}").json()
+    assert model["model_version"] == job["model_version"] != trained["job"]["model_version"]
+    assert model["labels"] == ["card_arrival", "exchange_rate"]
+
+
+def test_restart_keeps_models_jobs_and_identical_predictions(
+        server: LiveServer, client: httpx.Client, trained: dict, test_examples) -> None:
+    texts = [e["text"] for e in test_examples]
+    before = predict(client, texts).json()
+    job_before = client.get(f"/v1/jobs/{trained['job']['job_id']}").json()
+    model_before = client.get(f"/v1/models/{MODEL}").json()
+
+    server.restart()
+    with server.client() as after_client:
+        assert after_client.get(f"/v1/jobs/{trained['job']['job_id']}").json() == job_before
+        assert after_client.get(f"/v1/models/{MODEL}").json() == model_before
+        after = predict(after_client, texts).json()
+    assert [p["label"] for p in after["predictions"]] == [p["label"] for p in before["predictions"]]
+    assert [p["score"] for p in after["predictions"]] == pytest.approx(
+        [p["score"] for p in before["predictions"]], abs=1e-6)
+
+
+def test_store_lives_under_model_path_only(server: LiveServer) -> None:
+    default_home = server.home / "bentoml"
+    written = [p for p in default_home.rglob("*") if p.is_file()] if default_home.exists() else []
+    assert written == [], f"files written to the default BentoML home: {written}"
+    listing = subprocess.run(
+        [BENTOML, "models", "list", "-o", "json"], capture_output=True, text=True, check=True,
+        env={**os.environ, "BENTOML_HOME": str(server.model_path / "bentoml"), "HOME": str(server.home)},
+    )
+    tags = [model["tag"] for model in json.loads(listing.stdout)]
+    assert sum(tag.startswith(f"{MODEL}:") for tag in tags) == 2, tags
+
+
+def test_stopping_the_server_leaves_no_trainer_behind(server: LiveServer) -> None:
+    assert len(server.consumer_processes()) == 1
+    assert server.stop() is not None
+    deadline = time.monotonic() + 15
+    while server.consumer_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert server.consumer_processes() == []
