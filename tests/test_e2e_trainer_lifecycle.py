@@ -1,0 +1,100 @@
+"""End to end: the embedded trainer across shutdowns and crashes. Nothing is lost, nothing doubles."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import BASE_MODEL
+from tests.live_server import LiveServer, wait_for_job
+from trainers.jobs import SqliteJobStore
+from trainers.tasks import DIED_WHILE_RUNNING
+
+pytestmark = pytest.mark.e2e
+
+# Long enough (a few hundred pairs) to be caught mid-training, short enough for CI.
+SLOW_ITERATIONS = 8
+
+
+@pytest.fixture(scope="module")
+def server(live_server_factory) -> LiveServer:
+    return live_server_factory("lifecycle")
+
+
+def start_slow_job(client: httpx.Client, examples: list[dict], model_name: str) -> str:
+    response = client.post("/v1/train", json={
+        "model_name": model_name, "base_model": BASE_MODEL, "examples": examples,
+        "num_iterations": SLOW_ITERATIONS,
+    })
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    wait_for_job(client, job_id, {"running"}, timeout=120)
+    time.sleep(2)  # inside the training loop, past loading the base model
+    return job_id
+
+
+def only_consumer(server: LiveServer, timeout: float = 60) -> psutil.Process:
+    """The one trainer consumer of this state directory, once exactly one is left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        consumers = server.consumer_processes()
+        if len(consumers) == 1:
+            return consumers[0]
+        time.sleep(0.3)
+    raise AssertionError(f"expected one consumer, found {server.consumer_processes()}")
+
+
+def test_job_running_at_shutdown_is_requeued_and_completes_after_restart(server: LiveServer, train_examples):
+    with server.client() as client:
+        job_id = start_slow_job(client, train_examples, "requeued")
+    assert server.stop() is not None
+    assert server.consumer_processes() == []
+
+    record = SqliteJobStore(server.model_path / "queue" / "jobs.db").get(job_id)
+    assert record is not None
+    assert record.status == "pending"
+    assert "shut down" in record.note
+
+    server.start()
+    with server.client() as client:
+        job = wait_for_job(client, job_id, {"completed", "failed"})
+        assert job["status"] == "completed", job
+        assert job["attempts"] == 2
+        assert "shut down" in job["note"]
+        assert client.get("/v1/models/requeued").json()["model_version"] == job["model_version"]
+
+
+def test_killed_trainer_fails_its_job_comes_back_and_trains_the_next(server: LiveServer, train_examples):
+    with server.client() as client:
+        job_id = start_slow_job(client, train_examples, "killed")
+        victim = only_consumer(server)
+        victim.send_signal(signal.SIGKILL)
+
+        job = wait_for_job(client, job_id, {"completed", "failed"}, timeout=120)
+        assert job["status"] == "failed"
+        assert job["error"] == DIED_WHILE_RUNNING
+        assert client.get("/v1/models/killed").status_code == 404  # no partial model
+        assert only_consumer(server).pid != victim.pid  # supervised: a new trainer took over
+
+        response = client.post("/v1/train", json={
+            "model_name": "after-kill", "base_model": BASE_MODEL, "examples": train_examples, "num_iterations": 1,
+        })
+        assert wait_for_job(client, response.json()["job_id"], {"completed", "failed"})["status"] == "completed"
+
+
+def test_killed_server_worker_never_leaves_two_trainers(server: LiveServer) -> None:
+    consumer = only_consumer(server)
+    starter = consumer.parent()
+    assert starter is not None and "fewshot-trainer" in " ".join(starter.cmdline())
+    starter.send_signal(signal.SIGKILL)  # BentoML restarts the worker, which starts a new consumer
+
+    consumer.wait(timeout=30)  # the orphan follows its parent (parent-death signal)
+    replacement = only_consumer(server)
+    assert replacement.pid != consumer.pid
+    assert replacement.parent().pid != starter.pid
+    with server.client() as client:
+        assert client.get("/health").status_code == 200

@@ -1,0 +1,64 @@
+"""The HTTP layer's pure parts: error shape, API-key parsing, the corrected OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+
+from fewshot.auth import is_open_path, presented_key
+from fewshot.errors import INTERNAL_MESSAGE, OVERLOADED_MESSAGE, normalise
+from fewshot.openapi import correct_document
+
+
+def test_bentoml_validation_errors_name_every_field() -> None:
+    body = json.dumps({"error": "2 validation errors for Input", "detail": [
+        {"type": "missing", "loc": ["model_name"], "msg": "Field required"},
+        {"type": "value_error", "loc": ["examples", 3, "text"], "msg": "Value error, must not be empty"},
+    ]}).encode()
+    shaped = normalise(400, body)
+    assert shaped["error"] == "model_name: Field required; examples[3].text: must not be empty"
+    assert len(shaped["detail"]) == 2
+
+
+def test_other_error_bodies_take_the_one_shape() -> None:
+    assert normalise(404, b'[{"error": "gone"}]') == {"error": "gone", "detail": None}
+    assert normalise(405, b"Method Not Allowed") == {"error": "Method Not Allowed", "detail": None}
+    assert normalise(422, b'{"detail": "bad"}') == {"error": "bad", "detail": None}
+    assert normalise(404, b"") == {"error": "not found", "detail": None}
+    assert normalise(503, b'{"error": "An unexpected error"}')["error"] == OVERLOADED_MESSAGE
+    # Internal details never reach the client.
+    assert normalise(500, b"Traceback (most recent call last): ...") == {"error": INTERNAL_MESSAGE, "detail": None}
+
+
+def test_presented_key_accepts_header_or_bearer() -> None:
+    assert presented_key([(b"x-api-key", b"k1")]) == b"k1"
+    assert presented_key([(b"authorization", b"Bearer k2")]) == b"k2"
+    assert presented_key([(b"authorization", b"bearer  k3 ")]) == b"k3"
+    assert presented_key([(b"authorization", b"Basic abc")]) is None
+    assert presented_key([]) is None
+
+
+def test_only_health_probes_and_docs_are_open() -> None:
+    for path in ("/health", "/livez", "/readyz", "/healthz", "/", "/docs.json", "/schema.json",
+                 "/static_content/swagger-ui.css"):
+        assert is_open_path(path), path
+    for path in ("/metrics", "/v1/train", "/v1/predict", "/v1/jobs/x", "/v1/models/m", "/health/x"):
+        assert not is_open_path(path), path
+
+
+def test_document_correction() -> None:
+    spec = {"paths": {
+        "/v1/train": {"post": {"responses": {200: {"description": "ok"}, 400: {"$ref": "x"}, 500: {}}}},
+        "/health": {"get": {"responses": {"200": {"description": "ok"}, "422": {}}}},
+        "/v1/jobs/{job_id}": {"get": {"responses": {"200": {"description": "ok"}, "422": {}}},
+                              "parameters": []},
+    }, "components": {"schemas": {"InvalidArgument": {}, "HTTPValidationError": {}}}}
+    fixed = correct_document(spec, {"/v1/train": 202}, {"/v1/train": ["400"], "/v1/jobs/{job_id}": ["404"]})
+    train = fixed["paths"]["/v1/train"]["post"]
+    assert set(train["responses"]) == {"202", "400", "401", "500"}
+    assert train["security"] == [{"APIKeyHeader": []}, {"BearerAuth": []}]
+    health = fixed["paths"]["/health"]["get"]
+    assert set(health["responses"]) == {"200"} and "security" not in health
+    assert set(fixed["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]) == {"200", "401", "404", "500"}
+    schemas = fixed["components"]["schemas"]
+    assert "ErrorResponse" in schemas and "InvalidArgument" not in schemas and "HTTPValidationError" not in schemas
+    assert spec["paths"]["/v1/train"]["post"]["responses"][200]  # the input is left as it was

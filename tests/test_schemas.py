@@ -1,0 +1,64 @@
+"""Request validation: every rule names its field."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from fewshot.errors import describe_validation_errors
+from fewshot.schemas import MODEL_NAME_RULE, PredictRequest, TrainRequest, is_valid_model_name
+
+TWO_LABELS = [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
+
+
+def error_message(model: type, payload: dict) -> str:
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(payload)
+    return describe_validation_errors(caught.value.errors(include_context=False, include_input=False))
+
+
+@pytest.mark.parametrize("name", ["a", "intents", "bank-77.v2_x", "0", "a" * 63])
+def test_valid_model_names(name: str) -> None:
+    assert is_valid_model_name(name)
+
+
+@pytest.mark.parametrize("name", ["", "A", "Bank", "-a", "a-", "a.", "_a", "a b", "../x", "/etc", "a/b",
+                                  "a%2Fb", "a" * 64, "é", "a:b"])
+def test_invalid_model_names_are_rejected_not_lowercased(name: str) -> None:
+    assert not is_valid_model_name(name)
+    assert error_message(PredictRequest, {"model_name": name, "texts": ["t"]}) == f"model_name: {MODEL_NAME_RULE}"
+
+
+def test_train_defaults() -> None:
+    request = TrainRequest.model_validate({"model_name": "m", "examples": TWO_LABELS})
+    assert (request.base_model, request.num_iterations, request.learning_rate, request.batch_size) == (
+        None, 20, 2e-5, 16)
+    assert request.holdout_fraction is None
+
+
+@pytest.mark.parametrize(("payload", "expected"), [
+    ({"examples": []}, "examples: List should have at least 1 item"),
+    ({"examples": [{"text": "a", "label": "x"}]}, "examples: must contain at least 2 distinct labels"),
+    ({"examples": [{"text": " ", "label": "x"}, {"text": "b", "label": "y"}]},
+     "examples[0].text: must not be empty or only whitespace"),
+    ({"examples": [{"text": "a", "label": ""}, {"text": "b", "label": "y"}]},
+     "examples[0].label: must not be empty or only whitespace"),
+    ({"examples": TWO_LABELS, "num_iterations": 0}, "num_iterations: Input should be greater than 0"),
+    ({"examples": TWO_LABELS, "learning_rate": 0}, "learning_rate: Input should be greater than 0"),
+    ({"examples": TWO_LABELS, "batch_size": -2}, "batch_size: Input should be greater than 0"),
+    ({"examples": TWO_LABELS, "holdout_fraction": 1}, "holdout_fraction: Input should be less than 1"),
+    ({"examples": TWO_LABELS, "holdout_fraction": 0.2},
+     "holdout_fraction: needs at least 2 examples of every label when > 0"),
+])
+def test_train_rules_name_their_field(payload: dict, expected: str) -> None:
+    assert error_message(TrainRequest, {"model_name": "m", **payload}).startswith(expected)
+
+
+def test_holdout_zero_is_allowed_with_few_examples() -> None:
+    assert TrainRequest.model_validate({"model_name": "m", "examples": TWO_LABELS, "holdout_fraction": 0})
+
+
+def test_predict_rules() -> None:
+    assert error_message(PredictRequest, {"model_name": "m", "texts": []}).startswith("texts: List should")
+    assert error_message(PredictRequest, {"model_name": "m", "texts": ["ok", ""]}).startswith("texts[1]: must not")
+    assert error_message(PredictRequest, {"texts": ["ok"]}) == "model_name: Field required"

@@ -1,0 +1,53 @@
+"""Settings parsing and base-model resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fewshot.base_models import load_failure_message, resolve_base_model
+from fewshot.settings import DEFAULT_BASE_MODEL, load_settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("MODEL_PATH", "BENTOML_HOME", "API_KEY", "DEFAULT_BASE_MODEL", "REDIS_URL", "EMBEDDED_TRAINER",
+                 "MODEL_REFRESH_SECONDS", "HF_TOKEN", "LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = load_settings()
+    assert settings.model_path == tmp_path / ".local/share/fewshot"
+    assert settings.bentoml_home == settings.model_path / "bentoml"
+    assert settings.default_base_model == DEFAULT_BASE_MODEL == "Alibaba-NLP/gte-modernbert-base"
+    assert settings.embedded_trainer is True
+    assert settings.api_key is None and settings.redis_url is None
+
+
+def test_model_path_holds_the_store_unless_bentoml_home_is_explicit(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path / "state"))
+    monkeypatch.delenv("BENTOML_HOME", raising=False)
+    assert load_settings().bentoml_home == tmp_path / "state" / "bentoml"
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "elsewhere"))
+    assert load_settings().bentoml_home == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize(("name", "value"), [("EMBEDDED_TRAINER", "maybe"), ("MODEL_REFRESH_SECONDS", "0"),
+                                              ("MODEL_REFRESH_SECONDS", "soon"), ("LOG_LEVEL", "LOUD")])
+def test_bad_settings_fail_loudly_naming_the_variable(monkeypatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name):
+        load_settings()
+
+
+def test_bundled_minilm_resolves_offline_and_local_dirs_win(tmp_path: Path) -> None:
+    bundled = resolve_base_model("sentence-transformers/all-MiniLM-L6-v2")
+    assert bundled.is_local and (Path(bundled.location) / "config.json").is_file()
+    local = resolve_base_model(str(tmp_path))
+    assert local.is_local and local.location == str(tmp_path)
+    hub = resolve_base_model("org/some-model")
+    assert not hub.is_local and hub.location == "org/some-model"
+
+
+def test_load_failure_says_what_to_do() -> None:
+    message = load_failure_message(resolve_base_model("org/missing"), OSError("404"))
+    assert "org/missing" in message and "HF_TOKEN" in message and "local" in message
