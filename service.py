@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from fewshot import store
 from fewshot.auth import APIKeyMiddleware
 from fewshot.errors import ErrorShapeMiddleware, error_body
+from fewshot.logs import use_bentoml_log_handlers
 from fewshot.openapi import OpenAPIDocumentMiddleware, correct_document
 from fewshot.readiness import dependencies_ready
 from fewshot.schemas import (
@@ -54,6 +55,7 @@ class Inference:
     def __init__(self) -> None:
         from fewshot.inference import ModelCache
 
+        use_bentoml_log_handlers(settings.log_level)
         self.models = ModelCache(refresh_seconds=settings.model_refresh_seconds)
 
     @bentoml.api(**BATCH)
@@ -80,6 +82,7 @@ class EmbeddedTrainer:
     def __init__(self) -> None:
         from fewshot.supervisor import ChildSupervisor
 
+        use_bentoml_log_handlers(settings.log_level)
         self.consumer = ChildSupervisor.for_module("trainers.consumer", name="trainer")
         self.consumer.start()
 
@@ -109,6 +112,9 @@ class Gateway:
     inference = bentoml.depends(Inference)
     if settings.embedded_trainer:
         trainer = bentoml.depends(EmbeddedTrainer)
+
+    def __init__(self) -> None:
+        use_bentoml_log_handlers(settings.log_level)
 
     async def __is_ready__(self) -> bool:
         dependencies = [self.inference, self.trainer] if settings.embedded_trainer else [self.inference]

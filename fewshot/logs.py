@@ -14,3 +14,14 @@ def configure_logging(level: str) -> None:
     # Progress bars of the ML libraries flood logs; training progress is reported in job records.
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def use_bentoml_log_handlers(level: str) -> None:
+    """Inside BentoML workers: our `fewshot.*` loggers write where and how BentoML's do."""
+    ours = logging.getLogger("fewshot")
+    ours.setLevel(level)
+    handlers = logging.getLogger("bentoml").handlers or logging.getLogger().handlers
+    for handler in handlers:
+        if handler not in ours.handlers:
+            ours.addHandler(handler)
+    ours.propagate = not handlers

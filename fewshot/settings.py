@@ -71,7 +71,7 @@ class Settings:
     hf_token: str | None
     """HF_TOKEN: Hugging Face token for gated or private base models."""
     log_level: str
-    """LOG_LEVEL: level of the trainer's log (DEBUG, INFO, WARNING, ERROR)."""
+    """LOG_LEVEL: level of our own log lines (DEBUG, INFO, WARNING, ERROR)."""
 
     @property
     def queue_dir(self) -> Path:

@@ -1,20 +1,11 @@
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.fixtures import read_examples
 from tests.live_server import LiveServer
-
-DATA = Path(__file__).parent / "data"
-BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def read_examples(name: str) -> list[dict[str, str]]:
-    with open(DATA / name, newline="") as handle:
-        return [{"text": row["text"], "label": row["label"]} for row in csv.DictReader(handle)]
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import httpx
 import psutil
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-BENTOML = str(Path(sys.executable).with_name("bentoml"))
+BENTOML = [sys.executable, "-m", "bentoml"]  # the CLI of this interpreter, wherever its scripts live
 START_TIMEOUT_SECONDS = 180
 
 
@@ -55,7 +55,7 @@ class LiveServer:
     def start(self) -> LiveServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
-            [BENTOML, "serve", "--port", str(self.port)], cwd=PROJECT_ROOT, env=self.env,
+            [*BENTOML, "serve", "--port", str(self.port)], cwd=PROJECT_ROOT, env=self.env,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

@@ -18,7 +18,7 @@ import bentoml
 import httpx
 import pytest
 
-from tests.conftest import BASE_MODEL
+from tests.fixtures import BASE_MODEL
 from tests.live_server import BENTOML, PROJECT_ROOT, LiveServer, wait_for_job
 
 pytestmark = pytest.mark.e2e
@@ -282,11 +282,15 @@ def test_store_lives_under_model_path_only(server: LiveServer) -> None:
     written = [p for p in default_home.rglob("*") if p.is_file()] if default_home.exists() else []
     assert written == [], f"files written to the default BentoML home: {written}"
     listing = subprocess.run(
-        [BENTOML, "models", "list", "-o", "json"], capture_output=True, text=True, check=True,
+        [*BENTOML, "models", "list", "-o", "json"], capture_output=True, text=True, check=True,
         env={**os.environ, "BENTOML_HOME": str(server.model_path / "bentoml"), "HOME": str(server.home)},
     )
     tags = [model["tag"] for model in json.loads(listing.stdout)]
     assert sum(tag.startswith(f"{MODEL}:") for tag in tags) == 2, tags
+    # Training scratch (checkpoints, logs) went to temporary directories, not the working tree.
+    untracked = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, check=True).stdout
+    assert not [line for line in untracked.splitlines() if "checkpoints" in line or "runs/" in line]
 
 
 def test_stopping_the_server_leaves_no_trainer_behind(server: LiveServer) -> None:

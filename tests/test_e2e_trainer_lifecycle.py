@@ -9,7 +9,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import BASE_MODEL
+from tests.fixtures import BASE_MODEL
 from tests.live_server import LiveServer, wait_for_job
 from trainers.jobs import SqliteJobStore
 from trainers.tasks import DIED_WHILE_RUNNING

@@ -77,6 +77,7 @@ def train_classifier(texts: Sequence[str], labels: Sequence[str], options: Train
     train_pairs, holdout_pairs = stratified_split(pairs, list(labels), fraction, options.seed)
 
     model = load_base_model(options.base_model, label_names, options.hf_token)
+    logger.info("fine-tuning %s on %s", options.base_model.requested, model.device)
     started = time.perf_counter()
     # Checkpoints and logs go to a temporary directory, never into the working tree.
     with tempfile.TemporaryDirectory(prefix="fewshot-train-") as scratch:
