@@ -131,8 +131,7 @@ class Gateway:
     @bentoml.api(route="/v1/predict")
     async def predict(self, request: PredictRequest, /) -> PredictResponse:
         """Label and probability of each text, in input order."""
-        items = [TextItem(model_name=request.model_name, text=text) for text in request.texts]
-        results = await self.inference.to_async.predict(items)
+        results = await self.inference.to_async.predict(request.items())
         if not all(result.found for result in results):
             return unknown_model(request.model_name)
         return PredictResponse(predictions=[
@@ -143,8 +142,7 @@ class Gateway:
     @bentoml.api(route="/v1/embeddings")
     async def embeddings(self, request: EmbeddingsRequest, /) -> EmbeddingsResponse:
         """Sentence embeddings from the model's fine-tuned body, in input order."""
-        items = [TextItem(model_name=request.model_name, text=text) for text in request.texts]
-        results = await self.inference.to_async.embed(items)
+        results = await self.inference.to_async.embed(request.items())
         if not all(result.found for result in results):
             return unknown_model(request.model_name)
         return EmbeddingsResponse(embeddings=[result.vector for result in results])

@@ -169,6 +169,10 @@ class PredictRequest(BaseModel):
     model_name: ModelName
     texts: list[NonBlankText] = Field(min_length=1)
 
+    def items(self) -> list[TextItem]:
+        """One item per text for the inference service, which batches items across requests."""
+        return [TextItem(model_name=self.model_name, text=text) for text in self.texts]
+
 
 class Prediction(BaseModel):
     text: str

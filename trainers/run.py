@@ -14,7 +14,7 @@ from trainers.training import ProgressCallback, TrainingOptions, train_classifie
 logger = logging.getLogger("fewshot.trainer")
 
 
-def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback) -> str:
+def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | None = None) -> str:
     """Train the job's classifier and register it; returns the new store version."""
     request = TrainRequest.model_validate(record.request)
     base_model = request.base_model or settings.default_base_model

@@ -49,7 +49,7 @@ def train_model(job_id: str) -> None:
         return
     from trainers.run import run_job  # heavy ML imports stay out of the gateway
 
-    version = run_job(record, get_settings(), progress=lambda done, total: None)
+    version = run_job(record, get_settings())
     finished = jobs.transition(job_id, {"running"}, status="completed", model_version=version,
                                finished_at=utc_now(), error=None)
     logger.info("job %s: completed as %s:%s", job_id, record.model_name, version if finished else "?")
