@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 
 from fewshot import store
 from fewshot.auth import APIKeyMiddleware
+from fewshot.dependencies import keep_sessions_open
 from fewshot.errors import ErrorShapeMiddleware, error_body
 from fewshot.logs import use_bentoml_log_handlers
 from fewshot.openapi import OpenAPIDocumentMiddleware, correct_document
@@ -45,10 +46,12 @@ apply_process_environment(settings)
 
 from trainers.tasks import jobs, submit_training  # noqa: E402 - needs the environment set above
 
+REQUEST_TIMEOUT_SECONDS = 300
 BATCH = {"batchable": True, "max_batch_size": 64, "max_latency_ms": 60_000}
 
 
-@bentoml.service(name="fewshot-inference", workers=1, resources={"gpu": 1}, traffic={"timeout": 300})
+@bentoml.service(name="fewshot-inference", workers=1, resources={"gpu": 1},
+                 traffic={"timeout": REQUEST_TIMEOUT_SECONDS})
 class Inference:
     """Holds the loaded models; merges texts of concurrent requests into one batch per model."""
 
@@ -107,7 +110,7 @@ def unknown_model(name: str) -> JSONResponse:
 
 
 @bentoml.asgi_app(routes, path="/")
-@bentoml.service(name="fewshot", http={"port": 8000}, traffic={"timeout": 300})
+@bentoml.service(name="fewshot", http={"port": 8000}, traffic={"timeout": REQUEST_TIMEOUT_SECONDS})
 class Gateway:
     inference = bentoml.depends(Inference)
     if settings.embedded_trainer:
@@ -115,6 +118,7 @@ class Gateway:
 
     def __init__(self) -> None:
         use_bentoml_log_handlers(settings.log_level)
+        keep_sessions_open(self.inference, timeout_seconds=REQUEST_TIMEOUT_SECONDS)
 
     async def __is_ready__(self) -> bool:
         dependencies = [self.inference, self.trainer] if settings.embedded_trainer else [self.inference]

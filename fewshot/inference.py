@@ -130,7 +130,9 @@ def _per_model(cache: ModelCache, items: Sequence[TextItem], missing: Result,
         loaded = cache.get(name)
         if loaded is None:
             continue
+        started = time.perf_counter()
         outputs = run(loaded, [items[i].text for i in indices])
+        logger.debug("%s: %d texts in %.1f ms", name, len(indices), (time.perf_counter() - started) * 1000)
         for position, output in zip(indices, outputs, strict=True):
             results[position] = output
     return results

@@ -27,7 +27,7 @@ def free_port() -> int:
 class LiveServer:
     """`bentoml serve --port N` with its own MODEL_PATH and HOME; start, stop and restart it."""
 
-    def __init__(self, state_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, state_dir: Path, env: dict[str, str] | None = None, target: str | None = None) -> None:
         self.state_dir = state_dir
         self.model_path = state_dir / "model-path"
         self.home = state_dir / "home"
@@ -36,6 +36,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = state_dir / "server.log"
         self._extra_env = env or {}
+        self._target = [target] if target else []  # default: the service named in bentofile.yaml
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,7 +56,7 @@ class LiveServer:
     def start(self) -> LiveServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
-            [*BENTOML, "serve", "--port", str(self.port)], cwd=PROJECT_ROOT, env=self.env,
+            [*BENTOML, "serve", *self._target, "--port", str(self.port)], cwd=PROJECT_ROOT, env=self.env,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
