@@ -35,6 +35,10 @@ test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+## Serving benchmark (not part of the tests): writes bench/results/serving-<time>.json and .md.
+bench: install-test
+	$(BIN)/python -m bench.serving
+
 lint: install-test
 	$(BIN)/ruff check .
 
