@@ -20,12 +20,12 @@ class Naive:
         from fewshot.inference import LoadedModel, pick_device
 
         self.device = pick_device()
-        self.load = lambda name: LoadedModel.load(store.latest(name), self.device)
+        self.loader = LoadedModel.load
         self.models: dict = {}
 
     def _model(self, name: str):
         if name not in self.models:
-            self.models[name] = self.load(name)
+            self.models[name] = self.loader(store.latest(name), self.device)
         return self.models[name]
 
     @bentoml.api(route="/v1/predict")
