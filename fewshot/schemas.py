@@ -27,7 +27,6 @@ MODEL_NAME_RULE = (
     f"must be 1-{MODEL_NAME_MAX_LENGTH} characters of lower-case letters, digits, '-', '_' or '.', "
     "starting and ending with a letter or digit"
 )
-MIN_EXAMPLES_PER_LABEL_FOR_DEFAULT_HOLDOUT = 4
 
 
 def utc_now() -> datetime:
