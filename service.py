@@ -118,11 +118,12 @@ class Gateway:
 
     def __init__(self) -> None:
         use_bentoml_log_handlers(settings.log_level)
-        keep_sessions_open(self.inference, timeout_seconds=REQUEST_TIMEOUT_SECONDS)
+        self.dependencies = [self.inference, self.trainer] if settings.embedded_trainer else [self.inference]
+        for dependency in self.dependencies:
+            keep_sessions_open(dependency, timeout_seconds=REQUEST_TIMEOUT_SECONDS)
 
     async def __is_ready__(self) -> bool:
-        dependencies = [self.inference, self.trainer] if settings.embedded_trainer else [self.inference]
-        return await dependencies_ready(dependencies)
+        return await dependencies_ready(self.dependencies)
 
     @bentoml.api(route="/v1/train")
     def train(self, request: TrainRequest, /, ctx: bentoml.Context) -> TrainAccepted:

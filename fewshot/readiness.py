@@ -8,11 +8,8 @@ answers 503 at once instead.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterable
 from typing import Any
-
-logger = logging.getLogger("fewshot.readiness")
 
 
 async def dependencies_ready(dependencies: Iterable[Any], timeout: float = 2.0) -> bool:
