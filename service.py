@@ -9,13 +9,18 @@ Only wiring lives here: the services, their resources, routes and middleware.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import bentoml
+from bentoml.validators import ContentType
 from fastapi import FastAPI
 from starlette.responses import JSONResponse
 
 from fewshot import store
 from fewshot.auth import APIKeyMiddleware
+from fewshot.coalesce import Coalescer
 from fewshot.dependencies import keep_sessions_open
+from fewshot.dispatch import use_continuous_batching
 from fewshot.errors import ErrorShapeMiddleware, error_body
 from fewshot.logs import use_bentoml_log_handlers
 from fewshot.openapi import OpenAPIDocumentMiddleware, correct_document
@@ -46,8 +51,15 @@ apply_process_environment(settings)
 
 from trainers.tasks import jobs, submit_training  # noqa: E402 - needs the environment set above
 
+use_continuous_batching()  # the inference worker's batch dispatchers are built after this import
+
 REQUEST_TIMEOUT_SECONDS = 300
-BATCH = {"batchable": True, "max_batch_size": 64, "max_latency_ms": 60_000}
+# Items (texts) from concurrent requests per batch. The latency bound is far above any real
+# batch: requests queue behind busy batches instead of failing with 503.
+BATCH = {"batchable": True, "max_batch_size": settings.max_batch_size, "max_latency_ms": 60_000}
+# A fixed content type spares BentoML from deriving it from the JSON schema on every response.
+Predictions = Annotated[list[ItemPrediction], ContentType("application/json")]
+Embeddings = Annotated[list[ItemEmbedding], ContentType("application/json")]
 
 
 @bentoml.service(name="fewshot-inference", workers=1, resources={"gpu": 1},
@@ -56,19 +68,21 @@ class Inference:
     """Holds the loaded models; merges texts of concurrent requests into one batch per model."""
 
     def __init__(self) -> None:
-        from fewshot.inference import ModelCache
+        from fewshot.inference import InferenceRuntime, ModelCache, use_threads
 
         use_bentoml_log_handlers(settings.log_level)
-        self.models = ModelCache(refresh_seconds=settings.model_refresh_seconds)
+        use_threads(settings.inference_threads)
+        runtime = InferenceRuntime.resolve(settings.inference_dtype, settings.max_batch_tokens)
+        self.models = ModelCache.for_runtime(runtime, settings.model_refresh_seconds, settings.max_loaded_models)
 
     @bentoml.api(**BATCH)
-    def predict(self, items: list[TextItem]) -> list[ItemPrediction]:
+    def predict(self, items: list[TextItem]) -> Predictions:
         from fewshot.inference import predict_items
 
         return predict_items(self.models, items)
 
     @bentoml.api(**BATCH)
-    def embed(self, items: list[TextItem]) -> list[ItemEmbedding]:
+    def embed(self, items: list[TextItem]) -> Embeddings:
         from fewshot.inference import embed_items
 
         return embed_items(self.models, items)
@@ -121,6 +135,15 @@ class Gateway:
         self.dependencies = [self.inference, self.trainer] if settings.embedded_trainer else [self.inference]
         for dependency in self.dependencies:
             keep_sessions_open(dependency, timeout_seconds=REQUEST_TIMEOUT_SECONDS)
+        # Concurrent requests share calls to the inference service (see fewshot.coalesce).
+        self.predict_items = Coalescer(self._send_predict, max_items=settings.max_batch_size)
+        self.embed_items = Coalescer(self._send_embed, max_items=settings.max_batch_size)
+
+    async def _send_predict(self, items: list[TextItem]) -> list[ItemPrediction]:
+        return await self.inference.to_async.predict(items)
+
+    async def _send_embed(self, items: list[TextItem]) -> list[ItemEmbedding]:
+        return await self.inference.to_async.embed(items)
 
     async def __is_ready__(self) -> bool:
         return await dependencies_ready(self.dependencies)
@@ -136,7 +159,7 @@ class Gateway:
     @bentoml.api(route="/v1/predict")
     async def predict(self, request: PredictRequest, /) -> PredictResponse:
         """Label and probability of each text, in input order."""
-        results = await self.inference.to_async.predict(request.items())
+        results = await self.predict_items(request.items())
         if not all(result.found for result in results):
             return unknown_model(request.model_name)
         return PredictResponse(predictions=[
@@ -147,7 +170,7 @@ class Gateway:
     @bentoml.api(route="/v1/embeddings")
     async def embeddings(self, request: EmbeddingsRequest, /) -> EmbeddingsResponse:
         """Sentence embeddings from the model's fine-tuned body, in input order."""
-        results = await self.inference.to_async.embed(request.items())
+        results = await self.embed_items(request.items())
         if not all(result.found for result in results):
             return unknown_model(request.model_name)
         return EmbeddingsResponse(embeddings=[result.vector for result in results])

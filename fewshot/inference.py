@@ -1,7 +1,8 @@
 """Loaded models and the batch logic of the inference service. Knows nothing about HTTP.
 
 A batch holds items (model name, text) from many concurrent requests: it is grouped by model,
-each group runs one forward pass, and results are scattered back into the batch's order.
+each group runs in length-sorted forward passes of bounded size, and results are scattered back
+into the batch's order.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,14 +22,47 @@ from setfit import SetFitModel
 from fewshot import store
 from fewshot.classifier import best_labels, column_labels
 from fewshot.schemas import ItemEmbedding, ItemPrediction, TextItem
+from fewshot.sub_batches import plan_sub_batches
 
 logger = logging.getLogger("fewshot.inference")
 
-ENCODE_BATCH_SIZE = 64
+
+CPU_MAX_BATCH_TOKENS = 768
+"""Measured on 2 CPU cores (bench): 512-1024 padded tokens per pass are ~2x one padded pass of 64."""
+GPU_MAX_BATCH_TOKENS = 16_384
+"""TEI's default max-batch-tokens: large passes keep a GPU busy and bound activation memory."""
 
 
 def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def use_threads(count: int | None) -> None:
+    """Torch's intra-op threads for this process (INFERENCE_THREADS); None keeps one per core."""
+    if count:
+        torch.set_num_threads(count)
+
+
+@dataclass(frozen=True)
+class InferenceRuntime:
+    """Where and how models run: device, weight dtype and the token budget of one forward pass."""
+
+    device: str
+    dtype: torch.dtype
+    max_batch_tokens: int
+
+    @classmethod
+    def resolve(cls, dtype: str = "AUTO", max_batch_tokens: int | None = None,
+                device: str | None = None) -> InferenceRuntime:
+        """Fill in the AUTO choices for this machine (settings: INFERENCE_DTYPE, MAX_BATCH_TOKENS)."""
+        device = device or pick_device()
+        on_gpu = device.startswith("cuda")
+        if dtype == "AUTO":
+            chosen = torch.float16 if on_gpu else torch.float32  # half precision only pays on a GPU
+        else:
+            chosen = {"FLOAT32": torch.float32, "FLOAT16": torch.float16, "BFLOAT16": torch.bfloat16}[dtype]
+        budget = max_batch_tokens or (GPU_MAX_BATCH_TOKENS if on_gpu else CPU_MAX_BATCH_TOKENS)
+        return cls(device, chosen, budget)
 
 
 @dataclass(frozen=True)
@@ -39,74 +73,132 @@ class LoadedModel:
     labels: list[str]
     column_labels: list[str]
     """The label of each `predict_proba` column, in column order."""
+    max_batch_tokens: int
+    """Padded tokens per forward pass (see fewshot.sub_batches)."""
 
     @classmethod
-    def load(cls, stored: store.StoredModel, device: str) -> LoadedModel:
+    def load(cls, stored: store.StoredModel, runtime: InferenceRuntime) -> LoadedModel:
         started = time.perf_counter()
-        model = SetFitModel.from_pretrained(str(stored.path), device=device)
+        model = SetFitModel.from_pretrained(str(stored.path), device=runtime.device)
         model.model_body.eval()
-        logger.info("loaded model %s in %.2fs on %s", stored.tag, time.perf_counter() - started, device)
-        return cls(stored.name, stored.version, model, stored.labels, column_labels(model, stored.labels))
+        if runtime.dtype != torch.float32:
+            model.model_body.to(runtime.dtype)
+            if model.has_differentiable_head:  # a torch head must match the body's outputs
+                model.model_head.to(runtime.dtype)
+        logger.info("loaded model %s in %.2fs on %s (%s)", stored.tag, time.perf_counter() - started,
+                    runtime.device, str(runtime.dtype).removeprefix("torch."))
+        return cls(stored.name, stored.version, model, stored.labels, column_labels(model, stored.labels),
+                   runtime.max_batch_tokens)
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens per text as the forward pass will see them (truncated to the model's maximum)."""
+        body = self.model.model_body
+        encoded = body.tokenizer(texts, truncation=True, max_length=body.max_seq_length,
+                                 return_attention_mask=False, return_token_type_ids=False)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        with torch.inference_mode():
-            probabilities = self.model.predict_proba(texts, batch_size=ENCODE_BATCH_SIZE, as_numpy=True)
-        return np.asarray(probabilities, dtype=np.float32)
+        return self._in_sub_batches(texts, lambda sub: self.model.predict_proba(
+            sub, batch_size=len(sub), as_numpy=True))
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        return self._in_sub_batches(texts, lambda sub: self.model.model_body.encode(
+            sub, batch_size=len(sub), convert_to_numpy=True, show_progress_bar=False))
+
+    def _in_sub_batches(self, texts: list[str], forward: Callable[[list[str]], Any]) -> np.ndarray:
+        """One forward pass per length-sorted sub-batch; rows come back in `texts` order, as float32."""
+        passes = plan_sub_batches(self.token_lengths(texts), self.max_batch_tokens)
         with torch.inference_mode():
-            vectors = self.model.model_body.encode(texts, batch_size=ENCODE_BATCH_SIZE,
-                                                   convert_to_numpy=True, show_progress_bar=False)
-        return np.asarray(vectors, dtype=np.float32)
+            outputs = [np.asarray(forward([texts[i] for i in positions]), dtype=np.float32) for positions in passes]
+        if not outputs:
+            return np.empty((0, 0), dtype=np.float32)
+        rows = np.empty((len(texts), outputs[0].shape[1]), dtype=np.float32)
+        rows[np.concatenate(passes)] = np.concatenate(outputs)
+        return rows
 
 
 class ModelCache:
-    """Loaded models by name, kept current with the store's latest version.
+    """Loaded models by name: at most `max_models`, kept current with the store's latest version.
 
     Requests never read the store for a cached model: a background thread looks for newer
     versions every `refresh_seconds`, loads them beside the old one and swaps the reference,
-    so requests in flight finish on the version they started with.
+    so requests in flight finish on the version they started with. Beyond `max_models` the
+    least recently used model is unloaded (a batch still using it keeps its reference).
     """
 
-    def __init__(self, refresh_seconds: float, device: str | None = None,
-                 loader: Callable[[store.StoredModel, str], LoadedModel] = LoadedModel.load) -> None:
-        self.device = device or pick_device()
+    def __init__(self, load: Callable[[store.StoredModel], LoadedModel], refresh_seconds: float,
+                 max_models: int, latest: Callable[[str], store.StoredModel | None] = store.latest) -> None:
+        self._load = load
+        self._latest = latest
         self._refresh_seconds = refresh_seconds
-        self._loader = loader
-        self._models: dict[str, LoadedModel] = {}
+        self._max_models = max_models
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()  # guards _models; never held while loading
         self._load_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._stopped = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_forever, name="model-refresh", daemon=True)
         self._refresher.start()
 
     def get(self, name: str) -> LoadedModel | None:
-        loaded = self._models.get(name)
+        loaded = self._touch(name)
         if loaded is not None:
             return loaded
         # One load per cold model, however many batches ask for it at once.
         with self._load_locks[name]:
-            loaded = self._models.get(name)
+            loaded = self._touch(name)
             if loaded is None:
-                stored = store.latest(name)
+                stored = self._latest(name)
                 if stored is None:
                     return None
-                loaded = self._models[name] = self._loader(stored, self.device)
+                loaded = self._load(stored)
+                self._put(loaded)
         return loaded
+
+    def loaded_names(self) -> list[str]:
+        """Names of the loaded models, least recently used first."""
+        with self._lock:
+            return list(self._models)
 
     def refresh(self) -> None:
         """Swap in newer versions of cached models and drop models deleted from the store."""
-        for name, current in list(self._models.items()):
-            stored = store.latest(name)
+        with self._lock:
+            snapshot = list(self._models.items())
+        for name, current in snapshot:
+            stored = self._latest(name)
             if stored is None:
                 logger.info("model %s left the store; unloading", name)
-                self._models.pop(name, None)
+                with self._lock:
+                    self._models.pop(name, None)
             elif stored.version != current.version:
                 with self._load_locks[name]:
-                    self._models[name] = self._loader(stored, self.device)
+                    replacement = self._load(stored)
+                    with self._lock:
+                        if name in self._models:  # not evicted meanwhile
+                            self._models[name] = replacement
                 logger.info("switched %s from version %s to %s", name, current.version, stored.version)
 
     def stop(self) -> None:
         self._stopped.set()
+
+    @classmethod
+    def for_runtime(cls, runtime: InferenceRuntime, refresh_seconds: float, max_models: int) -> ModelCache:
+        return cls(lambda stored: LoadedModel.load(stored, runtime), refresh_seconds, max_models)
+
+    def _touch(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            loaded = self._models.get(name)
+            if loaded is not None:
+                self._models.move_to_end(name)
+            return loaded
+
+    def _put(self, loaded: LoadedModel) -> None:
+        with self._lock:
+            self._models[loaded.name] = loaded
+            self._models.move_to_end(loaded.name)
+            while len(self._models) > self._max_models:
+                evicted, _ = self._models.popitem(last=False)
+                logger.info("unloaded %s: least recently used of more than %d loaded models",
+                            evicted, self._max_models)
 
     def _refresh_forever(self) -> None:
         while not self._stopped.wait(self._refresh_seconds):
