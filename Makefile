@@ -36,8 +36,11 @@ test: install-test
 	$(BIN)/python -m pytest
 
 ## Serving benchmark (not part of the tests): writes bench/results/serving-<time>.json and .md.
+## The load generator is wrk (Debian package), installed here when missing.
+BENCH_ARGS ?=
 bench: install-test
-	$(BIN)/python -m bench.serving
+	command -v wrk >/dev/null || apt-get install -y -q wrk || sudo apt-get install -y -q wrk
+	$(BIN)/python -m bench.serving $(BENCH_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check .

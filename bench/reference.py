@@ -53,17 +53,31 @@ def measure(run, texts: list[str], groups: list[int]) -> dict:
 def main() -> None:
     model_name, texts_file, groups, out = sys.argv[1:5]
     apply_process_environment(get_settings())
-    from fewshot import store
-    from fewshot.inference import LoadedModel, pick_device
+    import torch
 
-    loaded = LoadedModel.load(store.latest(model_name), pick_device())
+    from fewshot import store
+    from fewshot.inference import InferenceRuntime, LoadedModel
+
+    runtime = InferenceRuntime.resolve()
+    model = LoadedModel.load(store.latest(model_name), runtime).model  # same weights and dtype as served
+
+    def predict(batch: list[str]) -> None:  # the SetFit model itself: one forward pass per call
+        with torch.inference_mode():
+            model.predict_proba(batch, batch_size=len(batch), as_numpy=True)
+
+    def embed(batch: list[str]) -> None:
+        with torch.inference_mode():
+            model.model_body.encode(batch, batch_size=len(batch), convert_to_numpy=True, show_progress_bar=False)
+
     with open(texts_file) as handle:
         texts = json.load(handle)
     group_sizes = [int(g) for g in groups.split(",")]
     result = {
-        "device": loaded.model.model_body.device.type,
-        "predict": measure(loaded.predict_proba, texts, group_sizes),
-        "embeddings": measure(loaded.embed, texts, group_sizes),
+        "device": runtime.device,
+        "device_name": torch.cuda.get_device_name(0) if runtime.device.startswith("cuda") else "CPU",
+        "dtype": str(runtime.dtype).removeprefix("torch."),
+        "predict": measure(predict, texts, group_sizes),
+        "embeddings": measure(embed, texts, group_sizes),
     }
     with open(out, "w") as handle:
         json.dump(result, handle, indent=2)

@@ -2,9 +2,9 @@
 
     make bench            (or: .venv/bin/python -m bench.serving [--duration 20])
 
-Starts the service as a user would (`bentoml serve`, temporary MODEL_PATH), trains a small
-benchmark model through the API, and drives it from a separate load-generator process with random
-banking77 test texts. In the same run it measures two references on the same model and texts:
+Starts the service as a user would (`bentoml serve`, temporary MODEL_PATH, default settings),
+trains a small benchmark model through the API, and drives it from a separate load-generator
+process (wrk, bench/loadgen.py) with random banking77 test texts. In the same run it measures two references on the same model and texts:
 the in-process limit (the model alone on length-sorted groups, see bench/reference.py) and a naive
 server with one forward pass per request (bench/naive_service.py). Writes
 bench/results/serving-<time>.json and .md.
@@ -78,8 +78,9 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Serving benchmark — {result['started_at']}",
         "",
-        f"Machine: {result['machine']}; device: {result['reference']['device']}; "
-        f"{result['duration_s']} s per point; model: SetFit on all-MiniLM-L6-v2 (4 banking77 labels).",
+        f"Machine: {result['machine']}; device: {result['reference']['device_name']} "
+        f"({result['reference']['dtype']}); {result['duration_s']} s per point after 2 s of warm-up; "
+        "load generator: wrk; model: SetFit on all-MiniLM-L6-v2 (4 banking77 labels).",
         f"In-process single-text p50: predict {result['reference']['predict']['single_text_p50_ms']} ms, "
         f"embeddings {result['reference']['embeddings']['single_text_p50_ms']} ms.",
         "",

@@ -36,7 +36,8 @@ CLEAR_TEXTS = {
 
 @pytest.fixture(scope="module")
 def server(live_server_factory) -> LiveServer:
-    return live_server_factory("embedded")
+    # One loaded model at a time: tests that use two models make the cache unload and reload.
+    return live_server_factory("embedded", MAX_LOADED_MODELS="1")
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +139,44 @@ def test_concurrent_requests_all_succeed(server: LiveServer, trained: dict) -> N
     statuses = asyncio.run(hammer())
     assert len(statuses) == 300
     assert set(statuses) == {200}, Counter(statuses)
+
+
+def test_concurrent_mixed_requests_get_exactly_their_own_answers(
+        server: LiveServer, client: httpx.Client, trained: dict, train_examples) -> None:
+    """Requests of two models and of 1-5 texts of mixed length, sent at once, are merged into shared
+    calls, batches and length-sorted passes; each must get back what it gets when sent alone."""
+    other = client.post("/v1/train", json={
+        "model_name": "other", "base_model": BASE_MODEL, "examples": train_examples[:16], "num_iterations": 1}).json()
+    assert wait_for_job(client, other["job_id"], {"completed", "failed"})["status"] == "completed"
+    pool = [e["text"] for e in train_examples]
+    requests = [("/v1/predict" if i % 3 else "/v1/embeddings", MODEL if i % 2 else "other",
+                 [pool[(i * 7 + k * 13) % len(pool)] for k in range(1 + i % 5)]) for i in range(40)]
+
+    def alone(path: str, model: str, texts: list[str]) -> dict:
+        response = client.post(path, json={"model_name": model, "texts": texts})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    expected = [alone(*request) for request in requests]
+
+    async def together() -> list[dict]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as concurrent:
+            responses = await asyncio.gather(*(concurrent.post(path, json={"model_name": model, "texts": texts})
+                                               for path, model, texts in requests))
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+        return [r.json() for r in responses]
+
+    for (path, _, texts), want, got in zip(requests, expected, asyncio.run(together()), strict=True):
+        if path == "/v1/predict":
+            assert [p["text"] for p in got["predictions"]] == texts
+            assert [p["label"] for p in got["predictions"]] == [p["label"] for p in want["predictions"]]
+            assert [p["score"] for p in got["predictions"]] == pytest.approx(
+                [p["score"] for p in want["predictions"]], abs=1e-4)
+        else:
+            assert len(got["embeddings"]) == len(texts)
+            for vector, reference in zip(got["embeddings"], want["embeddings"], strict=True):
+                assert vector == pytest.approx(reference, abs=1e-4)
+    assert "unloaded" in server.log_path.read_text()  # two models through a one-model cache
 
 
 def test_embeddings_come_from_the_model_body_in_input_order(client: httpx.Client, trained: dict) -> None:
