@@ -4,10 +4,10 @@
 
 Starts the service as a user would (`bentoml serve`, temporary MODEL_PATH, default settings),
 trains a small benchmark model through the API, and drives it from a separate load-generator
-process (wrk, bench/loadgen.py) with random banking77 test texts. In the same run it measures two references on the same model and texts:
-the in-process limit (the model alone on length-sorted groups, see bench/reference.py) and a naive
-server with one forward pass per request (bench/naive_service.py). Writes
-bench/results/serving-<time>.json and .md.
+process (wrk, bench/loadgen.py) with random banking77 test texts. In the same run it measures two
+references on the same model and texts: the in-process limit (the model alone on length-sorted
+groups, see bench/reference.py) and a naive server with one forward pass per request
+(bench/naive_service.py). Writes bench/results/serving-<time>.json and .md.
 """
 
 from __future__ import annotations
