@@ -21,6 +21,11 @@ from pydantic import (
     field_validator,
 )
 
+from fewshot.settings import get_settings
+
+# Request limits are settings (README, "Settings"); read once, when the schemas are built.
+LIMITS = get_settings()
+
 MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
 MODEL_NAME_MAX_LENGTH = 63
 MODEL_NAME_RULE = (
@@ -56,7 +61,7 @@ def _as_utc(value: datetime) -> datetime:
 
 
 ModelName = Annotated[str, AfterValidator(_check_model_name)]
-NonBlankText = Annotated[str, AfterValidator(_check_not_blank)]
+NonBlankText = Annotated[str, Field(max_length=LIMITS.max_text_chars), AfterValidator(_check_not_blank)]
 # ISO 8601 in UTC with an explicit "+00:00" offset, everywhere.
 UtcTimestamp = Annotated[
     datetime,
@@ -90,10 +95,13 @@ class TrainRequest(BaseModel):
         description="Hugging Face id or local sentence-transformers directory; "
         "defaults to the DEFAULT_BASE_MODEL setting.",
     )
-    examples: list[Example] = Field(min_length=1, description="Labelled examples, at least 2 labels.")
-    num_iterations: int = Field(default=20, gt=0, description="SetFit pair-generation iterations.")
-    learning_rate: float = Field(default=2e-5, gt=0, description="Learning rate of the SetFit body.")
-    batch_size: int = Field(default=16, gt=0, description="Contrastive training batch size.")
+    examples: list[Example] = Field(min_length=1, max_length=LIMITS.max_train_examples,
+                                    description="Labelled examples, at least 2 labels.")
+    num_iterations: int = Field(default=20, gt=0, le=LIMITS.max_num_iterations,
+                                description="SetFit pair-generation iterations.")
+    learning_rate: float = Field(default=2e-5, gt=0, le=1, description="Learning rate of the SetFit body.")
+    batch_size: int = Field(default=16, gt=0, le=LIMITS.max_train_batch_size,
+                            description="Contrastive training batch size.")
     holdout_fraction: float | None = Field(
         default=None,
         ge=0,
@@ -105,8 +113,11 @@ class TrainRequest(BaseModel):
     @field_validator("examples")
     @classmethod
     def _at_least_two_labels(cls, examples: list[Example]) -> list[Example]:
-        if len({example.label for example in examples}) < 2:
+        labels = len({example.label for example in examples})
+        if labels < 2:
             raise ValueError("must contain at least 2 distinct labels")
+        if labels > LIMITS.max_labels:
+            raise ValueError(f"must contain at most {LIMITS.max_labels} distinct labels (MAX_LABELS), not {labels}")
         return examples
 
     @field_validator("holdout_fraction")
@@ -166,7 +177,7 @@ class PredictRequest(BaseModel):
     }})
 
     model_name: ModelName
-    texts: list[NonBlankText] = Field(min_length=1)
+    texts: list[NonBlankText] = Field(min_length=1, max_length=LIMITS.max_texts_per_request)
 
     def items(self) -> list[TextItem]:
         """One item per text for the inference service, which batches items across requests."""

@@ -95,6 +95,18 @@ class Settings:
     """INFERENCE_DTYPE: AUTO (float16 on CUDA, float32 on CPU), FLOAT32, FLOAT16 or BFLOAT16."""
     inference_threads: int | None
     """INFERENCE_THREADS: torch threads of the inference worker; None = one per CPU core."""
+    max_texts_per_request: int
+    """MAX_TEXTS_PER_REQUEST: texts in one predict or embeddings request."""
+    max_text_chars: int
+    """MAX_TEXT_CHARS: characters in one text (predict, embeddings, training examples)."""
+    max_train_examples: int
+    """MAX_TRAIN_EXAMPLES: examples in one training request."""
+    max_labels: int
+    """MAX_LABELS: distinct labels of one model."""
+    max_num_iterations: int
+    """MAX_NUM_ITERATIONS: largest `num_iterations` a training request may ask for."""
+    max_train_batch_size: int
+    """MAX_TRAIN_BATCH_SIZE: largest `batch_size` a training request may ask for."""
 
     @property
     def queue_dir(self) -> Path:
@@ -132,6 +144,12 @@ def load_settings() -> Settings:
         max_loaded_models=_int("MAX_LOADED_MODELS", 8, minimum=1),
         inference_dtype=_choice("INFERENCE_DTYPE", "AUTO", {"AUTO", "FLOAT32", "FLOAT16", "BFLOAT16"}),
         inference_threads=_int("INFERENCE_THREADS", 0, minimum=0) or None,
+        max_texts_per_request=_int("MAX_TEXTS_PER_REQUEST", 256, minimum=1),
+        max_text_chars=_int("MAX_TEXT_CHARS", 10_000, minimum=1),
+        max_train_examples=_int("MAX_TRAIN_EXAMPLES", 10_000, minimum=2),
+        max_labels=_int("MAX_LABELS", 500, minimum=2),
+        max_num_iterations=_int("MAX_NUM_ITERATIONS", 200, minimum=1),
+        max_train_batch_size=_int("MAX_TRAIN_BATCH_SIZE", 256, minimum=1),
     )
 
 

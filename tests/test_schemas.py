@@ -62,3 +62,24 @@ def test_predict_rules() -> None:
     assert error_message(PredictRequest, {"model_name": "m", "texts": []}).startswith("texts: List should")
     assert error_message(PredictRequest, {"model_name": "m", "texts": ["ok", ""]}).startswith("texts[1]: must not")
     assert error_message(PredictRequest, {"texts": ["ok"]}) == "model_name: Field required"
+
+
+def test_request_limits_name_the_field_and_the_limit() -> None:
+    """Defaults of the MAX_* settings (README, Settings); each error says which field and which bound."""
+    too_many_texts = {"model_name": "m", "texts": ["x"] * 257}
+    assert error_message(PredictRequest, too_many_texts) == \
+        "texts: List should have at most 256 items after validation, not 257"
+    assert error_message(PredictRequest, {"model_name": "m", "texts": ["ok", "x" * 10_001]}) == \
+        "texts[1]: String should have at most 10000 characters"
+    many_labels = [{"text": "t", "label": f"l{i}"} for i in range(501)]
+    assert error_message(TrainRequest, {"model_name": "m", "examples": many_labels}) == \
+        "examples: must contain at most 500 distinct labels (MAX_LABELS), not 501"
+    assert error_message(TrainRequest, {"model_name": "m", "examples": TWO_LABELS * 5001}).startswith(
+        "examples: List should have at most 10000 items")
+    assert error_message(TrainRequest, {"model_name": "m", "examples": TWO_LABELS, "num_iterations": 201}) == \
+        "num_iterations: Input should be less than or equal to 200"
+    assert error_message(TrainRequest, {"model_name": "m", "examples": TWO_LABELS, "batch_size": 257}) == \
+        "batch_size: Input should be less than or equal to 256"
+    long_example = [{"text": "x" * 10_001, "label": "a"}, {"text": "b", "label": "c"}]
+    assert error_message(TrainRequest, {"model_name": "m", "examples": long_example}) == \
+        "examples[0].text: String should have at most 10000 characters"
