@@ -72,7 +72,8 @@ class Inference:
 
         use_bentoml_log_handlers(settings.log_level)
         use_threads(settings.inference_threads)
-        runtime = InferenceRuntime.resolve(settings.inference_dtype, settings.max_batch_tokens)
+        runtime = InferenceRuntime.resolve(settings.inference_dtype, settings.max_batch_tokens,
+                                           trust_remote_code=settings.trust_remote_code)
         self.models = ModelCache.for_runtime(runtime, settings.model_refresh_seconds, settings.max_loaded_models)
 
     @bentoml.api(**BATCH)

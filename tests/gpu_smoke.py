@@ -51,7 +51,7 @@ def main(output: Path) -> int:
                     "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     state = Path(tempfile.mkdtemp(prefix="gpu-smoke-"))
     base_model = build_tiny_base_model(state / "base")
-    server = LiveServer(state / "server").start()
+    server = LiveServer(state / "server", env={"LOCAL_MODEL_DIRS": str(state / "base")}).start()
     try:
         with server.client() as client:
             started = time.monotonic()

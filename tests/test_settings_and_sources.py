@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fewshot.base_models import load_failure_message, resolve_base_model
+from fewshot.base_models import base_model_problem, load_failure_message, resolve_base_model
 from fewshot.settings import DEFAULT_BASE_MODEL, load_settings
 
 
@@ -39,13 +39,40 @@ def test_bad_settings_fail_loudly_naming_the_variable(monkeypatch, name: str, va
         load_settings()
 
 
-def test_bundled_minilm_resolves_offline_and_local_dirs_win(tmp_path: Path) -> None:
+def test_bundled_minilm_resolves_offline_and_absolute_paths_are_local(tmp_path: Path) -> None:
     bundled = resolve_base_model("sentence-transformers/all-MiniLM-L6-v2")
     assert bundled.is_local and (Path(bundled.location) / "config.json").is_file()
     local = resolve_base_model(str(tmp_path))
     assert local.is_local and local.location == str(tmp_path)
     hub = resolve_base_model("org/some-model")
     assert not hub.is_local and hub.location == "org/some-model"
+
+
+def test_relative_names_are_hub_ids_never_directories(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert not resolve_base_model("org/model").is_local  # a directory of the same name is not read
+
+
+@pytest.mark.parametrize("requested", [
+    "/etc", "/etc/../etc", "~/.ssh", "../x", "..", "org/../../etc", "org/%2e%2e", "org\\name", "a/b/c", "",
+    "{allowed}/../outside", "{allowed}-sibling/model",
+])
+def test_base_models_outside_the_allowed_places_are_refused(tmp_path: Path, requested: str) -> None:
+    allowed = tmp_path / "models"
+    allowed.mkdir()
+    assert base_model_problem(requested.format(allowed=allowed), [allowed]) is not None
+
+
+def test_allowed_base_models(tmp_path: Path) -> None:
+    allowed = tmp_path / "models"
+    (allowed / "mine").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (allowed / "sneaky").symlink_to(tmp_path / "outside")
+    assert base_model_problem(str(allowed / "mine"), [allowed]) is None
+    assert base_model_problem("sentence-transformers/all-MiniLM-L6-v2", [allowed]) is None
+    assert base_model_problem("gpt2", [allowed]) is None
+    assert base_model_problem(str(allowed / "sneaky"), [allowed]) is not None  # symlink out is refused
 
 
 def test_load_failure_says_what_to_do() -> None:

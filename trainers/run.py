@@ -25,6 +25,7 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
         batch_size=request.batch_size,
         holdout_fraction=request.holdout_fraction,
         hf_token=settings.hf_token,
+        trust_remote_code=settings.trust_remote_code,
     )
     logger.info("job %s: training %s on %d examples from %s", record.job_id, request.model_name,
                 len(request.examples), options.base_model.location)

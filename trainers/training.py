@@ -38,6 +38,7 @@ class TrainingOptions:
     holdout_fraction: float | None = None
     seed: int = 42
     hf_token: str | None = None
+    trust_remote_code: bool = False
 
 
 @dataclass
@@ -61,9 +62,11 @@ class _ReportProgress(TrainerCallback):
         self._report(state.global_step, state.max_steps)
 
 
-def load_base_model(source: BaseModelSource, labels: list[str], hf_token: str | None) -> SetFitModel:
+def load_base_model(source: BaseModelSource, labels: list[str], hf_token: str | None,
+                    trust_remote_code: bool = False) -> SetFitModel:
     try:
-        return SetFitModel.from_pretrained(source.location, labels=labels, token=hf_token)
+        return SetFitModel.from_pretrained(source.location, labels=labels, token=hf_token,
+                                           trust_remote_code=trust_remote_code)
     except Exception as error:  # every loader failure means the same thing to the user
         raise TrainingFailed(load_failure_message(source, error)) from error
 
@@ -76,7 +79,7 @@ def train_classifier(texts: Sequence[str], labels: Sequence[str], options: Train
     pairs = list(zip(texts, labels, strict=True))
     train_pairs, holdout_pairs = stratified_split(pairs, list(labels), fraction, options.seed)
 
-    model = load_base_model(options.base_model, label_names, options.hf_token)
+    model = load_base_model(options.base_model, label_names, options.hf_token, options.trust_remote_code)
     logger.info("fine-tuning %s on %s", options.base_model.requested, model.device)
     started = time.perf_counter()
     # Checkpoints and logs go to a temporary directory, never into the working tree.
