@@ -66,7 +66,10 @@ def load_failure_message(source: BaseModelSource, error: BaseException) -> str:
     reason = f"{type(error).__name__}: {error}".strip()
     if len(reason) > 500:
         reason = reason[:500] + "…"
-    if source.is_local:
+    if "trust_remote_code" in reason:
+        hint = ("the model runs its own Python code, which this service refuses unless the operator sets "
+                "TRUST_REMOTE_CODE=true; do that only for models whose code you trust")
+    elif source.is_local:
         hint = "the directory must hold a sentence-transformers model (config.json, weights, tokenizer)"
     else:
         hint = (

@@ -78,3 +78,23 @@ def test_allowed_base_models(tmp_path: Path) -> None:
 def test_load_failure_says_what_to_do() -> None:
     message = load_failure_message(resolve_base_model("org/missing"), OSError("404"))
     assert "org/missing" in message and "HF_TOKEN" in message and "local" in message
+
+
+def test_models_with_their_own_code_are_refused_unless_trusted(tmp_path: Path) -> None:
+    """A real model directory whose config asks for custom code (transformers' auto_map)."""
+    import json
+    import shutil
+
+    from trainers.errors import TrainingFailed
+    from trainers.training import load_base_model
+
+    bundled = Path(resolve_base_model("sentence-transformers/all-MiniLM-L6-v2").location)
+    custom = tmp_path / "custom"
+    shutil.copytree(bundled, custom, ignore=shutil.ignore_patterns("onnx", "openvino", "pytorch_model.bin"))
+    config = json.loads((custom / "config.json").read_text())
+    config.update(model_type="custom-bert", auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                                                      "AutoModel": "modeling_custom.CustomModel"})
+    (custom / "config.json").write_text(json.dumps(config))
+    assert load_settings().trust_remote_code is False  # the default
+    with pytest.raises(TrainingFailed, match="TRUST_REMOTE_CODE=true"):
+        load_base_model(resolve_base_model(str(custom)), ["a", "b"], hf_token=None, trust_remote_code=False)
