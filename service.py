@@ -49,7 +49,7 @@ settings = get_settings()
 reexec_serve_cli_with_store_home(settings)
 apply_process_environment(settings)
 
-from trainers.tasks import jobs, submit_training  # noqa: E402 - needs the environment set above
+from trainers.tasks import QueueFull, jobs, submit_training  # noqa: E402 - needs the environment set above
 
 use_continuous_batching()  # the inference worker's batch dispatchers are built after this import
 
@@ -152,7 +152,13 @@ class Gateway:
     @bentoml.api(route="/v1/train")
     def train(self, request: TrainRequest, /, ctx: bentoml.Context) -> TrainAccepted:
         """Queue a training job; poll GET /v1/jobs/{job_id} for its outcome."""
-        record = submit_training(request)
+        try:
+            record = submit_training(request, max_queued=settings.max_queued_jobs)
+        except QueueFull as full:
+            # BentoML gives a returned response the context's status, so set it there.
+            ctx.response.status_code = 429
+            ctx.response.headers["Retry-After"] = "30"
+            return JSONResponse(error_body(str(full)), status_code=429)
         ctx.response.status_code = 202
         return TrainAccepted(job_id=record.job_id, status=record.status, model_name=record.model_name,
                              created_at=record.created_at)
@@ -199,7 +205,7 @@ Gateway.add_asgi_middleware(
     build=lambda: correct_document(
         Gateway.openapi_spec.asdict(),
         status_overrides={"/v1/train": 202},
-        errors_by_path={"/v1/train": ["400"], "/v1/predict": ["400", "404", "503"],
+        errors_by_path={"/v1/train": ["400", "429"], "/v1/predict": ["400", "404", "503"],
                         "/v1/embeddings": ["400", "404", "503"], "/v1/jobs/{job_id}": ["404"],
                         "/v1/models/{model_name}": ["400", "404"]},
     ),

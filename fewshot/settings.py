@@ -118,6 +118,8 @@ class Settings:
     """MAX_NUM_ITERATIONS: largest `num_iterations` a training request may ask for."""
     max_train_batch_size: int
     """MAX_TRAIN_BATCH_SIZE: largest `batch_size` a training request may ask for."""
+    max_queued_jobs: int
+    """MAX_QUEUED_JOBS: pending training jobs beyond which POST /v1/train answers 429."""
     local_model_dirs: tuple[Path, ...]
     """LOCAL_MODEL_DIRS: directories (os.pathsep-separated) a request's local `base_model` must be in."""
     trust_remote_code: bool
@@ -165,6 +167,7 @@ def load_settings() -> Settings:
         max_labels=_int("MAX_LABELS", 500, minimum=2),
         max_num_iterations=_int("MAX_NUM_ITERATIONS", 200, minimum=1),
         max_train_batch_size=_int("MAX_TRAIN_BATCH_SIZE", 256, minimum=1),
+        max_queued_jobs=_int("MAX_QUEUED_JOBS", 100, minimum=1),
         local_model_dirs=_directories("LOCAL_MODEL_DIRS", default=(model_path / "base-models",)),
         trust_remote_code=_flag("TRUST_REMOTE_CODE", default=False),
     )

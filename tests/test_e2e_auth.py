@@ -22,7 +22,7 @@ BODIES = {
 @pytest.fixture(scope="module")
 def server(live_server_factory) -> LiveServer:
     # No trainer needed: nothing here waits for a job to run.
-    return live_server_factory("auth", API_KEY=KEY, EMBEDDED_TRAINER="false")
+    return live_server_factory("auth", API_KEY=KEY, EMBEDDED_TRAINER="false", MAX_QUEUED_JOBS="3")
 
 
 def documented_routes(server: LiveServer) -> list[tuple[str, str]]:
@@ -72,3 +72,18 @@ def test_bentoml_client_with_token_gets_through(server: LiveServer) -> None:
                 pytest.raises(bentoml.exceptions.BentoMLException) as caught:
             client.predict({"model_name": "some-model", "texts": ["hello"]})
         assert caught.value.error_code == status
+
+
+def test_a_full_queue_answers_429_and_queues_nothing_more(server: LiveServer) -> None:
+    """No trainer runs here, so every accepted job stays pending; the 4th pending one is refused."""
+    headers = {"X-API-Key": KEY}
+    statuses = []
+    for _ in range(5):
+        response = httpx.post(f"{server.url}/v1/train", json=BODIES["/v1/train"], headers=headers, timeout=60)
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            break
+    assert statuses[-1] == 429 and set(statuses[:-1]) <= {202}, statuses
+    assert "MAX_QUEUED_JOBS=3" in response.json()["error"] and response.headers["retry-after"] == "30"
+    again = httpx.post(f"{server.url}/v1/train", json=BODIES["/v1/train"], headers=headers, timeout=60)
+    assert again.status_code == 429

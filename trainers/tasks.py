@@ -28,8 +28,20 @@ DIED_WHILE_RUNNING = (
 )
 
 
-def submit_training(request: TrainRequest) -> JobRecord:
-    """Record the job, then queue it: a job is never queued without a record to report on."""
+class QueueFull(Exception):
+    """The queue already holds MAX_QUEUED_JOBS pending jobs."""
+
+
+def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
+    """Record the job, then queue it: a job is never queued without a record to report on.
+
+    Refused with `QueueFull` when `max_queued` jobs are already pending (a soft bound: two
+    submissions racing at the bound may both get in).
+    """
+    pending = len(jobs.with_status("pending"))
+    if pending >= max_queued:
+        raise QueueFull(f"the training queue is full: {pending} jobs are pending (MAX_QUEUED_JOBS={max_queued}); "
+                        "retry when some have finished")
     record = new_job(request.model_name, request.model_dump(mode="json"))
     jobs.create(record)
     enqueue(record.job_id)
