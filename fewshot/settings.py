@@ -118,6 +118,10 @@ class Settings:
     """MAX_NUM_ITERATIONS: largest `num_iterations` a training request may ask for."""
     max_train_batch_size: int
     """MAX_TRAIN_BATCH_SIZE: largest `batch_size` a training request may ask for."""
+    max_training_seconds: float
+    """MAX_TRAINING_SECONDS: fine-tuning time after which a job fails (checked after every step)."""
+    training_threads: int | None
+    """TRAINING_THREADS: torch threads of the trainer; None = one per CPU core."""
     max_queued_jobs: int
     """MAX_QUEUED_JOBS: pending training jobs beyond which POST /v1/train answers 429."""
     local_model_dirs: tuple[Path, ...]
@@ -167,6 +171,8 @@ def load_settings() -> Settings:
         max_labels=_int("MAX_LABELS", 500, minimum=2),
         max_num_iterations=_int("MAX_NUM_ITERATIONS", 200, minimum=1),
         max_train_batch_size=_int("MAX_TRAIN_BATCH_SIZE", 256, minimum=1),
+        max_training_seconds=_float("MAX_TRAINING_SECONDS", 7200.0, minimum=1.0),
+        training_threads=_int("TRAINING_THREADS", 0, minimum=0) or None,
         max_queued_jobs=_int("MAX_QUEUED_JOBS", 100, minimum=1),
         local_model_dirs=_directories("LOCAL_MODEL_DIRS", default=(model_path / "base-models",)),
         trust_remote_code=_flag("TRUST_REMOTE_CODE", default=False),

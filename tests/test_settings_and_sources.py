@@ -98,3 +98,15 @@ def test_models_with_their_own_code_are_refused_unless_trusted(tmp_path: Path) -
     assert load_settings().trust_remote_code is False  # the default
     with pytest.raises(TrainingFailed, match="TRUST_REMOTE_CODE=true"):
         load_base_model(resolve_base_model(str(custom)), ["a", "b"], hf_token=None, trust_remote_code=False)
+
+
+def test_training_stops_with_a_clear_error_past_its_time_limit(train_examples) -> None:
+    """Real SetFit training on the bundled MiniLM with a limit no step can meet."""
+    from trainers.errors import TrainingFailed
+    from trainers.training import TrainingOptions, train_classifier
+
+    options = TrainingOptions(base_model=resolve_base_model("sentence-transformers/all-MiniLM-L6-v2"),
+                              num_iterations=1, max_seconds=1e-6)
+    examples = train_examples
+    with pytest.raises(TrainingFailed, match=r"MAX_TRAINING_SECONDS=1e-06 \(stopped after step 1 of"):
+        train_classifier([e["text"] for e in examples], [e["label"] for e in examples], options)

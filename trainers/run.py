@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from fewshot import store
 from fewshot.base_models import resolve_base_model
 from fewshot.schemas import TrainRequest, utc_now
@@ -16,6 +18,8 @@ logger = logging.getLogger("fewshot.trainer")
 
 def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | None = None) -> str:
     """Train the job's classifier and register it; returns the new store version."""
+    if settings.training_threads:  # in the thread that trains: OpenMP's thread count is per thread
+        torch.set_num_threads(settings.training_threads)
     request = TrainRequest.model_validate(record.request)
     base_model = request.base_model or settings.default_base_model
     options = TrainingOptions(
@@ -26,6 +30,7 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
         holdout_fraction=request.holdout_fraction,
         hf_token=settings.hf_token,
         trust_remote_code=settings.trust_remote_code,
+        max_seconds=settings.max_training_seconds,
     )
     logger.info("job %s: training %s on %d examples from %s", record.job_id, request.model_name,
                 len(request.examples), options.base_model.location)

@@ -39,6 +39,8 @@ class TrainingOptions:
     seed: int = 42
     hf_token: str | None = None
     trust_remote_code: bool = False
+    max_seconds: float | None = None
+    """Fine-tuning time after which training stops with TrainingFailed (MAX_TRAINING_SECONDS)."""
 
 
 @dataclass
@@ -52,6 +54,21 @@ class TrainedClassifier:
 
     def save(self, directory: Path) -> None:
         self.model.save_pretrained(str(directory))
+
+
+class _Deadline(TrainerCallback):
+    """Stop training once it has run `seconds`; checked after every optimizer step."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._deadline = time.monotonic() + seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() > self._deadline:
+            raise TrainingFailed(
+                f"training took longer than MAX_TRAINING_SECONDS={self._seconds:g} (stopped after step "
+                f"{state.global_step} of {state.max_steps}); lower num_iterations or send fewer examples, "
+                "or raise the limit")
 
 
 class _ReportProgress(TrainerCallback):
@@ -103,7 +120,10 @@ def train_classifier(texts: Sequence[str], labels: Sequence[str], options: Train
             }),
             # SetFit's default metric downloads from the Hub; we score the hold-out ourselves.
             metric=lambda predicted, expected: {"accuracy": float(np.mean(np.asarray(predicted) == expected))},
-            callbacks=[_ReportProgress(progress)] if progress else None,
+            callbacks=[
+                *([_ReportProgress(progress)] if progress else []),
+                *([_Deadline(options.max_seconds)] if options.max_seconds else []),
+            ] or None,
         )
         trainer.train()
     duration = time.perf_counter() - started
