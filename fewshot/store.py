@@ -58,6 +58,31 @@ def register(name: str, write_files: Callable[[Path], None], metadata: dict[str,
                        metadata=dict(model.info.metadata))
 
 
+def _stored(model: bentoml.Model) -> StoredModel:
+    return StoredModel(name=model.tag.name, version=str(model.tag.version), path=Path(model.path),
+                       metadata=dict(model.info.metadata))
+
+
+def versions(name: str) -> list[StoredModel]:
+    """Every complete version of `name`, newest first."""
+    try:
+        found = bentoml.models.list(name)
+    except NotFound:
+        return []
+    return [_stored(model) for model in sorted(found, key=lambda m: m.info.creation_time, reverse=True)]
+
+
+def prune(name: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` versions of `name` (keep >= 1: the served, newest one stays)."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    removed = []
+    for old in versions(name)[keep:]:
+        bentoml.models.delete(old.tag)
+        removed.append(old.tag)
+    return removed
+
+
 def latest(name: str) -> StoredModel | None:
     """The newest complete version of `name`, read fresh from the store (another process may write)."""
     try:

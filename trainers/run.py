@@ -51,4 +51,8 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
     }
     stored = store.register(request.model_name, trained.save, metadata)
     logger.info("job %s: registered %s", record.job_id, stored.tag)
+    if settings.keep_model_versions:
+        for removed in store.prune(request.model_name, keep=settings.keep_model_versions):
+            logger.info("job %s: deleted %s (KEEP_MODEL_VERSIONS=%d)", record.job_id, removed,
+                        settings.keep_model_versions)
     return stored.version

@@ -1,0 +1,39 @@
+"""Version retention on the real BentoML model store (in a subprocess with its own BENTOML_HOME)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.live_server import PROJECT_ROOT
+
+SCRIPT = """
+import json, time
+from fewshot import store
+tags = []
+for i in range(4):
+    stored = store.register("m", lambda d, i=i: (d / "weights.txt").write_text(str(i)), {"i": i})
+    tags.append(stored.tag)
+    time.sleep(0.01)
+store.register("other", lambda d: (d / "weights.txt").write_text("x"), {})
+removed = store.prune("m", keep=2)
+print(json.dumps({"tags": tags, "removed": removed, "left": [v.tag for v in store.versions("m")],
+                  "latest": store.latest("m").tag, "other": [v.tag for v in store.versions("other")],
+                  "none": store.versions("never-trained")}))
+"""
+
+
+def test_prune_keeps_the_newest_versions_of_that_model_only(tmp_path: Path) -> None:
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    output = subprocess.run([sys.executable, "-c", SCRIPT], cwd=PROJECT_ROOT, env=env, check=True,
+                            capture_output=True, text=True).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    tags = result["tags"]
+    assert result["left"] == [tags[3], tags[2]]  # newest first
+    assert sorted(result["removed"]) == sorted(tags[:2])
+    assert result["latest"] == tags[3]
+    assert len(result["other"]) == 1  # another model's versions are untouched
+    assert result["none"] == []
