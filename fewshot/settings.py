@@ -124,6 +124,8 @@ class Settings:
     """TRAINING_THREADS: torch threads of the trainer; None = one per CPU core."""
     keep_model_versions: int | None
     """KEEP_MODEL_VERSIONS: versions kept per model after a training; older ones are deleted. None = all."""
+    job_retention_days: float | None
+    """JOB_RETENTION_DAYS: finished job records older than this are deleted. None = kept forever."""
     max_queued_jobs: int
     """MAX_QUEUED_JOBS: pending training jobs beyond which POST /v1/train answers 429."""
     local_model_dirs: tuple[Path, ...]
@@ -176,6 +178,7 @@ def load_settings() -> Settings:
         max_training_seconds=_float("MAX_TRAINING_SECONDS", 7200.0, minimum=1.0),
         training_threads=_int("TRAINING_THREADS", 0, minimum=0) or None,
         keep_model_versions=_int("KEEP_MODEL_VERSIONS", 10, minimum=0) or None,
+        job_retention_days=_float("JOB_RETENTION_DAYS", 30.0, minimum=0.0) or None,
         max_queued_jobs=_int("MAX_QUEUED_JOBS", 100, minimum=1),
         local_model_dirs=_directories("LOCAL_MODEL_DIRS", default=(model_path / "base-models",)),
         trust_remote_code=_flag("TRUST_REMOTE_CODE", default=False),

@@ -38,3 +38,23 @@ def test_with_status_lists_oldest_first(tmp_path: Path) -> None:
     assert [r.job_id for r in store.with_status("running")] == [second.job_id]
     assert store.get("missing") is None
     assert store.transition("missing", {"pending"}, status="running") is None
+
+
+def test_finished_records_expire_after_their_retention_others_stay(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from trainers.jobs import expire_finished
+
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    now = utc_now()
+    records = {name: new_job("m", {}) for name in ("old_done", "old_failed", "new_done", "pending", "running")}
+    for record in records.values():
+        store.create(record)
+    store.transition(records["old_done"].job_id, {"pending"}, status="completed", finished_at=now - timedelta(days=40))
+    store.transition(records["old_failed"].job_id, {"pending"}, status="failed", finished_at=now - timedelta(days=31))
+    store.transition(records["new_done"].job_id, {"pending"}, status="completed", finished_at=now - timedelta(days=1))
+    store.transition(records["running"].job_id, {"pending"}, status="running", started_at=now - timedelta(days=90))
+    assert expire_finished(store, finished_before=now - timedelta(days=30)) == 2
+    left = {name for name, record in records.items() if store.get(record.job_id) is not None}
+    assert left == {"new_done", "pending", "running"}
+    assert [r.job_id for r in store.with_status("completed")] == [records["new_done"].job_id]

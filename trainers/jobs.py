@@ -12,6 +12,7 @@ import threading
 import uuid
 from collections.abc import Iterable
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +44,17 @@ class JobStore(Protocol):
         ...
 
     def with_status(self, status: JobStatus) -> list[JobRecord]: ...
+
+    def delete(self, job_id: str) -> None: ...
+
+
+def expire_finished(store: JobStore, finished_before: datetime) -> int:
+    """Delete completed and failed records that finished before `finished_before`; how many."""
+    expired = [record.job_id for status in ("completed", "failed") for record in store.with_status(status)
+               if record.finished_at is not None and record.finished_at < finished_before]
+    for job_id in expired:
+        store.delete(job_id)
+    return len(expired)
 
 
 def _changed(record: JobRecord, allowed_from: Iterable[JobStatus], changes: dict[str, Any]) -> JobRecord | None:
@@ -109,6 +121,10 @@ class SqliteJobStore:
                               (status,)).fetchall()
         return [JobRecord.model_validate_json(row[0]) for row in rows]
 
+    def delete(self, job_id: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+
 
 class RedisJobStore:
     """Each record a JSON string under `<prefix>:job:<id>`, plus one set of ids per status."""
@@ -163,6 +179,14 @@ class RedisJobStore:
         ids = sorted(member.decode() for member in self._redis.smembers(self._status_key(status)))
         records = [self.get(job_id) for job_id in ids]
         return sorted((r for r in records if r is not None), key=lambda r: r.created_at)
+
+    def delete(self, job_id: str) -> None:
+        record = self.get(job_id)
+        with self._redis.pipeline() as pipe:
+            pipe.delete(self._key(job_id))
+            if record is not None:
+                pipe.srem(self._status_key(record.status), job_id)
+            pipe.execute()
 
 
 def open_job_store(sqlite_path: Path, redis_url: str | None) -> JobStore:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from datetime import timedelta
 from typing import Any
 
 from huey import signals
 
 from fewshot.schemas import TrainRequest, utc_now
 from fewshot.settings import get_settings
-from trainers.jobs import JobRecord, new_job
+from trainers.jobs import JobRecord, expire_finished, new_job
 from trainers.queue import huey, jobs
 
 logger = logging.getLogger("fewshot.trainer")
@@ -65,6 +66,16 @@ def train_model(job_id: str) -> None:
     finished = jobs.transition(job_id, {"running"}, status="completed", model_version=version,
                                finished_at=utc_now(), error=None)
     logger.info("job %s: completed as %s:%s", job_id, record.model_name, version if finished else "?")
+    expire_old_records()
+
+
+def expire_old_records() -> None:
+    """Delete finished job records older than JOB_RETENTION_DAYS (after each job and at start-up)."""
+    days = get_settings().job_retention_days
+    if days:
+        expired = expire_finished(jobs, utc_now() - timedelta(days=days))
+        if expired:
+            logger.info("deleted %d job records finished more than %g days ago", expired, days)
 
 
 @huey.signal(signals.SIGNAL_EXECUTING)
@@ -111,3 +122,4 @@ def reconcile_after_restart(sole_consumer: bool) -> None:
         if record.job_id not in queued:
             enqueue(record.job_id)
             logger.warning("job %s: was pending but not queued; queued again", record.job_id)
+    expire_old_records()
