@@ -36,6 +36,7 @@ ERROR_RESPONSES = {
     "400": _error_response("Invalid input: the message names the field and the rule."),
     "401": _error_response("Missing or wrong API key."),
     "404": _error_response("Unknown job or model."),
+    "429": _error_response("Too many training jobs pending (MAX_QUEUED_JOBS); retry after Retry-After seconds."),
     "500": _error_response("Internal error."),
     "503": _error_response("Overloaded; retry shortly."),
 }

@@ -289,6 +289,7 @@ def test_openapi_document_describes_the_real_api(client: httpx.Client) -> None:
     train = paths["/v1/train"]["post"]
     assert "202" in train["responses"] and "200" not in train["responses"]
     assert "401" in train["responses"] and train["security"]
+    assert train["responses"]["429"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
     assert "401" not in paths["/health"]["get"]["responses"]
     assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
     error_schema = spec["components"]["schemas"]["ErrorResponse"]
