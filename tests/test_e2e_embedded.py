@@ -26,6 +26,7 @@ from tests.live_server import BENTOML, PROJECT_ROOT, LiveServer, wait_for_job
 pytestmark = pytest.mark.e2e
 
 MODEL = "bank"
+HF_TOKEN = "hf_test_token_that_must_never_leak"  # unused offline; must still never be echoed
 CLEAR_TEXTS = {
     "My card has not arrived yet.": "card_arrival",
     "What exchange rates do you offer?": "exchange_rate",
@@ -37,7 +38,7 @@ CLEAR_TEXTS = {
 @pytest.fixture(scope="module")
 def server(live_server_factory) -> LiveServer:
     # One loaded model at a time: tests that use two models make the cache unload and reload.
-    return live_server_factory("embedded", MAX_LOADED_MODELS="1")
+    return live_server_factory("embedded", MAX_LOADED_MODELS="1", HF_TOKEN=HF_TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +178,21 @@ def test_concurrent_mixed_requests_get_exactly_their_own_answers(
             for vector, reference in zip(got["embeddings"], want["embeddings"], strict=True):
                 assert vector == pytest.approx(reference, abs=1e-4)
     assert "unloaded" in server.log_path.read_text()  # two models through a one-model cache
+
+
+def test_hf_token_never_appears_in_job_records_model_metadata_or_logs(
+        client: httpx.Client, server: LiveServer, trained: dict) -> None:
+    job = client.get(f"/v1/jobs/{trained['accepted']['job_id']}").text
+    model = client.get(f"/v1/models/{MODEL}").text
+    failed = client.post("/v1/train", json={"model_name": "x", "base_model": "no-such-org/leak-check",
+                                            "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]})
+    failed_job = wait_for_job(client, failed.json()["job_id"], {"failed", "completed"})
+    assert failed_job["status"] == "failed"
+    stored_metadata = list((server.model_path / "bentoml" / "models").rglob("model.yaml"))
+    assert stored_metadata  # the store's own metadata files are read too
+    for text in (job, model, json.dumps(failed_job), server.log_path.read_text(errors="replace"),
+                 *(path.read_text() for path in stored_metadata)):
+        assert HF_TOKEN not in text
 
 
 def test_embeddings_come_from_the_model_body_in_input_order(client: httpx.Client, trained: dict) -> None:
