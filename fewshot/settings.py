@@ -10,9 +10,12 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 DEFAULT_BASE_MODEL = "Alibaba-NLP/gte-modernbert-base"
 DEFAULT_MODEL_PATH = "~/.local/share/fewshot"
+
+Number = TypeVar("Number", int, float)
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -27,30 +30,25 @@ def _flag(name: str, default: bool) -> bool:
     raise ValueError(f"{name} must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
 
 
-def _float(name: str, default: float, minimum: float) -> float:
+def _number(name: str, default: Number, minimum: Number, kind: type[Number], described: str) -> Number:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        raise ValueError(f"{name} must be {described}, got {raw!r}") from None
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _float(name: str, default: float, minimum: float) -> float:
+    return _number(name, default, minimum, float, "a number")
 
 
 def _int(name: str, default: int, minimum: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    return _number(name, default, minimum, int, "a whole number")
 
 
 def _directories(name: str, default: tuple[Path, ...]) -> tuple[Path, ...]:
