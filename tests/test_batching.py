@@ -84,6 +84,15 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def with_one_call_in_flight(max_items: int) -> tuple[RecordingBackend, Coalescer, asyncio.Task]:
+    """A coalescer whose first call (["a"]) is in flight and held until `backend.release` is set."""
+    backend = RecordingBackend()
+    coalescer = Coalescer(backend, max_items=max_items)
+    first = asyncio.create_task(coalescer(["a"]))
+    await settle()
+    return backend, coalescer, first
+
+
 def test_a_lone_request_goes_out_at_once() -> None:
     async def scenario() -> None:
         backend = RecordingBackend()
@@ -97,10 +106,7 @@ def test_a_lone_request_goes_out_at_once() -> None:
 
 def test_requests_arriving_during_a_call_share_the_next_call_in_order() -> None:
     async def scenario() -> None:
-        backend = RecordingBackend()
-        coalescer = Coalescer(backend, max_items=8)
-        first = asyncio.create_task(coalescer(["a"]))
-        await settle()
+        backend, coalescer, first = await with_one_call_in_flight(max_items=8)
         waiting = [asyncio.create_task(coalescer([f"{i}x", f"{i}y"])) for i in range(3)]
         await settle()
         assert backend.calls == [["a"]]  # one call in flight; the others wait for it
@@ -114,10 +120,7 @@ def test_requests_arriving_during_a_call_share_the_next_call_in_order() -> None:
 
 def test_calls_hold_whole_requests_up_to_max_items() -> None:
     async def scenario() -> None:
-        backend = RecordingBackend()
-        coalescer = Coalescer(backend, max_items=4)
-        first = asyncio.create_task(coalescer(["a"]))
-        await settle()
+        backend, coalescer, first = await with_one_call_in_flight(max_items=4)
         rest = [asyncio.create_task(coalescer(items)) for items in (["b", "c"], ["d", "e"], ["f"] * 6)]
         await settle()
         backend.release.set()
@@ -162,10 +165,7 @@ def test_a_wrong_number_of_results_is_an_error_not_a_misrouted_answer() -> None:
 
 def test_a_cancelled_request_is_dropped_before_its_call() -> None:
     async def scenario() -> None:
-        backend = RecordingBackend()
-        coalescer = Coalescer(backend, max_items=8)
-        first = asyncio.create_task(coalescer(["a"]))
-        await settle()
+        backend, coalescer, first = await with_one_call_in_flight(max_items=8)
         gone = asyncio.create_task(coalescer(["gone"]))
         kept = asyncio.create_task(coalescer(["kept"]))
         await settle()
