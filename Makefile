@@ -30,8 +30,10 @@ install-test: $(VENV)/.installed-test
 serve: install
 	BENTOML_CONFIG=configuration.yaml $(BIN)/bentoml serve --port $(PORT)
 
-## Lint, then the whole test suite (unit + end-to-end against real servers).
+## Lint, then the whole test suite (unit + end-to-end against real servers, embedded and Redis
+## mode). The Redis-mode tests start a real redis-server (Debian package), installed here when missing.
 test: install-test
+	command -v redis-server >/dev/null || apt-get install -y -q redis-server || sudo apt-get install -y -q redis-server
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.fixtures import read_examples
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, TrainerProcess
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +33,41 @@ def live_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def trainer_factory() -> Iterator:
+    """Start separate trainer processes for one test module; all are stopped when it ends."""
+    started: list[TrainerProcess] = []
+
+    def start(server: LiveServer, name: str = "trainer", **env: str) -> TrainerProcess:
+        trainer = TrainerProcess(server, name, env).start()
+        started.append(trainer)
+        return trainer
+
+    yield start
+    for trainer in started:
+        trainer.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real redis-server for the whole run; tests keep apart by key prefix or database."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fresh_redis_database(redis_url: str) -> Callable[[], str]:
+    """A URL to a Redis database of its own (1, 2, ...; database 0 is shared by key prefix), emptied."""
+    import redis
+
+    numbers = itertools.count(1)
+
+    def fresh() -> str:
+        url = redis_url.rsplit("/", 1)[0] + f"/{next(numbers)}"
+        redis.Redis.from_url(url).flushdb()
+        return url
+
+    return fresh

@@ -98,6 +98,10 @@ class LiveServer:
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def all_logs(self) -> str:
+        """The server's log and those of trainers started beside it (TrainerProcess)."""
+        return "\n".join(path.read_text(errors="replace") for path in sorted(self.state_dir.glob("*.log")))
+
     def consumer_processes(self) -> list[psutil.Process]:
         """Trainer consumers (ours or orphans) serving this server's MODEL_PATH."""
         found = []
@@ -109,6 +113,47 @@ class LiveServer:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         return found
+
+
+class TrainerProcess:
+    """`python -m trainers.consumer` on its own, as on a separate trainer machine (REDIS_URL mode).
+
+    It shares the server's environment (REDIS_URL, MODEL_PATH: the shared model store volume).
+    """
+
+    def __init__(self, server: LiveServer, name: str, env: dict[str, str] | None = None) -> None:
+        self.env = {**server.env, **(env or {})}
+        self.log_path = server.state_dir / f"{name}.log"
+        self.process: psutil.Popen | None = None
+
+    def start(self) -> TrainerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = psutil.Popen([sys.executable, "-m", "trainers.consumer"], cwd=PROJECT_ROOT, env=self.env,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def wait_until_consuming(self, timeout: float = 120) -> TrainerProcess:
+        deadline = time.monotonic() + timeout
+        while "trainer consumer started" not in self.log_path.read_text(errors="replace"):
+            assert self.process is not None and self.process.poll() is None, self.log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"trainer not consuming in {timeout}s"
+            time.sleep(0.3)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout)
+        except psutil.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def wait_for_job(client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 300) -> dict:

@@ -1,6 +1,10 @@
-"""End to end, embedded mode: one real `bentoml serve` (with its own Huey consumer) over HTTP.
+"""End to end over HTTP against one real `bentoml serve`, in both deployment modes:
 
-Tests in this module share one server and run in file order: train → inspect → predict → restart.
+- embedded: the server runs its own Huey consumer; queue and job records in SQLite under MODEL_PATH;
+- redis: queue and job records in a real redis-server; two trainers run as separate processes
+  (`python -m trainers.consumer`, as on trainer machines) sharing the model store.
+
+Tests in this module share one server per mode and run in file order: train → inspect → predict → restart.
 """
 
 from __future__ import annotations
@@ -35,10 +39,22 @@ CLEAR_TEXTS = {
 }
 
 
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def server(live_server_factory) -> LiveServer:
+def server(mode: str, live_server_factory, trainer_factory, request: pytest.FixtureRequest) -> LiveServer:
     # One loaded model at a time: tests that use two models make the cache unload and reload.
-    return live_server_factory("embedded", MAX_LOADED_MODELS="1", HF_TOKEN=HF_TOKEN)
+    settings = {"MAX_LOADED_MODELS": "1", "HF_TOKEN": HF_TOKEN}
+    if mode == "embedded":
+        return live_server_factory("embedded", **settings)
+    redis_url = request.getfixturevalue("fresh_redis_database")()
+    server = live_server_factory("redis", REDIS_URL=redis_url, EMBEDDED_TRAINER="false", **settings)
+    for name in ("trainer-1", "trainer-2"):
+        trainer_factory(server, name).wait_until_consuming()
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -190,9 +206,10 @@ def test_hf_token_never_appears_in_job_records_model_metadata_or_logs(
     assert failed_job["status"] == "failed"
     stored_metadata = list((server.model_path / "bentoml" / "models").rglob("model.yaml"))
     assert stored_metadata  # the store's own metadata files are read too
-    for text in (job, model, json.dumps(failed_job), server.log_path.read_text(errors="replace"),
+    for text in (job, model, json.dumps(failed_job), server.all_logs(),
                  *(path.read_text() for path in stored_metadata)):
         assert HF_TOKEN not in text
+    assert f"job {trained['job']['job_id']}: completed" in server.all_logs()  # trainer logs were read
 
 
 def test_embeddings_come_from_the_model_body_in_input_order(client: httpx.Client, trained: dict) -> None:
@@ -383,7 +400,9 @@ def test_store_lives_under_model_path_only(server: LiveServer) -> None:
     assert not [line for line in untracked.splitlines() if "checkpoints" in line or "runs/" in line]
 
 
-def test_stopping_the_server_leaves_no_trainer_behind(server: LiveServer) -> None:
+def test_stopping_the_server_leaves_no_trainer_behind(server: LiveServer, mode: str) -> None:
+    if mode == "redis":
+        pytest.skip("in Redis mode the trainers are separate processes that outlive the API server")
     assert len(server.consumer_processes()) == 1
     assert server.stop() is not None
     deadline = time.monotonic() + 15

@@ -1,15 +1,32 @@
-"""Job records on the real SQLite backend: compare-and-set transitions, persistence across opens."""
+"""Job records on both real backends (SQLite file, redis-server): compare-and-set transitions,
+persistence across opens, expiry, and trainer heartbeats."""
 
 from __future__ import annotations
 
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from fewshot.schemas import utc_now
-from trainers.jobs import SqliteJobStore, new_job
+from trainers.jobs import JobStore, RedisJobStore, SqliteJobStore, expire_finished, new_job
 
 
-def test_records_survive_reopening_and_transitions_are_compare_and_set(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "jobs.db")
+@pytest.fixture(params=["sqlite", "redis"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], JobStore]:
+    """Opens the same store again on each call, as another process would."""
+    if request.param == "sqlite":
+        return lambda: SqliteJobStore(tmp_path / "jobs.db")
+    url = request.getfixturevalue("redis_url")
+    prefix = f"test-{uuid.uuid4().hex}"  # each test its own keys on the shared server
+    return lambda: RedisJobStore(url, prefix=prefix)
+
+
+def test_records_survive_reopening_and_transitions_are_compare_and_set(open_store) -> None:
+    store = open_store()
     record = new_job("m", {"model_name": "m"})
     store.create(record)
     running = store.transition(record.job_id, {"pending"}, status="running", started_at=utc_now(), attempts=1)
@@ -19,33 +36,31 @@ def test_records_survive_reopening_and_transitions_are_compare_and_set(tmp_path:
     # A late "interrupted" must not overwrite the completed state.
     assert store.transition(record.job_id, {"running"}, status="pending") is None
 
-    reopened = SqliteJobStore(tmp_path / "jobs.db")
+    reopened = open_store()
     final = reopened.get(record.job_id)
     assert final is not None
     assert (final.status, final.model_version, final.attempts) == ("completed", "v1", 1)
     assert final.request == {"model_name": "m"}
+    assert [r.job_id for r in reopened.with_status("completed")] == [record.job_id]
+    assert reopened.with_status("running") == [] and reopened.with_status("pending") == []
     assert set(final.view().model_dump()) == {"job_id", "status", "model_name", "created_at", "started_at",
                                               "finished_at", "error", "model_version", "attempts", "note"}
 
 
-def test_with_status_lists_oldest_first(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "jobs.db")
-    first, second = new_job("a", {}), new_job("b", {})
-    store.create(first)
-    store.create(second)
+def test_with_status_lists_oldest_first(open_store) -> None:
+    store = open_store()
+    first, second, third = new_job("a", {}), new_job("b", {}), new_job("c", {})
+    for record in (third, first, second):  # created_at order is first, second, third
+        store.create(record)
     store.transition(second.job_id, {"pending"}, status="running")
-    assert [r.job_id for r in store.with_status("pending")] == [first.job_id]
+    assert [r.job_id for r in store.with_status("pending")] == [first.job_id, third.job_id]
     assert [r.job_id for r in store.with_status("running")] == [second.job_id]
     assert store.get("missing") is None
     assert store.transition("missing", {"pending"}, status="running") is None
 
 
-def test_finished_records_expire_after_their_retention_others_stay(tmp_path: Path) -> None:
-    from datetime import timedelta
-
-    from trainers.jobs import expire_finished
-
-    store = SqliteJobStore(tmp_path / "jobs.db")
+def test_finished_records_expire_after_their_retention_others_stay(open_store) -> None:
+    store = open_store()
     now = utc_now()
     records = {name: new_job("m", {}) for name in ("old_done", "old_failed", "new_done", "pending", "running")}
     for record in records.values():
@@ -58,3 +73,16 @@ def test_finished_records_expire_after_their_retention_others_stay(tmp_path: Pat
     left = {name for name, record in records.items() if store.get(record.job_id) is not None}
     assert left == {"new_done", "pending", "running"}
     assert [r.job_id for r in store.with_status("completed")] == [records["new_done"].job_id]
+    assert store.with_status("failed") == []
+
+
+def test_a_trainer_is_live_until_its_heartbeat_expires(open_store) -> None:
+    store, other_process = open_store(), open_store()
+    assert store.live_workers() == set()
+    store.beat("host-a:1", ttl_seconds=0.6)
+    store.beat("host-b:2", ttl_seconds=30)
+    assert other_process.live_workers() == {"host-a:1", "host-b:2"}
+    time.sleep(1.0)
+    assert other_process.live_workers() == {"host-b:2"}
+    store.beat("host-a:1", ttl_seconds=30)  # a late beat brings it back
+    assert other_process.live_workers() == {"host-a:1", "host-b:2"}

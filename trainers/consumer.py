@@ -3,6 +3,10 @@
 With the embedded SQLite queue only one consumer may serve a state directory (it alone can tell
 that a `running` job's worker is dead), so it first takes an exclusive lock on a file there and
 waits while another consumer holds it, e.g. an orphan of a killed server that is still exiting.
+With REDIS_URL any number of consumers share the queue; heartbeats tell them which are alive.
+
+Jobs run in a worker thread of this process: `kill -9` of this process is the death of the job's
+executor too (there is no separate worker process to orphan).
 """
 
 from __future__ import annotations
@@ -45,12 +49,14 @@ def exclusive_lock(path: Path):
         yield
 
 
-def run_consumer(sole_consumer: bool) -> None:
+def run_consumer(sole_consumer: bool, heartbeat_seconds: float) -> None:
     import trainers.run  # noqa: F401 - load torch/SetFit now, not inside the first job
+    from trainers.heartbeat import Heartbeat
     from trainers.queue import huey
     from trainers.tasks import reconcile_after_restart
 
     reconcile_after_restart(sole_consumer=sole_consumer)
+    Heartbeat(heartbeat_seconds).start()
     # One job at a time per trainer, in a thread: SIGTERM then fires SIGNAL_INTERRUPTED for the
     # running job from the main thread, which queues it again before the process exits.
     consumer = huey.create_consumer(workers=1, worker_type="thread", periodic=False,
@@ -64,10 +70,10 @@ def main() -> None:
     configure_logging(settings.log_level)
     apply_process_environment(settings)
     if settings.redis_url:
-        run_consumer(sole_consumer=False)
+        run_consumer(sole_consumer=False, heartbeat_seconds=settings.trainer_heartbeat_seconds)
     else:
         with exclusive_lock(settings.consumer_lock_file):
-            run_consumer(sole_consumer=True)
+            run_consumer(sole_consumer=True, heartbeat_seconds=settings.trainer_heartbeat_seconds)
 
 
 if __name__ == "__main__":

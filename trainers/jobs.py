@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -47,6 +48,14 @@ class JobStore(Protocol):
 
     def delete(self, job_id: str) -> None: ...
 
+    def beat(self, worker: str, ttl_seconds: float) -> None:
+        """Record that trainer `worker` is alive for the next `ttl_seconds`."""
+        ...
+
+    def live_workers(self) -> set[str]:
+        """Trainers whose last heartbeat has not expired."""
+        ...
+
 
 def expire_finished(store: JobStore, finished_before: datetime) -> int:
     """Delete completed and failed records that finished before `finished_before`; how many."""
@@ -74,6 +83,7 @@ class SqliteJobStore:
                 "created_at TEXT NOT NULL, record TEXT NOT NULL)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status)")
+            db.execute("CREATE TABLE IF NOT EXISTS workers (worker TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
 
     @contextmanager
     def _connection(self):
@@ -125,9 +135,23 @@ class SqliteJobStore:
         with self._write() as db:
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
+    def beat(self, worker: str, ttl_seconds: float) -> None:
+        now = time.time()
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO workers (worker, expires_at) VALUES (?, ?)", (worker, now + ttl_seconds))
+            db.execute("DELETE FROM workers WHERE expires_at < ?", (now,))
+
+    def live_workers(self) -> set[str]:
+        with self._connection() as db:
+            rows = db.execute("SELECT worker FROM workers WHERE expires_at >= ?", (time.time(),)).fetchall()
+        return {row[0] for row in rows}
+
 
 class RedisJobStore:
-    """Each record a JSON string under `<prefix>:job:<id>`, plus one set of ids per status."""
+    """Each record a JSON string under `<prefix>:job:<id>`, plus one set of ids per status.
+
+    A trainer's heartbeat is a key `<prefix>:worker:<id>` that Redis expires by itself.
+    """
 
     def __init__(self, url: str, prefix: str = "fewshot") -> None:
         import redis
@@ -187,6 +211,13 @@ class RedisJobStore:
             if record is not None:
                 pipe.srem(self._status_key(record.status), job_id)
             pipe.execute()
+
+    def beat(self, worker: str, ttl_seconds: float) -> None:
+        self._redis.set(f"{self._prefix}:worker:{worker}", "1", px=max(1, int(ttl_seconds * 1000)))
+
+    def live_workers(self) -> set[str]:
+        start = len(f"{self._prefix}:worker:")
+        return {key.decode()[start:] for key in self._redis.scan_iter(match=f"{self._prefix}:worker:*", count=1000)}
 
 
 def open_job_store(sqlite_path: Path, redis_url: str | None) -> JobStore:

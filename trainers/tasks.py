@@ -105,11 +105,33 @@ def _requeue_interrupted(signal: str, task: Any) -> None:
         logger.warning("job %s: interrupted by shutdown; queued again", task.id)
 
 
+def fail_jobs_of_dead_trainers() -> list[str]:
+    """Fail `running` jobs whose trainer's heartbeat has expired (killed, crashed, machine gone).
+
+    Another trainer starting never fails a job: only the silence of the job's own trainer does.
+    """
+    # Running jobs first, heartbeats second: a trainer beats before it runs a job, so a job that
+    # starts between the two reads still finds its trainer alive.
+    running = jobs.with_status("running")
+    if not running:
+        return []
+    live = jobs.live_workers()
+    failed = []
+    for record in running:
+        if record.worker not in live and jobs.transition(record.job_id, {"running"}, status="failed",
+                                                         error=DIED_WHILE_RUNNING, finished_at=utc_now()):
+            logger.warning("job %s: its trainer %s stopped sending heartbeats; marked failed",
+                           record.job_id, record.worker)
+            failed.append(record.job_id)
+    return failed
+
+
 def reconcile_after_restart(sole_consumer: bool) -> None:
     """Put the records right after a trainer (re)starts: nothing stays running or unqueued forever.
 
-    A job left `running` by a dead worker is failed (only when this is the one consumer of its
-    state directory: with several trainers it may be running elsewhere). A `pending` job whose task
+    A job left `running` by a dead worker is failed at once when this is the one consumer of its
+    state directory; with several trainers it may be running elsewhere, so it is left to the
+    heartbeats (`fail_jobs_of_dead_trainers`). A `pending` job whose task
     is not in the queue (the gateway died between the two writes) is queued again.
     """
     if sole_consumer:
