@@ -6,6 +6,9 @@ PORT ?= 8000
 # CPU build where the machine provides one); an unpinned torch can pull a different multi-GB build.
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# Debian packages the tests and the benchmark run (redis-server, wrk): installed when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
 .PHONY: install install-test serve test lint bench clean
 
@@ -33,7 +36,7 @@ serve: install
 ## Lint, then the whole test suite (unit + end-to-end against real servers, embedded and Redis
 ## mode). The Redis-mode tests start a real redis-server (Debian package), installed here when missing.
 test: install-test
-	command -v redis-server >/dev/null || apt-get install -y -q redis-server || sudo apt-get install -y -q redis-server
+	command -v redis-server >/dev/null || { $(call APT_INSTALL,redis-server); }
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -41,7 +44,7 @@ test: install-test
 ## The load generator is wrk (Debian package), installed here when missing.
 BENCH_ARGS ?=
 bench: install-test
-	command -v wrk >/dev/null || apt-get install -y -q wrk || sudo apt-get install -y -q wrk
+	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
 	$(BIN)/python -m bench.serving $(BENCH_ARGS)
 
 lint: install-test

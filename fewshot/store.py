@@ -1,19 +1,36 @@
 """The BentoML model store: the only module that registers, resolves or reads stored models.
 
 A model version's files are a SetFit model directory; its metadata carries what the API reports.
+
+Several trainers (processes or machines sharing the store's volume) may write at once. BentoML
+copies a new version into its final directory and only then points `latest` at it, which keeps
+readers of `latest` safe, but two writers can interleave those steps and a writer killed mid-copy
+leaves a half-written version directory behind. So writers (register, prune, clean-up) hold one
+exclusive lock on a file in the store, and `remove_incomplete_versions` clears what a crash left.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fcntl
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import NotFound
+from bentoml.exceptions import BentoMLException, NotFound
 
 from fewshot.schemas import ModelView
+
+logger = logging.getLogger("fewshot.store")
+
+# A version directory without this file is a copy cut short (BentoML copies in no fixed order, so
+# a cut copy that has it is possible too; it is never `latest`, and retention deletes it in time).
+MODEL_INFO_FILE = "model.yaml"
 
 # Marks our models in the store, so that `bentoml models list` users can tell them apart.
 STORE_LABELS = {"kind": "setfit-classifier", "owner": "fewshot"}
@@ -50,12 +67,39 @@ class StoredModel:
         )
 
 
+def models_dir() -> Path:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.model_store.get()._path)
+
+
+@contextmanager
+def writing() -> Iterator[None]:
+    """Exclusive among every process writing to this store (flock; works on NFSv4 too)."""
+    directory = models_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".fewshot-writers.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def register(name: str, write_files: Callable[[Path], None], metadata: dict[str, Any]) -> StoredModel:
-    """Write a new version of `name`; it becomes visible (and `latest`) only once complete."""
-    with bentoml.models.create(name, labels=STORE_LABELS, metadata=metadata) as model:
-        write_files(Path(model.path))
-    return StoredModel(name=name, version=str(model.tag.version), path=Path(model.path),
-                       metadata=dict(model.info.metadata))
+    """Write a new version of `name`; it becomes visible (and `latest`) only once complete.
+
+    The slow part (writing the weights) happens outside the writers' lock, in a staging directory;
+    inside it the files are moved (a rename: same temporary filesystem as BentoML's) into the new
+    version, which BentoML then copies into the store. Versions are created, and become `latest`,
+    in the order they were registered.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"fewshot-{name}-") as staging:
+        write_files(Path(staging))
+        with writing(), bentoml.models.create(name, labels=STORE_LABELS, metadata=metadata) as model:
+            for item in Path(staging).iterdir():
+                shutil.move(item, Path(model.path) / item.name)
+    return _stored(bentoml.models.get(model.tag))
 
 
 def _stored(model: bentoml.Model) -> StoredModel:
@@ -64,11 +108,18 @@ def _stored(model: bentoml.Model) -> StoredModel:
 
 
 def versions(name: str) -> list[StoredModel]:
-    """Every complete version of `name`, newest first."""
-    try:
-        found = bentoml.models.list(name)
-    except NotFound:
+    """Every complete version of `name`, newest first (a half-written one is skipped)."""
+    directory = models_dir() / name
+    if not directory.is_dir():
         return []
+    found = []
+    for version in directory.iterdir():
+        if not version.is_dir():
+            continue
+        try:
+            found.append(bentoml.models.get(f"{name}:{version.name}"))
+        except BentoMLException:  # no model.yaml yet (being copied) or a crashed copy
+            continue
     return [_stored(model) for model in sorted(found, key=lambda m: m.info.creation_time, reverse=True)]
 
 
@@ -77,9 +128,25 @@ def prune(name: str, keep: int) -> list[str]:
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     removed = []
-    for old in versions(name)[keep:]:
-        bentoml.models.delete(old.tag)
-        removed.append(old.tag)
+    with writing():
+        for old in versions(name)[keep:]:
+            bentoml.models.delete(old.tag)
+            removed.append(old.tag)
+    return removed
+
+
+def remove_incomplete_versions() -> list[str]:
+    """Delete version directories without their model.yaml: copies cut short by a crash.
+
+    Safe at any time: under the writers' lock no copy is in progress.
+    """
+    removed = []
+    with writing():
+        for info_dir in models_dir().glob("*/*/"):
+            if info_dir.is_dir() and not (info_dir / MODEL_INFO_FILE).exists():
+                shutil.rmtree(info_dir)
+                removed.append(f"{info_dir.parent.name}:{info_dir.name}")
+                logger.warning("removed %s from the model store: an incomplete copy (its writer died)", removed[-1])
     return removed
 
 

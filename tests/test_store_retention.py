@@ -37,3 +37,41 @@ def test_prune_keeps_the_newest_versions_of_that_model_only(tmp_path: Path) -> N
     assert result["latest"] == tags[3]
     assert len(result["other"]) == 1  # another model's versions are untouched
     assert result["none"] == []
+
+
+WRITER = """
+import sys
+from fewshot import store
+for i in range(6):
+    store.register("shared", lambda d, i=i: (d / "weights.txt").write_text(sys.argv[1] * 200_000), {"i": i})
+"""
+
+CHECK = """
+import json
+from pathlib import Path
+from fewshot import store
+half = store.models_dir() / "shared" / "half-written"
+half.mkdir()
+(half / "weights.txt").write_text("cut short")
+listed = [v.tag for v in store.versions("shared")]
+removed = store.remove_incomplete_versions()
+versions = store.versions("shared")
+print(json.dumps({"listed": listed, "removed": removed, "latest": store.latest("shared").tag,
+                  "newest": versions[0].tag, "count": len(versions), "half_exists": half.exists(),
+                  "sizes": sorted({len((v.path / "weights.txt").read_text()) for v in versions})}))
+"""
+
+
+def test_concurrent_writers_leave_a_complete_store_whose_latest_is_the_newest(tmp_path: Path) -> None:
+    """Two processes register versions of one model at once (two trainers on a shared volume)."""
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, letter], cwd=PROJECT_ROOT, env=env)
+               for letter in "ab"]
+    assert [writer.wait(120) for writer in writers] == [0, 0]
+    output = subprocess.run([sys.executable, "-c", CHECK], cwd=PROJECT_ROOT, env=env, check=True,
+                            capture_output=True, text=True).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    assert result["count"] == 12 and len(result["listed"]) == 12  # the half-written one is never listed
+    assert result["removed"] == ["shared:half-written"] and not result["half_exists"]
+    assert result["latest"] == result["newest"]
+    assert result["sizes"] == [200_000]  # every version's file whole

@@ -51,11 +51,13 @@ def exclusive_lock(path: Path):
 
 def run_consumer(sole_consumer: bool, heartbeat_seconds: float) -> None:
     import trainers.run  # noqa: F401 - load torch/SetFit now, not inside the first job
+    from fewshot import store
     from trainers.heartbeat import Heartbeat
     from trainers.queue import huey
     from trainers.tasks import reconcile_after_restart
 
     reconcile_after_restart(sole_consumer=sole_consumer)
+    store.remove_incomplete_versions()  # a model copy cut short by a crash of this or another trainer
     Heartbeat(heartbeat_seconds).start()
     # One job at a time per trainer, in a thread: SIGTERM then fires SIGNAL_INTERRUPTED for the
     # running job from the main thread, which queues it again before the process exits.
