@@ -1,0 +1,100 @@
+"""End to end, distributed mode: queue and job records in a real redis-server, trainers as separate
+processes sharing one model store (as trainer machines sharing a volume). Faults of several trainers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+import httpx
+import pytest
+
+from tests.fixtures import BASE_MODEL
+from tests.live_server import PROJECT_ROOT, LiveServer, TrainerProcess, wait_for_job
+from trainers.jobs import RedisJobStore
+from trainers.tasks import DIED_WHILE_RUNNING
+
+pytestmark = pytest.mark.e2e
+
+HEARTBEAT_SECONDS = 1.0  # a trainer silent for 3 s is dead
+
+
+@pytest.fixture(scope="module")
+def queue_url(fresh_redis_database) -> str:
+    return fresh_redis_database()
+
+
+@pytest.fixture(scope="module")
+def server(live_server_factory, queue_url: str) -> LiveServer:
+    return live_server_factory("distributed", REDIS_URL=queue_url, EMBEDDED_TRAINER="false",
+                               TRAINER_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS))
+
+
+@pytest.fixture(scope="module")
+def trainers(server: LiveServer, trainer_factory) -> dict[int, TrainerProcess]:
+    started = [trainer_factory(server, f"trainer-{n}") for n in (1, 2)]
+    return {trainer.wait_until_consuming().pid: trainer for trainer in started}
+
+
+def train(client: httpx.Client, model_name: str, examples: list[dict], iterations: int) -> str:
+    response = client.post("/v1/train", json={"model_name": model_name, "base_model": BASE_MODEL,
+                                              "examples": examples, "num_iterations": iterations})
+    assert response.status_code == 202, response.text
+    return response.json()["job_id"]
+
+
+def store_versions(server: LiveServer, name: str) -> list[str]:
+    """Tags of `name` in the shared store, newest first, read by a process of its own."""
+    script = f"import json; from fewshot import store; print(json.dumps([v.tag for v in store.versions({name!r})]))"
+    env = {**server.env, "BENTOML_HOME": str(server.model_path / "bentoml")}
+    output = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, check=True,
+                            capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_two_jobs_for_one_model_train_at_once_as_two_versions(server: LiveServer, trainers, train_examples) -> None:
+    with server.client() as client:
+        job_ids = [train(client, "twin", train_examples, iterations=1) for _ in range(2)]
+        finished = [wait_for_job(client, job_id, {"completed", "failed"}) for job_id in job_ids]
+        assert [job["status"] for job in finished] == ["completed", "completed"], finished
+        start = [datetime.fromisoformat(job["started_at"]) for job in finished]
+        end = [datetime.fromisoformat(job["finished_at"]) for job in finished]
+        assert start[0] < end[1] and start[1] < end[0], "the two jobs did not run at the same time"
+
+        versions = store_versions(server, "twin")
+        assert sorted(versions) == sorted(f"twin:{job['model_version']}" for job in finished)
+        served = client.get("/v1/models/twin").json()
+        assert f"twin:{served['model_version']}" == versions[0]  # the one registered last
+        response = client.post("/v1/predict", json={"model_name": "twin", "texts": ["where is my card?"]})
+        assert response.status_code == 200, response.text
+
+
+def test_a_job_is_failed_when_its_trainer_dies_never_because_another_trainer_starts(
+        server: LiveServer, trainers, trainer_factory, queue_url: str, train_examples) -> None:
+    records = RedisJobStore(queue_url)
+    with server.client() as client:
+        job_id = train(client, "orphaned", train_examples, iterations=60)  # minutes on CPU: outlives the test
+        wait_for_job(client, job_id, {"running"}, timeout=120)
+        worker = records.get(job_id).worker
+        victim = trainers[int(worker.rsplit(":", 1)[1])]
+
+        # A new trainer starts (its start-up reconciles the queue) and beats for 3+ heartbeats.
+        trainer_factory(server, "trainer-3").wait_until_consuming()
+        time.sleep(4 * HEARTBEAT_SECONDS)
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+
+        victim.stop(signal.SIGKILL)
+        killed_at = time.monotonic()
+        job = wait_for_job(client, job_id, {"failed", "completed"}, timeout=60)
+        assert job["status"] == "failed" and job["error"] == DIED_WHILE_RUNNING
+        # Declared dead after its heartbeat expired (3 beats), by a surviving trainer's next beat.
+        assert time.monotonic() - killed_at < 3 * HEARTBEAT_SECONDS + 10
+        assert client.get("/v1/models/orphaned").status_code == 404
+        assert store_versions(server, "orphaned") == []
+
+        after = train(client, "after-death", train_examples[:16], iterations=1)
+        assert wait_for_job(client, after, {"completed", "failed"})["status"] == "completed"
