@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from tests.live_server import LiveServer
+from trainers.jobs import SqliteJobStore
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +38,8 @@ def call(server: LiveServer, method: str, path: str, headers: dict[str, str]) ->
 
 
 def test_docs_stay_open_and_list_every_route(server: LiveServer) -> None:
-    assert httpx.get(f"{server.url}/").status_code == 200
+    for path in ("/", "/docs.json", "/schema.json"):
+        assert httpx.get(f"{server.url}{path}").status_code == 200, path
     routes = documented_routes(server)
     for expected in [("post", "/v1/train"), ("post", "/v1/predict"), ("post", "/v1/embeddings"),
                      ("get", "/v1/jobs/{job_id}"), ("get", "/v1/models/{model_name}"), ("get", "/health"),
@@ -87,3 +89,18 @@ def test_a_full_queue_answers_429_and_queues_nothing_more(server: LiveServer) ->
     assert "MAX_QUEUED_JOBS=3" in response.json()["error"] and response.headers["retry-after"] == "30"
     again = httpx.post(f"{server.url}/v1/train", json=BODIES["/v1/train"], headers=headers, timeout=60)
     assert again.status_code == 429
+
+
+def test_the_key_never_appears_in_logs_or_job_records(server: LiveServer) -> None:
+    """Runs last: every test above sent the key (right and wrong variants) through this server."""
+    headers = {"X-API-Key": KEY}
+    submitted = httpx.post(f"{server.url}/v1/train", json=BODIES["/v1/train"], headers=headers, timeout=60)
+    job_ids = [submitted.json()["job_id"]] if submitted.status_code == 202 else []
+    records = [httpx.get(f"{server.url}/v1/jobs/{job_id}", headers=headers).text for job_id in job_ids]
+    store = SqliteJobStore(server.model_path / "queue" / "jobs.db")
+    records += [record.model_dump_json() for status in ("pending", "running") for record in store.with_status(status)]
+    assert records  # the full queue's jobs at least
+    logs = server.all_logs()
+    assert "method=POST,path=/v1/train" in logs  # the access log was written, and read here
+    for text in (*records, logs):
+        assert KEY not in text

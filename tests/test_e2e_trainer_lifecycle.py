@@ -98,3 +98,48 @@ def test_killed_server_worker_never_leaves_two_trainers(server: LiveServer) -> N
     assert replacement.parent().pid != starter.pid
     with server.client() as client:
         assert client.get("/health").status_code == 200
+
+
+def wait_for_readiness(server: LiveServer, ready: bool, timeout: float) -> float:
+    """Poll /readyz until it says `ready`; the seconds that took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if (httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200) == ready:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"/readyz not {'ready' if ready else 'not-ready'} within {timeout}s")
+
+
+def test_readyz_is_not_ready_while_the_trainer_is_down(server: LiveServer) -> None:
+    wait_for_readiness(server, ready=True, timeout=60)
+    only_consumer(server).send_signal(signal.SIGKILL)
+    wait_for_readiness(server, ready=False, timeout=5)  # the supervisor waits 2 s before restarting it
+    wait_for_readiness(server, ready=True, timeout=60)
+    only_consumer(server)
+
+
+def inference_worker(server: LiveServer) -> psutil.Process:
+    return next(child for child in psutil.Process(server.process.pid).children(recursive=True)
+                if "fewshot-inference" in child.cmdline())
+
+
+def test_a_killed_inference_worker_is_restarted_and_serves_again(server: LiveServer, train_examples) -> None:
+    with server.client() as client:
+        job_id = client.post("/v1/train", json={"model_name": "revived", "base_model": BASE_MODEL,
+                                                "examples": train_examples[:16], "num_iterations": 1}).json()["job_id"]
+        assert wait_for_job(client, job_id, {"completed", "failed"})["status"] == "completed"
+        request = {"model_name": "revived", "texts": ["I still have not received my new card"]}
+        before = client.post("/v1/predict", json=request).json()
+
+        victim = inference_worker(server)
+        victim.send_signal(signal.SIGKILL)
+        wait_for_readiness(server, ready=False, timeout=10)
+        during = []  # requests while it is down: answered, or refused with a clear "try again"
+        while httpx.get(f"{server.url}/readyz", timeout=5).status_code != 200:
+            during.append(client.post("/v1/predict", json=request))
+        assert all(r.status_code in {200, 503} for r in during), [(r.status_code, r.text) for r in during]
+        assert all(set(r.json()) == {"error", "detail"} for r in during if r.status_code == 503)
+        assert inference_worker(server).pid != victim.pid  # BentoML started a new one
+        after = client.post("/v1/predict", json=request)
+        assert after.status_code == 200, after.text
+        assert after.json() == before
