@@ -21,7 +21,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.fixtures import read_examples
+from tests.fixtures import BASE_MODEL, read_examples
 from tests.live_server import PROJECT_ROOT, LiveServer, wait_for_job
 
 TEXTS_FILE = PROJECT_ROOT / "bench" / "data" / "banking77_test_texts.json"
@@ -80,7 +80,7 @@ def markdown(result: dict) -> str:
         "",
         f"Machine: {result['machine']}; device: {result['reference']['device_name']} "
         f"({result['reference']['dtype']}); {result['duration_s']} s per point after 2 s of warm-up; "
-        "load generator: wrk; model: SetFit on all-MiniLM-L6-v2 (4 banking77 labels).",
+        f"load generator: wrk; model: SetFit on {result.get('base_model', BASE_MODEL)} (4 banking77 labels).",
         f"In-process single-text p50: predict {result['reference']['predict']['single_text_p50_ms']} ms, "
         f"embeddings {result['reference']['embeddings']['single_text_p50_ms']} ms.",
         "",
@@ -103,17 +103,22 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--texts", default="1,16", help="texts per request")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--base-model", default=BASE_MODEL,
+                        help="base model of the benchmark classifier (a local directory: e.g. a machine "
+                             "without network, see bench/gpu.sh)")
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     sizes = [int(s) for s in args.texts.split(",")]
     started_at = datetime.now(UTC).replace(microsecond=0)
 
     state = Path(tempfile.mkdtemp(prefix="fewshot-bench-"))
-    server = LiveServer(state / "service").start()
+    local_base = Path(args.base_model)
+    env = {"LOCAL_MODEL_DIRS": str(local_base.resolve().parent)} if local_base.is_absolute() else {}
+    server = LiveServer(state / "service", env=env).start()
     try:
         with server.client() as client:
             job = client.post("/v1/train", json={
-                "model_name": MODEL, "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+                "model_name": MODEL, "base_model": args.base_model,
                 "examples": read_examples("banking77_train_4labels.csv"), "num_iterations": 1}).json()
             assert wait_for_job(client, job["job_id"], {"completed", "failed"})["status"] == "completed"
     finally:
@@ -150,6 +155,7 @@ def main() -> None:
     result = {
         "started_at": started_at.isoformat(),
         "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores",
+        "base_model": args.base_model,
         "duration_s": args.duration,
         "reference": reference,
         "points": combine(ours, naive, reference),
