@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from fewshot import store
 from fewshot.auth import APIKeyMiddleware
 from fewshot.coalesce import Coalescer
+from fewshot.content_type import JSONBodyOnlyMiddleware
 from fewshot.dependencies import keep_sessions_open
 from fewshot.dispatch import use_continuous_batching
 from fewshot.errors import ErrorShapeMiddleware, error_body
@@ -206,9 +207,10 @@ Gateway.add_asgi_middleware(
     build=lambda: correct_document(
         Gateway.openapi_spec.asdict(),
         status_overrides={"/v1/train": 202},
-        errors_by_path={"/v1/train": ["400", "429"], "/v1/predict": ["400", "404", "503"],
-                        "/v1/embeddings": ["400", "404", "503"], "/v1/jobs/{job_id}": ["404"],
+        errors_by_path={"/v1/train": ["400", "415", "429"], "/v1/predict": ["400", "404", "415", "503"],
+                        "/v1/embeddings": ["400", "404", "415", "503"], "/v1/jobs/{job_id}": ["404"],
                         "/v1/models/{model_name}": ["400", "404"]},
     ),
 )
+Gateway.add_asgi_middleware(JSONBodyOnlyMiddleware, paths=["/v1/train", "/v1/predict", "/v1/embeddings"])
 Gateway.add_asgi_middleware(ErrorShapeMiddleware)

@@ -1,8 +1,9 @@
 """The OpenAPI document at /docs.json, corrected to describe what the service really returns.
 
 BentoML generates it from the services and the mounted FastAPI app, but documents only 200/400/
-404/500 with its own error schemas, no 202, no 401 and no security scheme. We fix that up once
-and serve the result (so "Authorize" works in the Swagger UI at /).
+404/500 with its own error schemas, no 202, no 401 and no security scheme, and writes Pydantic's
+JSON Schema 2020-12 bounds into an OpenAPI 3.0 document. We fix that up once and serve the result
+(so "Authorize" works in the Swagger UI at /). A schemathesis run in the tests holds it to the truth.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fewshot.auth import is_open_path
-from fewshot.schemas import ErrorResponse
+from fewshot.schemas import MODEL_NAME_SCHEMA, ErrorResponse
 
 logger = logging.getLogger("fewshot.openapi")
 
@@ -36,10 +37,48 @@ ERROR_RESPONSES = {
     "400": _error_response("Invalid input: the message names the field and the rule."),
     "401": _error_response("Missing or wrong API key."),
     "404": _error_response("Unknown job or model."),
+    "415": _error_response("The body must be JSON (Content-Type: application/json)."),
     "429": _error_response("Too many training jobs pending (MAX_QUEUED_JOBS); retry after Retry-After seconds."),
     "500": _error_response("Internal error."),
     "503": _error_response("Overloaded; retry shortly."),
 }
+
+
+def _as_openapi_30(node: Any) -> None:
+    """Pydantic writes JSON Schema 2020-12, BentoML calls the document OpenAPI 3.0: rewritten in
+    place, everywhere. `exclusiveMinimum: 0` → `minimum: 0, exclusiveMinimum: true` (same for
+    maximum); `anyOf: [X, {type: null}]` → X with `nullable: true`, as is a schema whose default
+    is null (BentoML drops the null variant of optional request fields)."""
+    if isinstance(node, dict):
+        if "default" in node and node["default"] is None:
+            node["nullable"] = True
+        variants = node.get("anyOf")
+        if isinstance(variants, list) and {"type": "null"} in variants:
+            others = [v for v in variants if v != {"type": "null"}]
+            del node["anyOf"]
+            if len(others) == 1:
+                node.update(others[0])
+            else:
+                node["anyOf"] = others
+            node["nullable"] = True
+        for exclusive, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+            bound = node.get(exclusive)
+            if isinstance(bound, int | float) and not isinstance(bound, bool):
+                node[inclusive] = bound
+                node[exclusive] = True
+        for value in node.values():
+            _as_openapi_30(value)
+    elif isinstance(node, list):
+        for value in node:
+            _as_openapi_30(value)
+
+
+def _document_path_parameter(spec: dict[str, Any], name: str, schema: dict[str, Any]) -> None:
+    for item in spec.get("paths", {}).values():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if parameter.get("name") == name and parameter.get("in") == "path":
+                    parameter["schema"] = {**parameter.get("schema", {}), **schema}
 
 
 def correct_document(spec: dict[str, Any], status_overrides: dict[str, int],
@@ -50,6 +89,8 @@ def correct_document(spec: dict[str, Any], status_overrides: dict[str, int],
     `errors_by_path` lists the error statuses each path can return besides 401 and 500.
     """
     spec = copy.deepcopy(spec)
+    _as_openapi_30(spec)
+    _document_path_parameter(spec, "model_name", MODEL_NAME_SCHEMA)
     components = spec.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas["ErrorResponse"] = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -64,6 +105,8 @@ def correct_document(spec: dict[str, Any], status_overrides: dict[str, int],
             responses = operation["responses"] = {str(k): v for k, v in operation.get("responses", {}).items()}
             for status in [s for s in responses if s != "200" and s.startswith(("4", "5"))]:
                 del responses[status]  # BentoML's and FastAPI's own error schemas
+            if "requestBody" in operation:  # every body of ours is required; BentoML leaves it optional
+                operation["requestBody"]["required"] = True
             if path in status_overrides and "200" in responses:
                 responses[str(status_overrides[path])] = responses.pop("200")
             for status in errors_by_path.get(path, []):

@@ -49,6 +49,11 @@ def _check_model_name(value: str) -> str:
     return value
 
 
+# Python's whitespace (what str.strip() removes), spelled out: regex engines disagree on `\s`.
+WHITESPACE = "\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK_PATTERN = f"[^{WHITESPACE}]"  # at least one character that is not whitespace
+
+
 def _check_not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty or only whitespace")
@@ -61,8 +66,15 @@ def _as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-ModelName = Annotated[str, AfterValidator(_check_model_name)]
-NonBlankText = Annotated[str, Field(max_length=LIMITS.max_text_chars), AfterValidator(_check_not_blank)]
+# The JSON schemas document what the validators check, so that clients (and fuzzers) know the rules.
+MODEL_NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MODEL_NAME_MAX_LENGTH,
+                     "pattern": MODEL_NAME_PATTERN.pattern}
+ModelName = Annotated[str, AfterValidator(_check_model_name), WithJsonSchema(MODEL_NAME_SCHEMA)]
+NonBlankText = Annotated[
+    str,
+    Field(max_length=LIMITS.max_text_chars, json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN}),
+    AfterValidator(_check_not_blank),
+]
 # ISO 8601 in UTC with an explicit "+00:00" offset, everywhere.
 UtcTimestamp = Annotated[
     datetime,

@@ -62,3 +62,34 @@ def test_document_correction() -> None:
     schemas = fixed["components"]["schemas"]
     assert "ErrorResponse" in schemas and "InvalidArgument" not in schemas and "HTTPValidationError" not in schemas
     assert spec["paths"]["/v1/train"]["post"]["responses"][200]  # the input is left as it was
+
+
+def test_client_errors_are_logged_as_one_warning_line_without_the_input() -> None:
+    import logging
+    import sys
+
+    from pydantic import ValidationError
+
+    from fewshot.logs import ClientErrorsWithoutTracebacks
+    from fewshot.schemas import PredictRequest
+
+    def record_for(error: BaseException) -> logging.LogRecord:
+        try:
+            raise error
+        except BaseException:
+            exc_info = sys.exc_info()
+        return logging.LogRecord("bentoml", logging.ERROR, __file__, 1, "Exception on %s [%s]",
+                                 ("/v1/predict", "POST"), exc_info)
+
+    try:
+        PredictRequest.model_validate({"model_name": "m", "texts": ["secret text", "   "]})
+    except ValidationError as invalid:
+        rejected = record_for(invalid)
+    assert ClientErrorsWithoutTracebacks().filter(rejected)
+    assert (rejected.levelname, rejected.exc_info) == ("WARNING", None)
+    assert rejected.getMessage() == "rejected /v1/predict [POST]: 400: 1 validation error(s) for PredictRequest"
+    assert "secret text" not in logging.Formatter().format(rejected)
+
+    crashed = record_for(RuntimeError("a real bug"))
+    assert ClientErrorsWithoutTracebacks().filter(crashed)
+    assert crashed.levelname == "ERROR" and crashed.exc_info is not None  # server errors keep their traceback
