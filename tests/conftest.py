@@ -40,8 +40,9 @@ def trainer_factory() -> Iterator:
     """Start separate trainer processes for one test module; all are stopped when it ends."""
     started: list[TrainerProcess] = []
 
-    def start(server: LiveServer, name: str = "trainer", **env: str) -> TrainerProcess:
-        trainer = TrainerProcess(server, name, env).start()
+    def start(server: LiveServer, name: str = "trainer", max_file_bytes: int | None = None,
+              **env: str) -> TrainerProcess:
+        trainer = TrainerProcess(server, name, env, max_file_bytes=max_file_bytes).start()
         started.append(trainer)
         return trainer
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -121,15 +122,22 @@ class TrainerProcess:
     It shares the server's environment (REDIS_URL, MODEL_PATH: the shared model store volume).
     """
 
-    def __init__(self, server: LiveServer, name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, server: LiveServer, name: str, env: dict[str, str] | None = None,
+                 max_file_bytes: int | None = None) -> None:
         self.env = {**server.env, **(env or {})}
         self.log_path = server.state_dir / f"{name}.log"
+        self.max_file_bytes = max_file_bytes
         self.process: psutil.Popen | None = None
+
+    def _limit_file_size(self) -> None:
+        """In the child: writes past max_file_bytes fail with EFBIG (Python ignores SIGXFSZ), as on a full disk."""
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, self.max_file_bytes))
 
     def start(self) -> TrainerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.process = psutil.Popen([sys.executable, "-m", "trainers.consumer"], cwd=PROJECT_ROOT, env=self.env,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=self._limit_file_size if self.max_file_bytes else None)
         return self
 
     @property

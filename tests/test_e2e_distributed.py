@@ -98,3 +98,22 @@ def test_a_job_is_failed_when_its_trainer_dies_never_because_another_trainer_sta
 
         after = train(client, "after-death", train_examples[:16], iterations=1)
         assert wait_for_job(client, after, {"completed", "failed"})["status"] == "completed"
+
+
+def test_a_disk_error_while_saving_fails_the_job_and_the_previous_version_keeps_serving(
+        server: LiveServer, trainers, trainer_factory, train_examples) -> None:
+    with server.client() as client:
+        served = client.get("/v1/models/twin").json()
+        versions_before = store_versions(server, "twin")
+        for consumer in server.consumer_processes():  # from here on, only a trainer whose disk is "full"
+            consumer.terminate()
+            consumer.wait(60)
+        trainer_factory(server, "small-disk", max_file_bytes=20_000_000).wait_until_consuming()  # weights: 90 MB
+
+        job = wait_for_job(client, train(client, "twin", train_examples, iterations=1), {"completed", "failed"})
+        assert job["status"] == "failed", job
+        assert "File too large" in job["error"], job["error"]
+        assert client.get("/v1/models/twin").json() == served
+        assert store_versions(server, "twin") == versions_before  # nothing half-written left behind
+        response = client.post("/v1/predict", json={"model_name": "twin", "texts": ["where is my card?"]})
+        assert response.status_code == 200, response.text
