@@ -35,7 +35,16 @@ def run_module(*args: str, env: dict[str, str]) -> str:
                           capture_output=True, text=True).stdout
 
 
+def warm_up(server: LiveServer) -> None:
+    """One request per route first: the model's first load (and CUDA's warm-up) is not measured."""
+    with server.client() as client:
+        for route in ROUTES.values():
+            response = client.post(route, json={"model_name": MODEL, "texts": ["warm up"] * 16})
+            response.raise_for_status()
+
+
 def load_points(server: LiveServer, concurrencies: list[int], sizes: list[int], duration: float) -> list[dict]:
+    warm_up(server)
     points = []
     for route in ROUTES.values():
         for per_request in sizes:
