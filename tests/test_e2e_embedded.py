@@ -26,6 +26,7 @@ import pytest
 
 from tests.fixtures import BASE_MODEL
 from tests.live_server import BENTOML, PROJECT_ROOT, LiveServer, wait_for_job
+from trainers.jobs import open_job_store
 
 pytestmark = pytest.mark.e2e
 
@@ -367,14 +368,29 @@ def test_retraining_switches_predictions_within_seconds_without_failures(
     assert model["labels"] == ["card_arrival", "exchange_rate"]
 
 
-def test_restart_keeps_models_jobs_and_identical_predictions(
+def stored_state(server: LiveServer) -> tuple[list[str], list[str]]:
+    """Every model version in the store and every job record, as the files and Redis hold them."""
+    listing = subprocess.run(
+        [*BENTOML, "models", "list", "-o", "json"], capture_output=True, text=True, check=True,
+        env={**os.environ, "BENTOML_HOME": str(server.model_path / "bentoml"), "HOME": str(server.home)},
+    )
+    records = open_job_store(server.model_path / "queue" / "jobs.db", server.env.get("REDIS_URL"))
+    return (sorted(model["tag"] for model in json.loads(listing.stdout)),
+            sorted(r.model_dump_json() for status in ("pending", "running", "completed", "failed")
+                   for r in records.with_status(status)))
+
+
+def test_restart_keeps_every_model_version_every_job_and_identical_predictions(
         server: LiveServer, client: httpx.Client, trained: dict, test_examples) -> None:
     texts = [e["text"] for e in test_examples]
     before = predict(client, texts).json()
     job_before = client.get(f"/v1/jobs/{trained['job']['job_id']}").json()
     model_before = client.get(f"/v1/models/{MODEL}").json()
+    versions_before, records_before = stored_state(server)
+    assert len(versions_before) >= 3 and len(records_before) >= 4  # bank ×2, other; and their jobs
 
     server.restart()
+    assert stored_state(server) == (versions_before, records_before)
     with server.client() as after_client:
         assert after_client.get(f"/v1/jobs/{trained['job']['job_id']}").json() == job_before
         assert after_client.get(f"/v1/models/{MODEL}").json() == model_before
