@@ -55,6 +55,7 @@ def test_with_status_lists_oldest_first(open_store) -> None:
     store.transition(second.job_id, {"pending"}, status="running")
     assert [r.job_id for r in store.with_status("pending")] == [first.job_id, third.job_id]
     assert [r.job_id for r in store.with_status("running")] == [second.job_id]
+    assert (store.count("pending"), store.count("running"), store.count("failed")) == (2, 1, 0)
     assert store.get("missing") is None
     assert store.transition("missing", {"pending"}, status="running") is None
 

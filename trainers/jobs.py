@@ -46,6 +46,10 @@ class JobStore(Protocol):
 
     def with_status(self, status: JobStatus) -> list[JobRecord]: ...
 
+    def count(self, status: JobStatus) -> int:
+        """How many jobs have `status`, without reading their records."""
+        ...
+
     def delete(self, job_id: str) -> None: ...
 
     def beat(self, worker: str, ttl_seconds: float) -> None:
@@ -131,6 +135,10 @@ class SqliteJobStore:
                               (status,)).fetchall()
         return [JobRecord.model_validate_json(row[0]) for row in rows]
 
+    def count(self, status: JobStatus) -> int:
+        with self._connection() as db:
+            return db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
+
     def delete(self, job_id: str) -> None:
         with self._write() as db:
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
@@ -203,6 +211,9 @@ class RedisJobStore:
         ids = sorted(member.decode() for member in self._redis.smembers(self._status_key(status)))
         records = [self.get(job_id) for job_id in ids]
         return sorted((r for r in records if r is not None), key=lambda r: r.created_at)
+
+    def count(self, status: JobStatus) -> int:
+        return int(self._redis.scard(self._status_key(status)))
 
     def delete(self, job_id: str) -> None:
         record = self.get(job_id)

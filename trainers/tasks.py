@@ -39,7 +39,7 @@ def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
     Refused with `QueueFull` when `max_queued` jobs are already pending (a soft bound: two
     submissions racing at the bound may both get in).
     """
-    pending = len(jobs.with_status("pending"))
+    pending = jobs.count("pending")
     if pending >= max_queued:
         raise QueueFull(f"the training queue is full: {pending} jobs are pending (MAX_QUEUED_JOBS={max_queued}); "
                         "retry when some have finished")
