@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+current_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_job", default=None)
+
+
+@contextmanager
+def job_context(job_id: str) -> Iterator[None]:
+    """Every log line written while a job runs (ours and the ML libraries') carries its id."""
+    token = current_job.set(job_id)
+    try:
+        yield
+    finally:
+        current_job.reset(token)
+
+
+class JobIdFilter(logging.Filter):
+    """Adds `job_id=<id>` (or nothing, outside a job) as the record's `job` field."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        job_id = current_job.get()
+        record.job = f" job_id={job_id}" if job_id else ""
+        return True
 
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level,
-        format="%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s [pid %(process)d]%(job)s %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(JobIdFilter())
     # Progress bars of the ML libraries flood logs; training progress is reported in job records.
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -176,6 +176,11 @@ class JobView(BaseModel):
     model_version: str | None = Field(default=None, description="Store version, once completed.")
     attempts: int = Field(default=0, description="How many times a trainer started this job.")
     note: str | None = Field(default=None, description="What happened to the job besides its status.")
+    progress: float | None = Field(default=None, ge=0, le=1,
+                                   description="Share of fine-tuning steps done (0–1) once training started; "
+                                               "1 when completed.")
+    step: int | None = Field(default=None, description="Fine-tuning steps done.")
+    total_steps: int | None = Field(default=None, description="Fine-tuning steps in all.")
 
 
 class ModelView(BaseModel):

@@ -107,6 +107,15 @@ def test_completed_job_reports_its_model_version(trained: dict) -> None:
     assert job["model_version"]
     assert job["attempts"] == 1
     assert parse_utc(job["created_at"]) <= parse_utc(job["started_at"]) <= parse_utc(job["finished_at"])
+    assert job["progress"] == 1.0 and job["step"] == job["total_steps"] > 0
+
+
+def test_every_log_line_of_a_training_job_carries_its_job_id(server: LiveServer, trained: dict) -> None:
+    job_id = trained["job"]["job_id"]
+    tagged = [line for line in server.all_logs().splitlines() if f"job_id={job_id}" in line]
+    assert any("fine-tuning step" in line for line in tagged), tagged  # progress lines
+    assert any(" fewshot.training " in line for line in tagged), tagged  # the training module's own lines
+    assert any(f"completed as {MODEL}:" in line for line in tagged), tagged
 
 
 def test_model_metadata_is_complete_and_honest(client: httpx.Client, trained: dict, train_examples) -> None:

@@ -33,7 +33,11 @@ def start_slow_job(client: httpx.Client, examples: list[dict], model_name: str) 
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
     wait_for_job(client, job_id, {"running"}, timeout=120)
-    time.sleep(2)  # inside the training loop, past loading the base model
+    deadline = time.monotonic() + 120
+    while not (job := client.get(f"/v1/jobs/{job_id}").json())["step"]:  # inside the training loop
+        assert job["status"] == "running" and time.monotonic() < deadline, job
+        time.sleep(0.3)
+    assert 0 < job["progress"] < 1 and 0 < job["step"] < job["total_steps"], job
     return job_id
 
 
@@ -58,6 +62,7 @@ def test_job_running_at_shutdown_is_requeued_and_completes_after_restart(server:
     assert record is not None
     assert record.status == "pending"
     assert "shut down" in record.note
+    assert (record.progress, record.step, record.total_steps) == (None, None, None)  # starts again from 0
 
     server.start()
     with server.client() as client:

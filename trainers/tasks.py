@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from datetime import timedelta
 from typing import Any
 
 from huey import signals
 
+from fewshot.logs import job_context
 from fewshot.schemas import TrainRequest, utc_now
 from fewshot.settings import get_settings
 from trainers.jobs import JobRecord, expire_finished, new_job
@@ -62,11 +64,30 @@ def train_model(job_id: str) -> None:
         return
     from trainers.run import run_job  # heavy ML imports stay out of the gateway
 
-    version = run_job(record, get_settings())
-    finished = jobs.transition(job_id, {"running"}, status="completed", model_version=version,
-                               finished_at=utc_now(), error=None)
-    logger.info("job %s: completed as %s:%s", job_id, record.model_name, version if finished else "?")
+    with job_context(job_id):
+        version = run_job(record, get_settings(), progress=JobProgress(job_id))
+        finished = jobs.transition(job_id, {"running"}, status="completed", model_version=version,
+                                   finished_at=utc_now(), error=None, progress=1.0)
+        logger.info("job %s: completed as %s:%s", job_id, record.model_name, version if finished else "?")
     expire_old_records()
+
+
+class JobProgress:
+    """Records fine-tuning progress in the job (and the log) at most every `every_seconds`."""
+
+    def __init__(self, job_id: str, every_seconds: float = 2.0) -> None:
+        self._job_id = job_id
+        self._every = every_seconds
+        self._last = float("-inf")
+
+    def __call__(self, step: int, total_steps: int) -> None:
+        now = time.monotonic()
+        if now - self._last < self._every and step < total_steps:
+            return
+        self._last = now
+        fraction = round(step / total_steps, 4) if total_steps else 0.0
+        jobs.transition(self._job_id, {"running"}, progress=fraction, step=step, total_steps=total_steps)
+        logger.info("job %s: fine-tuning step %d/%d (%.0f%%)", self._job_id, step, total_steps, 100 * fraction)
 
 
 def expire_old_records() -> None:
@@ -100,7 +121,8 @@ def _mark_failed(signal: str, task: Any, exc: BaseException | None = None) -> No
 def _requeue_interrupted(signal: str, task: Any) -> None:
     note = (f"the trainer shut down while this job was running ({utc_now().isoformat()}); "
             "it was queued again and restarts from the beginning when a trainer runs")
-    if jobs.transition(task.id, {"running"}, status="pending", note=note, worker=None) is not None:
+    if jobs.transition(task.id, {"running"}, status="pending", note=note, worker=None,
+                       progress=None, step=None, total_steps=None) is not None:
         enqueue(task.id)
         logger.warning("job %s: interrupted by shutdown; queued again", task.id)
 
