@@ -1,4 +1,4 @@
-"""Train a classifier, wait for it, then predict and embed: the README's Python walkthrough.
+"""Train a classifier, wait for it with progress, then predict and embed: the README's Python walkthrough.
 
     python examples/quickstart.py [http://localhost:8000]      (API_KEY in the environment if set)
 """
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
-import bentoml
+from fewshot.client import FewshotClient, TrainingFailed
+from fewshot.schemas import JobView
 
 EXAMPLES = [
     {"text": "My card has not arrived yet", "label": "card_arrival"},
@@ -23,18 +23,23 @@ EXAMPLES = [
 ]
 
 
+def show(job: JobView) -> None:
+    steps = f" step {job.step}/{job.total_steps}" if job.total_steps else ""
+    print(f"job {job.status}{steps}", flush=True)
+
+
 def main(url: str) -> None:
-    with bentoml.SyncHTTPClient(url, token=os.environ.get("API_KEY")) as client:
-        job = client.train({"model_name": "intents", "base_model": "sentence-transformers/all-MiniLM-L6-v2",
-                            "num_iterations": 2, "examples": EXAMPLES})
-        # GET routes are plain HTTP: the BentoML client's `.client` is an httpx client for them.
-        while (state := client.client.get(f"/v1/jobs/{job['job_id']}").json())["status"] in {"pending", "running"}:
-            time.sleep(1)
-        if state["status"] != "completed":
-            sys.exit(f"training failed: {state['error']}")
-        print("model:", client.client.get("/v1/models/intents").json())
-        print("predict:", client.predict({"model_name": "intents", "texts": ["where is my card?"]}))
-        vectors = client.embeddings({"model_name": "intents", "texts": ["where is my card?"]})["embeddings"]
+    with FewshotClient(url, api_key=os.environ.get("API_KEY")) as client:
+        job = client.train("intents", EXAMPLES, base_model="sentence-transformers/all-MiniLM-L6-v2", num_iterations=2)
+        try:
+            client.wait(job.job_id, on_progress=show)
+        except TrainingFailed as failed:
+            sys.exit(f"training failed: {failed.job.error}")
+        model = client.model("intents")
+        print(f"model: {model.model_name}:{model.model_version}, labels {model.labels}, accuracy {model.accuracy}")
+        prediction = client.predict("intents", ["where is my card?"]).predictions[0]
+        print(f"predict: {prediction.label} ({prediction.score:.2f})")
+        vectors = client.embeddings("intents", ["where is my card?"]).embeddings
         print("embedding dimensions:", len(vectors[0]))
 
 

@@ -246,8 +246,31 @@ def test_readme_python_quickstart_runs_against_the_server(server: LiveServer) ->
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "examples" / "quickstart.py"), server.url],
                             check=False, capture_output=True, text=True, timeout=300, env=server.env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "'label': 'card_arrival'" in result.stdout
+    assert "job completed step" in result.stdout  # progress was shown
+    assert "predict: card_arrival" in result.stdout
     assert "embedding dimensions: 384" in result.stdout
+
+
+def test_python_client_reports_errors_and_failed_jobs(server: LiveServer, trained: dict) -> None:
+    from fewshot.client import FewshotClient, FewshotError, TrainingFailed
+
+    with FewshotClient(server.url) as client:
+        assert client.job(trained["job"]["job_id"]).status == "completed"
+        assert client.model(MODEL).labels == ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
+        for call in (lambda: client.model("no-such-model"), lambda: client.job("no-such-job"),
+                     lambda: client.predict("no-such-model", ["hi"])):
+            with pytest.raises(FewshotError) as caught:
+                call()
+            assert caught.value.status == 404 and "no " in caught.value.message
+        with pytest.raises(FewshotError) as caught:
+            client.predict(MODEL, ["   "])
+        assert caught.value.status == 400
+        assert caught.value.message == "texts[0]: must not be empty or only whitespace", caught.value.message
+        job = client.train("never", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}],
+                           base_model="no-such-org/no-such-model")
+        with pytest.raises(TrainingFailed) as failed:
+            client.wait(job.job_id, poll_seconds=0.3, timeout=120)
+        assert failed.value.job.status == "failed" and "no-such-org/no-such-model" in failed.value.job.error
 
 
 def test_unknown_model_and_job_are_404_with_the_error_shape(client: httpx.Client) -> None:

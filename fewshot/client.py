@@ -1,0 +1,114 @@
+"""A small typed Python client: train → wait (with progress) → predict / embeddings.
+
+POST routes go through BentoML's own client (`bentoml.SyncHTTPClient`, which knows the service's
+API schema); GET routes through the httpx client it holds. Responses come back as this project's
+pydantic models, and every error as `FewshotError` with the status and the server's message.
+
+    from fewshot.client import FewshotClient
+
+    with FewshotClient("http://localhost:8000", api_key=None) as client:
+        job = client.train("intents", [{"text": "My card has not arrived", "label": "card_arrival"}, ...])
+        client.wait(job.job_id, on_progress=lambda job: print(job.status, job.progress))
+        print(client.predict("intents", ["where is my card?"]).predictions[0].label)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import bentoml
+import httpx
+from bentoml.exceptions import BentoMLException
+
+from fewshot.schemas import EmbeddingsResponse, JobView, ModelView, PredictResponse, TrainAccepted
+
+
+class FewshotError(Exception):
+    """An error answer of the service: `status` (HTTP) and `message` (names the field and the rule)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class TrainingFailed(FewshotError):
+    """The job ended `failed`; `job` holds its record (the reason is in `job.error`)."""
+
+    def __init__(self, job: JobView) -> None:
+        super().__init__(200, f"training job {job.job_id} failed: {job.error}")
+        self.job = job
+
+
+class FewshotClient:
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 300) -> None:
+        self._bento = bentoml.SyncHTTPClient(url, token=api_key, timeout=timeout)
+        self._http: httpx.Client = self._bento.client
+
+    def __enter__(self) -> FewshotClient:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._bento.close()
+
+    def train(self, model_name: str, examples: Sequence[dict[str, str]], **options: Any) -> TrainAccepted:
+        """Queue a training job. `options`: base_model, num_iterations, learning_rate, batch_size, holdout_fraction."""
+        body = {"model_name": model_name, "examples": list(examples), **options}
+        return TrainAccepted.model_validate(self._post("train", body))
+
+    def job(self, job_id: str) -> JobView:
+        return JobView.model_validate(self._get(f"/v1/jobs/{job_id}"))
+
+    def model(self, model_name: str) -> ModelView:
+        return ModelView.model_validate(self._get(f"/v1/models/{model_name}"))
+
+    def wait(self, job_id: str, on_progress: Callable[[JobView], None] | None = None,
+             poll_seconds: float = 1.0, timeout: float | None = None) -> JobView:
+        """Poll until the job completes; `on_progress` sees every poll. Raises TrainingFailed or TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job.status == "completed":
+                return job
+            if job.status == "failed":
+                raise TrainingFailed(job)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"training job {job_id} still {job.status} after {timeout}s")
+            time.sleep(poll_seconds)
+
+    def predict(self, model_name: str, texts: Sequence[str]) -> PredictResponse:
+        return PredictResponse.model_validate(self._post("predict", {"model_name": model_name, "texts": list(texts)}))
+
+    def embeddings(self, model_name: str, texts: Sequence[str]) -> EmbeddingsResponse:
+        body = {"model_name": model_name, "texts": list(texts)}
+        return EmbeddingsResponse.model_validate(self._post("embeddings", body))
+
+    def _post(self, endpoint: str, body: dict[str, Any]) -> Any:
+        try:
+            return self._bento.call(endpoint, body)
+        except BentoMLException as error:  # its message is the response body
+            raise FewshotError(int(error.error_code), _error_message(str(error))) from None
+
+    def _get(self, path: str) -> Any:
+        response = self._http.get(path)
+        if response.status_code >= 400:
+            raise FewshotError(response.status_code, _error_message(response.text))
+        return response.json()
+
+
+def _error_message(body: str) -> str:
+    """The `error` of our error shape, or the body as it is."""
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body
