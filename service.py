@@ -24,6 +24,7 @@ from fewshot.dependencies import keep_sessions_open
 from fewshot.dispatch import use_continuous_batching
 from fewshot.errors import ErrorShapeMiddleware, error_body
 from fewshot.logs import use_bentoml_log_handlers
+from fewshot.metrics_endpoint import JobGaugesMiddleware
 from fewshot.openapi import OpenAPIDocumentMiddleware, correct_document
 from fewshot.readiness import dependencies_ready
 from fewshot.schemas import (
@@ -69,24 +70,30 @@ class Inference:
     """Holds the loaded models; merges texts of concurrent requests into one batch per model."""
 
     def __init__(self) -> None:
+        from fewshot import metrics
         from fewshot.inference import InferenceRuntime, ModelCache, use_threads
 
         use_bentoml_log_handlers(settings.log_level)
         use_threads(settings.inference_threads)
         runtime = InferenceRuntime.resolve(settings.inference_dtype, settings.max_batch_tokens,
                                            trust_remote_code=settings.trust_remote_code)
-        self.models = ModelCache.for_runtime(runtime, settings.model_refresh_seconds, settings.max_loaded_models)
+        self.models = ModelCache.for_runtime(runtime, settings.model_refresh_seconds, settings.max_loaded_models,
+                                             on_load=lambda tag: metrics.MODEL_LOADS.inc(),
+                                             on_evict=lambda name: metrics.MODEL_EVICTIONS.inc())
+        self.batch_texts = metrics.INFERENCE_BATCH_TEXTS
 
     @bentoml.api(**BATCH)
     def predict(self, items: list[TextItem]) -> Predictions:
         from fewshot.inference import predict_items
 
+        self.batch_texts.labels("predict").observe(len(items))
         return predict_items(self.models, items)
 
     @bentoml.api(**BATCH)
     def embed(self, items: list[TextItem]) -> Embeddings:
         from fewshot.inference import embed_items
 
+        self.batch_texts.labels("embeddings").observe(len(items))
         return embed_items(self.models, items)
 
     @bentoml.on_shutdown
@@ -201,6 +208,7 @@ class Gateway:
         return stored.view() if stored else unknown_model(model_name)
 
 
+Gateway.add_asgi_middleware(JobGaugesMiddleware, count=jobs.count)
 Gateway.add_asgi_middleware(APIKeyMiddleware, api_key=settings.api_key)
 Gateway.add_asgi_middleware(
     OpenAPIDocumentMiddleware,

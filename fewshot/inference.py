@@ -129,8 +129,10 @@ class ModelCache:
     """
 
     def __init__(self, load: Callable[[store.StoredModel], LoadedModel], refresh_seconds: float,
-                 max_models: int, latest: Callable[[str], store.StoredModel | None] = store.latest) -> None:
+                 max_models: int, latest: Callable[[str], store.StoredModel | None] = store.latest,
+                 on_evict: Callable[[str], None] | None = None) -> None:
         self._load = load
+        self._on_evict = on_evict
         self._latest = latest
         self._refresh_seconds = refresh_seconds
         self._max_models = max_models
@@ -183,8 +185,16 @@ class ModelCache:
         self._stopped.set()
 
     @classmethod
-    def for_runtime(cls, runtime: InferenceRuntime, refresh_seconds: float, max_models: int) -> ModelCache:
-        return cls(lambda stored: LoadedModel.load(stored, runtime), refresh_seconds, max_models)
+    def for_runtime(cls, runtime: InferenceRuntime, refresh_seconds: float, max_models: int,
+                    on_load: Callable[[str], None] | None = None,
+                    on_evict: Callable[[str], None] | None = None) -> ModelCache:
+        def load(stored: store.StoredModel) -> LoadedModel:
+            loaded = LoadedModel.load(stored, runtime)
+            if on_load is not None:
+                on_load(stored.tag)
+            return loaded
+
+        return cls(load, refresh_seconds, max_models, on_evict=on_evict)
 
     def _touch(self, name: str) -> LoadedModel | None:
         with self._lock:
@@ -201,6 +211,8 @@ class ModelCache:
                 evicted, _ = self._models.popitem(last=False)
                 logger.info("unloaded %s: least recently used of more than %d loaded models",
                             evicted, self._max_models)
+                if self._on_evict is not None:
+                    self._on_evict(evicted)
 
     def _refresh_forever(self) -> None:
         while not self._stopped.wait(self._refresh_seconds):

@@ -222,6 +222,30 @@ def test_hf_token_never_appears_in_job_records_model_metadata_or_logs(
     assert f"job {trained['job']['job_id']}: completed" in server.all_logs()  # trainer logs were read
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head.startswith(name) and (head == name or head.startswith(f"{name}{{")) and wanted in head:
+            return float(value)
+    return 0.0
+
+
+def test_metrics_report_jobs_batches_and_model_cache(client: httpx.Client, mode: str, trained: dict) -> None:
+    text = client.get("/metrics").text
+    assert metric(text, "fewshot_training_jobs", status="completed") >= 2  # from the job store, in both modes
+    assert metric(text, "fewshot_training_jobs", status="failed") >= 1
+    assert metric(text, "fewshot_inference_batch_texts_count", route="predict") >= 1
+    assert metric(text, "fewshot_inference_batch_texts_count", route="embeddings") >= 1
+    assert metric(text, "fewshot_model_loads_total") >= 2
+    assert metric(text, "fewshot_model_evictions_total") >= 1  # two models through a one-model cache
+    if mode == "embedded":  # the trainer is the server's child; separate trainers report elsewhere
+        assert metric(text, "fewshot_training_jobs_finished_total", outcome="completed") >= 2
+        assert metric(text, "fewshot_training_jobs_finished_total", outcome="failed") >= 1
+        assert metric(text, "fewshot_training_duration_seconds_count") >= 2
+
+
 def test_embeddings_come_from_the_model_body_in_input_order(client: httpx.Client, trained: dict) -> None:
     texts = ["where is my new card", "euro exchange rate", "where is my new card"]
     response = client.post("/v1/embeddings", json={"model_name": MODEL, "texts": texts})

@@ -62,13 +62,17 @@ def train_model(job_id: str) -> None:
     if record is None or record.status != "running" or record.worker != WORKER_ID:
         logger.info("job %s: not ours to run (status %s); skipped", job_id, record and record.status)
         return
+    from fewshot import metrics  # lazily, as everything here: the gateway imports this module
     from trainers.run import run_job  # heavy ML imports stay out of the gateway
 
+    started = time.monotonic()
     with job_context(job_id):
         version = run_job(record, get_settings(), progress=JobProgress(job_id))
         finished = jobs.transition(job_id, {"running"}, status="completed", model_version=version,
                                    finished_at=utc_now(), error=None, progress=1.0)
         logger.info("job %s: completed as %s:%s", job_id, record.model_name, version if finished else "?")
+    metrics.TRAINING_JOBS_FINISHED.labels("completed").inc()
+    metrics.TRAINING_DURATION.observe(time.monotonic() - started)
     expire_old_records()
 
 
@@ -110,11 +114,13 @@ def _mark_running(signal: str, task: Any) -> None:
 
 @huey.signal(signals.SIGNAL_ERROR)
 def _mark_failed(signal: str, task: Any, exc: BaseException | None = None) -> None:
+    from fewshot import metrics
     from trainers.errors import describe_failure
 
     message = describe_failure(exc)
     logger.error("job %s: failed: %s", task.id, message)
-    jobs.transition(task.id, {"running"}, status="failed", error=message, finished_at=utc_now())
+    if jobs.transition(task.id, {"running"}, status="failed", error=message, finished_at=utc_now()):
+        metrics.TRAINING_JOBS_FINISHED.labels("failed").inc()
 
 
 @huey.signal(signals.SIGNAL_INTERRUPTED)
