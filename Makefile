@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench clean
+.PHONY: install install-test serve test lint bench image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,11 @@ serve: install
 	BENTOML_CONFIG=configuration.yaml $(BIN)/bentoml serve --port $(PORT)
 
 ## Lint, then the whole test suite (unit + end-to-end against real servers, embedded and Redis
-## mode). The Redis-mode tests start a real redis-server (Debian package), installed here when missing.
+## mode). Debian packages the tests use, installed here when missing: redis-server (Redis-mode
+## tests start a real one) and docker-compose (validates docker-compose.yml; no engine needed).
 test: install-test
 	command -v redis-server >/dev/null || { $(call APT_INSTALL,redis-server); }
+	command -v docker-compose >/dev/null || { $(call APT_INSTALL,docker-compose); }
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -46,6 +48,15 @@ BENCH_ARGS ?=
 bench: install-test
 	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
 	$(BIN)/python -m bench.serving $(BENCH_ARGS)
+
+## The CUDA image (needs a Docker engine): bento, then `docker build` through BentoML.
+## BentoML 1.4.40 resolves our Dockerfile template only under the working directory
+## (bentoml#5566), so containerize makes its temporary build context in ./build.
+IMAGE ?= fewshot:latest
+image: install
+	$(BIN)/bentoml build
+	mkdir -p build
+	TMPDIR=$(CURDIR)/build $(BIN)/bentoml containerize fewshot:latest -t $(IMAGE)
 
 lint: install-test
 	$(BIN)/ruff check .

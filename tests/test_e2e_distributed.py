@@ -117,3 +117,14 @@ def test_a_disk_error_while_saving_fails_the_job_and_the_previous_version_keeps_
         assert store_versions(server, "twin") == versions_before  # nothing half-written left behind
         response = client.post("/v1/predict", json={"model_name": "twin", "texts": ["where is my card?"]})
         assert response.status_code == 200, response.text
+
+
+def test_trainer_health_check_follows_this_hosts_heartbeats(server: LiveServer, trainers, fresh_redis_database) -> None:
+    def health(redis_url: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "trainers.health"], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=60, env={**server.env, "REDIS_URL": redis_url}, check=False)
+
+    alive = health(server.env["REDIS_URL"])
+    assert alive.returncode == 0 and alive.stdout.startswith("healthy: "), alive.stdout + alive.stderr
+    silent = health(fresh_redis_database())  # a queue no trainer beats into
+    assert silent.returncode == 1 and "no live trainer heartbeat" in silent.stdout, silent.stdout + silent.stderr
