@@ -127,6 +127,8 @@ class Settings:
     max_queued_jobs: int
     """MAX_QUEUED_JOBS: pending training jobs beyond which POST /v1/train answers 429."""
     trainer_heartbeat_seconds: float
+    trainer_metrics_port: int | None
+    """TRAINER_METRICS_PORT: a trainer run on its own serves Prometheus metrics on this port. None = off."""
     """TRAINER_HEARTBEAT_SECONDS: how often a trainer says it is alive; silent for 3 beats = dead."""
     local_model_dirs: tuple[Path, ...]
     """LOCAL_MODEL_DIRS: directories (os.pathsep-separated) a request's local `base_model` must be in."""
@@ -181,6 +183,7 @@ def load_settings() -> Settings:
         job_retention_days=_float("JOB_RETENTION_DAYS", 30.0, minimum=0.0) or None,
         max_queued_jobs=_int("MAX_QUEUED_JOBS", 100, minimum=1),
         trainer_heartbeat_seconds=_float("TRAINER_HEARTBEAT_SECONDS", 10.0, minimum=0.1),
+        trainer_metrics_port=_int("TRAINER_METRICS_PORT", 0, minimum=0) or None,
         local_model_dirs=_directories("LOCAL_MODEL_DIRS", default=(model_path / "base-models",)),
         trust_remote_code=_flag("TRUST_REMOTE_CODE", default=False),
     )

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.fixtures import BASE_MODEL
-from tests.live_server import PROJECT_ROOT, LiveServer, TrainerProcess, wait_for_job
+from tests.live_server import PROJECT_ROOT, LiveServer, TrainerProcess, free_port, wait_for_job
 from trainers.jobs import RedisJobStore
 from trainers.tasks import DIED_WHILE_RUNNING
 
@@ -35,8 +35,14 @@ def server(live_server_factory, queue_url: str) -> LiveServer:
 
 
 @pytest.fixture(scope="module")
-def trainers(server: LiveServer, trainer_factory) -> dict[int, TrainerProcess]:
-    started = [trainer_factory(server, f"trainer-{n}") for n in (1, 2)]
+def metrics_ports() -> list[int]:
+    return [free_port(), free_port()]
+
+
+@pytest.fixture(scope="module")
+def trainers(server: LiveServer, trainer_factory, metrics_ports: list[int]) -> dict[int, TrainerProcess]:
+    started = [trainer_factory(server, f"trainer-{n}", TRAINER_METRICS_PORT=str(port))
+               for n, port in zip((1, 2), metrics_ports, strict=True)]
     return {trainer.wait_until_consuming().pid: trainer for trainer in started}
 
 
@@ -71,6 +77,18 @@ def test_two_jobs_for_one_model_train_at_once_as_two_versions(server: LiveServer
         assert f"twin:{served['model_version']}" == versions[0]  # the one registered last
         response = client.post("/v1/predict", json={"model_name": "twin", "texts": ["where is my card?"]})
         assert response.status_code == 200, response.text
+
+
+def test_trainers_run_on_their_own_serve_their_metrics(trainers, metrics_ports: list[int]) -> None:
+    completed = durations = 0.0
+    for port in metrics_ports:  # one job ran on each trainer (the test above)
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith('fewshot_training_jobs_finished_total{outcome="completed"}'):
+                completed += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("fewshot_training_duration_seconds_count"):
+                durations += float(line.rsplit(" ", 1)[1])
+    assert completed == 2 and durations == 2
 
 
 def test_a_job_is_failed_when_its_trainer_dies_never_because_another_trainer_starts(

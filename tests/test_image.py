@@ -120,6 +120,7 @@ def test_the_compose_file_is_valid_and_wires_what_the_readme_says() -> None:
     assert trainer["working_dir"] == "/home/bentoml/bento/src"
     assert trainer["command"] == ["python", "-m", "trainers.consumer"] and "entrypoint" not in trainer
     assert trainer["healthcheck"]["test"] == ["CMD", "python", "-m", "trainers.health"]
+    assert trainer["environment"]["TRAINER_METRICS_PORT"] == "9100" and trainer["expose"] == ["9100"]
 
 
 def test_the_redis_profile_adds_a_persistent_redis() -> None:

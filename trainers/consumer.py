@@ -49,7 +49,20 @@ def exclusive_lock(path: Path):
         yield
 
 
-def run_consumer(sole_consumer: bool, heartbeat_seconds: float) -> None:
+def serve_metrics(port: int) -> None:
+    """Prometheus metrics of this trainer (jobs finished, training durations) on their own port.
+
+    For trainers run on their own; the embedded trainer's reach the server's /metrics already.
+    """
+    from prometheus_client import start_http_server
+
+    import fewshot.metrics  # noqa: F401 - registers our metrics before the first scrape
+
+    start_http_server(port)
+    logger.info("trainer metrics on port %d (/metrics)", port)
+
+
+def run_consumer(sole_consumer: bool, heartbeat_seconds: float, metrics_port: int | None = None) -> None:
     import trainers.run  # noqa: F401 - load torch/SetFit now, not inside the first job
     from fewshot import store
     from trainers.heartbeat import Heartbeat
@@ -59,6 +72,8 @@ def run_consumer(sole_consumer: bool, heartbeat_seconds: float) -> None:
     reconcile_after_restart(sole_consumer=sole_consumer)
     store.remove_incomplete_versions()  # a model copy cut short by a crash of this or another trainer
     Heartbeat(heartbeat_seconds).start()
+    if metrics_port:
+        serve_metrics(metrics_port)
     # One job at a time per trainer, in a thread: SIGTERM then fires SIGNAL_INTERRUPTED for the
     # running job from the main thread, which queues it again before the process exits.
     consumer = huey.create_consumer(workers=1, worker_type="thread", periodic=False,
@@ -72,10 +87,12 @@ def main() -> None:
     configure_logging(settings.log_level)
     apply_process_environment(settings)
     if settings.redis_url:
-        run_consumer(sole_consumer=False, heartbeat_seconds=settings.trainer_heartbeat_seconds)
+        run_consumer(sole_consumer=False, heartbeat_seconds=settings.trainer_heartbeat_seconds,
+                     metrics_port=settings.trainer_metrics_port)
     else:
         with exclusive_lock(settings.consumer_lock_file):
-            run_consumer(sole_consumer=True, heartbeat_seconds=settings.trainer_heartbeat_seconds)
+            run_consumer(sole_consumer=True, heartbeat_seconds=settings.trainer_heartbeat_seconds,
+                         metrics_port=settings.trainer_metrics_port)
 
 
 if __name__ == "__main__":
