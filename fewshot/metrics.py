@@ -9,6 +9,8 @@ top of service.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 JOB_STATUSES = ("pending", "running", "completed", "failed")
@@ -29,6 +31,6 @@ MODEL_EVICTIONS = Counter("fewshot_model_evictions",
                           "Models unloaded as least recently used beyond MAX_LOADED_MODELS")
 
 
-def refresh_job_gauges(count_by_status) -> None:
+def refresh_job_gauges(count_by_status: Callable[[str], int]) -> None:
     for status in JOB_STATUSES:
         TRAINING_JOBS.labels(status).set(count_by_status(status))

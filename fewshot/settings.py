@@ -127,9 +127,9 @@ class Settings:
     max_queued_jobs: int
     """MAX_QUEUED_JOBS: pending training jobs beyond which POST /v1/train answers 429."""
     trainer_heartbeat_seconds: float
+    """TRAINER_HEARTBEAT_SECONDS: how often a trainer says it is alive; silent for 3 beats = dead."""
     trainer_metrics_port: int | None
     """TRAINER_METRICS_PORT: a trainer run on its own serves Prometheus metrics on this port. None = off."""
-    """TRAINER_HEARTBEAT_SECONDS: how often a trainer says it is alive; silent for 3 beats = dead."""
     local_model_dirs: tuple[Path, ...]
     """LOCAL_MODEL_DIRS: directories (os.pathsep-separated) a request's local `base_model` must be in."""
     trust_remote_code: bool

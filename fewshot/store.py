@@ -156,5 +156,4 @@ def latest(name: str) -> StoredModel | None:
         model = bentoml.models.get(f"{name}:latest")
     except NotFound:
         return None
-    return StoredModel(name=name, version=str(model.tag.version), path=Path(model.path),
-                       metadata=dict(model.info.metadata))
+    return _stored(model)

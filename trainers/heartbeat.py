@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from trainers.queue import jobs
 from trainers.tasks import WORKER_ID, fail_jobs_of_dead_trainers
@@ -19,23 +20,22 @@ MISSED_BEATS = 3
 
 
 class Heartbeat:
+    """Runs for the life of the trainer process (a daemon thread: it ends with the process)."""
+
     def __init__(self, interval_seconds: float) -> None:
         self._interval = interval_seconds
-        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trainer-heartbeat", daemon=True)
 
     def start(self) -> None:
         self.beat()  # before this trainer takes its first job, so that job's trainer is known alive
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stopped.set()
-
     def beat(self) -> None:
         jobs.beat(WORKER_ID, ttl_seconds=self._interval * MISSED_BEATS)
 
     def _run(self) -> None:
-        while not self._stopped.wait(self._interval):
+        while True:
+            time.sleep(self._interval)
             try:
                 self.beat()
                 fail_jobs_of_dead_trainers()
