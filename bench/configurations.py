@@ -19,9 +19,9 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.serving import MODEL, RESULTS, load_points
-from tests.fixtures import BASE_MODEL, read_examples
-from tests.live_server import LiveServer, wait_for_job
+from bench.serving import RESULTS, base_model_env, load_points, train_benchmark_model
+from tests.fixtures import BASE_MODEL
+from tests.live_server import LiveServer
 
 
 def parse_config(text: str) -> dict[str, int]:
@@ -39,26 +39,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     started_at = datetime.now(UTC).replace(microsecond=0)
-    local_base = Path(args.base_model)
-    base_env = {"LOCAL_MODEL_DIRS": str(local_base.resolve().parent)} if local_base.is_absolute() else {}
-
     state = Path(tempfile.mkdtemp(prefix="fewshot-configs-"))
-    trainer = LiveServer(state / "train", env=base_env).start()
-    try:
-        with trainer.client() as client:
-            job = client.post("/v1/train", json={"model_name": MODEL, "base_model": args.base_model,
-                                                 "examples": read_examples("banking77_train_4labels.csv"),
-                                                 "num_iterations": 1}).json()
-            assert wait_for_job(client, job["job_id"], {"completed", "failed"})["status"] == "completed"
-    finally:
-        trainer.stop()
+    trainer = train_benchmark_model(state / "train", args.base_model)
 
     rows = []
     for config in args.config:
         name = f"gateway={config['gateway']},batch={config['batch']}"
         print(name, flush=True)
         server = LiveServer(state / name.replace(",", "_").replace("=", "-"), env={
-            **base_env, "EMBEDDED_TRAINER": "false", "MAX_BATCH_SIZE": str(config["batch"]),
+            **base_model_env(args.base_model), "EMBEDDED_TRAINER": "false", "MAX_BATCH_SIZE": str(config["batch"]),
             "BENTOML_CONFIG_OPTIONS": f"services.fewshot.workers={config['gateway']}"})
         server.model_path = trainer.model_path  # the model trained above
         server.start()

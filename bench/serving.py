@@ -58,6 +58,26 @@ def load_points(server: LiveServer, concurrencies: list[int], sizes: list[int], 
     return points
 
 
+def base_model_env(base_model: str) -> dict[str, str]:
+    """A local base model (absolute path) must be inside LOCAL_MODEL_DIRS: allow its parent."""
+    local = Path(base_model)
+    return {"LOCAL_MODEL_DIRS": str(local.resolve().parent)} if local.is_absolute() else {}
+
+
+def train_benchmark_model(state_dir: Path, base_model: str) -> LiveServer:
+    """Train the benchmark model through the API of a server of its own; returns it, stopped."""
+    server = LiveServer(state_dir, env=base_model_env(base_model)).start()
+    try:
+        with server.client() as client:
+            job = client.post("/v1/train", json={
+                "model_name": MODEL, "base_model": base_model,
+                "examples": read_examples("banking77_train_4labels.csv"), "num_iterations": 1}).json()
+            assert wait_for_job(client, job["job_id"], {"completed", "failed"})["status"] == "completed"
+    finally:
+        server.stop()
+    return server
+
+
 def ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
@@ -121,17 +141,7 @@ def main() -> None:
     started_at = datetime.now(UTC).replace(microsecond=0)
 
     state = Path(tempfile.mkdtemp(prefix="fewshot-bench-"))
-    local_base = Path(args.base_model)
-    env = {"LOCAL_MODEL_DIRS": str(local_base.resolve().parent)} if local_base.is_absolute() else {}
-    server = LiveServer(state / "service", env=env).start()
-    try:
-        with server.client() as client:
-            job = client.post("/v1/train", json={
-                "model_name": MODEL, "base_model": args.base_model,
-                "examples": read_examples("banking77_train_4labels.csv"), "num_iterations": 1}).json()
-            assert wait_for_job(client, job["job_id"], {"completed", "failed"})["status"] == "completed"
-    finally:
-        server.stop()
+    server = train_benchmark_model(state / "service", args.base_model)
 
     print("in-process references (no server running)", flush=True)
     groups = sorted({min(c * s, 256) for c in concurrencies for s in sizes})
