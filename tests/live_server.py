@@ -164,6 +164,16 @@ class TrainerProcess:
             self.process.wait()
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if (head == name or head.startswith(f"{name}{{")) and wanted in head:
+            return float(value)
+    return 0.0
+
+
 def wait_for_job(client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

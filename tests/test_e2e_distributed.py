@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.fixtures import BASE_MODEL
-from tests.live_server import PROJECT_ROOT, LiveServer, TrainerProcess, free_port, wait_for_job
+from tests.live_server import PROJECT_ROOT, LiveServer, TrainerProcess, free_port, metric, wait_for_job
 from trainers.jobs import RedisJobStore
 from trainers.tasks import DIED_WHILE_RUNNING
 
@@ -80,15 +80,10 @@ def test_two_jobs_for_one_model_train_at_once_as_two_versions(server: LiveServer
 
 
 def test_trainers_run_on_their_own_serve_their_metrics(trainers, metrics_ports: list[int]) -> None:
-    completed = durations = 0.0
-    for port in metrics_ports:  # one job ran on each trainer (the test above)
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        for line in text.splitlines():
-            if line.startswith('fewshot_training_jobs_finished_total{outcome="completed"}'):
-                completed += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("fewshot_training_duration_seconds_count"):
-                durations += float(line.rsplit(" ", 1)[1])
-    assert completed == 2 and durations == 2
+    # One job ran on each trainer (the test above).
+    scraped = [httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text for port in metrics_ports]
+    assert sum(metric(text, "fewshot_training_jobs_finished_total", outcome="completed") for text in scraped) == 2
+    assert sum(metric(text, "fewshot_training_duration_seconds_count") for text in scraped) == 2
 
 
 def test_a_job_is_failed_when_its_trainer_dies_never_because_another_trainer_starts(

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.fixtures import BASE_MODEL
-from tests.live_server import BENTOML, PROJECT_ROOT, LiveServer, wait_for_job
+from tests.live_server import BENTOML, PROJECT_ROOT, LiveServer, metric, wait_for_job
 from trainers.jobs import open_job_store
 
 pytestmark = pytest.mark.e2e
@@ -220,16 +220,6 @@ def test_hf_token_never_appears_in_job_records_model_metadata_or_logs(
                  *(path.read_text() for path in stored_metadata)):
         assert HF_TOKEN not in text
     assert f"job {trained['job']['job_id']}: completed" in server.all_logs()  # trainer logs were read
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in a Prometheus text exposition (0 when absent)."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
-    for line in text.splitlines():
-        head, _, value = line.rpartition(" ")
-        if head.startswith(name) and (head == name or head.startswith(f"{name}{{")) and wanted in head:
-            return float(value)
-    return 0.0
 
 
 def test_metrics_report_jobs_batches_and_model_cache(client: httpx.Client, mode: str, trained: dict) -> None:
