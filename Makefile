@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench image clean
+.PHONY: install install-test serve test lint bench image dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ image: install
 	$(BIN)/bentoml build
 	mkdir -p build
 	TMPDIR=$(CURDIR)/build $(BIN)/bentoml containerize fewshot:latest -t $(IMAGE)
+
+## ./Dockerfile (what `docker compose up --build` builds): BentoML's containerize Dockerfile with a
+## first stage that builds the bento from the repository. Rerun after editing bentofile.yaml or
+## docker/Dockerfile.template; tests/test_image.py fails while it is stale.
+dockerfile: install
+	$(BIN)/python docker/render_dockerfile.py
 
 lint: install-test
 	$(BIN)/ruff check .

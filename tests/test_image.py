@@ -3,17 +3,89 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from tests.live_server import PROJECT_ROOT
+
+
+def load_renderer():
+    """docker/render_dockerfile.py, which writes the repository's Dockerfile (a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("render_dockerfile", PROJECT_ROOT / "docker" / "render_dockerfile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+renderer = load_renderer()
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def dependency_closure(requirements: list[Requirement]) -> set[str]:
+    """Every distribution installing `requirements` brings in, as found in this environment."""
+    seen: set[str] = set()
+    pending = list(requirements)
+    while pending:
+        requirement = pending.pop()
+        if canonical(requirement.name) in seen:
+            continue
+        seen.add(canonical(requirement.name))
+        try:
+            needs = metadata.distribution(requirement.name).requires or []
+        except metadata.PackageNotFoundError:
+            continue
+        extras = requirement.extras or {""}
+        for need in map(Requirement, needs):
+            if need.marker is None or any(need.marker.evaluate({"extra": extra}) for extra in extras):
+                pending.append(need)
+    return seen
+
+
+def modules_outside_the_build_stage() -> list[str]:
+    """Top-level modules installed here that the Dockerfile's bento stage does not install: everything
+    but the requirements minus the runtime-only ones, their dependencies, and pip's own tools."""
+    lines = (PROJECT_ROOT / "requirements.txt").read_text().splitlines()
+    requirements = [Requirement(line.strip()) for line in lines if line.strip() and not line.startswith("#")]
+    build_stage = dependency_closure([r for r in requirements
+                                      if canonical(r.name) not in renderer.RUNTIME_ONLY_REQUIREMENTS])
+    allowed = build_stage | {"pip", "setuptools", "wheel", "fewshot"}
+    return sorted(module for module, distributions in metadata.packages_distributions().items()
+                  if not any(canonical(d) in allowed for d in distributions))
+
+
+# `bentoml build` as the Dockerfile's bento stage runs it: with only the build requirements importable.
+BUILD_WITH_BUILD_REQUIREMENTS_ONLY = """
+import sys
+blocked = set(sys.argv[1].split(","))
+
+class Blocked:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.partition(".")[0] in blocked:
+            raise ImportError(f"{name} is not installed in the Dockerfile's bento stage")
+
+sys.meta_path.insert(0, Blocked)
+try:
+    import torch  # noqa: F401
+    sys.exit("torch was importable: the blocker does not work")
+except ImportError:
+    pass
+from bentoml_cli.cli import cli
+cli(["build"])
+"""
 
 CONTAINERFILE = """
 import json, os
@@ -34,8 +106,10 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # Offline: any attempt to reach a package index (or anything else) fails through a dead proxy.
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
            "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "PIP_NO_INDEX": "1"}
-    build = subprocess.run([sys.executable, "-m", "bentoml", "build"], cwd=PROJECT_ROOT, env=env,
-                           capture_output=True, text=True, timeout=300, check=False)
+    blocked = modules_outside_the_build_stage()
+    assert {"torch", "setfit", "sentence_transformers", "transformers", "sklearn"} <= set(blocked)
+    build = subprocess.run([sys.executable, "-c", BUILD_WITH_BUILD_REQUIREMENTS_ONLY, ",".join(blocked)],
+                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     # As `make image` runs containerize: BentoML 1.4.40 only resolves a Dockerfile template inside the
     # working directory (bentoml#5566), so its temporary build context must be made under it.
@@ -93,6 +167,26 @@ def test_it_serves_on_port_8000_with_state_outside_the_code(image: dict) -> None
     assert tail.strip().endswith('ENTRYPOINT [ "/home/bentoml/bento/env/docker/entrypoint.sh" ]')
 
 
+def test_the_repository_dockerfile_is_bentomls_with_the_bento_built_in_a_first_stage(image: dict) -> None:
+    # What `docker compose up --build` and Coolify build: must not drift from what containerize builds.
+    expected = renderer.repository_dockerfile(image["dockerfile"])
+    assert (PROJECT_ROOT / "Dockerfile").read_text() == expected, "Dockerfile is stale: run `make dockerfile`"
+    stages = re.findall(r"^FROM (\S+)", expected, flags=re.MULTILINE)
+    assert stages[0] == "python:3.11-slim" and stages[1].startswith("nvidia/cuda:")
+    assert expected.startswith("# 1.2.1") and "# syntax = docker/dockerfile:" in expected.split("\n\n")[0]
+    # After the first stage nothing is read from the build context: the bento comes from stage 1.
+    final_stage = expected[expected.index("FROM nvidia/cuda:"):]
+    assert all("--from=" in line for line in re.findall(r"^COPY .*", final_stage, flags=re.MULTILINE))
+
+
+def test_the_docker_build_context_leaves_out_local_state() -> None:
+    ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
+    for path in (".venv", ".git", "build", "state"):
+        assert path in ignored, path
+    for needed in ("docker", "requirements.txt", "service.py", "fewshot", "trainers", "bentofile.yaml"):
+        assert needed not in ignored, needed
+
+
 def compose_config(*arguments: str, **env: str) -> dict:
     """`docker-compose config` (Debian's docker-compose; `make test` installs it): validated, resolved."""
     rendered = subprocess.run(["docker-compose", *arguments, "config"], cwd=PROJECT_ROOT, env={**os.environ, **env},
@@ -107,6 +201,9 @@ def test_the_compose_file_is_valid_and_wires_what_the_readme_says() -> None:
     api, trainer = config["services"]["api"], config["services"]["trainer"]
     assert [(str(p["published"]), int(p["target"])) for p in api["ports"]] == [("8000", 8000)]
     for service in (api, trainer):
+        # Built from this repository (docker compose up --build, Coolify), tagged as the image named.
+        assert Path(service["build"]["context"]) == PROJECT_ROOT and service["build"]["dockerfile"] == "Dockerfile"
+        assert service["image"] == "fewshot:latest"
         environment = service["environment"]
         assert environment["MODEL_PATH"] == "/var/lib/fewshot"
         assert environment["BENTOML_HOME"] == "/var/lib/fewshot/bentoml"  # on the volume, not over the code
