@@ -9,32 +9,41 @@ Only wiring lives here: the services, their resources, routes and middleware.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Annotated
 
 import bentoml
 from bentoml.validators import ContentType
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from fewshot import store
+from fewshot.allow import AllowHeaderMiddleware
 from fewshot.auth import APIKeyMiddleware
 from fewshot.coalesce import Coalescer
 from fewshot.content_type import JSONBodyOnlyMiddleware
 from fewshot.dependencies import keep_sessions_open
 from fewshot.dispatch import use_continuous_batching
-from fewshot.errors import ErrorShapeMiddleware, error_body
+from fewshot.errors import ErrorShapeMiddleware, describe_validation_errors, error_body
 from fewshot.logs import use_bentoml_log_handlers
 from fewshot.metrics_endpoint import JobGaugesMiddleware
-from fewshot.openapi import OpenAPIDocumentMiddleware, correct_document
+from fewshot.openapi import OpenAPIDocumentMiddleware, correct_document, query_parameters
 from fewshot.readiness import dependencies_ready
 from fewshot.schemas import (
-    MODEL_NAME_RULE,
+    MODEL_REFERENCE_RULE,
     EmbeddingsRequest,
     EmbeddingsResponse,
     HealthResponse,
     ItemEmbedding,
     ItemPrediction,
+    JobList,
+    JobListQuery,
     JobView,
+    ModelList,
+    ModelsDeleted,
+    ModelVersions,
     ModelView,
     Prediction,
     PredictRequest,
@@ -42,7 +51,7 @@ from fewshot.schemas import (
     TextItem,
     TrainAccepted,
     TrainRequest,
-    is_valid_model_name,
+    is_valid_model_reference,
 )
 from fewshot.settings import apply_process_environment, get_settings, reexec_serve_cli_with_store_home
 
@@ -51,9 +60,12 @@ settings = get_settings()
 reexec_serve_cli_with_store_home(settings)
 apply_process_environment(settings)
 
-from trainers.tasks import QueueFull, jobs, submit_training  # noqa: E402 - needs the environment set above
+from trainers.jobs import UnknownCursor  # noqa: E402 - needs the environment set above
+from trainers.tasks import NotCancellable, QueueFull, cancel_job, jobs, submit_training  # noqa: E402
 
 use_continuous_batching()  # the inference worker's batch dispatchers are built after this import
+
+logger = logging.getLogger("fewshot.gateway")
 
 REQUEST_TIMEOUT_SECONDS = 300
 # Items (texts) from concurrent requests per batch. The latency bound is far above any real
@@ -96,6 +108,12 @@ class Inference:
         self.batch_texts.labels("embeddings").observe(len(items))
         return embed_items(self.models, items)
 
+    @bentoml.api
+    def refresh_models(self, names: list[str]) -> list[str]:
+        """Re-read these models from the store now (after a deletion); the references still loaded."""
+        self.models.refresh(set(names))
+        return self.models.loaded_names()
+
     @bentoml.on_shutdown
     def stop_refreshing(self) -> None:
         self.models.stop()
@@ -125,12 +143,23 @@ class EmbeddedTrainer:
 routes = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(error_body(message), status_code=status)
+
+
 def not_found(message: str) -> JSONResponse:
-    return JSONResponse(error_body(message), status_code=404)
+    return error(404, message)
 
 
-def unknown_model(name: str) -> JSONResponse:
+def unknown_model(reference: str) -> JSONResponse:
+    name, version = store.split_reference(reference)
+    if version is not None:
+        return not_found(f"model_name: model {name!r} has no version {version!r}; GET /v1/models lists them")
     return not_found(f"model_name: no model named {name!r}; train one with POST /v1/train")
+
+
+def invalid_model_reference() -> JSONResponse:
+    return error(400, f"model_name: {MODEL_REFERENCE_RULE}")
 
 
 @bentoml.asgi_app(routes, path="/")
@@ -179,7 +208,7 @@ class Gateway:
         if not all(result.found for result in results):
             return unknown_model(request.model_name)
         return PredictResponse(predictions=[
-            Prediction(text=text, label=result.label, score=result.score)
+            Prediction(text=text, label=result.label, score=result.score, scores=result.scores)
             for text, result in zip(request.texts, results, strict=True)
         ])
 
@@ -195,17 +224,64 @@ class Gateway:
     def health(self) -> HealthResponse:
         return HealthResponse()
 
+    @routes.get("/v1/jobs", response_model=JobList, openapi_extra={"parameters": query_parameters(JobListQuery)})
+    def list_jobs(self, request: Request) -> JobList | JSONResponse:
+        """Jobs newest first, optionally of one status and model, a bounded page at a time."""
+        try:
+            query = JobListQuery.model_validate(dict(request.query_params))
+        except ValidationError as invalid:
+            return error(400, describe_validation_errors(invalid.errors(include_url=False, include_input=False)))
+        try:
+            # One more than asked: whether there is a next page, without a count.
+            page = jobs.page(query.limit + 1, status=query.status, model_name=query.model_name, after=query.cursor)
+        except UnknownCursor:
+            return error(400, "cursor: no job with this id (it may have expired); start again without cursor")
+        shown = page[:query.limit]
+        return JobList(jobs=[record.view() for record in shown],
+                       next_cursor=shown[-1].job_id if len(page) > query.limit else None)
+
     @routes.get("/v1/jobs/{job_id}", response_model=JobView)
     def get_job(self, job_id: str) -> JobView | JSONResponse:
         record = jobs.get(job_id)
         return record.view() if record else not_found(f"job_id: no job with id {job_id!r}")
 
+    @routes.post("/v1/jobs/{job_id}/cancel", response_model=JobView)
+    def cancel_job(self, job_id: str) -> JobView | JSONResponse:
+        """A pending job ends `cancelled` at once; a running one at its trainer's next step."""
+        try:
+            record = cancel_job(job_id)
+        except NotCancellable as finished:
+            return error(409, str(finished))
+        return record.view() if record else not_found(f"job_id: no job with id {job_id!r}")
+
+    @routes.get("/v1/models", response_model=ModelList)
+    def list_models(self) -> ModelList:
+        return ModelList(models=[ModelVersions(model_name=name, versions=[v.view() for v in listed])
+                                 for name, listed in store.all_models().items()])
+
     @routes.get("/v1/models/{model_name}", response_model=ModelView)
     def get_model(self, model_name: str) -> ModelView | JSONResponse:
-        if not is_valid_model_name(model_name):
-            return JSONResponse(error_body(f"model_name: {MODEL_NAME_RULE}"), status_code=400)
-        stored = store.latest(model_name)
+        """The latest version of a model, or the version `name:version` names."""
+        if not is_valid_model_reference(model_name):
+            return invalid_model_reference()
+        stored = store.resolve(model_name)
         return stored.view() if stored else unknown_model(model_name)
+
+    @routes.delete("/v1/models/{model_name}", response_model=ModelsDeleted)
+    async def delete_model(self, model_name: str) -> ModelsDeleted | JSONResponse:
+        """Every version of a model, or one (`name:version`); deleting the latest serves the previous."""
+        if not is_valid_model_reference(model_name):
+            return invalid_model_reference()
+        deleted = await asyncio.to_thread(store.delete, model_name)
+        if not deleted:
+            return unknown_model(model_name)
+        name, _ = store.split_reference(model_name)
+        try:  # at once on this host; elsewhere within MODEL_REFRESH_SECONDS
+            await self.inference.to_async.refresh_models([name])
+        except Exception:
+            logger.warning("deleted %s, but the inference service could not drop it now; it will within "
+                           "MODEL_REFRESH_SECONDS", ", ".join(deleted), exc_info=True)
+        return ModelsDeleted(deleted=deleted)
 
 
 Gateway.add_asgi_middleware(JobGaugesMiddleware, count=jobs.count)
@@ -216,9 +292,11 @@ Gateway.add_asgi_middleware(
         Gateway.openapi_spec.asdict(),
         status_overrides={"/v1/train": 202},
         errors_by_path={"/v1/train": ["400", "415", "429"], "/v1/predict": ["400", "404", "415", "503"],
-                        "/v1/embeddings": ["400", "404", "415", "503"], "/v1/jobs/{job_id}": ["404"],
+                        "/v1/embeddings": ["400", "404", "415", "503"], "/v1/jobs": ["400"],
+                        "/v1/jobs/{job_id}": ["404"], "/v1/jobs/{job_id}/cancel": ["404", "409"],
                         "/v1/models/{model_name}": ["400", "404"]},
     ),
 )
 Gateway.add_asgi_middleware(JSONBodyOnlyMiddleware, paths=["/v1/train", "/v1/predict", "/v1/embeddings"])
 Gateway.add_asgi_middleware(ErrorShapeMiddleware)
+Gateway.add_asgi_middleware(AllowHeaderMiddleware, paths=lambda: routes.openapi()["paths"])

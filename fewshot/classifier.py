@@ -23,3 +23,11 @@ def best_labels(probabilities: np.ndarray, columns: list[str]) -> tuple[list[str
     best = probabilities.argmax(axis=1)
     scores = probabilities[np.arange(len(best)), best]
     return [columns[i] for i in best], [float(s) for s in scores]
+
+
+def top_labels(probabilities: np.ndarray, columns: list[str], k: int) -> list[list[tuple[str, float]]]:
+    """The `k` most probable labels of each row with their probabilities, most probable first."""
+    if k <= 0:
+        return [[] for _ in range(len(probabilities))]
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [[(columns[i], float(row[i])) for i in indices] for row, indices in zip(probabilities, order, strict=True)]

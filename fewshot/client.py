@@ -24,7 +24,16 @@ import bentoml
 import httpx
 from bentoml.exceptions import BentoMLException
 
-from fewshot.schemas import EmbeddingsResponse, JobView, ModelView, PredictResponse, TrainAccepted
+from fewshot.schemas import (
+    EmbeddingsResponse,
+    JobList,
+    JobView,
+    ModelList,
+    ModelsDeleted,
+    ModelView,
+    PredictResponse,
+    TrainAccepted,
+)
 
 
 class FewshotError(Exception):
@@ -37,10 +46,11 @@ class FewshotError(Exception):
 
 
 class TrainingFailed(FewshotError):
-    """The job ended `failed`; `job` holds its record (the reason is in `job.error`)."""
+    """The job ended `failed` or `cancelled`; `job` holds its record (the reason is in `job.error` or `job.note`)."""
 
     def __init__(self, job: JobView) -> None:
-        super().__init__(200, f"training job {job.job_id} failed: {job.error}")
+        reason = job.error if job.status == "failed" else job.note or "cancelled"
+        super().__init__(200, f"training job {job.job_id} {job.status}: {reason}")
         self.job = job
 
 
@@ -67,12 +77,30 @@ class FewshotClient:
     def job(self, job_id: str) -> JobView:
         return JobView.model_validate(self._get(f"/v1/jobs/{job_id}"))
 
+    def jobs(self, status: str | None = None, model_name: str | None = None, limit: int = 50,
+             cursor: str | None = None) -> JobList:
+        """One page of jobs, newest first; pass the page's `next_cursor` as `cursor` for the next."""
+        query = {"status": status, "model_name": model_name, "limit": limit, "cursor": cursor}
+        return JobList.model_validate(self._get("/v1/jobs", {k: v for k, v in query.items() if v is not None}))
+
+    def cancel(self, job_id: str) -> JobView:
+        return JobView.model_validate(self._send("POST", f"/v1/jobs/{job_id}/cancel"))
+
     def model(self, model_name: str) -> ModelView:
+        """The latest version of `model_name`, or the version `name:version` names."""
         return ModelView.model_validate(self._get(f"/v1/models/{model_name}"))
+
+    def models(self) -> ModelList:
+        return ModelList.model_validate(self._get("/v1/models"))
+
+    def delete_model(self, model_name: str) -> list[str]:
+        """Delete every version of `model_name`, or one (`name:version`); the tags deleted."""
+        return ModelsDeleted.model_validate(self._send("DELETE", f"/v1/models/{model_name}")).deleted
 
     def wait(self, job_id: str, on_progress: Callable[[JobView], None] | None = None,
              poll_seconds: float = 1.0, timeout: float | None = None) -> JobView:
-        """Poll until the job completes; `on_progress` sees every poll. Raises TrainingFailed or TimeoutError."""
+        """Poll until the job completes; `on_progress` sees every poll. Raises TrainingFailed (failed or
+        cancelled) or TimeoutError."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             job = self.job(job_id)
@@ -80,14 +108,16 @@ class FewshotClient:
                 on_progress(job)
             if job.status == "completed":
                 return job
-            if job.status == "failed":
+            if job.status in ("failed", "cancelled"):
                 raise TrainingFailed(job)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"training job {job_id} still {job.status} after {timeout}s")
             time.sleep(poll_seconds)
 
-    def predict(self, model_name: str, texts: Sequence[str]) -> PredictResponse:
-        return PredictResponse.model_validate(self._post("predict", {"model_name": model_name, "texts": list(texts)}))
+    def predict(self, model_name: str, texts: Sequence[str], top_k: int | None = None) -> PredictResponse:
+        """`model_name` may pin a version (`name:version`); with `top_k` each prediction has `scores`."""
+        body = {"model_name": model_name, "texts": list(texts), **({"top_k": top_k} if top_k else {})}
+        return PredictResponse.model_validate(self._post("predict", body))
 
     def embeddings(self, model_name: str, texts: Sequence[str]) -> EmbeddingsResponse:
         body = {"model_name": model_name, "texts": list(texts)}
@@ -99,8 +129,11 @@ class FewshotClient:
         except BentoMLException as error:  # its message is the response body
             raise FewshotError(int(error.error_code), _error_message(str(error))) from None
 
-    def _get(self, path: str) -> Any:
-        response = self._http.get(path)
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return self._send("GET", path, params)
+
+    def _send(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        response = self._http.request(method, path, params=params)
         if response.status_code >= 400:
             raise FewshotError(response.status_code, _error_message(response.text))
         return response.json()

@@ -20,8 +20,8 @@ import torch
 from setfit import SetFitModel
 
 from fewshot import store
-from fewshot.classifier import best_labels, column_labels
-from fewshot.schemas import ItemEmbedding, ItemPrediction, TextItem
+from fewshot.classifier import best_labels, column_labels, top_labels
+from fewshot.schemas import ItemEmbedding, ItemPrediction, LabelScore, TextItem
 from fewshot.sub_batches import plan_sub_batches
 
 logger = logging.getLogger("fewshot.inference")
@@ -120,20 +120,22 @@ class LoadedModel:
 
 
 class ModelCache:
-    """Loaded models by name: at most `max_models`, kept current with the store's latest version.
+    """Loaded models by reference (`name`: its latest version, or `name:version`): at most
+    `max_models`, kept current with the store.
 
     Requests never read the store for a cached model: a background thread looks for newer
     versions every `refresh_seconds`, loads them beside the old one and swaps the reference,
-    so requests in flight finish on the version they started with. Beyond `max_models` the
-    least recently used model is unloaded (a batch still using it keeps its reference).
+    so requests in flight finish on the version they started with; a deleted model or version
+    is dropped. Beyond `max_models` the least recently used one is unloaded (a batch still using
+    it keeps its reference). Two references to one version share one loaded model.
     """
 
     def __init__(self, load: Callable[[store.StoredModel], LoadedModel], refresh_seconds: float,
-                 max_models: int, latest: Callable[[str], store.StoredModel | None] = store.latest,
+                 max_models: int, resolve: Callable[[str], store.StoredModel | None] = store.resolve,
                  on_evict: Callable[[str], None] | None = None) -> None:
         self._load = load
         self._on_evict = on_evict
-        self._latest = latest
+        self._resolve = resolve
         self._refresh_seconds = refresh_seconds
         self._max_models = max_models
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
@@ -143,43 +145,45 @@ class ModelCache:
         self._refresher = threading.Thread(target=self._refresh_forever, name="model-refresh", daemon=True)
         self._refresher.start()
 
-    def get(self, name: str) -> LoadedModel | None:
-        loaded = self._touch(name)
+    def get(self, reference: str) -> LoadedModel | None:
+        loaded = self._touch(reference)
         if loaded is not None:
             return loaded
         # One load per cold model, however many batches ask for it at once.
-        with self._load_locks[name]:
-            loaded = self._touch(name)
+        with self._load_locks[reference]:
+            loaded = self._touch(reference)
             if loaded is None:
-                stored = self._latest(name)
+                stored = self._resolve(reference)
                 if stored is None:
                     return None
-                loaded = self._load(stored)
-                self._put(loaded)
+                loaded = self._loaded_version(stored) or self._load(stored)
+                self._put(reference, loaded)
         return loaded
 
     def loaded_names(self) -> list[str]:
-        """Names of the loaded models, least recently used first."""
+        """References of the loaded models, least recently used first."""
         with self._lock:
             return list(self._models)
 
-    def refresh(self) -> None:
-        """Swap in newer versions of cached models and drop models deleted from the store."""
+    def refresh(self, names: set[str] | None = None) -> None:
+        """Swap in newer versions of cached models and drop models deleted from the store;
+        only the references to models in `names` when given (after a deletion: at once)."""
         with self._lock:
-            snapshot = list(self._models.items())
-        for name, current in snapshot:
-            stored = self._latest(name)
+            snapshot = [(reference, loaded) for reference, loaded in self._models.items()
+                        if names is None or store.split_reference(reference)[0] in names]
+        for reference, current in snapshot:
+            stored = self._resolve(reference)
             if stored is None:
-                logger.info("model %s left the store; unloading", name)
+                logger.info("model %s left the store; unloading", reference)
                 with self._lock:
-                    self._models.pop(name, None)
+                    self._models.pop(reference, None)
             elif stored.version != current.version:
-                with self._load_locks[name]:
-                    replacement = self._load(stored)
+                with self._load_locks[reference]:
+                    replacement = self._loaded_version(stored) or self._load(stored)
                     with self._lock:
-                        if name in self._models:  # not evicted meanwhile
-                            self._models[name] = replacement
-                logger.info("switched %s from version %s to %s", name, current.version, stored.version)
+                        if reference in self._models:  # not evicted meanwhile
+                            self._models[reference] = replacement
+                logger.info("switched %s from version %s to %s", reference, current.version, stored.version)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -196,17 +200,23 @@ class ModelCache:
 
         return cls(load, refresh_seconds, max_models, on_evict=on_evict)
 
-    def _touch(self, name: str) -> LoadedModel | None:
+    def _touch(self, reference: str) -> LoadedModel | None:
         with self._lock:
-            loaded = self._models.get(name)
+            loaded = self._models.get(reference)
             if loaded is not None:
-                self._models.move_to_end(name)
+                self._models.move_to_end(reference)
             return loaded
 
-    def _put(self, loaded: LoadedModel) -> None:
+    def _loaded_version(self, stored: store.StoredModel) -> LoadedModel | None:
+        """That version, if another reference already loaded it (`intents` and `intents:<latest>`)."""
         with self._lock:
-            self._models[loaded.name] = loaded
-            self._models.move_to_end(loaded.name)
+            return next((loaded for loaded in self._models.values()
+                         if (loaded.name, loaded.version) == (stored.name, stored.version)), None)
+
+    def _put(self, reference: str, loaded: LoadedModel) -> None:
+        with self._lock:
+            self._models[reference] = loaded
+            self._models.move_to_end(reference)
             while len(self._models) > self._max_models:
                 evicted, _ = self._models.popitem(last=False)
                 logger.info("unloaded %s: least recently used of more than %d loaded models",
@@ -226,7 +236,7 @@ Result = TypeVar("Result")
 
 
 def _per_model(cache: ModelCache, items: Sequence[TextItem], missing: Result,
-               run: Callable[[LoadedModel, list[str]], list[Result]]) -> list[Result]:
+               run: Callable[[LoadedModel, list[TextItem]], list[Result]]) -> list[Result]:
     """Group a batch by model, run each group in one call, and put results back in batch order."""
     positions: defaultdict[str, list[int]] = defaultdict(list)
     for position, item in enumerate(items):
@@ -237,7 +247,7 @@ def _per_model(cache: ModelCache, items: Sequence[TextItem], missing: Result,
         if loaded is None:
             continue
         started = time.perf_counter()
-        outputs = run(loaded, [items[i].text for i in indices])
+        outputs = run(loaded, [items[i] for i in indices])
         logger.debug("%s: %d texts in %.1f ms", name, len(indices), (time.perf_counter() - started) * 1000)
         for position, output in zip(indices, outputs, strict=True):
             results[position] = output
@@ -245,15 +255,21 @@ def _per_model(cache: ModelCache, items: Sequence[TextItem], missing: Result,
 
 
 def predict_items(cache: ModelCache, items: Sequence[TextItem]) -> list[ItemPrediction]:
-    def run(loaded: LoadedModel, texts: list[str]) -> list[ItemPrediction]:
-        labels, scores = best_labels(loaded.predict_proba(texts), loaded.column_labels)
-        return [ItemPrediction(label=label, score=score) for label, score in zip(labels, scores, strict=True)]
+    def run(loaded: LoadedModel, group: list[TextItem]) -> list[ItemPrediction]:
+        probabilities = loaded.predict_proba([item.text for item in group])
+        labels, scores = best_labels(probabilities, loaded.column_labels)
+        # Requests in one batch may ask for different k: rank once for the largest, cut per item.
+        ranked = top_labels(probabilities, loaded.column_labels, max(item.top_k or 0 for item in group))
+        return [ItemPrediction(label=label, score=score, scores=[LabelScore(label=name, score=probability)
+                                                                 for name, probability in row[:item.top_k]]
+                               if item.top_k else None)
+                for label, score, row, item in zip(labels, scores, ranked, group, strict=True)]
 
     return _per_model(cache, items, ItemPrediction(found=False), run)
 
 
 def embed_items(cache: ModelCache, items: Sequence[TextItem]) -> list[ItemEmbedding]:
-    def run(loaded: LoadedModel, texts: list[str]) -> list[ItemEmbedding]:
-        return [ItemEmbedding(vector=vector) for vector in loaded.embed(texts).tolist()]
+    def run(loaded: LoadedModel, group: list[TextItem]) -> list[ItemEmbedding]:
+        return [ItemEmbedding(vector=vector) for vector in loaded.embed([item.text for item in group]).tolist()]
 
     return _per_model(cache, items, ItemEmbedding(found=False), run)

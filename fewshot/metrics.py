@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-JOB_STATUSES = ("pending", "running", "completed", "failed")
+from fewshot.schemas import JOB_STATUSES
 
 TRAINING_JOBS = Gauge(
     "fewshot_training_jobs", "Training jobs by status, read from the job store when /metrics is scraped "
-    "(completed and failed ones are kept JOB_RETENTION_DAYS)", ["status"], multiprocess_mode="livemostrecent")
+    "(finished ones are kept JOB_RETENTION_DAYS)", ["status"], multiprocess_mode="livemostrecent")
 TRAINING_JOBS_FINISHED = Counter(
     "fewshot_training_jobs_finished", "Training jobs finished by this trainer, by outcome", ["outcome"])
 TRAINING_DURATION = Histogram(

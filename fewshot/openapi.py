@@ -14,10 +14,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fewshot.auth import is_open_path
-from fewshot.schemas import MODEL_NAME_SCHEMA, ErrorResponse
+from fewshot.schemas import MODEL_REFERENCE_SCHEMA, ErrorResponse
 
 logger = logging.getLogger("fewshot.openapi")
 
@@ -37,6 +38,7 @@ ERROR_RESPONSES = {
     "400": _error_response("Invalid input: the message names the field and the rule."),
     "401": _error_response("Missing or wrong API key."),
     "404": _error_response("Unknown job or model."),
+    "409": _error_response("The job has already finished: only pending or running jobs can be cancelled."),
     "415": _error_response("The body must be JSON (Content-Type: application/json)."),
     "429": _error_response("Too many training jobs pending (MAX_QUEUED_JOBS); retry after Retry-After seconds."),
     "500": _error_response("Internal error."),
@@ -73,6 +75,20 @@ def _as_openapi_30(node: Any) -> None:
             _as_openapi_30(value)
 
 
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """OpenAPI query parameters from a pydantic model, for routes that validate their query themselves."""
+    schema = model.model_json_schema()
+    parameters = []
+    for name, declared in schema["properties"].items():
+        field = {key: value for key, value in declared.items() if key not in ("title", "default")}
+        if "anyOf" in field:  # optional: the non-null branch, as the parameter may simply be left out
+            field.update(next(b for b in field.pop("anyOf") if b.get("type") != "null"))
+        description = field.pop("description", None)
+        parameters.append({"name": name, "in": "query", "required": name in schema.get("required", []),
+                           "schema": field, **({"description": description} if description else {})})
+    return parameters
+
+
 def _document_path_parameter(spec: dict[str, Any], name: str, schema: dict[str, Any]) -> None:
     for item in spec.get("paths", {}).values():
         for operation in item.values():
@@ -90,7 +106,7 @@ def correct_document(spec: dict[str, Any], status_overrides: dict[str, int],
     """
     spec = copy.deepcopy(spec)
     _as_openapi_30(spec)
-    _document_path_parameter(spec, "model_name", MODEL_NAME_SCHEMA)
+    _document_path_parameter(spec, "model_name", MODEL_REFERENCE_SCHEMA)
     components = spec.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas["ErrorResponse"] = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -16,9 +16,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_serializer,
 )
 
 from fewshot.base_models import base_model_problem
@@ -35,12 +37,31 @@ MODEL_NAME_RULE = (
 )
 
 
+# A model reference: `name` (its latest version) or `name:version` (pinned); versions follow the same rule.
+MODEL_REFERENCE_PATTERN = re.compile(
+    rf"^{MODEL_NAME_PATTERN.pattern[1:-1]}(:{MODEL_NAME_PATTERN.pattern[1:-1]})?$")
+MODEL_REFERENCE_MAX_LENGTH = 2 * MODEL_NAME_MAX_LENGTH + 1
+MODEL_REFERENCE_RULE = (
+    f"must be a model name or name:version; {MODEL_NAME_RULE.replace('must be', 'each is')}"
+)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
 def is_valid_model_name(value: str) -> bool:
     return len(value) <= MODEL_NAME_MAX_LENGTH and MODEL_NAME_PATTERN.match(value) is not None
+
+
+def is_valid_model_reference(value: str) -> bool:
+    return len(value) <= MODEL_REFERENCE_MAX_LENGTH and all(map(is_valid_model_name, value.split(":", 1)))
+
+
+def _check_model_reference(value: str) -> str:
+    if not is_valid_model_reference(value):
+        raise ValueError(MODEL_REFERENCE_RULE)
+    return value
 
 
 def _check_model_name(value: str) -> str:
@@ -70,6 +91,9 @@ def _as_utc(value: datetime) -> datetime:
 MODEL_NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MODEL_NAME_MAX_LENGTH,
                      "pattern": MODEL_NAME_PATTERN.pattern}
 ModelName = Annotated[str, AfterValidator(_check_model_name), WithJsonSchema(MODEL_NAME_SCHEMA)]
+MODEL_REFERENCE_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MODEL_REFERENCE_MAX_LENGTH,
+                          "pattern": MODEL_REFERENCE_PATTERN.pattern}
+ModelReference = Annotated[str, AfterValidator(_check_model_reference), WithJsonSchema(MODEL_REFERENCE_SCHEMA)]
 NonBlankText = Annotated[
     str,
     Field(max_length=LIMITS.max_text_chars, json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN}),
@@ -155,7 +179,9 @@ class TrainRequest(BaseModel):
         return fraction
 
 
-JobStatus = Literal["pending", "running", "completed", "failed"]
+JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "running", "completed", "failed", "cancelled")
+FINISHED_STATUSES: tuple[JobStatus, ...] = ("completed", "failed", "cancelled")
 
 
 class TrainAccepted(BaseModel):
@@ -181,6 +207,28 @@ class JobView(BaseModel):
                                                "1 when completed.")
     step: int | None = Field(default=None, description="Fine-tuning steps done.")
     total_steps: int | None = Field(default=None, description="Fine-tuning steps in all.")
+    cancel_requested: bool = Field(default=False, description="Cancelled while running: the trainer stops "
+                                                              "at its next step and the job ends `cancelled`.")
+
+
+MAX_JOBS_PAGE = 500
+
+
+class JobListQuery(BaseModel):
+    """GET /v1/jobs query parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: JobStatus | None = None
+    model_name: ModelName | None = None
+    limit: int = Field(default=50, ge=1, le=MAX_JOBS_PAGE)
+    cursor: str | None = Field(default=None, min_length=1, max_length=64,
+                               description="`next_cursor` of the previous page.")
+
+
+class JobList(BaseModel):
+    jobs: list[JobView] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null on the last.")
 
 
 class ModelView(BaseModel):
@@ -196,12 +244,25 @@ class ModelView(BaseModel):
     job_id: str | None = None
 
 
-class PredictRequest(BaseModel):
+class ModelVersions(BaseModel):
+    model_name: str
+    versions: list[ModelView] = Field(description="Newest first; the first is what `model_name` serves.")
+
+
+class ModelList(BaseModel):
+    models: list[ModelVersions] = Field(description="Most recently trained first.")
+
+
+class ModelsDeleted(BaseModel):
+    deleted: list[str] = Field(description="The name:version tags deleted.")
+
+
+class TextsRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {
         "model_name": "intents", "texts": ["my card has not come yet"],
     }})
 
-    model_name: ModelName
+    model_name: ModelReference = Field(description="A model's name (its latest version) or name:version.")
     texts: list[NonBlankText] = Field(min_length=1, max_length=LIMITS.max_texts_per_request)
 
     def items(self) -> list[TextItem]:
@@ -209,17 +270,40 @@ class PredictRequest(BaseModel):
         return [TextItem(model_name=self.model_name, text=text) for text in self.texts]
 
 
+class PredictRequest(TextsRequest):
+    top_k: int | None = Field(default=None, ge=1, le=LIMITS.max_labels,
+                              description="Also return the k most probable labels of each text, in `scores`.")
+
+    def items(self) -> list[TextItem]:
+        return [TextItem(model_name=self.model_name, text=text, top_k=self.top_k) for text in self.texts]
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float = Field(description="Probability.")
+
+
 class Prediction(BaseModel):
     text: str
     label: str
     score: float = Field(description="Probability of the predicted label.")
+    scores: list[LabelScore] | None = Field(default=None, description="With `top_k`: the top-k labels, most "
+                                                                      "probable first (absent without it).")
+
+    @model_serializer(mode="wrap")
+    def _without_absent_scores(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without top_k the prediction keeps its original shape: no `scores` key at all.
+        data = serialize(self)
+        if data.get("scores") is None:
+            data.pop("scores", None)
+        return data
 
 
 class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-class EmbeddingsRequest(PredictRequest):
+class EmbeddingsRequest(TextsRequest):
     pass
 
 
@@ -239,13 +323,16 @@ class ErrorResponse(BaseModel):
 # Gateway → inference service: one item per text, so adaptive batching can merge requests.
 class TextItem(BaseModel):
     model_name: str
+    """A model reference: `name` or `name:version`."""
     text: str
+    top_k: int | None = None
 
 
 class ItemPrediction(BaseModel):
     found: bool = True
     label: str = ""
     score: float = 0.0
+    scores: list[LabelScore] | None = None
 
 
 class ItemEmbedding(BaseModel):

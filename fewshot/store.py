@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import BentoMLException, NotFound
+from bentoml.exceptions import BentoMLException
 
 from fewshot.schemas import ModelView
 
@@ -107,8 +107,12 @@ def _stored(model: bentoml.Model) -> StoredModel:
                        metadata=dict(model.info.metadata))
 
 
+def _ours(model: bentoml.Model) -> bool:
+    return all(model.info.labels.get(key) == value for key, value in STORE_LABELS.items())
+
+
 def versions(name: str) -> list[StoredModel]:
-    """Every complete version of `name`, newest first (a half-written one is skipped)."""
+    """Every complete version of `name` that we registered, newest first (a half-written one is skipped)."""
     directory = models_dir() / name
     if not directory.is_dir():
         return []
@@ -120,7 +124,52 @@ def versions(name: str) -> list[StoredModel]:
             found.append(bentoml.models.get(f"{name}:{version.name}"))
         except BentoMLException:  # no model.yaml yet (being copied) or a crashed copy
             continue
-    return [_stored(model) for model in sorted(found, key=lambda m: m.info.creation_time, reverse=True)]
+    ours = (model for model in found if _ours(model))
+    return [_stored(model) for model in sorted(ours, key=lambda m: m.info.creation_time, reverse=True)]
+
+
+def all_models() -> dict[str, list[StoredModel]]:
+    """Every model we registered with its complete versions (newest first); newest model first."""
+    directory = models_dir()
+    if not directory.is_dir():
+        return {}
+    found = {entry.name: versions(entry.name) for entry in directory.iterdir() if entry.is_dir()}
+    models = {name: listed for name, listed in found.items() if listed}
+    return dict(sorted(models.items(), key=lambda item: item[1][0].metadata["created_at"], reverse=True))
+
+
+def split_reference(reference: str) -> tuple[str, str | None]:
+    """`name` or `name:version` → (name, version or None); `name:latest` means `name`."""
+    name, _, version = reference.partition(":")
+    return name, (version if version and version != "latest" else None)
+
+
+def resolve(reference: str) -> StoredModel | None:
+    """The stored model `name` (its latest version) or `name:version` refers to; None if there is none."""
+    name, version = split_reference(reference)
+    if version is None:
+        return latest(name)
+    try:
+        model = bentoml.models.get(f"{name}:{version}")
+    except BentoMLException:  # not found, or a copy still in progress
+        return None
+    return _stored(model) if _ours(model) else None
+
+
+def delete(reference: str) -> list[str]:
+    """Delete `name:version`, or every version of `name`; the tags deleted ([] when none matched).
+
+    BentoML points `latest` at the newest remaining version, so deleting the latest version makes
+    the previous one the latest.
+    """
+    name, version = split_reference(reference)
+    with writing():
+        doomed = [stored for stored in versions(name) if version is None or stored.version == version]
+        for stored in doomed:
+            bentoml.models.delete(stored.tag)
+    for stored in doomed:
+        logger.info("deleted %s from the model store", stored.tag)
+    return [stored.tag for stored in doomed]
 
 
 def prune(name: str, keep: int) -> list[str]:
@@ -154,6 +203,6 @@ def latest(name: str) -> StoredModel | None:
     """The newest complete version of `name`, read fresh from the store (another process may write)."""
     try:
         model = bentoml.models.get(f"{name}:latest")
-    except NotFound:
+    except BentoMLException:  # none, or `latest` names a version deleted a moment ago
         return None
-    return _stored(model)
+    return _stored(model) if _ours(model) else None

@@ -214,9 +214,14 @@ def test_dispatchers_built_after_the_switch_use_it() -> None:
 class FakeStore:
     def __init__(self) -> None:
         self.versions: dict[str, str] = {}
+        """The latest version of each model."""
+        self.older: dict[str, set[str]] = {}
 
-    def latest(self, name: str) -> StoredModel | None:
+    def latest(self, reference: str) -> StoredModel | None:
+        name, _, pinned = reference.partition(":")
         version = self.versions.get(name)
+        if pinned and pinned != version:
+            version = pinned if pinned in self.older.get(name, set()) else None
         return StoredModel(name, version, Path("/nowhere"), {"labels": []}) if version else None
 
 
@@ -233,7 +238,7 @@ class CountingLoader:
 
 def make_cache(max_models: int) -> tuple[ModelCache, FakeStore, CountingLoader]:
     fake, loader = FakeStore(), CountingLoader()
-    cache = ModelCache(loader, refresh_seconds=3600, max_models=max_models, latest=fake.latest)
+    cache = ModelCache(loader, refresh_seconds=3600, max_models=max_models, resolve=fake.latest)
     return cache, fake, loader
 
 
@@ -287,3 +292,35 @@ def test_refresh_swaps_new_versions_and_drops_deleted_models() -> None:
     assert cache.loaded_names() == ["a"]
     assert loader.loads == ["a:1", "b:1", "a:2"]
     cache.stop()
+
+
+def test_pinned_versions_stay_while_the_name_follows_the_latest_and_deletion_drops_them() -> None:
+    cache, fake, loader = make_cache(max_models=4)
+    fake.versions, fake.older = {"a": "1"}, {"a": set()}
+    assert cache.get("a").version == "1"
+    assert cache.get("a:1").version == "1"  # the same version: shared, not loaded again
+    fake.versions, fake.older = {"a": "2"}, {"a": {"1"}}
+    cache.refresh()
+    assert cache.get("a").version == "2" and cache.get("a:1").version == "1"
+    assert cache.get("a:9") is None
+    assert loader.loads == ["a:1", "a:2"]
+    fake.older = {"a": set()}  # version 1 deleted
+    cache.refresh({"a"})
+    assert cache.loaded_names() == ["a"]
+    fake.versions = {}  # every version deleted
+    cache.refresh({"b"})  # another model's refresh leaves a alone
+    assert cache.loaded_names() == ["a"]
+    cache.refresh({"a"})
+    assert cache.loaded_names() == [] and cache.get("a") is None
+    cache.stop()
+
+
+def test_top_labels_are_the_most_probable_first_and_cut_at_k() -> None:
+    import numpy as np
+
+    from fewshot.classifier import top_labels
+
+    probabilities = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]])
+    assert top_labels(probabilities, ["x", "y", "z"], 2) == [[("y", 0.6), ("z", 0.3)], [("x", 0.5), ("z", 0.3)]]
+    assert top_labels(probabilities, ["x", "y", "z"], 5)[0] == [("y", 0.6), ("z", 0.3), ("x", 0.1)]
+    assert top_labels(probabilities, ["x", "y", "z"], 0) == [[], []]

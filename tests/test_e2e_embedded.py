@@ -262,6 +262,7 @@ def test_readme_python_quickstart_runs_against_the_server(server: LiveServer) ->
     assert result.returncode == 0, result.stderr[-3000:]
     assert "job completed step" in result.stdout  # progress was shown
     assert "predict: card_arrival" in result.stdout
+    assert "top 2: card_arrival " in result.stdout and "versions of intents: " in result.stdout
     assert "embedding dimensions: 384" in result.stdout
 
 

@@ -93,3 +93,14 @@ def test_client_errors_are_logged_as_one_warning_line_without_the_input() -> Non
     crashed = record_for(RuntimeError("a real bug"))
     assert ClientErrorsWithoutTracebacks().filter(crashed)
     assert crashed.levelname == "ERROR" and crashed.exc_info is not None  # server errors keep their traceback
+
+
+def test_allow_lists_every_method_of_every_matching_path_template() -> None:
+    from fewshot.allow import allowed_methods
+
+    paths = {"/v1/models/{model_name}": {"get": {}, "delete": {}, "parameters": []}, "/v1/models": {"get": {}},
+             "/v1/jobs/{job_id}/cancel": {"post": {}}}
+    assert allowed_methods(paths, "/v1/models/a:b") == ["DELETE", "GET"]
+    assert allowed_methods(paths, "/v1/models") == ["GET"]
+    assert allowed_methods(paths, "/v1/jobs/x/cancel") == ["POST"]
+    assert allowed_methods(paths, "/v1/models/a/b") == [] and allowed_methods(paths, "/v1/jobs/x") == []

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fewshot.schemas import utc_now
-from trainers.jobs import JobStore, RedisJobStore, SqliteJobStore, expire_finished, new_job
+from trainers.jobs import JobStore, RedisJobStore, SqliteJobStore, UnknownCursor, expire_finished, new_job
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -45,7 +45,7 @@ def test_records_survive_reopening_and_transitions_are_compare_and_set(open_stor
     assert reopened.with_status("running") == [] and reopened.with_status("pending") == []
     assert set(final.view().model_dump()) == {"job_id", "status", "model_name", "created_at", "started_at",
                                               "finished_at", "error", "model_version", "attempts", "note",
-                                              "progress", "step", "total_steps"}
+                                              "progress", "step", "total_steps", "cancel_requested"}
 
 
 def test_with_status_lists_oldest_first(open_store) -> None:
@@ -88,3 +88,43 @@ def test_a_trainer_is_live_until_its_heartbeat_expires(open_store) -> None:
     assert other_process.live_workers() == {"host-b:2"}
     store.beat("host-a:1", ttl_seconds=30)  # a late beat brings it back
     assert other_process.live_workers() == {"host-a:1", "host-b:2"}
+
+
+def test_pages_list_newest_first_filtered_with_a_cursor(open_store) -> None:
+    store = open_store()
+    start = utc_now()
+    created = []
+    for index in range(7):  # a, b alternate; created a second apart, oldest first
+        record = new_job("a" if index % 2 == 0 else "b", {}).model_copy(
+            update={"created_at": start + timedelta(seconds=index)})
+        store.create(record)
+        created.append(record)
+    store.transition(created[0].job_id, {"pending"}, status="cancelled")
+    newest_first = [record.job_id for record in reversed(created)]
+
+    first = store.page(3)
+    assert [r.job_id for r in first] == newest_first[:3]
+    second = store.page(3, after=first[-1].job_id)
+    assert [r.job_id for r in second] == newest_first[3:6]
+    assert [r.job_id for r in store.page(3, after=second[-1].job_id)] == newest_first[6:]
+    assert [r.job_id for r in store.page(10, model_name="b")] == [created[5].job_id, created[3].job_id,
+                                                                  created[1].job_id]
+    assert [r.job_id for r in store.page(10, status="cancelled")] == [created[0].job_id]
+    assert [r.job_id for r in store.page(1, status="pending", model_name="a", after=created[4].job_id)] == [
+        created[2].job_id]
+    assert store.page(5, model_name="nobody") == []
+    with pytest.raises(UnknownCursor):
+        store.page(5, after=str(uuid.uuid4()))
+
+
+def test_redis_lists_records_written_before_its_listing_index(redis_url: str) -> None:
+    import redis
+
+    prefix = f"test-{uuid.uuid4().hex}"
+    old = RedisJobStore(redis_url, prefix=prefix)
+    records = [new_job("m", {}) for _ in range(3)]
+    for record in records:
+        old.create(record)
+    redis.Redis.from_url(redis_url).delete(f"{prefix}:jobs:by_created")  # as a store from before the index
+    reopened = RedisJobStore(redis_url, prefix=prefix)
+    assert {r.job_id for r in reopened.page(10)} == {r.job_id for r in records}

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from fewshot.errors import describe_validation_errors
-from fewshot.schemas import MODEL_NAME_RULE, PredictRequest, TrainRequest, is_valid_model_name
+from fewshot.schemas import MODEL_NAME_RULE, MODEL_REFERENCE_RULE, PredictRequest, TrainRequest, is_valid_model_name
 
 TWO_LABELS = [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
 
@@ -26,7 +26,26 @@ def test_valid_model_names(name: str) -> None:
                                   "a%2Fb", "a" * 64, "é", "a:b"])
 def test_invalid_model_names_are_rejected_not_lowercased(name: str) -> None:
     assert not is_valid_model_name(name)
-    assert error_message(PredictRequest, {"model_name": name, "texts": ["t"]}) == f"model_name: {MODEL_NAME_RULE}"
+    assert error_message(TrainRequest, {"model_name": name, "examples": TWO_LABELS}) == f"model_name: {MODEL_NAME_RULE}"
+    if ":" not in name:  # as a reference, "a:b" is model a's version b
+        assert error_message(PredictRequest, {"model_name": name, "texts": ["t"]}) == \
+            f"model_name: {MODEL_REFERENCE_RULE}"
+
+
+@pytest.mark.parametrize("reference", ["a", "a:b", "intents:kxuzb4xj7ouzqax4", "a:latest", f"{'a' * 63}:{'b' * 63}"])
+def test_predict_accepts_a_name_or_name_version(reference: str) -> None:
+    assert PredictRequest.model_validate({"model_name": reference, "texts": ["t"]}).model_name == reference
+
+
+@pytest.mark.parametrize("reference", ["a:", ":b", "a:B", "a:b:c", "a:-b", f"a:{'b' * 64}", "a :b"])
+def test_invalid_references_name_the_rule(reference: str) -> None:
+    assert error_message(PredictRequest, {"model_name": reference, "texts": ["t"]}) == \
+        f"model_name: {MODEL_REFERENCE_RULE}"
+
+
+def test_top_k_is_optional_and_bounded() -> None:
+    assert PredictRequest.model_validate({"model_name": "m", "texts": ["t"]}).top_k is None
+    assert error_message(PredictRequest, {"model_name": "m", "texts": ["t"], "top_k": 0}).startswith("top_k: ")
 
 
 def test_train_defaults() -> None:

@@ -9,6 +9,10 @@ class TrainingFailed(Exception):
     """A failure the user can act on; its message goes into the job record as it is."""
 
 
+class JobCancelled(Exception):
+    """The job was cancelled while running: training stops, nothing is registered."""
+
+
 def describe_failure(error: BaseException | None) -> str:
     if error is None:
         return "training failed for an unknown reason; see the trainer log"

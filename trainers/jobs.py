@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from fewshot.schemas import JobStatus, JobView, utc_now
+from fewshot.schemas import FINISHED_STATUSES, JOB_STATUSES, JobStatus, JobView, utc_now
 
 
 class JobRecord(JobView):
@@ -35,6 +35,10 @@ def new_job(model_name: str, request: dict[str, Any]) -> JobRecord:
                      created_at=utc_now(), request=request)
 
 
+class UnknownCursor(LookupError):
+    """A page was asked for after a job that does not exist (never did, or expired meanwhile)."""
+
+
 class JobStore(Protocol):
     def create(self, record: JobRecord) -> None: ...
 
@@ -45,6 +49,12 @@ class JobStore(Protocol):
         ...
 
     def with_status(self, status: JobStatus) -> list[JobRecord]: ...
+
+    def page(self, limit: int, status: JobStatus | None = None, model_name: str | None = None,
+             after: str | None = None) -> list[JobRecord]:
+        """Up to `limit` records, newest first (by created_at, then job id), optionally of one status
+        and model, starting after job `after` in that order. Raises UnknownCursor if `after` is gone."""
+        ...
 
     def count(self, status: JobStatus) -> int:
         """How many jobs have `status`, without reading their records."""
@@ -62,8 +72,8 @@ class JobStore(Protocol):
 
 
 def expire_finished(store: JobStore, finished_before: datetime) -> int:
-    """Delete completed and failed records that finished before `finished_before`; how many."""
-    expired = [record.job_id for status in ("completed", "failed") for record in store.with_status(status)
+    """Delete completed, failed and cancelled records that finished before `finished_before`; how many."""
+    expired = [record.job_id for status in FINISHED_STATUSES for record in store.with_status(status)
                if record.finished_at is not None and record.finished_at < finished_before]
     for job_id in expired:
         store.delete(job_id)
@@ -87,6 +97,7 @@ class SqliteJobStore:
                 "created_at TEXT NOT NULL, record TEXT NOT NULL)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status)")
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_newest ON jobs (created_at DESC, job_id DESC)")
             db.execute("CREATE TABLE IF NOT EXISTS workers (worker TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
 
     @contextmanager
@@ -135,6 +146,28 @@ class SqliteJobStore:
                               (status,)).fetchall()
         return [JobRecord.model_validate_json(row[0]) for row in rows]
 
+    def page(self, limit: int, status: JobStatus | None = None, model_name: str | None = None,
+             after: str | None = None) -> list[JobRecord]:
+        conditions, parameters = [], []
+        if status is not None:
+            conditions.append("status = ?")
+            parameters.append(status)
+        if model_name is not None:
+            conditions.append("json_extract(record, '$.model_name') = ?")
+            parameters.append(model_name)
+        if after is not None:
+            cursor = self.get(after)
+            if cursor is None:
+                raise UnknownCursor(after)
+            conditions.append("(created_at < ? OR (created_at = ? AND job_id < ?))")
+            created = cursor.created_at.isoformat()
+            parameters += [created, created, after]
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        with self._connection() as db:
+            rows = db.execute(f"SELECT record FROM jobs {where} ORDER BY created_at DESC, job_id DESC LIMIT ?",
+                              (*parameters, limit)).fetchall()
+        return [JobRecord.model_validate_json(row[0]) for row in rows]
+
     def count(self, status: JobStatus) -> int:
         with self._connection() as db:
             return db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
@@ -156,16 +189,31 @@ class SqliteJobStore:
 
 
 class RedisJobStore:
-    """Each record a JSON string under `<prefix>:job:<id>`, plus one set of ids per status.
+    """Each record a JSON string under `<prefix>:job:<id>`, plus one set of ids per status and a
+    sorted set of every id by creation time (for listing newest first).
 
     A trainer's heartbeat is a key `<prefix>:worker:<id>` that Redis expires by itself.
     """
+
+    PAGE_SCAN = 256  # records read per round trip while filtering a listing
 
     def __init__(self, url: str, prefix: str = "fewshot") -> None:
         import redis
 
         self._redis = redis.Redis.from_url(url)
         self._prefix = prefix
+        self._by_created = f"{prefix}:jobs:by_created"
+        self._index_unlisted_records()
+
+    def _index_unlisted_records(self) -> None:
+        """Records written before the creation-time index existed get into it (idempotent)."""
+        statuses = [self._status_key(status) for status in JOB_STATUSES]
+        if self._redis.zcard(self._by_created) >= sum(self._redis.scard(key) for key in statuses):
+            return
+        for job_id in self._redis.sunion(statuses):
+            record = self.get(job_id.decode())
+            if record is not None:
+                self._redis.zadd(self._by_created, {record.job_id: record.created_at.timestamp()}, nx=True)
 
     def _key(self, job_id: str) -> str:
         return f"{self._prefix}:job:{job_id}"
@@ -177,6 +225,7 @@ class RedisJobStore:
         with self._redis.pipeline() as pipe:
             pipe.set(self._key(record.job_id), record.model_dump_json())
             pipe.sadd(self._status_key(record.status), record.job_id)
+            pipe.zadd(self._by_created, {record.job_id: record.created_at.timestamp()})
             pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -212,6 +261,29 @@ class RedisJobStore:
         records = [self.get(job_id) for job_id in ids]
         return sorted((r for r in records if r is not None), key=lambda r: r.created_at)
 
+    def page(self, limit: int, status: JobStatus | None = None, model_name: str | None = None,
+             after: str | None = None) -> list[JobRecord]:
+        start = 0
+        if after is not None:
+            rank = self._redis.zrevrank(self._by_created, after)
+            if rank is None:
+                raise UnknownCursor(after)
+            start = rank + 1
+        found: list[JobRecord] = []
+        # Equal scores come in reverse id order, as SQLite's ORDER BY created_at DESC, job_id DESC.
+        while len(found) < limit:
+            ids = [member.decode() for member in
+                   self._redis.zrevrange(self._by_created, start, start + self.PAGE_SCAN - 1)]
+            if not ids:
+                break
+            start += len(ids)
+            for raw in self._redis.mget([self._key(job_id) for job_id in ids]):
+                record = JobRecord.model_validate_json(raw) if raw else None
+                if (record is not None and status in (None, record.status)
+                        and model_name in (None, record.model_name)):
+                    found.append(record)
+        return found[:limit]
+
     def count(self, status: JobStatus) -> int:
         return int(self._redis.scard(self._status_key(status)))
 
@@ -219,6 +291,7 @@ class RedisJobStore:
         record = self.get(job_id)
         with self._redis.pipeline() as pipe:
             pipe.delete(self._key(job_id))
+            pipe.zrem(self._by_created, job_id)
             if record is not None:
                 pipe.srem(self._status_key(record.status), job_id)
             pipe.execute()

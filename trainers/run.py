@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -16,8 +17,13 @@ from trainers.training import ProgressCallback, TrainingOptions, train_classifie
 logger = logging.getLogger("fewshot.trainer")
 
 
-def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | None = None) -> str:
-    """Train the job's classifier and register it; returns the new store version."""
+def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | None = None,
+            before_registering: Callable[[], None] | None = None) -> str:
+    """Train the job's classifier and register it; returns the new store version.
+
+    `progress` may raise (a cancelled job) to stop training; so may `before_registering`, the last
+    moment a cancellation keeps the model out of the store.
+    """
     if settings.training_threads:  # in the thread that trains: OpenMP's thread count is per thread
         torch.set_num_threads(settings.training_threads)
     request = TrainRequest.model_validate(record.request)
@@ -49,6 +55,8 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
         "learning_rate": request.learning_rate,
         "batch_size": request.batch_size,
     }
+    if before_registering is not None:
+        before_registering()
     stored = store.register(request.model_name, trained.save, metadata)
     logger.info("job %s: registered %s", record.job_id, stored.tag)
     if settings.keep_model_versions:

@@ -1,8 +1,9 @@
 """The training task and the job lifecycle around it.
 
 Status flow: pending → running → completed | failed, and running → pending when the trainer is
-shut down mid-job (the task is queued again). Huey signals move the status; the task itself only
-records its result, so that a job's record always says what really happened.
+shut down mid-job (the task is queued again). A cancelled job ends `cancelled`: at once when it was
+pending, at the trainer's next step when it was running. Huey signals move the status; the task
+itself only records its result, so that a job's record always says what really happened.
 """
 
 from __future__ import annotations
@@ -35,6 +36,32 @@ class QueueFull(Exception):
     """The queue already holds MAX_QUEUED_JOBS pending jobs."""
 
 
+class NotCancellable(Exception):
+    """The job has already finished (completed or failed)."""
+
+
+def cancel_job(job_id: str) -> JobRecord | None:
+    """Cancel a pending job at once, or ask its trainer to stop a running one; None if no such job.
+
+    A pending job's queued task still runs, finds the job cancelled and does nothing. Cancelling a
+    cancelled job again changes nothing. Raises NotCancellable for a completed or failed job.
+    """
+    cancelled = jobs.transition(job_id, {"pending"}, status="cancelled", finished_at=utc_now(),
+                                note="cancelled before a trainer started it")
+    if cancelled is not None:
+        logger.info("job %s: cancelled while pending", job_id)
+        return cancelled
+    stopping = jobs.transition(job_id, {"running"}, cancel_requested=True)
+    if stopping is not None:
+        logger.info("job %s: cancellation requested; its trainer stops at its next step", job_id)
+        return stopping
+    current = jobs.get(job_id)
+    if current is None or current.status in ("cancelled", "pending", "running"):
+        return current  # pending/running here: it changed under us; the caller shows its state
+    raise NotCancellable(f"job_id: job {job_id!r} has already {current.status}; only pending or running jobs "
+                         "can be cancelled")
+
+
 def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
     """Record the job, then queue it: a job is never queued without a record to report on.
 
@@ -63,11 +90,19 @@ def train_model(job_id: str) -> None:
         logger.info("job %s: not ours to run (status %s); skipped", job_id, record and record.status)
         return
     from fewshot import metrics  # lazily, as everything here: the gateway imports this module
+    from trainers.errors import JobCancelled
     from trainers.run import run_job  # heavy ML imports stay out of the gateway
 
     started = time.monotonic()
+    progress = JobProgress(job_id)
     with job_context(job_id):
-        version = run_job(record, get_settings(), progress=JobProgress(job_id))
+        try:
+            version = run_job(record, get_settings(), progress=progress, before_registering=progress.stop_if_cancelled)
+        except JobCancelled as cancelled:
+            jobs.transition(job_id, {"running"}, status="cancelled", finished_at=utc_now(), note=str(cancelled))
+            logger.info("job %s: %s", job_id, cancelled)
+            metrics.TRAINING_JOBS_FINISHED.labels("cancelled").inc()
+            return
         finished = jobs.transition(job_id, {"running"}, status="completed", model_version=version,
                                    finished_at=utc_now(), error=None, progress=1.0)
         logger.info("job %s: completed as %s:%s", job_id, record.model_name, version if finished else "?")
@@ -77,15 +112,32 @@ def train_model(job_id: str) -> None:
 
 
 class JobProgress:
-    """Records fine-tuning progress in the job (and the log) at most every `every_seconds`."""
+    """Called after every fine-tuning step: records progress in the job (and the log) at most every
+    `every_seconds`, and stops training (JobCancelled) once the job was cancelled, looking for
+    that at most every `cancel_check_seconds` (one read of the job store)."""
 
-    def __init__(self, job_id: str, every_seconds: float = 2.0) -> None:
+    def __init__(self, job_id: str, every_seconds: float = 2.0, cancel_check_seconds: float = 0.5) -> None:
         self._job_id = job_id
         self._every = every_seconds
         self._last = float("-inf")
+        self._cancel_check = cancel_check_seconds
+        self._last_cancel_check = float("-inf")
+        self._step = 0
+
+    def stop_if_cancelled(self) -> None:
+        from trainers.errors import JobCancelled
+
+        record = jobs.get(self._job_id)
+        if record is not None and record.cancel_requested:
+            raise JobCancelled(f"cancelled while running (stopped after fine-tuning step {self._step}); "
+                               "no model was registered")
 
     def __call__(self, step: int, total_steps: int) -> None:
+        self._step = step
         now = time.monotonic()
+        if now - self._last_cancel_check >= self._cancel_check:
+            self._last_cancel_check = now
+            self.stop_if_cancelled()
         if now - self._last < self._every and step < total_steps:
             return
         self._last = now
@@ -125,6 +177,11 @@ def _mark_failed(signal: str, task: Any, exc: BaseException | None = None) -> No
 
 @huey.signal(signals.SIGNAL_INTERRUPTED)
 def _requeue_interrupted(signal: str, task: Any) -> None:
+    record = jobs.get(task.id)
+    if record is not None and record.cancel_requested:  # it was to stop anyway
+        jobs.transition(task.id, {"running"}, status="cancelled", finished_at=utc_now(),
+                        note="cancelled while running; the trainer shut down before its next step")
+        return
     note = (f"the trainer shut down while this job was running ({utc_now().isoformat()}); "
             "it was queued again and restarts from the beginning when a trainer runs")
     if jobs.transition(task.id, {"running"}, status="pending", note=note, worker=None,
@@ -146,8 +203,13 @@ def fail_jobs_of_dead_trainers() -> list[str]:
     live = jobs.live_workers()
     failed = []
     for record in running:
-        if record.worker not in live and jobs.transition(record.job_id, {"running"}, status="failed",
-                                                         error=DIED_WHILE_RUNNING, finished_at=utc_now()):
+        if record.worker in live:
+            continue
+        if record.cancel_requested:  # it was to stop anyway: cancelled, not failed
+            jobs.transition(record.job_id, {"running"}, status="cancelled", finished_at=utc_now(),
+                            note="cancelled while running; its trainer stopped before its next step")
+        elif jobs.transition(record.job_id, {"running"}, status="failed",
+                             error=DIED_WHILE_RUNNING, finished_at=utc_now()):
             logger.warning("job %s: its trainer %s stopped sending heartbeats; marked failed",
                            record.job_id, record.worker)
             failed.append(record.job_id)

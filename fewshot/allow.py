@@ -1,0 +1,52 @@
+"""A 405's `Allow` header lists every method the path supports, not only the first route's.
+
+Starlette answers a wrong method with the `Allow` of the first route whose path matches, so
+GET and DELETE /v1/models/{model_name}, two routes, would claim `Allow: GET` alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    parts = re.split(r"\{[^}/]+\}", template)
+    return re.compile("^" + "[^/]+".join(map(re.escape, parts)) + "$")
+
+
+def allowed_methods(paths: Mapping[str, Iterable[str]], path: str) -> list[str]:
+    """The methods of every documented path template `path` matches (OpenAPI `paths`), upper-case."""
+    methods: set[str] = set()
+    for template, operations in paths.items():
+        if _template_regex(template).match(path):
+            methods |= {method.upper() for method in operations if method.lower() in HTTP_METHODS}
+    return sorted(methods)
+
+
+class AllowHeaderMiddleware:
+    def __init__(self, app: ASGIApp, paths: Callable[[], Mapping[str, Iterable[str]]]) -> None:
+        self.app = app
+        self._paths = paths
+        self._known: Mapping[str, Iterable[str]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_every_method(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                if self._known is None:
+                    self._known = self._paths()  # the routes are fixed once the app serves
+                methods = allowed_methods(self._known, scope["path"])
+                if methods:
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                    message = {**message, "headers": [*headers, (b"allow", ", ".join(methods).encode())]}
+            await send(message)
+
+        await self.app(scope, receive, with_every_method)
