@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench image dockerfile clean
+.PHONY: install install-test serve test lint bench bench-quality image dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ BENCH_ARGS ?=
 bench: install-test
 	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
 	$(BIN)/python -m bench.serving $(BENCH_ARGS)
+
+## Quality benchmark (not part of the tests; ~25 min on 2 CPU cores): accuracy and training time
+## per strategy on banking77, sst2 and trec6 from ../shared/data; writes bench/results/quality-<time>.*
+QUALITY_ARGS ?=
+bench-quality: install-test
+	$(BIN)/python -m bench.quality $(QUALITY_ARGS)
 
 ## The CUDA image (needs a Docker engine): bento, then `docker build` through BentoML.
 ## BentoML 1.4.40 resolves our Dockerfile template only under the working directory

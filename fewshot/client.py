@@ -70,7 +70,8 @@ class FewshotClient:
         self._bento.close()
 
     def train(self, model_name: str, examples: Sequence[dict[str, str]], **options: Any) -> TrainAccepted:
-        """Queue a training job. `options`: base_model, num_iterations, learning_rate, batch_size, holdout_fraction."""
+        """Queue a training job. `options`: base_model, strategy, num_iterations, learning_rate, batch_size,
+        holdout_fraction, eval_examples."""
         body = {"model_name": model_name, "examples": list(examples), **options}
         return TrainAccepted.model_validate(self._post("train", body))
 

@@ -144,7 +144,19 @@ class TrainRequest(BaseModel):
         ge=0,
         lt=1,
         description="Share of each label's examples kept out of training to measure accuracy. "
-        "Default: 0.2 when every label has at least 4 examples, else 0 (accuracy null).",
+        "Default: 0.2 when every label has at least 4 examples, else 0 (accuracy null). "
+        "Not with eval_examples.",
+    )
+    strategy: Literal["setfit", "head", "auto"] = Field(
+        default="setfit",
+        description="setfit: fine-tune the body, then the head. head: frozen body, head only (seconds). "
+        "auto: the head first, registered at once; then fine-tuning, registered only if it beats the head "
+        "on the evaluation examples.",
+    )
+    eval_examples: list[Example] | None = Field(
+        default=None, min_length=1, max_length=LIMITS.max_train_examples,
+        description="Your own evaluation examples (labels among the training labels): scored instead of a "
+        "hold-out, and all of `examples` is trained on.",
     )
 
     @field_validator("examples")
@@ -178,6 +190,31 @@ class TrainRequest(BaseModel):
                 )
         return fraction
 
+    @field_validator("eval_examples")
+    @classmethod
+    def _evaluation_labels_are_known(cls, evaluation: list[Example] | None,
+                                     info: ValidationInfo) -> list[Example] | None:
+        examples = info.data.get("examples")
+        if evaluation and examples:
+            unknown = sorted({e.label for e in evaluation} - {e.label for e in examples})
+            if unknown:
+                raise ValueError(f"labels must be among the training examples' labels; unknown: "
+                                 f"{', '.join(unknown[:10])}")
+            if info.data.get("holdout_fraction"):
+                raise ValueError("cannot be combined with holdout_fraction > 0: send one or the other")
+        return evaluation
+
+
+class StrategyComparison(BaseModel):
+    """strategy auto: the head-only and the fine-tuned model, scored on the same evaluation examples."""
+
+    winner: Literal["head", "setfit"]
+    reason: str
+    head_accuracy: float | None = None
+    setfit_accuracy: float | None = None
+    head_training_seconds: float
+    setfit_training_seconds: float
+
 
 JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "running", "completed", "failed", "cancelled")
@@ -209,6 +246,8 @@ class JobView(BaseModel):
     total_steps: int | None = Field(default=None, description="Fine-tuning steps in all.")
     cancel_requested: bool = Field(default=False, description="Cancelled while running: the trainer stops "
                                                               "at its next step and the job ends `cancelled`.")
+    warnings: list[str] = Field(default_factory=list, description="About the examples, e.g. labels with very few.")
+    comparison: StrategyComparison | None = Field(default=None, description="strategy auto: which model won.")
 
 
 MAX_JOBS_PAGE = 500
@@ -231,6 +270,13 @@ class JobList(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null on the last.")
 
 
+class LabelMetrics(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int = Field(description="Evaluation examples of this label.")
+
+
 class ModelView(BaseModel):
     model_name: str
     model_version: str
@@ -239,9 +285,17 @@ class ModelView(BaseModel):
     accuracy: float | None = Field(description="Accuracy on held-out examples; null without hold-out.")
     training_duration_seconds: float
     num_examples: int = Field(description="Examples received, hold-out included.")
-    eval_num_examples: int = Field(description="Held-out examples accuracy was measured on.")
+    eval_num_examples: int = Field(description="Evaluation examples accuracy was measured on.")
     labels: list[str]
     job_id: str | None = None
+    strategy: Literal["setfit", "head"] = Field(default="setfit",
+                                                description="How this version was trained: fine-tuned, or head only.")
+    label_metrics: dict[str, LabelMetrics] | None = Field(
+        default=None, description="Per label, on the evaluation examples; null without them.")
+    eval_source: Literal["holdout", "eval_examples"] | None = Field(
+        default=None, description="Where the evaluation examples came from.")
+    comparison: StrategyComparison | None = Field(
+        default=None, description="strategy auto, on the fine-tuned version it registered: both scores.")
 
 
 class ModelVersions(BaseModel):

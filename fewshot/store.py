@@ -64,6 +64,10 @@ class StoredModel:
             eval_num_examples=meta["eval_num_examples"],
             labels=meta["labels"],
             job_id=meta.get("job_id"),
+            strategy=meta.get("strategy", "setfit"),  # versions from before strategies were fine-tuned
+            label_metrics=meta.get("label_metrics"),
+            eval_source=meta.get("eval_source"),
+            comparison=meta.get("comparison"),
         )
 
 
@@ -96,10 +100,19 @@ def register(name: str, write_files: Callable[[Path], None], metadata: dict[str,
     """
     with tempfile.TemporaryDirectory(prefix=f"fewshot-{name}-") as staging:
         write_files(Path(staging))
-        with writing(), bentoml.models.create(name, labels=STORE_LABELS, metadata=metadata) as model:
+        with writing(), bentoml.models.create(name, labels=STORE_LABELS, metadata=_without_nulls(metadata)) as model:
             for item in Path(staging).iterdir():
                 shutil.move(item, Path(model.path) / item.name)
     return _stored(bentoml.models.get(model.tag))
+
+
+def _without_nulls(value: Any) -> Any:
+    """BentoML refuses None anywhere in metadata: leave such entries out (they read back as absent → null)."""
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value if item is not None]
+    return value
 
 
 def _stored(model: bentoml.Model) -> StoredModel:

@@ -236,3 +236,73 @@ def test_a_wrong_method_is_405_listing_every_method_of_the_path(client: httpx.Cl
         assert response.status_code == 405
         assert response.headers["allow"] == "DELETE, GET"
         assert response.json()["error"] == "Method Not Allowed"
+
+
+def test_head_strategy_trains_in_seconds_with_per_label_metrics(client: httpx.Client, train_examples) -> None:
+    job = wait_for_job(client, submit(client, "quick", train_examples, strategy="head"),
+                       {"completed", "failed", "cancelled"})
+    assert job["status"] == "completed" and job["comparison"] is None and job["warnings"] == []
+    model = client.get("/v1/models/quick").json()
+    assert model["strategy"] == "head" and model["eval_source"] == "holdout"
+    assert model["training_duration_seconds"] < 60
+    metrics = model["label_metrics"]
+    assert set(metrics) == set(model["labels"]) and len(metrics) == 4
+    assert sum(m["support"] for m in metrics.values()) == model["eval_num_examples"] > 0
+    assert all(0 <= m[key] <= 1 for m in metrics.values() for key in ("precision", "recall", "f1"))
+    # Accuracy is the support-weighted recall: the two are computed on the same predictions.
+    weighted_recall = sum(m["recall"] * m["support"] for m in metrics.values()) / model["eval_num_examples"]
+    assert abs(weighted_recall - model["accuracy"]) < 1e-3
+    assert predict(client, "quick").status_code == 200
+
+
+def test_auto_serves_the_head_first_then_keeps_the_better_model(client: httpx.Client, train_examples) -> None:
+    job_id = submit(client, "auto", train_examples, strategy="auto", num_iterations=40)
+    deadline = time.monotonic() + 120
+    while (job := client.get(f"/v1/jobs/{job_id}").json())["model_version"] is None:
+        assert time.monotonic() < deadline and job["status"] in ("pending", "running"), job
+        time.sleep(0.1)
+    assert job["status"] == "running", job  # the head serves while the body is still fine-tuned
+    head_version = job["model_version"]
+    assert "fine-tuning now" in job["note"]
+    assert predict(client, "auto").status_code == 200
+    assert client.get("/v1/models/auto").json()["strategy"] == "head"
+
+    done = wait_for_job(client, job_id, {"completed", "failed", "cancelled"})
+    assert done["status"] == "completed", done
+    comparison = done["comparison"]
+    assert comparison["winner"] in ("head", "setfit")
+    assert comparison["head_accuracy"] is not None and comparison["setfit_accuracy"] is not None
+    assert (comparison["winner"] == "setfit") == (comparison["setfit_accuracy"] > comparison["head_accuracy"])
+    versions = next(m["versions"] for m in client.get("/v1/models").json()["models"] if m["model_name"] == "auto")
+    served = client.get("/v1/models/auto").json()
+    assert served["model_version"] == done["model_version"]
+    if comparison["winner"] == "head":
+        assert done["model_version"] == head_version and len(versions) == 1
+    else:
+        assert [v["strategy"] for v in versions] == ["setfit", "head"]
+        assert served["comparison"] == comparison
+
+
+def test_own_evaluation_examples_and_warnings_about_the_examples(client: httpx.Client, train_examples,
+                                                                  test_examples) -> None:
+    evaluation = test_examples[:12]
+    job = wait_for_job(client, submit(client, "judged", train_examples, strategy="head", eval_examples=evaluation),
+                       {"completed", "failed", "cancelled"})
+    assert job["status"] == "completed", job
+    model = client.get("/v1/models/judged").json()
+    assert model["eval_source"] == "eval_examples"
+    assert model["eval_num_examples"] == len(evaluation) and model["num_examples"] == len(train_examples)
+
+    unknown = client.post("/v1/train", json={"model_name": "judged", "examples": train_examples,
+                                             "eval_examples": [{"text": "hi", "label": "greeting"}]})
+    assert unknown.status_code == 400 and unknown.json()["error"].startswith("eval_examples: labels must be")
+    both = client.post("/v1/train", json={"model_name": "judged", "examples": train_examples,
+                                          "eval_examples": evaluation, "holdout_fraction": 0.2})
+    assert both.status_code == 400 and both.json()["error"].startswith("eval_examples: cannot be combined")
+
+    lopsided = [e for e in train_examples if e["label"] == "card_arrival"] + [
+        next(e for e in train_examples if e["label"] == "top_up_failed")]
+    accepted = submit(client, "lopsided", lopsided, strategy="head")
+    warnings = client.get(f"/v1/jobs/{accepted}").json()["warnings"]
+    assert any("'top_up_failed' (1)" in w for w in warnings) and any("imbalanced" in w for w in warnings)
+    assert wait_for_job(client, accepted, {"completed", "failed", "cancelled"})["status"] == "completed"

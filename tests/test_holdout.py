@@ -45,3 +45,43 @@ def test_accuracy() -> None:
     assert accuracy([], []) is None
     with pytest.raises(ValueError):
         accuracy(["a"], [])
+
+
+def test_per_label_precision_recall_f1_and_support() -> None:
+    from trainers.holdout import evaluate
+
+    expected = ["a", "a", "a", "b", "b", "c"]
+    predicted = ["a", "a", "b", "b", "a", "a"]
+    result = evaluate(expected, predicted, ["a", "b", "c"])
+    assert result.accuracy == 3 / 6 and result.num_examples == 6
+    a, b, c = result.per_label["a"], result.per_label["b"], result.per_label["c"]
+    assert (a.precision, a.recall, a.support) == (0.5, round(2 / 3, 4), 3)
+    assert a.f1 == round(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3), 4)
+    assert (b.precision, b.recall, b.f1, b.support) == (0.5, 0.5, 0.5, 2)
+    assert (c.precision, c.recall, c.f1, c.support) == (0.0, 0.0, 0.0, 1)  # never predicted: 0, not an error
+
+
+def test_warnings_name_labels_with_few_examples_and_imbalance() -> None:
+    from trainers.holdout import data_warnings
+
+    assert data_warnings({"a": 8, "b": 8}) == []
+    few = data_warnings({"a": 8, "b": 2, "c": 1})
+    assert few[0].startswith("examples: fewer than 3 examples of 'b' (2), 'c' (1);")
+    assert "imbalanced (8 examples of the most frequent, 1 of the rarest)" in few[1]
+    assert len(data_warnings({"a": 12, "b": 3})) == 1  # 4× apart: imbalanced, none too few
+
+
+def test_auto_keeps_fine_tuning_only_when_it_beats_the_head() -> None:
+    from types import SimpleNamespace
+
+    from trainers.run import compare
+
+    def trained(accuracy: float | None, seconds: float) -> SimpleNamespace:
+        return SimpleNamespace(accuracy=accuracy, training_duration_seconds=seconds)
+
+    assert compare(trained(0.8, 1.0), trained(0.9, 30.0)).winner == "setfit"
+    tie = compare(trained(0.8, 1.0), trained(0.8, 30.0))
+    assert tie.winner == "head" and (tie.head_accuracy, tie.setfit_accuracy) == (0.8, 0.8)
+    assert compare(trained(0.9, 1.0), trained(0.7, 30.0)).winner == "head"
+    blind = compare(trained(None, 1.0), trained(None, 30.0))
+    assert blind.winner == "setfit" and "no evaluation examples" in blind.reason

@@ -45,7 +45,8 @@ def test_records_survive_reopening_and_transitions_are_compare_and_set(open_stor
     assert reopened.with_status("running") == [] and reopened.with_status("pending") == []
     assert set(final.view().model_dump()) == {"job_id", "status", "model_name", "created_at", "started_at",
                                               "finished_at", "error", "model_version", "attempts", "note",
-                                              "progress", "step", "total_steps", "cancel_requested"}
+                                              "progress", "step", "total_steps", "cancel_requested", "warnings",
+                                              "comparison"}
 
 
 def test_with_status_lists_oldest_first(open_store) -> None:

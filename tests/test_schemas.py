@@ -102,3 +102,17 @@ def test_request_limits_name_the_field_and_the_limit() -> None:
     long_example = [{"text": "x" * 10_001, "label": "a"}, {"text": "b", "label": "c"}]
     assert error_message(TrainRequest, {"model_name": "m", "examples": long_example}) == \
         "examples[0].text: String should have at most 10000 characters"
+
+
+def test_strategy_and_evaluation_examples_rules() -> None:
+    assert TrainRequest.model_validate({"model_name": "m", "examples": TWO_LABELS}).strategy == "setfit"
+    assert error_message(TrainRequest, {"model_name": "m", "examples": TWO_LABELS, "strategy": "fast"}).startswith(
+        "strategy: Input should be 'setfit', 'head' or 'auto'")
+    known = TrainRequest.model_validate({"model_name": "m", "examples": TWO_LABELS,
+                                         "eval_examples": [{"text": "c", "label": "x"}]})
+    assert known.eval_examples[0].label == "x"
+    assert error_message(TrainRequest, {"model_name": "m", "examples": TWO_LABELS,
+                                        "eval_examples": [{"text": "c", "label": "z"}]}) == (
+        "eval_examples: labels must be among the training examples' labels; unknown: z")
+    assert error_message(TrainRequest, {"model_name": "m", "examples": TWO_LABELS, "eval_examples": []}).startswith(
+        "eval_examples: List should have at least 1 item")

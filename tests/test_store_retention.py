@@ -75,3 +75,11 @@ def test_concurrent_writers_leave_a_complete_store_whose_latest_is_the_newest(tm
     assert result["removed"] == ["shared:half-written"] and not result["half_exists"]
     assert result["latest"] == result["newest"]
     assert result["sizes"] == [200_000]  # every version's file whole
+
+
+def test_metadata_nulls_are_left_out_and_read_back_as_absent(tmp_path) -> None:
+    from fewshot.store import _without_nulls
+
+    assert _without_nulls({"accuracy": None, "comparison": {"head_accuracy": None, "winner": "head"},
+                           "labels": ["a", None], "n": 0}) == {"comparison": {"winner": "head"}, "labels": ["a"],
+                                                              "n": 0}

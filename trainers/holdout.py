@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 DEFAULT_HOLDOUT_FRACTION = 0.2
@@ -53,3 +54,58 @@ def accuracy(expected: Sequence[str], predicted: Sequence[str]) -> float | None:
     if not expected:
         return None
     return sum(e == p for e, p in zip(expected, predicted, strict=True)) / len(expected)
+
+
+@dataclass(frozen=True)
+class LabelScores:
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    """Evaluation examples of this label."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    num_examples: int
+    per_label: dict[str, LabelScores]
+
+
+def evaluate(expected: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> Evaluation:
+    """Accuracy and each label's precision, recall and F1 (0 where undefined, as sklearn's zero_division=0)."""
+    score = accuracy(expected, predicted)
+    if score is None:
+        raise ValueError("nothing to evaluate")
+    per_label = {}
+    for label in labels:
+        true_positives = sum(e == p == label for e, p in zip(expected, predicted, strict=True))
+        predicted_as = sum(p == label for p in predicted)
+        support = sum(e == label for e in expected)
+        precision = true_positives / predicted_as if predicted_as else 0.0
+        recall = true_positives / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_label[label] = LabelScores(round(precision, 4), round(recall, 4), round(f1, 4), support)
+    return Evaluation(score, len(expected), per_label)
+
+
+FEW_EXAMPLES = 3
+"""Fewer examples of a label than this and its predictions are little better than a guess."""
+IMBALANCE_RATIO = 4
+
+
+def data_warnings(label_counts: Mapping[str, int]) -> list[str]:
+    """What the user should know about their examples before the job runs."""
+    warnings = []
+    few = sorted(label for label, count in label_counts.items() if count < FEW_EXAMPLES)
+    if few:
+        shown = ", ".join(f"{label!r} ({label_counts[label]})" for label in few[:10])
+        more = f" and {len(few) - 10} more" if len(few) > 10 else ""
+        warnings.append(f"examples: fewer than {FEW_EXAMPLES} examples of {shown}{more}; predictions of these "
+                        "labels will be unreliable (8 or more per label is a good start)")
+    most, least = max(label_counts.values()), min(label_counts.values())
+    if least and most / least >= IMBALANCE_RATIO:
+        warnings.append(f"examples: labels are imbalanced ({most} examples of the most frequent, {least} of the "
+                        "rarest); the head weighs labels by inverse frequency (balanced class weights) so rare "
+                        "labels still get predicted, but more examples of them would help most")
+    return warnings

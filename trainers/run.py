@@ -1,28 +1,68 @@
-"""One training job from its record to a registered model version."""
+"""One training job from its record to a registered model version, by the request's strategy.
+
+- setfit: fine-tune (the seed's behaviour);
+- head: the frozen base body and a fitted head (seconds);
+- auto: the head first, registered at once so the model serves within seconds; then fine-tuning,
+  whose version is registered only if it beats the head on the evaluation split (or when there is
+  no evaluation split to compare on: SetFit's fine-tuned model is the default then).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from fewshot import store
 from fewshot.base_models import resolve_base_model
-from fewshot.schemas import TrainRequest, utc_now
+from fewshot.schemas import StrategyComparison, TrainRequest, utc_now
 from fewshot.settings import Settings
 from trainers.jobs import JobRecord
-from trainers.training import ProgressCallback, TrainingOptions, train_classifier
+from trainers.training import (
+    ProgressCallback,
+    Split,
+    TrainedClassifier,
+    TrainingOptions,
+    fine_tune,
+    split_examples,
+    train_head,
+)
 
 logger = logging.getLogger("fewshot.trainer")
 
 
-def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | None = None,
-            before_registering: Callable[[], None] | None = None) -> str:
-    """Train the job's classifier and register it; returns the new store version.
+@dataclass(frozen=True)
+class JobOutcome:
+    version: str
+    """The store version the job's model_name now serves (the winner's, for auto)."""
+    comparison: StrategyComparison | None = None
 
-    `progress` may raise (a cancelled job) to stop training; so may `before_registering`, the last
-    moment a cancellation keeps the model out of the store.
+
+def compare(head: TrainedClassifier, tuned: TrainedClassifier) -> StrategyComparison:
+    """Fine-tuning wins only by beating the head on the evaluation split; without one it wins by default."""
+    if head.accuracy is None or tuned.accuracy is None:
+        winner, reason = "setfit", "no evaluation examples to compare on: kept the fine-tuned model (SetFit's default)"
+    elif tuned.accuracy > head.accuracy:
+        winner, reason = "setfit", "fine-tuning beat the head on the evaluation examples"
+    else:
+        winner, reason = "head", "fine-tuning did not beat the head on the evaluation examples"
+    return StrategyComparison(winner=winner, reason=reason, head_accuracy=head.accuracy,
+                              setfit_accuracy=tuned.accuracy,
+                              head_training_seconds=round(head.training_duration_seconds, 3),
+                              setfit_training_seconds=round(tuned.training_duration_seconds, 3))
+
+
+def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | None = None,
+            before_registering: Callable[[], None] | None = None,
+            on_registered: Callable[[str, str], None] | None = None) -> JobOutcome:
+    """Train the job's classifier and register it.
+
+    `progress` may raise (a cancelled job) to stop fine-tuning; so may `before_registering`, the
+    last moment a cancellation keeps the fine-tuned model out of the store. `on_registered(version,
+    strategy)` hears of auto's head version as soon as it serves.
     """
     if settings.training_threads:  # in the thread that trains: OpenMP's thread count is per thread
         torch.set_num_threads(settings.training_threads)
@@ -38,14 +78,49 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
         trust_remote_code=settings.trust_remote_code,
         max_seconds=settings.max_training_seconds,
     )
-    logger.info("job %s: training %s on %d examples from %s", record.job_id, request.model_name,
-                len(request.examples), options.base_model.location)
-    trained = train_classifier([e.text for e in request.examples], [e.label for e in request.examples],
-                               options, progress)
-    metadata = {
+    split = split_examples([(e.text, e.label) for e in request.examples], request.holdout_fraction, options.seed,
+                           [(e.text, e.label) for e in request.eval_examples or []])
+    logger.info("job %s: training %s (strategy %s) on %d examples, evaluating on %d, from %s", record.job_id,
+                request.model_name, request.strategy, len(split.train), len(split.evaluation),
+                options.base_model.location)
+
+    def register(trained: TrainedClassifier, comparison: StrategyComparison | None = None) -> str:
+        metadata = model_metadata(record, request, base_model, trained, split, comparison)
+        stored = store.register(request.model_name, trained.save, metadata)
+        logger.info("job %s: registered %s (%s)", record.job_id, stored.tag, trained.strategy)
+        prune_old_versions(record, request.model_name, settings)
+        return stored.version
+
+    if request.strategy == "head":
+        return JobOutcome(register(train_head(split, options)))
+    head_version = None
+    if request.strategy == "auto":
+        head = train_head(split, options)
+        head_version = register(head)
+        if on_registered is not None:
+            on_registered(head_version, "head")
+    tuned = fine_tune(split, options, progress)
+    comparison = compare(head, tuned) if request.strategy == "auto" else None
+    if comparison is not None and comparison.winner == "head":
+        logger.info("job %s: keeping the head (%s vs fine-tuned %s)", record.job_id, head.accuracy, tuned.accuracy)
+        return JobOutcome(head_version, comparison)
+    if before_registering is not None:
+        before_registering()
+    return JobOutcome(register(tuned, comparison), comparison)
+
+
+def model_metadata(record: JobRecord, request: TrainRequest, base_model: str, trained: TrainedClassifier,
+                   split: Split, comparison: StrategyComparison | None) -> dict[str, Any]:
+    evaluation = trained.evaluation
+    return {
         "base_model": base_model,
         "created_at": utc_now().isoformat(),
+        "strategy": trained.strategy,
         "accuracy": trained.accuracy,
+        "label_metrics": {label: vars(scores) for label, scores in evaluation.per_label.items()}
+        if evaluation else None,
+        "eval_source": "eval_examples" if split.separate_evaluation else "holdout",
+        "comparison": comparison.model_dump() if comparison else None,
         "training_duration_seconds": round(trained.training_duration_seconds, 3),
         "num_examples": trained.num_examples,
         "eval_num_examples": trained.eval_num_examples,
@@ -55,12 +130,10 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
         "learning_rate": request.learning_rate,
         "batch_size": request.batch_size,
     }
-    if before_registering is not None:
-        before_registering()
-    stored = store.register(request.model_name, trained.save, metadata)
-    logger.info("job %s: registered %s", record.job_id, stored.tag)
+
+
+def prune_old_versions(record: JobRecord, model_name: str, settings: Settings) -> None:
     if settings.keep_model_versions:
-        for removed in store.prune(request.model_name, keep=settings.keep_model_versions):
+        for removed in store.prune(model_name, keep=settings.keep_model_versions):
             logger.info("job %s: deleted %s (KEEP_MODEL_VERSIONS=%d)", record.job_id, removed,
                         settings.keep_model_versions)
-    return stored.version

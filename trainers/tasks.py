@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from huey import signals
 from fewshot.logs import job_context
 from fewshot.schemas import TrainRequest, utc_now
 from fewshot.settings import get_settings
+from trainers.holdout import data_warnings
 from trainers.jobs import JobRecord, expire_finished, new_job
 from trainers.queue import huey, jobs
 
@@ -73,6 +75,7 @@ def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
         raise QueueFull(f"the training queue is full: {pending} jobs are pending (MAX_QUEUED_JOBS={max_queued}); "
                         "retry when some have finished")
     record = new_job(request.model_name, request.model_dump(mode="json"))
+    record.warnings = data_warnings(Counter(example.label for example in request.examples))
     jobs.create(record)
     enqueue(record.job_id)
     return record
@@ -97,18 +100,29 @@ def train_model(job_id: str) -> None:
     progress = JobProgress(job_id)
     with job_context(job_id):
         try:
-            version = run_job(record, get_settings(), progress=progress, before_registering=progress.stop_if_cancelled)
+            outcome = run_job(record, get_settings(), progress=progress, before_registering=progress.stop_if_cancelled,
+                              on_registered=lambda version, strategy: _serving_early(job_id, version, strategy))
         except JobCancelled as cancelled:
-            jobs.transition(job_id, {"running"}, status="cancelled", finished_at=utc_now(), note=str(cancelled))
-            logger.info("job %s: %s", job_id, cancelled)
+            served = (jobs.get(job_id) or record).model_version
+            note = str(cancelled) if served is None else (
+                f"{cancelled}; the head-only version {served} registered before fine-tuning stays and is served")
+            jobs.transition(job_id, {"running"}, status="cancelled", finished_at=utc_now(), note=note)
+            logger.info("job %s: %s", job_id, note)
             metrics.TRAINING_JOBS_FINISHED.labels("cancelled").inc()
             return
-        finished = jobs.transition(job_id, {"running"}, status="completed", model_version=version,
-                                   finished_at=utc_now(), error=None, progress=1.0)
-        logger.info("job %s: completed as %s:%s", job_id, record.model_name, version if finished else "?")
+        finished = jobs.transition(job_id, {"running"}, status="completed", model_version=outcome.version,
+                                   comparison=outcome.comparison, finished_at=utc_now(), error=None, progress=1.0)
+        logger.info("job %s: completed as %s:%s", job_id, record.model_name, outcome.version if finished else "?")
     metrics.TRAINING_JOBS_FINISHED.labels("completed").inc()
     metrics.TRAINING_DURATION.observe(time.monotonic() - started)
     expire_old_records()
+
+
+def _serving_early(job_id: str, version: str, strategy: str) -> None:
+    """strategy auto: the head-only version serves while the body is fine-tuned."""
+    jobs.transition(job_id, {"running"}, model_version=version,
+                    note=f"the {strategy}-only version {version} is registered and served; fine-tuning now, "
+                         "and its version replaces it only if it scores better")
 
 
 class JobProgress:

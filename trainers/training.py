@@ -1,6 +1,11 @@
 """Train one SetFit classifier: examples + options → trained model + honest metrics.
 
-No queue, no store, no HTTP: callable from a test or a notebook as it is.
+Two ways to train, both scored on the same evaluation split:
+- `train_head`: the base model's body stays frozen; only the logistic-regression head is fitted
+  on its embeddings (seconds);
+- `fine_tune`: SetFit's contrastive fine-tuning of the body, then the head (the seed's way).
+
+No queue, no store, no HTTP: callable from a test, a benchmark or a notebook as it is.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from transformers import TrainerCallback
 from fewshot.base_models import BaseModelSource, load_failure_message
 from fewshot.classifier import best_labels, column_labels
 from trainers.errors import TrainingFailed
-from trainers.holdout import accuracy, choose_holdout_fraction, stratified_split
+from trainers.holdout import Evaluation, choose_holdout_fraction, evaluate, stratified_split
 
 logger = logging.getLogger("fewshot.training")
 
 ProgressCallback = Callable[[int, int], None]
 """Called with (steps done, total steps) while the body is fine-tuned."""
+
+LabelledText = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -41,16 +48,56 @@ class TrainingOptions:
     trust_remote_code: bool = False
     max_seconds: float | None = None
     """Fine-tuning time after which training stops with TrainingFailed (MAX_TRAINING_SECONDS)."""
+    class_weight: str | None = "balanced"
+    """The head's class weights: "balanced" weighs each label by the inverse of its share, so a
+    label with few examples is not drowned by a frequent one (identical to none when balanced)."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """What is trained on and what is scored on; both strategies of one job use the same split."""
+
+    train: list[LabelledText]
+    evaluation: list[LabelledText]
+    labels: list[str]
+    """Every training label, sorted: the head's classes."""
+    separate_evaluation: bool = False
+    """The evaluation examples were sent apart from the training ones (eval_examples)."""
+
+    @property
+    def num_examples(self) -> int:
+        """Examples received for training (a hold-out taken from them included)."""
+        return len(self.train) + (0 if self.separate_evaluation else len(self.evaluation))
+
+
+def split_examples(examples: Sequence[LabelledText], holdout_fraction: float | None, seed: int,
+                   eval_examples: Sequence[LabelledText] | None = None) -> Split:
+    """Train on everything and score on `eval_examples` when given; else hold out a stratified share."""
+    labels = sorted({label for _, label in examples})
+    if eval_examples:
+        return Split(list(examples), list(eval_examples), labels, separate_evaluation=True)
+    fraction = choose_holdout_fraction(Counter(label for _, label in examples), holdout_fraction)
+    train, holdout = stratified_split(list(examples), [label for _, label in examples], fraction, seed)
+    return Split(train, holdout, labels)
 
 
 @dataclass
 class TrainedClassifier:
     model: SetFitModel
     labels: list[str]
-    accuracy: float | None
+    strategy: str
+    """"head" (frozen body) or "setfit" (fine-tuned body)."""
+    evaluation: Evaluation | None
     num_examples: int
-    eval_num_examples: int
     training_duration_seconds: float
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.evaluation.accuracy if self.evaluation else None
+
+    @property
+    def eval_num_examples(self) -> int:
+        return self.evaluation.num_examples if self.evaluation else 0
 
     def save(self, directory: Path) -> None:
         self.model.save_pretrained(str(directory))
@@ -80,23 +127,55 @@ class _ReportProgress(TrainerCallback):
 
 
 def load_base_model(source: BaseModelSource, labels: list[str], hf_token: str | None,
-                    trust_remote_code: bool = False) -> SetFitModel:
+                    trust_remote_code: bool = False, class_weight: str | None = None) -> SetFitModel:
     try:
         return SetFitModel.from_pretrained(source.location, labels=labels, token=hf_token,
-                                           trust_remote_code=trust_remote_code)
+                                           trust_remote_code=trust_remote_code,
+                                           head_params={"class_weight": class_weight})
     except Exception as error:  # every loader failure means the same thing to the user
         raise TrainingFailed(load_failure_message(source, error)) from error
 
 
-def train_classifier(texts: Sequence[str], labels: Sequence[str], options: TrainingOptions,
-                     progress: ProgressCallback | None = None) -> TrainedClassifier:
-    label_names = sorted(set(labels))
-    label_ids = {label: index for index, label in enumerate(label_names)}
-    fraction = choose_holdout_fraction(Counter(labels), options.holdout_fraction)
-    pairs = list(zip(texts, labels, strict=True))
-    train_pairs, holdout_pairs = stratified_split(pairs, list(labels), fraction, options.seed)
+def _load(split: Split, options: TrainingOptions) -> SetFitModel:
+    return load_base_model(options.base_model, split.labels, options.hf_token, options.trust_remote_code,
+                           options.class_weight)
 
-    model = load_base_model(options.base_model, label_names, options.hf_token, options.trust_remote_code)
+
+def _label_ids(split: Split, pairs: Sequence[LabelledText]) -> list[int]:
+    ids = {label: index for index, label in enumerate(split.labels)}
+    return [ids[label] for _, label in pairs]
+
+
+def _evaluate(model: SetFitModel, split: Split) -> Evaluation | None:
+    if not split.evaluation:
+        return None
+    probabilities = model.predict_proba([text for text, _ in split.evaluation], as_numpy=True)
+    predicted, _ = best_labels(np.asarray(probabilities), column_labels(model, split.labels))
+    return evaluate([label for _, label in split.evaluation], predicted, split.labels)
+
+
+def _finish(model: SetFitModel, split: Split, strategy: str, started: float) -> TrainedClassifier:
+    duration = time.perf_counter() - started
+    evaluation = _evaluate(model, split)
+    logger.info("%s: trained on %d examples in %.1fs; accuracy %s on %d evaluation examples", strategy,
+                len(split.train), duration, evaluation and round(evaluation.accuracy, 4), len(split.evaluation))
+    return TrainedClassifier(model=model, labels=split.labels, strategy=strategy, evaluation=evaluation,
+                             num_examples=split.num_examples, training_duration_seconds=duration)
+
+
+def train_head(split: Split, options: TrainingOptions) -> TrainedClassifier:
+    """The base model's body as it is, and a logistic-regression head fitted on its embeddings."""
+    model = _load(split, options)
+    logger.info("fitting a head on the frozen body of %s on %s", options.base_model.requested, model.device)
+    started = time.perf_counter()
+    model.fit([text for text, _ in split.train], _label_ids(split, split.train), num_epochs=1,
+              show_progress_bar=False)
+    return _finish(model, split, "head", started)
+
+
+def fine_tune(split: Split, options: TrainingOptions, progress: ProgressCallback | None = None) -> TrainedClassifier:
+    """SetFit: contrastive fine-tuning of the body on pairs of examples, then the head."""
+    model = _load(split, options)
     logger.info("fine-tuning %s on %s", options.base_model.requested, model.device)
     started = time.perf_counter()
     # Checkpoints and logs go to a temporary directory, never into the working tree.
@@ -114,11 +193,9 @@ def train_classifier(texts: Sequence[str], labels: Sequence[str], options: Train
         trainer = Trainer(
             model=model,
             args=arguments,
-            train_dataset=Dataset.from_dict({
-                "text": [text for text, _ in train_pairs],
-                "label": [label_ids[label] for _, label in train_pairs],
-            }),
-            # SetFit's default metric downloads from the Hub; we score the hold-out ourselves.
+            train_dataset=Dataset.from_dict({"text": [text for text, _ in split.train],
+                                             "label": _label_ids(split, split.train)}),
+            # SetFit's default metric downloads from the Hub; we score the evaluation split ourselves.
             metric=lambda predicted, expected: {"accuracy": float(np.mean(np.asarray(predicted) == expected))},
             callbacks=[
                 *([_ReportProgress(progress)] if progress else []),
@@ -126,20 +203,11 @@ def train_classifier(texts: Sequence[str], labels: Sequence[str], options: Train
             ] or None,
         )
         trainer.train()
-    duration = time.perf_counter() - started
+    return _finish(model, split, "setfit", started)
 
-    holdout_accuracy = None
-    if holdout_pairs:
-        probabilities = model.predict_proba([text for text, _ in holdout_pairs], as_numpy=True)
-        predicted, _ = best_labels(np.asarray(probabilities), column_labels(model, label_names))
-        holdout_accuracy = accuracy([label for _, label in holdout_pairs], predicted)
-    logger.info("trained on %d examples (%d held out) in %.1fs, accuracy %s",
-                len(train_pairs), len(holdout_pairs), duration, holdout_accuracy)
-    return TrainedClassifier(
-        model=model,
-        labels=label_names,
-        accuracy=holdout_accuracy,
-        num_examples=len(pairs),
-        eval_num_examples=len(holdout_pairs),
-        training_duration_seconds=duration,
-    )
+
+def train_classifier(texts: Sequence[str], labels: Sequence[str], options: TrainingOptions,
+                     progress: ProgressCallback | None = None) -> TrainedClassifier:
+    """Fine-tune (SetFit) on `texts`, holding out a share as `options.holdout_fraction` says."""
+    split = split_examples(list(zip(texts, labels, strict=True)), options.holdout_fraction, options.seed)
+    return fine_tune(split, options, progress)
