@@ -49,7 +49,7 @@ bench: install-test
 	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
 	$(BIN)/python -m bench.serving $(BENCH_ARGS)
 
-## Quality benchmark (not part of the tests; ~25 min on 2 CPU cores): accuracy and training time
+## Quality benchmark (not part of the tests; ~10 min on 2 CPU cores): accuracy and training time
 ## per strategy on banking77, sst2 and trec6 from ../shared/data; writes bench/results/quality-<time>.*
 QUALITY_ARGS ?=
 bench-quality: install-test

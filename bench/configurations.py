@@ -12,13 +12,13 @@ one run only. Writes bench/results/configurations-<time>.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.report_files import write_report
 from bench.serving import RESULTS, base_model_env, load_points, train_benchmark_model
 from tests.fixtures import BASE_MODEL
 from tests.live_server import LiveServer
@@ -67,11 +67,9 @@ def main() -> None:
     lines += [f"| {r['configuration']} | {r['path']} | {r['concurrency']} | {r['texts_per_request']} | "
               f"{r['requests_per_s']} | {r['texts_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
               for r in rows]
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"configurations-{started_at.strftime('%Y%m%dT%H%M%SZ')}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    stem = write_report(args.out, "configurations", started_at, result, "\n".join(lines) + "\n")
     print("\n".join(lines))
+    print(f"written: {stem}.json, {stem}.md")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.report_files import write_report
 from tests.fixtures import BASE_MODEL, read_examples
 from tests.live_server import PROJECT_ROOT, LiveServer, wait_for_job
 
@@ -179,10 +180,7 @@ def main() -> None:
         "reference": reference,
         "points": combine(ours, naive, reference),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"serving-{started_at.strftime('%Y%m%dT%H%M%SZ')}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text(markdown(result))
+    stem = write_report(args.out, "serving", started_at, result, markdown(result))
     print(markdown(result))
     print(f"written: {stem}.json, {stem}.md")
 
