@@ -199,7 +199,7 @@ class Gateway:
             return JSONResponse(error_body(str(full)), status_code=429)
         ctx.response.status_code = 202
         return TrainAccepted(job_id=record.job_id, status=record.status, model_name=record.model_name,
-                             created_at=record.created_at)
+                             created_at=record.created_at, warnings=record.warnings)
 
     @bentoml.api(route="/v1/predict")
     async def predict(self, request: PredictRequest, /) -> PredictResponse:

@@ -226,6 +226,7 @@ class TrainAccepted(BaseModel):
     status: JobStatus
     model_name: str
     created_at: UtcTimestamp
+    warnings: list[str] = Field(default_factory=list, description="About the examples, e.g. labels with very few.")
 
 
 class JobView(BaseModel):

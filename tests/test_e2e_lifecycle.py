@@ -302,7 +302,11 @@ def test_own_evaluation_examples_and_warnings_about_the_examples(client: httpx.C
 
     lopsided = [e for e in train_examples if e["label"] == "card_arrival"] + [
         next(e for e in train_examples if e["label"] == "top_up_failed")]
-    accepted = submit(client, "lopsided", lopsided, strategy="head")
-    warnings = client.get(f"/v1/jobs/{accepted}").json()["warnings"]
+    response = client.post("/v1/train", json={"model_name": "lopsided", "base_model": BASE_MODEL,
+                                              "examples": lopsided, "strategy": "head"})
+    assert response.status_code == 202
+    accepted = response.json()["job_id"]
+    assert response.json()["warnings"] == client.get(f"/v1/jobs/{accepted}").json()["warnings"]
+    warnings = response.json()["warnings"]
     assert any("'top_up_failed' (1)" in w for w in warnings) and any("imbalanced" in w for w in warnings)
     assert wait_for_job(client, accepted, {"completed", "failed", "cancelled"})["status"] == "completed"
