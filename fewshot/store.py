@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -104,6 +105,22 @@ def register(name: str, write_files: Callable[[Path], None], metadata: dict[str,
             for item in Path(staging).iterdir():
                 shutil.move(item, Path(model.path) / item.name)
     return _stored(bentoml.models.get(model.tag))
+
+
+def add_metadata(tag: str, entries: dict[str, Any]) -> None:
+    """Add entries to a stored version's metadata (e.g. an outcome known only after it was registered).
+
+    The new model.yaml is written beside the old one and renamed over it: a reader sees the old
+    file or the new one, never half of one.
+    """
+    with writing():
+        model = bentoml.models.get(tag)
+        model.info.metadata.update(_without_nulls(entries))
+        info_file = Path(model.path) / MODEL_INFO_FILE
+        staged = info_file.with_name(f".{MODEL_INFO_FILE}.partial")
+        with staged.open("w", encoding="utf8") as handle:
+            model.info.dump(handle)
+        os.replace(staged, info_file)
 
 
 def _without_nulls(value: Any) -> Any:

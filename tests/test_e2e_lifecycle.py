@@ -276,11 +276,11 @@ def test_auto_serves_the_head_first_then_keeps_the_better_model(client: httpx.Cl
     versions = next(m["versions"] for m in client.get("/v1/models").json()["models"] if m["model_name"] == "auto")
     served = client.get("/v1/models/auto").json()
     assert served["model_version"] == done["model_version"]
+    assert served["comparison"] == comparison  # the version that won says so, whichever it is
     if comparison["winner"] == "head":
         assert done["model_version"] == head_version and len(versions) == 1
     else:
         assert [v["strategy"] for v in versions] == ["setfit", "head"]
-        assert served["comparison"] == comparison
 
 
 def test_own_evaluation_examples_and_warnings_about_the_examples(client: httpx.Client, train_examples,
@@ -310,3 +310,6 @@ def test_own_evaluation_examples_and_warnings_about_the_examples(client: httpx.C
     warnings = response.json()["warnings"]
     assert any("'top_up_failed' (1)" in w for w in warnings) and any("imbalanced" in w for w in warnings)
     assert wait_for_job(client, accepted, {"completed", "failed", "cancelled"})["status"] == "completed"
+    unscored = client.get("/v1/models/lopsided").json()  # a label of 1 example: no hold-out, nothing to score
+    assert (unscored["accuracy"], unscored["label_metrics"], unscored["eval_source"]) == (None, None, None)
+    assert unscored["eval_num_examples"] == 0 and unscored["num_examples"] == len(lopsided)

@@ -83,3 +83,24 @@ def test_metadata_nulls_are_left_out_and_read_back_as_absent(tmp_path) -> None:
     assert _without_nulls({"accuracy": None, "comparison": {"head_accuracy": None, "winner": "head"},
                            "labels": ["a", None], "n": 0}) == {"comparison": {"winner": "head"}, "labels": ["a"],
                                                               "n": 0}
+
+
+def in_fresh_store(tmp_path: Path, code: str) -> dict:
+    """Run `code` (with json and fewshot.store imported) against an empty store; its last printed line, as JSON."""
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    output = subprocess.run([sys.executable, "-c", "import json\nfrom fewshot import store\n" + code],
+                            cwd=PROJECT_ROOT, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_metadata_added_later_is_read_back_and_the_version_stays_complete(tmp_path: Path) -> None:
+    result = in_fresh_store(tmp_path, """
+stored = store.register("m", lambda d: (d / "weights.bin").write_bytes(b"x"), {"job_id": "j", "labels": ["a"]})
+store.add_metadata(stored.tag, {"comparison": {"winner": "head", "head_accuracy": None}})
+again = store.resolve(stored.tag)
+print(json.dumps({"metadata": again.metadata, "versions": [v.tag for v in store.versions("m")],
+                  "files": sorted(p.name for p in again.path.iterdir())}))
+""")
+    assert result["metadata"] == {"job_id": "j", "labels": ["a"], "comparison": {"winner": "head"}}
+    assert len(result["versions"]) == 1
+    assert ".model.yaml.partial" not in result["files"]

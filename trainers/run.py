@@ -103,6 +103,7 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
     comparison = compare(head, tuned) if request.strategy == "auto" else None
     if comparison is not None and comparison.winner == "head":
         logger.info("job %s: keeping the head (%s vs fine-tuned %s)", record.job_id, head.accuracy, tuned.accuracy)
+        store.add_metadata(f"{request.model_name}:{head_version}", {"comparison": comparison.model_dump()})
         return JobOutcome(head_version, comparison)
     if before_registering is not None:
         before_registering()
@@ -119,7 +120,7 @@ def model_metadata(record: JobRecord, request: TrainRequest, base_model: str, tr
         "accuracy": trained.accuracy,
         "label_metrics": {label: vars(scores) for label, scores in evaluation.per_label.items()}
         if evaluation else None,
-        "eval_source": "eval_examples" if split.separate_evaluation else "holdout",
+        "eval_source": None if evaluation is None else "eval_examples" if split.separate_evaluation else "holdout",
         "comparison": comparison.model_dump() if comparison else None,
         "training_duration_seconds": round(trained.training_duration_seconds, 3),
         "num_examples": trained.num_examples,
