@@ -281,6 +281,7 @@ class LabelMetrics(BaseModel):
 class ModelView(BaseModel):
     model_name: str
     model_version: str
+    tag: str = Field(description="name:version: pins this version in predict and embeddings.")
     base_model: str
     created_at: UtcTimestamp
     accuracy: float | None = Field(description="Accuracy on held-out examples; null without hold-out.")

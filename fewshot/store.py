@@ -57,6 +57,7 @@ class StoredModel:
         return ModelView(
             model_name=self.name,
             model_version=self.version,
+            tag=self.tag,
             base_model=meta["base_model"],
             created_at=meta["created_at"],
             accuracy=meta.get("accuracy"),

@@ -109,6 +109,7 @@ def test_models_list_every_version_newest_first(client: httpx.Client, versions: 
     assert [m["model_name"] for m in models] == ["other", "life"]  # most recently trained first
     life = models[1]["versions"]
     assert [v["model_version"] for v in life] == [versions["v2"], versions["v1"]]
+    assert [v["tag"] for v in life] == [f"life:{versions['v2']}", f"life:{versions['v1']}"]
     assert [sorted(v["labels"]) for v in life] == [sorted(TWO_LABELS), sorted(life[1]["labels"])]
     assert len(life[1]["labels"]) == 4
     assert all(v["created_at"] and v["num_examples"] > 0 and "accuracy" in v for v in life)
