@@ -26,11 +26,20 @@ print(json.dumps({"tags": tags, "removed": removed, "left": [v.tag for v in stor
 """
 
 
-def test_prune_keeps_the_newest_versions_of_that_model_only(tmp_path: Path) -> None:
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    output = subprocess.run([sys.executable, "-c", SCRIPT], cwd=PROJECT_ROOT, env=env, check=True,
+def store_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a process whose BentoML store is a fresh one under `tmp_path`."""
+    return {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+
+
+def run_in_store(tmp_path: Path, script: str) -> dict:
+    """Run `script` in a process on that store; the last line it prints, as JSON."""
+    output = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=store_env(tmp_path), check=True,
                             capture_output=True, text=True).stdout
-    result = json.loads(output.strip().splitlines()[-1])
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_prune_keeps_the_newest_versions_of_that_model_only(tmp_path: Path) -> None:
+    result = run_in_store(tmp_path, SCRIPT)
     tags = result["tags"]
     assert result["left"] == [tags[3], tags[2]]  # newest first
     assert sorted(result["removed"]) == sorted(tags[:2])
@@ -64,20 +73,17 @@ print(json.dumps({"listed": listed, "removed": removed, "latest": store.latest("
 
 def test_concurrent_writers_leave_a_complete_store_whose_latest_is_the_newest(tmp_path: Path) -> None:
     """Two processes register versions of one model at once (two trainers on a shared volume)."""
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, letter], cwd=PROJECT_ROOT, env=env)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, letter], cwd=PROJECT_ROOT, env=store_env(tmp_path))
                for letter in "ab"]
     assert [writer.wait(120) for writer in writers] == [0, 0]
-    output = subprocess.run([sys.executable, "-c", CHECK], cwd=PROJECT_ROOT, env=env, check=True,
-                            capture_output=True, text=True).stdout
-    result = json.loads(output.strip().splitlines()[-1])
+    result = run_in_store(tmp_path, CHECK)
     assert result["count"] == 12 and len(result["listed"]) == 12  # the half-written one is never listed
     assert result["removed"] == ["shared:half-written"] and not result["half_exists"]
     assert result["latest"] == result["newest"]
     assert result["sizes"] == [200_000]  # every version's file whole
 
 
-def test_metadata_nulls_are_left_out_and_read_back_as_absent(tmp_path) -> None:
+def test_metadata_nulls_are_left_out_and_read_back_as_absent() -> None:
     from fewshot.store import _without_nulls
 
     assert _without_nulls({"accuracy": None, "comparison": {"head_accuracy": None, "winner": "head"},
@@ -85,16 +91,10 @@ def test_metadata_nulls_are_left_out_and_read_back_as_absent(tmp_path) -> None:
                                                               "n": 0}
 
 
-def in_fresh_store(tmp_path: Path, code: str) -> dict:
-    """Run `code` (with json and fewshot.store imported) against an empty store; its last printed line, as JSON."""
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
-    output = subprocess.run([sys.executable, "-c", "import json\nfrom fewshot import store\n" + code],
-                            cwd=PROJECT_ROOT, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
-
-
 def test_metadata_added_later_is_read_back_and_the_version_stays_complete(tmp_path: Path) -> None:
-    result = in_fresh_store(tmp_path, """
+    result = run_in_store(tmp_path, """
+import json
+from fewshot import store
 stored = store.register("m", lambda d: (d / "weights.bin").write_bytes(b"x"), {"job_id": "j", "labels": ["a"]})
 store.add_metadata(stored.tag, {"comparison": {"winner": "head", "head_accuracy": None}})
 again = store.resolve(stored.tag)
