@@ -33,6 +33,7 @@ def live_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     yield start
     for server in started:
         server.stop()
+        server.kill_leftovers()
 
 
 @pytest.fixture(scope="module")

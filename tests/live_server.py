@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,26 @@ import psutil
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BENTOML = [sys.executable, "-m", "bentoml"]  # the CLI of this interpreter, wherever its scripts live
 START_TIMEOUT_SECONDS = 180
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """How a stopped server went: the exit code of `bentoml serve` (None: still running after the
+    timeout) and the processes of its tree still alive after the grace period."""
+
+    code: int | None
+    survivors: list[str]
+
+    @property
+    def clean(self) -> bool:
+        return self.code == 0 and not self.survivors
+
+
+def describe(process: psutil.Process) -> str:
+    try:
+        return f"pid {process.pid}: {' '.join(process.cmdline())[:200]}"
+    except psutil.Error:
+        return f"pid {process.pid}"
 
 
 def free_port() -> int:
@@ -39,6 +61,7 @@ class LiveServer:
         self._extra_env = env or {}
         self._target = [target] if target else []  # default: the service named in bentofile.yaml
         self.process: subprocess.Popen[bytes] | None = None
+        self._tree: list[psutil.Process] = []
 
     @property
     def env(self) -> dict[str, str]:
@@ -73,24 +96,40 @@ class LiveServer:
         self.stop()
         raise RuntimeError(f"server not ready in {START_TIMEOUT_SECONDS}s:\n{self.log_tail()}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
-        """Signal the server and wait; whatever of its process tree outlives the timeout is killed."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        tree = psutil.Process(self.process.pid).children(recursive=True)
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60, grace: float = 15) -> Stopped:
+        """Signal the server, wait up to `timeout` for it to exit and `grace` more for its process tree
+        (workers, the embedded trainer) to follow; report what exited how and what is still alive.
+
+        Nothing is killed here, so a test can see a leftover process: `kill_leftovers` (called when
+        the test module ends) cleans up after a server that did not stop cleanly.
+        """
+        if self.process is None:
+            return Stopped(code=None, survivors=[])
+        if self.process.poll() is not None:
+            return Stopped(code=self.process.returncode, survivors=[])
+        self._tree = psutil.Process(self.process.pid).children(recursive=True)
         self.process.send_signal(sig)
         try:
-            code = self.process.wait(timeout)
+            code: int | None = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            code = None
+        _, alive = psutil.wait_procs([*self._tree, *self.consumer_processes()], timeout=grace)
+        if code is None:
+            alive.append(psutil.Process(self.process.pid))
+        return Stopped(code=code, survivors=[describe(process) for process in alive])
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL whatever of this server's processes is still alive (test clean-up, never a check)."""
+        if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
-            code = self.process.wait()
-        _, survivors = psutil.wait_procs(tree, timeout=15)
-        for survivor in survivors:
-            survivor.kill()
-        return code
+            self.process.wait()
+        for process in [*self._tree, *self.consumer_processes()]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
 
     def restart(self) -> LiveServer:
-        self.stop()
+        stopped = self.stop()
+        assert stopped.clean, f"the server did not stop cleanly before its restart: {stopped}"
         return self.start()
 
     def client(self, **headers: str) -> httpx.Client:
@@ -182,3 +221,11 @@ def wait_for_job(client: httpx.Client, job_id: str, statuses: set[str], timeout:
             return job
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} not {statuses} within {timeout}s: {job}")
+
+
+def wait_for_log(server: LiveServer, text: str, timeout: float = 60) -> None:
+    """Until `text` appears in the server's log or a trainer's beside it."""
+    deadline = time.monotonic() + timeout
+    while text not in server.all_logs():
+        assert time.monotonic() < deadline, f"{text!r} not logged within {timeout}s"
+        time.sleep(0.2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -226,18 +227,21 @@ class FakeStore:
 
 
 class CountingLoader:
-    def __init__(self) -> None:
+    def __init__(self, seconds: float = 0.0) -> None:
         self.loads: list[str] = []
         self.lock = threading.Lock()
+        self.seconds = seconds
+        """How long a load takes: long enough for concurrent requests to overlap with it."""
 
     def __call__(self, stored: StoredModel) -> StoredModel:  # the "loaded model" is the entry itself
         with self.lock:
             self.loads.append(stored.tag)
+        time.sleep(self.seconds)
         return stored
 
 
-def make_cache(max_models: int) -> tuple[ModelCache, FakeStore, CountingLoader]:
-    fake, loader = FakeStore(), CountingLoader()
+def make_cache(max_models: int, load_seconds: float = 0.0) -> tuple[ModelCache, FakeStore, CountingLoader]:
+    fake, loader = FakeStore(), CountingLoader(load_seconds)
     cache = ModelCache(loader, refresh_seconds=3600, max_models=max_models, resolve=fake.latest)
     return cache, fake, loader
 
@@ -264,7 +268,7 @@ def test_unknown_model_is_none_and_nothing_is_loaded() -> None:
 
 
 def test_cold_model_loads_once_under_concurrency() -> None:
-    cache, fake, loader = make_cache(max_models=4)
+    cache, fake, loader = make_cache(max_models=4, load_seconds=0.05)  # every asker arrives during the load
     fake.versions = {"a": "1"}
     barrier = threading.Barrier(8)
 
