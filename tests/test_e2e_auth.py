@@ -29,7 +29,7 @@ def server(live_server_factory) -> LiveServer:
 def documented_routes(server: LiveServer) -> list[tuple[str, str]]:
     spec = httpx.get(f"{server.url}/docs.json").json()
     return [(method, path) for path, item in spec["paths"].items() for method in item
-            if method in {"get", "post"}]
+            if method in {"get", "post", "put", "patch", "delete"}]
 
 
 def call(server: LiveServer, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
@@ -43,7 +43,8 @@ def test_docs_stay_open_and_list_every_route(server: LiveServer) -> None:
     routes = documented_routes(server)
     for expected in [("post", "/v1/train"), ("post", "/v1/predict"), ("post", "/v1/embeddings"),
                      ("get", "/v1/jobs/{job_id}"), ("get", "/v1/models/{model_name}"), ("get", "/health"),
-                     ("get", "/metrics")]:
+                     ("get", "/metrics"), ("delete", "/v1/models/{model_name}"), ("get", "/v1/jobs"),
+                     ("get", "/v1/models"), ("post", "/v1/jobs/{job_id}/cancel")]:
         assert expected in routes
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,6 +52,13 @@ def train(client: httpx.Client, model_name: str, examples: list[dict], iteration
                                               "examples": examples, "num_iterations": iterations})
     assert response.status_code == 202, response.text
     return response.json()["job_id"]
+
+
+def version_directories(server: LiveServer, name: str) -> list[str]:
+    """Tags of every directory of `name` on disk in the store, complete or not (the store's own
+    listing skips a directory without model.yaml: a half-written copy)."""
+    model_dir = server.model_path / "bentoml" / "models" / name
+    return sorted(f"{name}:{path.name}" for path in model_dir.iterdir() if path.is_dir()) if model_dir.exists() else []
 
 
 def store_versions(server: LiveServer, name: str) -> list[str]:
@@ -127,7 +135,8 @@ def test_a_disk_error_while_saving_fails_the_job_and_the_previous_version_keeps_
         assert job["status"] == "failed", job
         assert "File too large" in job["error"], job["error"]
         assert client.get("/v1/models/twin").json() == served
-        assert store_versions(server, "twin") == versions_before  # nothing half-written left behind
+        assert store_versions(server, "twin") == versions_before
+        assert version_directories(server, "twin") == sorted(versions_before)  # nothing half-written on disk
         response = client.post("/v1/predict", json={"model_name": "twin", "texts": ["where is my card?"]})
         assert response.status_code == 200, response.text
 
@@ -139,5 +148,14 @@ def test_trainer_health_check_follows_this_hosts_heartbeats(server: LiveServer, 
 
     alive = health(server.env["REDIS_URL"])
     assert alive.returncode == 0 and alive.stdout.startswith("healthy: "), alive.stdout + alive.stderr
-    silent = health(fresh_redis_database())  # a queue no trainer beats into
-    assert silent.returncode == 1 and "no live trainer heartbeat" in silent.stdout, silent.stdout + silent.stderr
+    assert f"{socket.gethostname()}:" in alive.stdout  # names this host's trainers
+
+    silent = fresh_redis_database()  # a queue that only another machine's trainer beats into
+    RedisJobStore(silent).beat("another-host:4242", ttl_seconds=60)
+    others_only = health(silent)
+    assert others_only.returncode == 1, others_only.stdout + others_only.stderr
+    assert f"no live trainer heartbeat from {socket.gethostname()}" in others_only.stdout
+
+    unreachable = health(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    assert unreachable.returncode == 1, unreachable.stdout + unreachable.stderr
+    assert unreachable.stdout.startswith("unhealthy: cannot read heartbeats: ConnectionError"), unreachable.stdout

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.fixtures import BASE_MODEL
-from tests.live_server import LiveServer, wait_for_job
+from tests.live_server import LiveServer, wait_for_job, wait_for_log
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +58,7 @@ def predict(client: httpx.Client, model: str, **options) -> httpx.Response:
                                             **options})
 
 
-def test_cancel_stops_a_running_job_and_ends_a_pending_one_at_once(client: httpx.Client,
+def test_cancel_stops_a_running_job_and_ends_a_pending_one_at_once(server: LiveServer, client: httpx.Client,
                                                                     train_examples) -> None:
     slow = submit(client, "slow", train_examples, num_iterations=200)
     queued = submit(client, "queued", train_examples)
@@ -80,7 +80,10 @@ def test_cancel_stops_a_running_job_and_ends_a_pending_one_at_once(client: httpx
     assert time.monotonic() - asked < 15
     assert stopped["step"] < stopped["total_steps"] and "no model was registered" in stopped["note"]
     assert client.get("/v1/models/slow").status_code == 404
-    assert client.get(f"/v1/jobs/{queued}").json()["status"] == "cancelled"  # the trainer skipped it
+    # Its queued task reached the trainer once the running job had stopped, and did nothing.
+    wait_for_log(server, f"job {queued}: not ours to run (status cancelled); skipped", timeout=60)
+    assert client.get(f"/v1/jobs/{queued}").json()["status"] == "cancelled"
+    assert client.get("/v1/models/queued").status_code == 404
     again = client.post(f"/v1/jobs/{slow}/cancel")
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
     assert client.post("/v1/jobs/no-such-job/cancel").status_code == 404
@@ -245,7 +248,7 @@ def test_head_strategy_trains_in_seconds_with_per_label_metrics(client: httpx.Cl
     assert job["status"] == "completed" and job["comparison"] is None and job["warnings"] == []
     model = client.get("/v1/models/quick").json()
     assert model["strategy"] == "head" and model["eval_source"] == "holdout"
-    assert model["training_duration_seconds"] < 60
+    assert model["training_duration_seconds"] > 0  # how fast: bench/, not here
     metrics = model["label_metrics"]
     assert set(metrics) == set(model["labels"]) and len(metrics) == 4
     assert sum(m["support"] for m in metrics.values()) == model["eval_num_examples"] > 0
