@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -111,12 +112,36 @@ def test_completed_job_reports_its_model_version(trained: dict) -> None:
     assert job["progress"] == 1.0 and job["step"] == job["total_steps"] > 0
 
 
+# A line written by one of BentoML's processes (the API, inference and supervisor workers log
+# through BentoML's handlers): "2026-12-01T11:59:03+0000 [INFO] [entry_service:fewshot:1] …".
+BENTOML_LINE = re.compile(r"^\S+ \[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\] \[")
+
+
+def job_lines(server: LiveServer, job_id: str) -> list[str]:
+    """What the trainer wrote from the job's first line to its last, in the log that holds the job
+    (the server's in embedded mode, where the trainer shares its output; a trainer's own otherwise),
+    less the lines of BentoML's processes interleaved with them."""
+    windows = []
+    for path in server.state_dir.glob("*.log"):
+        lines = path.read_text(errors="replace").splitlines()
+        first = next((n for n, line in enumerate(lines) if f"job {job_id}: training " in line), None)
+        last = next((n for n, line in enumerate(lines) if f"job {job_id}: completed as " in line), None)
+        if first is not None and last is not None:
+            windows.append([line for line in lines[first:last + 1] if not BENTOML_LINE.match(line)])
+    assert len(windows) == 1, f"the job's start and end lines were found in {len(windows)} logs"
+    return windows[0]
+
+
 def test_every_log_line_of_a_training_job_carries_its_job_id(server: LiveServer, trained: dict) -> None:
     job_id = trained["job"]["job_id"]
-    tagged = [line for line in server.all_logs().splitlines() if f"job_id={job_id}" in line]
-    assert any("fine-tuning step" in line for line in tagged), tagged  # progress lines
-    assert any(" fewshot.training " in line for line in tagged), tagged  # the training module's own lines
-    assert any(f"completed as {MODEL}:" in line for line in tagged), tagged
+    lines = job_lines(server, job_id)
+    untagged = [line for line in lines if f"job_id={job_id}" not in line]
+    assert untagged == [], untagged  # printed output, library loggers and warnings included
+    assert any("fine-tuning step" in line for line in lines), lines  # progress lines
+    assert any(" fewshot.training " in line for line in lines), lines  # the training module's own lines
+    # SetFit's and transformers' own output, which they print or log with handlers of their own:
+    assert any(" setfit.trainer " in line and "Running training" in line for line in lines), lines
+    assert any(" stdout " in line and "'train_runtime'" in line for line in lines), lines  # a printed dict
 
 
 def test_model_metadata_is_complete_and_honest(client: httpx.Client, trained: dict, train_examples) -> None:
@@ -468,8 +493,6 @@ def test_stopping_the_server_leaves_no_trainer_behind(server: LiveServer, mode: 
     if mode == "redis":
         pytest.skip("in Redis mode the trainers are separate processes that outlive the API server")
     assert len(server.consumer_processes()) == 1
-    assert server.stop() is not None
-    deadline = time.monotonic() + 15
-    while server.consumer_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert server.consumer_processes() == []
+    stopped = server.stop()
+    assert stopped.survivors == [], stopped  # the trainer and every worker exited by themselves
+    assert stopped.code == 0, stopped

@@ -65,10 +65,12 @@ def serve_metrics(port: int) -> None:
 def run_consumer(sole_consumer: bool, heartbeat_seconds: float, metrics_port: int | None = None) -> None:
     import trainers.run  # noqa: F401 - load torch/SetFit now, not inside the first job
     from fewshot import store
+    from fewshot.logs import route_library_output_to_logging
     from trainers.heartbeat import Heartbeat
     from trainers.queue import huey
     from trainers.tasks import reconcile_after_restart
 
+    route_library_output_to_logging()
     reconcile_after_restart(sole_consumer=sole_consumer)
     store.remove_incomplete_versions()  # a model copy cut short by a crash of this or another trainer
     Heartbeat(heartbeat_seconds).start()

@@ -149,7 +149,8 @@ def _label_ids(split: Split, pairs: Sequence[LabelledText]) -> list[int]:
 def _evaluate(model: SetFitModel, split: Split) -> Evaluation | None:
     if not split.evaluation:
         return None
-    probabilities = model.predict_proba([text for text, _ in split.evaluation], as_numpy=True)
+    probabilities = model.predict_proba([text for text, _ in split.evaluation], as_numpy=True,
+                                        show_progress_bar=False)
     predicted, _ = best_labels(np.asarray(probabilities), column_labels(model, split.labels))
     return evaluate([label for _, label in split.evaluation], predicted, split.labels)
 
