@@ -13,7 +13,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-OVERLOADED_MESSAGE = "the server is overloaded: too many requests are waiting; retry shortly"
+# BentoML answers 503 when its dispatcher sheds load (MAX_LATENCY_MS) and we when the inference
+# service is being restarted: both mean the same to a client.
+UNAVAILABLE_MESSAGE = ("the server cannot take this request now (overloaded, or its inference service is "
+                       "restarting); retry shortly")
 INTERNAL_MESSAGE = "internal error; the server log has the details"
 
 
@@ -54,7 +57,7 @@ def normalise(status: int, body: bytes) -> dict[str, Any]:
     if isinstance(payload, list) and len(payload) == 1 and isinstance(payload[0], dict):
         payload = payload[0]  # BentoML answers some errors with a one-element array
     if status == HTTPStatus.SERVICE_UNAVAILABLE:
-        return error_body(OVERLOADED_MESSAGE)
+        return error_body(UNAVAILABLE_MESSAGE)
     if status >= 500:
         return error_body(INTERNAL_MESSAGE)
     if isinstance(payload, dict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from fewshot.auth import is_open_path, presented_key
-from fewshot.errors import INTERNAL_MESSAGE, OVERLOADED_MESSAGE, normalise
+from fewshot.errors import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE, normalise
 from fewshot.openapi import correct_document
 
 
@@ -24,7 +24,7 @@ def test_other_error_bodies_take_the_one_shape() -> None:
     assert normalise(405, b"Method Not Allowed") == {"error": "Method Not Allowed", "detail": None}
     assert normalise(422, b'{"detail": "bad"}') == {"error": "bad", "detail": None}
     assert normalise(404, b"") == {"error": "not found", "detail": None}
-    assert normalise(503, b'{"error": "An unexpected error"}')["error"] == OVERLOADED_MESSAGE
+    assert normalise(503, b'{"error": "An unexpected error"}')["error"] == UNAVAILABLE_MESSAGE
     # Internal details never reach the client.
     assert normalise(500, b"Traceback (most recent call last): ...") == {"error": INTERNAL_MESSAGE, "detail": None}
 
