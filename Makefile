@@ -31,7 +31,7 @@ install-test: $(VENV)/.installed-test
 
 ## Start the service on port $(PORT) with its embedded trainer (state in MODEL_PATH).
 serve: install
-	BENTOML_CONFIG=configuration.yaml $(BIN)/bentoml serve --port $(PORT)
+	$(BIN)/bentoml serve --port $(PORT)
 
 ## Lint, then the whole test suite (unit + end-to-end against real servers, embedded and Redis
 ## mode). Debian packages the tests use, installed here when missing: redis-server (Redis-mode

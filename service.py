@@ -24,7 +24,7 @@ from fewshot.allow import AllowHeaderMiddleware
 from fewshot.auth import APIKeyMiddleware
 from fewshot.coalesce import Coalescer
 from fewshot.content_type import JSONBodyOnlyMiddleware
-from fewshot.dependencies import keep_sessions_open
+from fewshot.dependencies import keep_sessions_open, once_more_if_disconnected
 from fewshot.dispatch import use_continuous_batching
 from fewshot.errors import ErrorShapeMiddleware, describe_validation_errors, error_body
 from fewshot.logs import use_bentoml_log_handlers
@@ -53,11 +53,12 @@ from fewshot.schemas import (
     TrainRequest,
     is_valid_model_reference,
 )
-from fewshot.settings import apply_process_environment, get_settings, reexec_serve_cli_with_store_home
+from fewshot.settings import apply_process_environment, get_settings, reexec_serve_cli_with_bentoml_environment
 
 settings = get_settings()
-# Before anything touches the BentoML store: every process shares the store under MODEL_PATH.
-reexec_serve_cli_with_store_home(settings)
+# Before anything touches the BentoML store: every process shares the store under MODEL_PATH and
+# runs with configuration.yaml, also under a plain `bentoml serve`.
+reexec_serve_cli_with_bentoml_environment(settings)
 apply_process_environment(settings)
 
 from trainers.jobs import UnknownCursor  # noqa: E402 - needs the environment set above
@@ -68,9 +69,10 @@ use_continuous_batching()  # the inference worker's batch dispatchers are built 
 logger = logging.getLogger("fewshot.gateway")
 
 REQUEST_TIMEOUT_SECONDS = 300
-# Items (texts) from concurrent requests per batch. The latency bound is far above any real
-# batch: requests queue behind busy batches instead of failing with 503.
-BATCH = {"batchable": True, "max_batch_size": settings.max_batch_size, "max_latency_ms": 60_000}
+# Items (texts) from concurrent requests per batch. The latency bound (MAX_LATENCY_MS) is by default
+# far above any real batch: requests queue behind busy batches instead of failing with 503; lowered,
+# BentoML's dispatcher sheds the requests it expects to wait longer (503, "retry shortly").
+BATCH = {"batchable": True, "max_batch_size": settings.max_batch_size, "max_latency_ms": settings.max_latency_ms}
 # A fixed content type spares BentoML from deriving it from the JSON schema on every response.
 Predictions = Annotated[list[ItemPrediction], ContentType("application/json")]
 Embeddings = Annotated[list[ItemEmbedding], ContentType("application/json")]
@@ -179,10 +181,10 @@ class Gateway:
         self.embed_items = Coalescer(self._send_embed, max_items=settings.max_batch_size)
 
     async def _send_predict(self, items: list[TextItem]) -> list[ItemPrediction]:
-        return await self.inference.to_async.predict(items)
+        return await once_more_if_disconnected(lambda: self.inference.to_async.predict(items), "inference")
 
     async def _send_embed(self, items: list[TextItem]) -> list[ItemEmbedding]:
-        return await self.inference.to_async.embed(items)
+        return await once_more_if_disconnected(lambda: self.inference.to_async.embed(items), "inference")
 
     async def __is_ready__(self) -> bool:
         return await dependencies_ready(self.dependencies)

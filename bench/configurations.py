@@ -55,7 +55,7 @@ def main() -> None:
             points = load_points(server, [int(c) for c in args.concurrency.split(",")],
                                  [int(t) for t in args.texts.split(",")], args.duration)
         finally:
-            server.stop()
+            server.close()
         rows += [{"configuration": name, **point} for point in points]
 
     result = {"started_at": started_at.isoformat(), "base_model": args.base_model, "duration_s": args.duration,

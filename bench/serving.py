@@ -75,7 +75,7 @@ def train_benchmark_model(state_dir: Path, base_model: str) -> LiveServer:
                 "examples": read_examples("banking77_train_4labels.csv"), "num_iterations": 1}).json()
             assert wait_for_job(client, job["job_id"], {"completed", "failed"})["status"] == "completed"
     finally:
-        server.stop()
+        server.close()
     return server
 
 
@@ -156,7 +156,7 @@ def main() -> None:
     try:
         ours = load_points(server, concurrencies, sizes, args.duration)
     finally:
-        server.stop()
+        server.close()
 
     print("naive server", flush=True)
     naive_server = LiveServer(state / "naive", target="bench.naive_service:Naive")
@@ -165,7 +165,7 @@ def main() -> None:
     try:
         naive = load_points(naive_server, concurrencies, sizes, args.duration)
     finally:
-        naive_server.stop()
+        naive_server.close()
 
     for endpoint in ("predict", "embeddings"):  # groups above 256 texts use the 256-text limit
         limits = reference[endpoint]["limits"]

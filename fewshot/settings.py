@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TypeVar
 
 DEFAULT_BASE_MODEL = "Alibaba-NLP/gte-modernbert-base"
+# The runtime configuration beside service.py (in the repository and in the bento's src/).
+BUNDLED_BENTOML_CONFIG = Path(__file__).resolve().parents[1] / "configuration.yaml"
 DEFAULT_MODEL_PATH = "~/.local/share/fewshot"
 
 Number = TypeVar("Number", int, float)
@@ -80,6 +82,8 @@ class Settings:
     """MODEL_PATH: the one directory holding everything that must persist."""
     bentoml_home: Path
     """BENTOML_HOME if set explicitly, else $MODEL_PATH/bentoml: the BentoML model store."""
+    bentoml_config: Path | None
+    """BENTOML_CONFIG if set explicitly, else configuration.yaml beside service.py (None: neither)."""
     api_key: str | None
     """API_KEY: when set, every route but /health, the probes and the docs needs it."""
     default_base_model: str
@@ -98,6 +102,8 @@ class Settings:
     """MAX_BATCH_SIZE: most texts (from any number of requests) in one inference batch."""
     max_batch_tokens: int | None
     """MAX_BATCH_TOKENS: padded tokens per forward pass; None = by device (CPU 768, GPU 16384)."""
+    max_latency_ms: int
+    """MAX_LATENCY_MS: a predict/embeddings request expected to wait longer for its batch gets a 503 at once."""
     max_loaded_models: int
     """MAX_LOADED_MODELS: models kept loaded at once; the least recently used one is unloaded."""
     inference_dtype: str
@@ -126,6 +132,8 @@ class Settings:
     """JOB_RETENTION_DAYS: finished job records older than this are deleted. None = kept forever."""
     max_queued_jobs: int
     """MAX_QUEUED_JOBS: pending training jobs beyond which POST /v1/train answers 429."""
+    trainer_poll_seconds: float
+    """TRAINER_POLL_SECONDS: longest pause of an idle trainer between looks at the SQLite queue."""
     trainer_heartbeat_seconds: float
     """TRAINER_HEARTBEAT_SECONDS: how often a trainer says it is alive; silent for 3 beats = dead."""
     trainer_metrics_port: int | None
@@ -156,9 +164,13 @@ def load_settings() -> Settings:
     model_path = Path(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH).expanduser().resolve()
     explicit_home = os.environ.get("BENTOML_HOME")
     bentoml_home = Path(explicit_home).expanduser().resolve() if explicit_home else model_path / "bentoml"
+    explicit_config = os.environ.get("BENTOML_CONFIG")
+    bentoml_config = Path(explicit_config).expanduser().resolve() if explicit_config else (
+        BUNDLED_BENTOML_CONFIG if BUNDLED_BENTOML_CONFIG.is_file() else None)
     return Settings(
         model_path=model_path,
         bentoml_home=bentoml_home,
+        bentoml_config=bentoml_config,
         api_key=_text("API_KEY"),
         default_base_model=os.environ.get("DEFAULT_BASE_MODEL") or DEFAULT_BASE_MODEL,
         redis_url=_text("REDIS_URL"),
@@ -168,6 +180,7 @@ def load_settings() -> Settings:
         log_level=_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}),
         max_batch_size=_int("MAX_BATCH_SIZE", 64, minimum=1),
         max_batch_tokens=_int("MAX_BATCH_TOKENS", 0, minimum=0) or None,
+        max_latency_ms=_int("MAX_LATENCY_MS", 60_000, minimum=1),
         max_loaded_models=_int("MAX_LOADED_MODELS", 8, minimum=1),
         inference_dtype=_choice("INFERENCE_DTYPE", "AUTO", {"AUTO", "FLOAT32", "FLOAT16", "BFLOAT16"}),
         inference_threads=_int("INFERENCE_THREADS", 0, minimum=0) or None,
@@ -182,6 +195,7 @@ def load_settings() -> Settings:
         keep_model_versions=_int("KEEP_MODEL_VERSIONS", 10, minimum=0) or None,
         job_retention_days=_float("JOB_RETENTION_DAYS", 30.0, minimum=0.0) or None,
         max_queued_jobs=_int("MAX_QUEUED_JOBS", 100, minimum=1),
+        trainer_poll_seconds=_float("TRAINER_POLL_SECONDS", 0.25, minimum=0.01),
         trainer_heartbeat_seconds=_float("TRAINER_HEARTBEAT_SECONDS", 10.0, minimum=0.1),
         trainer_metrics_port=_int("TRAINER_METRICS_PORT", 0, minimum=0) or None,
         local_model_dirs=_directories("LOCAL_MODEL_DIRS", default=(model_path / "base-models",)),
@@ -194,13 +208,21 @@ def get_settings() -> Settings:
     return load_settings()
 
 
+def bentoml_environment(settings: Settings) -> dict[str, str]:
+    """What BentoML must read from the environment in every process: the store, the runtime config."""
+    environment = {"BENTOML_HOME": str(settings.bentoml_home)}
+    if settings.bentoml_config is not None:
+        environment["BENTOML_CONFIG"] = str(settings.bentoml_config)
+    return environment
+
+
 def apply_process_environment(settings: Settings) -> None:
-    """Point BentoML (and every process we start) at the state directory.
+    """Point BentoML (and every process we start) at the state directory and the configuration.
 
     BentoML resolves its home lazily, on first use of the store, from BENTOML_HOME; setting it
     here, before that first use, makes this process, its workers and our trainer share one store.
     """
-    os.environ["BENTOML_HOME"] = str(settings.bentoml_home)
+    os.environ.update(bentoml_environment(settings))
     os.environ["MODEL_PATH"] = str(settings.model_path)
     # Self-hosted and often air-gapped: never send BentoML usage analytics.
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -212,14 +234,18 @@ def apply_process_environment(settings: Settings) -> None:
     settings.bentoml_home.mkdir(parents=True, exist_ok=True)
 
 
-def reexec_serve_cli_with_store_home(settings: Settings) -> None:
-    """Make the `bentoml serve` CLI process itself use the store under MODEL_PATH.
+def reexec_serve_cli_with_bentoml_environment(settings: Settings) -> None:
+    """Make the `bentoml serve` CLI process itself use the store under MODEL_PATH and our
+    configuration.yaml, so that a plain `bentoml serve` in the project directory runs as designed.
 
-    The CLI resolves BentoML's home (and puts its metrics scratch files there) before it imports
-    service.py, so setting the variable from here is too late for that one process. When it was
-    not set, restart the same command once with it set; the workers and the trainer inherit it.
+    The CLI resolves BentoML's home (and puts its metrics scratch files there) and loads its
+    runtime configuration (metrics prefix, access logs, workers) before it imports service.py, so
+    setting the variables from here is too late for that one process. When either was not set as
+    needed, restart the same command once with both set; the workers and the trainer inherit them.
+    An explicit BENTOML_CONFIG wins over the bundled file.
     """
-    if os.environ.get("BENTOML_HOME") == str(settings.bentoml_home):
+    wanted = bentoml_environment(settings)
+    if all(os.environ.get(name) == value for name, value in wanted.items()):
         return
     command = sys.orig_argv
     is_serve_cli = "serve" in command and any(
@@ -227,5 +253,5 @@ def reexec_serve_cli_with_store_home(settings: Settings) -> None:
         for part in command[:3]
     )
     if is_serve_cli:
-        os.environ["BENTOML_HOME"] = str(settings.bentoml_home)
+        os.environ.update(wanted)
         os.execv(sys.executable, [sys.executable, *command[1:]])

@@ -32,8 +32,7 @@ def live_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
     yield start
     for server in started:
-        server.stop()
-        server.kill_leftovers()
+        server.close()
 
 
 @pytest.fixture(scope="module")

@@ -68,8 +68,7 @@ def main(output: Path) -> int:
             report["embeddings_status"] = embed.status_code
             report["embedding_dims"] = len(embed.json()["embeddings"][0]) if embed.status_code == 200 else None
     finally:
-        server.stop()
-        server.kill_leftovers()
+        server.close()
     log = server.log_path.read_text(errors="replace")
     report["trained_on_cuda"] = "on cuda" in "".join(line for line in log.splitlines() if "fine-tuning" in line)
     report["served_on_cuda"] = bool(re.search(r"loaded model gpu-smoke:\S+ in [\d.]+s on cuda", log))

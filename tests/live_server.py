@@ -48,7 +48,10 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """`bentoml serve --port N` with its own MODEL_PATH and HOME; start, stop and restart it."""
+    """`bentoml serve --port N` with its own MODEL_PATH and HOME; start, stop and restart it.
+
+    As a user types it: no BENTOML_HOME, no BENTOML_CONFIG (the service applies configuration.yaml).
+    """
 
     def __init__(self, state_dir: Path, env: dict[str, str] | None = None, target: str | None = None) -> None:
         self.state_dir = state_dir
@@ -65,14 +68,14 @@ class LiveServer:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in {"BENTOML_HOME", "API_KEY", "REDIS_URL"}}
+        unset = {"BENTOML_HOME", "BENTOML_CONFIG", "API_KEY", "REDIS_URL"}
+        env = {k: v for k, v in os.environ.items() if k not in unset}
         env.update({
             "HOME": str(self.home),  # so that a write to the default ~/bentoml would show up here
             "MODEL_PATH": str(self.model_path),
             "HF_HUB_OFFLINE": "1",
             "BENTOML_DO_NOT_TRACK": "true",
             "MODEL_REFRESH_SECONDS": "0.5",
-            "BENTOML_CONFIG": str(PROJECT_ROOT / "configuration.yaml"),  # as `make serve` runs it
         })
         env.update(self._extra_env)
         return env
@@ -126,6 +129,12 @@ class LiveServer:
         for process in [*self._tree, *self.consumer_processes()]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
+
+    def close(self) -> Stopped:
+        """Stop, and clean up whatever did not stop (benchmarks, fixtures' teardown): never a check."""
+        stopped = self.stop()
+        self.kill_leftovers()
+        return stopped
 
     def restart(self) -> LiveServer:
         stopped = self.stop()

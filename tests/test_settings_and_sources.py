@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from fewshot.base_models import base_model_problem, load_failure_message, resolve_base_model
-from fewshot.settings import DEFAULT_BASE_MODEL, load_settings
+from fewshot.settings import DEFAULT_BASE_MODEL, bentoml_environment, load_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -31,8 +33,22 @@ def test_model_path_holds_the_store_unless_bentoml_home_is_explicit(monkeypatch,
     assert load_settings().bentoml_home == tmp_path / "elsewhere"
 
 
+def test_bentoml_runs_with_the_bundled_configuration_unless_another_is_named(monkeypatch, tmp_path: Path) -> None:
+    """A plain `bentoml serve` gets configuration.yaml (metrics prefix, access logs); BENTOML_CONFIG wins."""
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path / "state"))
+    monkeypatch.delenv("BENTOML_HOME", raising=False)
+    monkeypatch.delenv("BENTOML_CONFIG", raising=False)
+    assert load_settings().bentoml_config == PROJECT_ROOT / "configuration.yaml"
+    assert bentoml_environment(load_settings()) == {
+        "BENTOML_HOME": str(tmp_path / "state" / "bentoml"),
+        "BENTOML_CONFIG": str(PROJECT_ROOT / "configuration.yaml")}
+    monkeypatch.setenv("BENTOML_CONFIG", str(tmp_path / "mine.yaml"))
+    assert bentoml_environment(load_settings())["BENTOML_CONFIG"] == str(tmp_path / "mine.yaml")
+
+
 @pytest.mark.parametrize(("name", "value"), [("EMBEDDED_TRAINER", "maybe"), ("MODEL_REFRESH_SECONDS", "0"),
-                                              ("MODEL_REFRESH_SECONDS", "soon"), ("LOG_LEVEL", "LOUD")])
+                                              ("MODEL_REFRESH_SECONDS", "soon"), ("LOG_LEVEL", "LOUD"),
+                                              ("TRAINER_POLL_SECONDS", "0"), ("MAX_LATENCY_MS", "0")])
 def test_bad_settings_fail_loudly_naming_the_variable(monkeypatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):

@@ -62,7 +62,8 @@ def serve_metrics(port: int) -> None:
     logger.info("trainer metrics on port %d (/metrics)", port)
 
 
-def run_consumer(sole_consumer: bool, heartbeat_seconds: float, metrics_port: int | None = None) -> None:
+def run_consumer(sole_consumer: bool, heartbeat_seconds: float, poll_seconds: float,
+                 metrics_port: int | None = None) -> None:
     import trainers.run  # noqa: F401 - load torch/SetFit now, not inside the first job
     from fewshot import store
     from fewshot.logs import route_library_output_to_logging
@@ -78,8 +79,12 @@ def run_consumer(sole_consumer: bool, heartbeat_seconds: float, metrics_port: in
         serve_metrics(metrics_port)
     # One job at a time per trainer, in a thread: SIGTERM then fires SIGNAL_INTERRUPTED for the
     # running job from the main thread, which queues it again before the process exits.
-    consumer = huey.create_consumer(workers=1, worker_type="thread", periodic=False,
-                                    check_worker_health=True)
+    # An idle Huey worker polls a non-blocking queue (SQLite) ever more slowly, up to max_delay
+    # (Huey's default: 10 s): a `head` job waited 0.6-9.5 s before it started, for a training of
+    # 0.3-0.5 s. One look at the queue is one small SQLite query, so a short bound costs nothing;
+    # Redis's queue blocks on BRPOP and wakes the worker at once anyway.
+    consumer = huey.create_consumer(workers=1, worker_type="thread", periodic=False, check_worker_health=True,
+                                    initial_delay=min(0.1, poll_seconds), max_delay=poll_seconds)
     logger.info("trainer consumer started (pid %d)", os.getpid())
     consumer.run()
 
@@ -90,11 +95,11 @@ def main() -> None:
     apply_process_environment(settings)
     if settings.redis_url:
         run_consumer(sole_consumer=False, heartbeat_seconds=settings.trainer_heartbeat_seconds,
-                     metrics_port=settings.trainer_metrics_port)
+                     poll_seconds=settings.trainer_poll_seconds, metrics_port=settings.trainer_metrics_port)
     else:
         with exclusive_lock(settings.consumer_lock_file):
             run_consumer(sole_consumer=True, heartbeat_seconds=settings.trainer_heartbeat_seconds,
-                         metrics_port=settings.trainer_metrics_port)
+                         poll_seconds=settings.trainer_poll_seconds, metrics_port=settings.trainer_metrics_port)
 
 
 if __name__ == "__main__":
