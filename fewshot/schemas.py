@@ -99,6 +99,14 @@ NonBlankText = Annotated[
     Field(max_length=LIMITS.max_text_chars, json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN}),
     AfterValidator(_check_not_blank),
 ]
+# A Hub id ("org/name", at most 96 characters on the Hub) or a local directory's absolute path,
+# which Linux bounds at PATH_MAX (4096): not a text, so MAX_TEXT_CHARS does not apply to it.
+BASE_MODEL_MAX_LENGTH = 4096
+BaseModelName = Annotated[
+    str,
+    Field(max_length=BASE_MODEL_MAX_LENGTH, json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN}),
+    AfterValidator(_check_not_blank),
+]
 # ISO 8601 in UTC with an explicit "+00:00" offset, everywhere.
 UtcTimestamp = Annotated[
     datetime,
@@ -127,7 +135,7 @@ class TrainRequest(BaseModel):
     }})
 
     model_name: ModelName = Field(description="Name the model is registered and served under.")
-    base_model: NonBlankText | None = Field(
+    base_model: BaseModelName | None = Field(
         default=None,
         description="Hugging Face id or local sentence-transformers directory; "
         "defaults to the DEFAULT_BASE_MODEL setting.",

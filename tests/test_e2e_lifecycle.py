@@ -281,6 +281,10 @@ def test_auto_serves_the_head_first_then_keeps_the_better_model(client: httpx.Cl
     served = client.get("/v1/models/auto").json()
     assert served["model_version"] == done["model_version"]
     assert served["comparison"] == comparison  # the version that won says so, whichever it is
+    # The note now tells the outcome, no longer "fine-tuning now".
+    kept = "the fine-tuned" if comparison["winner"] == "setfit" else "the head-only"
+    assert done["note"].startswith(f"{kept} version {done['model_version']} is served: "), done["note"]
+    assert comparison["reason"] in done["note"] and "fine-tuning now" not in done["note"]
     if comparison["winner"] == "head":
         assert done["model_version"] == head_version and len(versions) == 1
     else:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -116,3 +121,21 @@ def test_strategy_and_evaluation_examples_rules() -> None:
         "eval_examples: labels must be among the training examples' labels; unknown: z")
     assert error_message(TrainRequest, {"model_name": "m", "examples": TWO_LABELS, "eval_examples": []}).startswith(
         "eval_examples: List should have at least 1 item")
+
+
+def test_max_text_chars_limits_texts_not_the_base_model() -> None:
+    """MAX_TEXT_CHARS (read at import) bounds texts and labels; a Hub id or a path is not a text."""
+    script = """
+from fewshot.schemas import TrainRequest, PredictRequest
+from pydantic import ValidationError
+TrainRequest.model_validate({"model_name": "m", "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+                             "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]})
+try:
+    PredictRequest.model_validate({"model_name": "m", "texts": ["x" * 21]})
+except ValidationError:
+    print("text refused")
+"""
+    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "MAX_TEXT_CHARS": "20"},
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "text refused"

@@ -19,7 +19,7 @@ from typing import Any
 from huey import signals
 
 from fewshot.logs import job_context
-from fewshot.schemas import TrainRequest, utc_now
+from fewshot.schemas import StrategyComparison, TrainRequest, utc_now
 from fewshot.settings import get_settings
 from trainers.holdout import data_warnings
 from trainers.jobs import JobRecord, expire_finished, new_job
@@ -110,12 +110,22 @@ def train_model(job_id: str) -> None:
             logger.info("job %s: %s", job_id, note)
             metrics.TRAINING_JOBS_FINISHED.labels("cancelled").inc()
             return
+        outcome_note = {} if outcome.comparison is None else {"note": describe_outcome(outcome.version,
+                                                                                      outcome.comparison)}
         finished = jobs.transition(job_id, {"running"}, status="completed", model_version=outcome.version,
-                                   comparison=outcome.comparison, finished_at=utc_now(), error=None, progress=1.0)
+                                   comparison=outcome.comparison, finished_at=utc_now(), error=None, progress=1.0,
+                                   **outcome_note)
         logger.info("job %s: completed as %s:%s", job_id, record.model_name, outcome.version if finished else "?")
     metrics.TRAINING_JOBS_FINISHED.labels("completed").inc()
     metrics.TRAINING_DURATION.observe(time.monotonic() - started)
     expire_old_records()
+
+
+def describe_outcome(version: str, comparison: StrategyComparison) -> str:
+    """strategy auto, once it has finished: which version serves, and why."""
+    kept = "the fine-tuned" if comparison.winner == "setfit" else "the head-only"
+    return (f"{kept} version {version} is served: {comparison.reason} (accuracy: head {comparison.head_accuracy}, "
+            f"fine-tuned {comparison.setfit_accuracy})")
 
 
 def _serving_early(job_id: str, version: str, strategy: str) -> None:
