@@ -14,6 +14,7 @@ import logging
 from typing import Annotated
 
 import bentoml
+from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
@@ -69,9 +70,9 @@ use_continuous_batching()  # the inference worker's batch dispatchers are built 
 logger = logging.getLogger("fewshot.gateway")
 
 REQUEST_TIMEOUT_SECONDS = 300
-# Items (texts) from concurrent requests per batch. The latency bound (MAX_LATENCY_MS) is by default
-# far above any real batch: requests queue behind busy batches instead of failing with 503; lowered,
-# BentoML's dispatcher sheds the requests it expects to wait longer (503, "retry shortly").
+# Items (texts) from concurrent requests per batch. The latency bound (MAX_LATENCY_MS, also the
+# gateway's, below) is by default far above any real batch: requests queue behind busy batches
+# instead of failing with 503; lowered, BentoML's dispatcher sheds what would wait longer.
 BATCH = {"batchable": True, "max_batch_size": settings.max_batch_size, "max_latency_ms": settings.max_latency_ms}
 # A fixed content type spares BentoML from deriving it from the JSON schema on every response.
 Predictions = Annotated[list[ItemPrediction], ContentType("application/json")]
@@ -176,9 +177,13 @@ class Gateway:
         self.dependencies = [self.inference, self.trainer] if settings.embedded_trainer else [self.inference]
         for dependency in self.dependencies:
             keep_sessions_open(dependency, timeout_seconds=REQUEST_TIMEOUT_SECONDS)
-        # Concurrent requests share calls to the inference service (see fewshot.coalesce).
-        self.predict_items = Coalescer(self._send_predict, max_items=settings.max_batch_size)
-        self.embed_items = Coalescer(self._send_embed, max_items=settings.max_batch_size)
+        # Concurrent requests share calls to the inference service (see fewshot.coalesce); one that
+        # has waited MAX_LATENCY_MS for a call is answered 503 (with one gateway worker, requests
+        # queue here rather than in BentoML's dispatcher, so this is where load is shed).
+        shed = {"max_wait_seconds": settings.max_latency_ms / 1000,
+                "waited_too_long": lambda: ServiceUnavailable("too many requests are waiting; retry shortly")}
+        self.predict_items = Coalescer(self._send_predict, max_items=settings.max_batch_size, **shed)
+        self.embed_items = Coalescer(self._send_embed, max_items=settings.max_batch_size, **shed)
 
     async def _send_predict(self, items: list[TextItem]) -> list[ItemPrediction]:
         return await once_more_if_disconnected(lambda: self.inference.to_async.predict(items), "inference")

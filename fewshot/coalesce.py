@@ -11,6 +11,7 @@ goes out at once, so a lone request pays no extra latency.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -28,18 +29,23 @@ class Coalescer(Generic[Item, Result]):
     """
 
     def __init__(self, send: Callable[[list[Item]], Awaitable[Sequence[Result]]], max_items: int,
-                 max_in_flight: int = 1) -> None:
+                 max_in_flight: int = 1, max_wait_seconds: float | None = None,
+                 waited_too_long: Callable[[], Exception] = lambda: TimeoutError("waited too long")) -> None:
+        """Past `max_wait_seconds` unsent, a request fails with `waited_too_long()` instead of
+        joining a call: under overload the queue sheds what would be answered too late."""
         if max_items < 1 or max_in_flight < 1:
             raise ValueError("max_items and max_in_flight must be >= 1")
         self._send = send
         self._max_items = max_items
         self._max_in_flight = max_in_flight
-        self._waiting: deque[tuple[list[Item], asyncio.Future[list[Result]]]] = deque()
+        self._max_wait = max_wait_seconds
+        self._waited_too_long = waited_too_long
+        self._waiting: deque[tuple[list[Item], asyncio.Future[list[Result]], float]] = deque()
         self._in_flight = 0
 
     async def __call__(self, items: list[Item]) -> list[Result]:
         future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
-        self._waiting.append((items, future))
+        self._waiting.append((items, future, time.monotonic()))
         self._launch()
         return await future
 
@@ -54,14 +60,20 @@ class Coalescer(Generic[Item, Result]):
         """Whole requests, oldest first, up to `max_items` items (a larger request goes alone)."""
         group: list[tuple[list[Item], asyncio.Future[list[Result]]]] = []
         count = 0
+        now = time.monotonic()
         while self._waiting:
-            items, future = self._waiting[0]
+            items, future, arrived = self._waiting[0]
             if future.done():  # its caller went away (client disconnected): nothing to compute
                 self._waiting.popleft()
                 continue
+            if self._max_wait is not None and now - arrived > self._max_wait:
+                self._waiting.popleft()
+                future.set_exception(self._waited_too_long())
+                continue
             if group and count + len(items) > self._max_items:
                 break
-            group.append(self._waiting.popleft())
+            self._waiting.popleft()
+            group.append((items, future))
             count += len(items)
         return group
 

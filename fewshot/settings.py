@@ -103,7 +103,7 @@ class Settings:
     max_batch_tokens: int | None
     """MAX_BATCH_TOKENS: padded tokens per forward pass; None = by device (CPU 768, GPU 16384)."""
     max_latency_ms: int
-    """MAX_LATENCY_MS: a predict/embeddings request expected to wait longer for its batch gets a 503 at once."""
+    """MAX_LATENCY_MS: a predict/embeddings request that has waited this long for its batch is answered 503."""
     max_loaded_models: int
     """MAX_LOADED_MODELS: models kept loaded at once; the least recently used one is unloaded."""
     inference_dtype: str

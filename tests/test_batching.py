@@ -180,6 +180,27 @@ def test_a_cancelled_request_is_dropped_before_its_call() -> None:
     asyncio.run(scenario())
 
 
+def test_requests_that_waited_too_long_are_shed_not_sent() -> None:
+    async def scenario() -> None:
+        backend = RecordingBackend()
+        coalescer = Coalescer(backend, max_items=8, max_wait_seconds=0.05,
+                              waited_too_long=lambda: TimeoutError("shed"))
+        first = asyncio.create_task(coalescer(["a"]))
+        await settle()
+        late = asyncio.create_task(coalescer(["late"]))
+        await asyncio.sleep(0.1)  # longer than it may wait, with the first call still in flight
+        fresh = asyncio.create_task(coalescer(["fresh"]))
+        await settle()
+        backend.release.set()
+        assert await first == ["A"]
+        with pytest.raises(TimeoutError, match="shed"):
+            await late
+        assert await fresh == ["FRESH"]
+        assert backend.calls == [["a"], ["fresh"]]  # the shed request was never computed
+
+    asyncio.run(scenario())
+
+
 # --- BentoML dispatcher ---------------------------------------------------------------------------
 
 
