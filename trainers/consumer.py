@@ -100,6 +100,12 @@ def main() -> None:
         with exclusive_lock(settings.consumer_lock_file):
             run_consumer(sole_consumer=True, heartbeat_seconds=settings.trainer_heartbeat_seconds,
                          poll_seconds=settings.trainer_poll_seconds, metrics_port=settings.trainer_metrics_port)
+    # After SIGTERM the running job has been queued again (SIGNAL_INTERRUPTED), but its thread is
+    # still inside torch, and finalizing the interpreter under it aborts the process ("terminate
+    # called without an active exception", exit -6: seen in tests/test_e2e_trainers_redis.py).
+    # Everything is written; flush the logs and exit without finalizing.
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":
