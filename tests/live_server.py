@@ -116,7 +116,7 @@ class LiveServer:
             code: int | None = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             code = None
-        _, alive = psutil.wait_procs([*self._tree, *self.consumer_processes()], timeout=grace)
+        _, alive = psutil.wait_procs(self._own_processes(), timeout=grace)
         if code is None:
             alive.append(psutil.Process(self.process.pid))
         return Stopped(code=code, survivors=[describe(process) for process in alive])
@@ -126,9 +126,21 @@ class LiveServer:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-        for process in [*self._tree, *self.consumer_processes()]:
+        for process in self._own_processes():
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
+
+    def _own_processes(self) -> list[psutil.Process]:
+        """Its process tree as it was when stopped, and trainers of its session that left the tree
+        (orphans); not trainers started beside it on their own (TrainerProcess: a session of their own)."""
+        if self.process is None:
+            return []
+        orphans = []
+        for process in self.consumer_processes():
+            with contextlib.suppress(ProcessLookupError):
+                if os.getsid(process.pid) == self.process.pid and process not in self._tree:
+                    orphans.append(process)
+        return [*self._tree, *orphans]
 
     def close(self) -> Stopped:
         """Stop, and clean up whatever did not stop (benchmarks, fixtures' teardown): never a check."""
@@ -238,3 +250,10 @@ def wait_for_log(server: LiveServer, text: str, timeout: float = 60) -> None:
     while text not in server.all_logs():
         assert time.monotonic() < deadline, f"{text!r} not logged within {timeout}s"
         time.sleep(0.2)
+
+
+def version_directories(server: LiveServer, name: str) -> list[str]:
+    """Tags of every directory of model `name` on disk in the store, complete or not (the store's
+    own listing skips a directory without model.yaml: a half-written copy)."""
+    model_dir = server.model_path / "bentoml" / "models" / name
+    return sorted(f"{name}:{path.name}" for path in model_dir.iterdir() if path.is_dir()) if model_dir.exists() else []

@@ -15,7 +15,15 @@ import httpx
 import pytest
 
 from tests.fixtures import BASE_MODEL
-from tests.live_server import PROJECT_ROOT, LiveServer, TrainerProcess, free_port, metric, wait_for_job
+from tests.live_server import (
+    PROJECT_ROOT,
+    LiveServer,
+    TrainerProcess,
+    free_port,
+    metric,
+    version_directories,
+    wait_for_job,
+)
 from trainers.jobs import RedisJobStore
 from trainers.tasks import DIED_WHILE_RUNNING
 
@@ -52,13 +60,6 @@ def train(client: httpx.Client, model_name: str, examples: list[dict], iteration
                                               "examples": examples, "num_iterations": iterations})
     assert response.status_code == 202, response.text
     return response.json()["job_id"]
-
-
-def version_directories(server: LiveServer, name: str) -> list[str]:
-    """Tags of every directory of `name` on disk in the store, complete or not (the store's own
-    listing skips a directory without model.yaml: a half-written copy)."""
-    model_dir = server.model_path / "bentoml" / "models" / name
-    return sorted(f"{name}:{path.name}" for path in model_dir.iterdir() if path.is_dir()) if model_dir.exists() else []
 
 
 def store_versions(server: LiveServer, name: str) -> list[str]:

@@ -1,0 +1,219 @@
+"""End to end, embedded mode: what the README promises an operator, each checked over HTTP against
+one real `bentoml serve` started as a user types it (no BENTOML_CONFIG, no BENTOML_HOME).
+
+Its settings: finished job records expire after RETENTION_SECONDS (JOB_RETENTION_DAYS), and a
+request that waited MAX_LATENCY_MS for its batch is refused with 503. Tests run in file order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import time
+from collections import Counter
+from datetime import timedelta
+
+import httpx
+import psutil
+import pytest
+
+from fewshot.base_models import resolve_base_model
+from fewshot.schemas import utc_now
+from tests.fixtures import BASE_MODEL
+from tests.live_server import LiveServer, metric, version_directories, wait_for_job, wait_for_log
+from trainers.jobs import SqliteJobStore, new_job
+
+pytestmark = pytest.mark.e2e
+
+RETENTION_SECONDS = 8.0
+MAX_LATENCY_MS = 300
+RARE = "top_up_failed"
+
+
+@pytest.fixture(scope="module")
+def server(live_server_factory) -> LiveServer:
+    return live_server_factory("operations", JOB_RETENTION_DAYS=f"{RETENTION_SECONDS / 86400:.12f}",
+                               MAX_LATENCY_MS=str(MAX_LATENCY_MS))
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> httpx.Client:
+    return server.client()
+
+
+def train(client: httpx.Client, model: str, examples: list[dict], **options) -> dict:
+    response = client.post("/v1/train", json={"model_name": model, "base_model": BASE_MODEL, "examples": examples,
+                                              "strategy": "head", **options})
+    assert response.status_code == 202, response.text
+    job = wait_for_job(client, response.json()["job_id"], {"completed", "failed", "cancelled"})
+    assert job["status"] == "completed", job
+    return job
+
+
+def job_store(server: LiveServer) -> SqliteJobStore:
+    return SqliteJobStore(server.model_path / "queue" / "jobs.db")
+
+
+def test_plain_bentoml_serve_runs_with_configuration_yaml(server: LiveServer, client: httpx.Client,
+                                                          train_examples) -> None:
+    assert "BENTOML_CONFIG" not in server.env  # started as `bentoml serve --port N`
+    train(client, "plain", train_examples)
+    assert client.post("/v1/predict", json={"model_name": "plain", "texts": ["hello"]}).status_code == 200
+    # configuration.yaml's metrics namespace, and no access-log line for the internal inference hop.
+    assert metric(client.get("/metrics").text, "fewshot_request_total", endpoint="/v1/predict") >= 1
+    assert "Applying user config override from path" in server.log_tail(500)
+    inference_calls = [line for line in server.log_path.read_text().splitlines()
+                       if "fewshot-inference" in line and "path=/predict" in line]
+    assert inference_calls == []
+
+
+def test_a_body_declared_as_anything_but_json_is_415_and_an_undeclared_one_is_read_as_json(
+        client: httpx.Client) -> None:
+    body = b'{"model_name": "plain", "texts": ["hello"]}'
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        refused = client.post("/v1/predict", content=body, headers={"content-type": content_type})
+        assert refused.status_code == 415, (content_type, refused.text)
+        assert refused.json()["error"] == f"Content-Type: must be application/json, got {content_type!r}"
+    undeclared = client.build_request("POST", "/v1/predict", content=body)
+    undeclared.headers.pop("content-type", None)  # httpx declares none for raw bytes; make sure
+    assert "content-type" not in undeclared.headers
+    accepted = client.send(undeclared)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["predictions"][0]["text"] == "hello"
+
+
+def test_a_local_base_model_inside_local_model_dirs_trains_through_the_api(server: LiveServer, client: httpx.Client,
+                                                                           train_examples) -> None:
+    local = server.model_path / "base-models" / "minilm"  # LOCAL_MODEL_DIRS' default: $MODEL_PATH/base-models
+    shutil.copytree(resolve_base_model(BASE_MODEL).location, local)
+    response = client.post("/v1/train", json={"model_name": "local", "base_model": str(local),
+                                              "examples": train_examples, "strategy": "head"})
+    assert response.status_code == 202, response.text
+    job = wait_for_job(client, response.json()["job_id"], {"completed", "failed"})
+    assert job["status"] == "completed", job
+    assert client.get("/v1/models/local").json()["base_model"] == str(local)
+    predicted = client.post("/v1/predict", json={"model_name": "local", "texts": ["My card is lost!"]})
+    assert predicted.json()["predictions"][0]["label"] == "lost_or_stolen_card"
+    outside = client.post("/v1/train", json={"model_name": "local", "base_model": str(server.home),
+                                             "examples": train_examples})
+    assert outside.status_code == 400 and outside.json()["error"].startswith("base_model: local paths must be inside")
+
+
+def test_balanced_class_weights_still_predict_a_label_with_one_example(client: httpx.Client, train_examples,
+                                                                       test_examples) -> None:
+    """24 examples of three labels and one of a fourth. Measured on this data: the head without
+    class weights predicts the rare label for 0 of its 12 other texts, balanced for 9."""
+    rare = [e for e in train_examples if e["label"] == RARE]
+    examples = [e for e in train_examples if e["label"] != RARE] + rare[:1]
+    train(client, "lopsided", examples)
+    texts = [e["text"] for e in rare[1:] + [e for e in test_examples if e["label"] == RARE]]
+    predictions = client.post("/v1/predict", json={"model_name": "lopsided", "texts": texts}).json()["predictions"]
+    labels = Counter(p["label"] for p in predictions)
+    assert labels[RARE] >= len(texts) // 2, labels
+
+
+def test_texts_longer_than_the_model_maximum_are_truncated_and_served(client: httpx.Client) -> None:
+    """all-MiniLM-L6-v2 reads 256 tokens: two texts that differ only after ~600 tokens are the same text."""
+    head = " ".join(["my card has not arrived and I am still waiting for it"] * 50)  # ~600 tokens, < MAX_TEXT_CHARS
+    texts = [head + " one ending", head + " a completely different ending about exchange rates"]
+    embedded = client.post("/v1/embeddings", json={"model_name": "plain", "texts": texts})
+    assert embedded.status_code == 200, embedded.text
+    first, second = embedded.json()["embeddings"]
+    assert first == pytest.approx(second, abs=1e-6)  # the endings were cut off
+    predicted = client.post("/v1/predict", json={"model_name": "plain", "texts": texts})
+    assert predicted.status_code == 200, predicted.text
+    assert len({p["label"] for p in predicted.json()["predictions"]}) == 1
+
+
+def test_requests_that_waited_max_latency_ms_are_answered_503(server: LiveServer, train_examples) -> None:
+    """A burst far beyond what 2 CPU cores forward in MAX_LATENCY_MS: the late ones are shed."""
+    texts = [e["text"] for e in train_examples] * 2  # 64 texts: one call per request at MAX_BATCH_SIZE 64
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as concurrent:
+            return await asyncio.gather(*(concurrent.post("/v1/embeddings", json={"model_name": "plain",
+                                                                                 "texts": texts})
+                                          for _ in range(24)))
+
+    responses = asyncio.run(burst())
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) == {200, 503}, statuses  # some served, the rest shed; nothing else
+    for shed in (r for r in responses if r.status_code == 503):
+        assert shed.json() == {"error": shed.json()["error"], "detail": None}
+        assert "retry shortly" in shed.json()["error"]
+    with server.client() as after:  # the queue drained: a lone request is served again
+        assert after.post("/v1/embeddings", json={"model_name": "plain", "texts": ["hi"]}).status_code == 200
+
+
+def test_an_auto_job_cancelled_during_fine_tuning_leaves_the_head_served(client: httpx.Client,
+                                                                          train_examples) -> None:
+    response = client.post("/v1/train", json={"model_name": "halfway", "base_model": BASE_MODEL,
+                                              "examples": train_examples, "strategy": "auto", "num_iterations": 40})
+    job_id = response.json()["job_id"]
+    deadline = time.monotonic() + 120
+    while not (job := client.get(f"/v1/jobs/{job_id}").json())["step"]:  # the head serves; fine-tuning runs
+        assert job["status"] in ("pending", "running") and time.monotonic() < deadline, job
+        time.sleep(0.2)
+    head_version = job["model_version"]
+    assert head_version is not None
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    cancelled = wait_for_job(client, job_id, {"completed", "failed", "cancelled"}, timeout=60)
+    assert cancelled["status"] == "cancelled", cancelled
+    assert cancelled["model_version"] == head_version
+    assert f"the head-only version {head_version} registered before fine-tuning stays and is served" in \
+        cancelled["note"]
+    served = client.get("/v1/models/halfway").json()
+    assert (served["model_version"], served["strategy"]) == (head_version, "head")
+    assert listed_versions(client, "halfway") == [head_version]  # nothing fine-tuned was registered
+    assert client.post("/v1/predict", json={"model_name": "halfway", "texts": ["hi"]}).status_code == 200
+
+
+def listed_versions(client: httpx.Client, name: str) -> list[str]:
+    listed = next(m for m in client.get("/v1/models").json()["models"] if m["model_name"] == name)
+    return [version["model_version"] for version in listed["versions"]]
+
+
+def test_finished_job_records_expire_after_the_next_job(server: LiveServer, client: httpx.Client,
+                                                         train_examples) -> None:
+    old = [record.job_id for status in ("completed", "cancelled") for record in job_store(server).with_status(status)]
+    assert len(old) >= 4  # every job of the tests above
+    time.sleep(RETENTION_SECONDS)
+    fresh = train(client, "expiry", train_examples)
+    for job_id in old:
+        assert client.get(f"/v1/jobs/{job_id}").status_code == 404, job_id
+    assert client.get(f"/v1/jobs/{fresh['job_id']}").status_code == 200  # finished just now: kept
+    assert client.get("/v1/models/plain").status_code == 200  # records expire; models stay
+    assert len(version_directories(server, "plain")) == 1
+
+
+def test_expired_records_are_deleted_when_the_trainer_starts(server: LiveServer, client: httpx.Client) -> None:
+    planted = new_job("planted", {"model_name": "planted"})
+    planted.status, planted.finished_at = "failed", utc_now() - timedelta(days=400)
+    job_store(server).create(planted)
+    assert client.get(f"/v1/jobs/{planted.job_id}").status_code == 200
+    consumer = next(iter(server.consumer_processes()))
+    consumer.send_signal(signal.SIGKILL)  # the server starts a new trainer, whose start-up expires it
+    consumer.wait(timeout=30)
+    deadline = time.monotonic() + 90
+    while client.get(f"/v1/jobs/{planted.job_id}").status_code != 404:
+        assert time.monotonic() < deadline, "the planted record outlived the trainer's start"
+        time.sleep(0.5)
+
+
+def test_a_second_sqlite_trainer_waits_for_the_lock_and_nothing_trains_twice(
+        server: LiveServer, client: httpx.Client, trainer_factory, train_examples) -> None:
+    embedded = next(iter(server.consumer_processes()))
+    second = trainer_factory(server, "second-trainer")  # same MODEL_PATH, no REDIS_URL: the SQLite queue
+    wait_for_log(server, "another trainer holds")
+    jobs = [train(client, f"once-{n}", train_examples) for n in range(2)]
+    for job in jobs:
+        record = job_store(server).get(job["job_id"])
+        assert record.attempts == 1 and record.worker.endswith(f":{embedded.pid}"), record
+    second_log = second.log_path.read_text()
+    assert "training" not in second_log and "trainer consumer started" not in second_log
+
+    stopped = server.stop()  # the embedded trainer exits and lets go of the lock
+    assert stopped.clean, stopped
+    second.wait_until_consuming(timeout=120)
+    assert psutil.pid_exists(second.pid)

@@ -1,0 +1,128 @@
+"""End to end, Redis mode: trainers run on their own (`python -m trainers.consumer`, as on trainer
+machines), each started here with the settings a test needs, against one API server. What the
+README promises about trainers: shutdown mid-job, a lost queue entry, version retention, and an
+`auto` job whose fine-tuning fails. Tests run in file order; at most one trainer runs at a time.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+import pytest
+
+from fewshot.schemas import TrainRequest
+from tests.fixtures import BASE_MODEL
+from tests.live_server import LiveServer, TrainerProcess, version_directories, wait_for_job
+from trainers.jobs import RedisJobStore, new_job
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def queue_url(fresh_redis_database) -> str:
+    return fresh_redis_database()
+
+
+@pytest.fixture(scope="module")
+def server(live_server_factory, queue_url: str) -> LiveServer:
+    return live_server_factory("trainers-redis", REDIS_URL=queue_url, EMBEDDED_TRAINER="false")
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> httpx.Client:
+    return server.client()
+
+
+def submit(client: httpx.Client, model: str, examples: list[dict], **options) -> str:
+    response = client.post("/v1/train", json={"model_name": model, "base_model": BASE_MODEL, "examples": examples,
+                                              **options})
+    assert response.status_code == 202, response.text
+    return response.json()["job_id"]
+
+
+def completed(client: httpx.Client, job_id: str) -> dict:
+    job = wait_for_job(client, job_id, {"completed", "failed", "cancelled"})
+    assert job["status"] == "completed", job
+    return job
+
+
+def test_sigterm_mid_job_queues_the_job_again_and_it_runs_again(server: LiveServer, client: httpx.Client,
+                                                                 trainer_factory, train_examples) -> None:
+    first = trainer_factory(server, "first").wait_until_consuming()
+    job_id = submit(client, "again", train_examples, num_iterations=8)
+    deadline = time.monotonic() + 120
+    while not (job := client.get(f"/v1/jobs/{job_id}").json())["step"]:  # inside the training loop
+        assert job["status"] in ("pending", "running") and time.monotonic() < deadline, job
+        time.sleep(0.2)
+
+    first.stop(signal.SIGTERM)
+    assert first.process.returncode == 0, first.log_path.read_text()[-3000:]
+    requeued = client.get(f"/v1/jobs/{job_id}").json()
+    assert requeued["status"] == "pending" and "shut down" in requeued["note"], requeued
+    assert requeued["attempts"] == 1 and requeued["step"] is None
+
+    trainer_factory(server, "second").wait_until_consuming()
+    job = completed(client, job_id)
+    assert job["attempts"] == 2 and "shut down" in job["note"]
+    assert client.get("/v1/models/again").json()["model_version"] == job["model_version"]
+
+
+def stop_every_trainer(server: LiveServer) -> None:
+    for consumer in server.consumer_processes():
+        consumer.terminate()
+        consumer.wait(60)
+
+
+def test_a_pending_record_whose_task_is_not_queued_is_queued_when_a_trainer_starts(
+        server: LiveServer, client: httpx.Client, trainer_factory, queue_url: str, train_examples) -> None:
+    """As when the API died between writing a job's record and queueing its task."""
+    stop_every_trainer(server)
+    request = TrainRequest.model_validate({"model_name": "unqueued", "base_model": BASE_MODEL,
+                                           "examples": train_examples, "strategy": "head"})
+    record = new_job(request.model_name, request.model_dump(mode="json"))
+    RedisJobStore(queue_url).create(record)  # the record only: no task in the queue
+
+    trainer = trainer_factory(server, "third").wait_until_consuming()
+    assert completed(client, record.job_id)["attempts"] == 1
+    assert f"job {record.job_id}: was pending but not queued; queued again" in trainer.log_path.read_text()
+    assert client.post("/v1/predict", json={"model_name": "unqueued", "texts": ["hi"]}).status_code == 200
+
+
+def train_versions(client: httpx.Client, model: str, count: int, examples: list[dict]) -> list[str]:
+    return [f"{model}:{completed(client, submit(client, model, examples, strategy='head'))['model_version']}"
+            for _ in range(count)]
+
+
+def test_keep_model_versions_prunes_after_each_training_and_zero_keeps_every_version(
+        server: LiveServer, client: httpx.Client, trainer_factory, train_examples) -> None:
+    stop_every_trainer(server)
+    trainer_factory(server, "keep-two", KEEP_MODEL_VERSIONS="2").wait_until_consuming()
+    trained = train_versions(client, "kept", 3, train_examples)
+    assert version_directories(server, "kept") == sorted(trained[-2:])  # the oldest was deleted
+    assert client.get("/v1/models/kept").json()["model_version"] == trained[-1].split(":")[1]
+
+    stop_every_trainer(server)
+    trainer_factory(server, "keep-all", KEEP_MODEL_VERSIONS="0").wait_until_consuming()
+    trained += train_versions(client, "kept", 9, train_examples)  # 11 in all: more than the default 10
+    assert version_directories(server, "kept") == sorted(trained[1:])
+    listed = next(m for m in client.get("/v1/models").json()["models"] if m["model_name"] == "kept")
+    assert len(listed["versions"]) == 11
+
+
+def test_an_auto_job_failing_during_fine_tuning_leaves_the_head_served(
+        server: LiveServer, client: httpx.Client, trainer_factory, train_examples) -> None:
+    stop_every_trainer(server)
+    trainer: TrainerProcess = trainer_factory(server, "short-limit", MAX_TRAINING_SECONDS="1")
+    trainer.wait_until_consuming()
+    job_id = submit(client, "cut-short", train_examples, strategy="auto", num_iterations=40)
+    failed = wait_for_job(client, job_id, {"completed", "failed", "cancelled"})
+    assert failed["status"] == "failed", failed
+    assert "MAX_TRAINING_SECONDS=1" in failed["error"]
+    head_version = failed["model_version"]
+    assert head_version is not None  # registered before fine-tuning began
+    served = client.get("/v1/models/cut-short").json()
+    assert (served["model_version"], served["strategy"]) == (head_version, "head")
+    assert version_directories(server, "cut-short") == [f"cut-short:{head_version}"]
+    assert client.post("/v1/predict", json={"model_name": "cut-short", "texts": ["hi"]}).status_code == 200
