@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-quality image dockerfile clean
+.PHONY: install install-test serve test lint bench bench-quality bench-time-to-model image dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ BENCH_ARGS ?=
 bench: install-test
 	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
 	$(BIN)/python -m bench.serving $(BENCH_ARGS)
+
+## Time from POST /v1/train (strategy head) to a served model, p50/p95 over 20 jobs, with our trainer
+## polling and Huey's default in the same run (~20 min: idle gaps up to 60 s): writes bench/results/time-to-model-<time>.*
+TTM_ARGS ?=
+bench-time-to-model: install-test
+	$(BIN)/python -m bench.time_to_model $(TTM_ARGS)
 
 ## Quality benchmark (not part of the tests; ~10 min on 2 CPU cores): accuracy and training time
 ## per strategy on banking77, sst2 and trec6 from ../shared/data; writes bench/results/quality-<time>.*

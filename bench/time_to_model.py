@@ -90,7 +90,7 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=20, help="jobs per setting")
-    parser.add_argument("--idle", default="1,3,6,10", help="seconds idle before each job, cycled")
+    parser.add_argument("--idle", default="1,10,30,60", help="seconds idle before each job, cycled")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     idle_seconds = [float(s) for s in args.idle.split(",")]
