@@ -65,6 +65,8 @@ class LiveServer:
         self._target = [target] if target else []  # default: the service named in bentofile.yaml
         self.process: subprocess.Popen[bytes] | None = None
         self._tree: list[psutil.Process] = []
+        self.companions: set[int] = set()
+        """Pids of trainers started beside it on their own (TrainerProcess), not part of it."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -131,16 +133,12 @@ class LiveServer:
                 process.kill()
 
     def _own_processes(self) -> list[psutil.Process]:
-        """Its process tree as it was when stopped, and trainers of its session that left the tree
-        (orphans); not trainers started beside it on their own (TrainerProcess: a session of their own)."""
+        """Its process tree as it was when stopped, and any other trainer of its MODEL_PATH (an orphan,
+        a detached one); not the trainers a test started beside it (TrainerProcess: `companions`)."""
         if self.process is None:
             return []
-        orphans = []
-        for process in self.consumer_processes():
-            with contextlib.suppress(ProcessLookupError):
-                if os.getsid(process.pid) == self.process.pid and process not in self._tree:
-                    orphans.append(process)
-        return [*self._tree, *orphans]
+        others = [p for p in self.consumer_processes() if p not in self._tree and p.pid not in self.companions]
+        return [*self._tree, *others]
 
     def close(self) -> Stopped:
         """Stop, and clean up whatever did not stop (benchmarks, fixtures' teardown): never a check."""
@@ -184,6 +182,7 @@ class TrainerProcess:
 
     def __init__(self, server: LiveServer, name: str, env: dict[str, str] | None = None,
                  max_file_bytes: int | None = None) -> None:
+        self.server = server
         self.env = {**server.env, **(env or {})}
         self.log_path = server.state_dir / f"{name}.log"
         self.max_file_bytes = max_file_bytes
@@ -198,6 +197,7 @@ class TrainerProcess:
         self.process = psutil.Popen([sys.executable, "-m", "trainers.consumer"], cwd=PROJECT_ROOT, env=self.env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=self._limit_file_size if self.max_file_bytes else None)
+        self.server.companions.add(self.process.pid)
         return self
 
     @property
