@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import bentoml
 import httpx
 import pytest
@@ -63,10 +65,19 @@ def test_every_protected_route_needs_the_key(server: LiveServer) -> None:
             assert response.status_code in {200, 202, 404}, (path, headers, response.text)
 
 
-def test_metrics_take_the_key_as_a_bearer_token_like_prometheus(server: LiveServer) -> None:
+def test_metrics_take_the_key_as_a_bearer_token_like_prometheus_or_as_x_api_key(server: LiveServer) -> None:
     assert httpx.get(f"{server.url}/metrics").status_code == 401
-    response = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {KEY}"})
-    assert response.status_code == 200 and "bentoml" in response.text
+    for headers in ({"Authorization": f"Bearer {KEY}"}, {"X-API-Key": KEY}):
+        response = httpx.get(f"{server.url}/metrics", headers=headers)
+        assert response.status_code == 200 and "fewshot_request_total" in response.text, headers
+
+
+def test_swagger_ui_assets_are_open(server: LiveServer) -> None:
+    page = httpx.get(f"{server.url}/").text
+    assets = re.findall(r'(?:src|href)="\.?(/static_content/[^"]+)"', page)
+    assert assets, page[:2000]
+    for asset in assets:
+        assert httpx.get(f"{server.url}{asset}").status_code == 200, asset
 
 
 def test_bentoml_client_with_token_gets_through(server: LiveServer) -> None:
