@@ -12,10 +12,11 @@ import sys
 
 
 def main() -> int:
-    from trainers.queue import jobs
-
     host = socket.gethostname()
     try:
+        # Opening the job store already talks to it (a Redis store indexes old records on open).
+        from trainers.queue import jobs
+
         live = sorted(worker for worker in jobs.live_workers() if worker.rsplit(":", 1)[0] == host)
     except Exception as error:  # the job store unreachable is unhealthy too
         print(f"unhealthy: cannot read heartbeats: {type(error).__name__}: {error}")
