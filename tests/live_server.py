@@ -161,6 +161,12 @@ class LiveServer:
         """The server's log and those of trainers started beside it (TrainerProcess)."""
         return "\n".join(path.read_text(errors="replace") for path in sorted(self.state_dir.glob("*.log")))
 
+    def stop_trainers(self, timeout: float = 60) -> None:
+        """SIGTERM every trainer of this MODEL_PATH (embedded or beside it) and wait for each to exit."""
+        for consumer in self.consumer_processes():
+            consumer.terminate()
+            consumer.wait(timeout)
+
     def consumer_processes(self) -> list[psutil.Process]:
         """Trainer consumers (ours or orphans) serving this server's MODEL_PATH."""
         found = []
@@ -250,6 +256,11 @@ def wait_for_log(server: LiveServer, text: str, timeout: float = 60) -> None:
     while text not in server.all_logs():
         assert time.monotonic() < deadline, f"{text!r} not logged within {timeout}s"
         time.sleep(0.2)
+
+
+def listed_versions(client: httpx.Client, name: str) -> list[dict]:
+    """The versions GET /v1/models lists for model `name`, newest first."""
+    return next(m["versions"] for m in client.get("/v1/models").json()["models"] if m["model_name"] == name)
 
 
 def version_directories(server: LiveServer, name: str) -> list[str]:

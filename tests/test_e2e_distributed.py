@@ -127,9 +127,7 @@ def test_a_disk_error_while_saving_fails_the_job_and_the_previous_version_keeps_
     with server.client() as client:
         served = client.get("/v1/models/twin").json()
         versions_before = store_versions(server, "twin")
-        for consumer in server.consumer_processes():  # from here on, only a trainer whose disk is "full"
-            consumer.terminate()
-            consumer.wait(60)
+        server.stop_trainers()  # from here on, only a trainer whose disk is "full"
         trainer_factory(server, "small-disk", max_file_bytes=20_000_000).wait_until_consuming()  # weights: 90 MB
 
         job = wait_for_job(client, train(client, "twin", train_examples, iterations=1), {"completed", "failed"})

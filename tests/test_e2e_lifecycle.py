@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.fixtures import BASE_MODEL
-from tests.live_server import LiveServer, wait_for_job, wait_for_log
+from tests.live_server import LiveServer, listed_versions, wait_for_job, wait_for_log
 
 pytestmark = pytest.mark.e2e
 
@@ -277,7 +277,7 @@ def test_auto_serves_the_head_first_then_keeps_the_better_model(client: httpx.Cl
     assert comparison["winner"] in ("head", "setfit")
     assert comparison["head_accuracy"] is not None and comparison["setfit_accuracy"] is not None
     assert (comparison["winner"] == "setfit") == (comparison["setfit_accuracy"] > comparison["head_accuracy"])
-    versions = next(m["versions"] for m in client.get("/v1/models").json()["models"] if m["model_name"] == "auto")
+    versions = listed_versions(client, "auto")
     served = client.get("/v1/models/auto").json()
     assert served["model_version"] == done["model_version"]
     assert served["comparison"] == comparison  # the version that won says so, whichever it is

@@ -21,7 +21,7 @@ import pytest
 from fewshot.base_models import resolve_base_model
 from fewshot.schemas import utc_now
 from tests.fixtures import BASE_MODEL
-from tests.live_server import LiveServer, metric, version_directories, wait_for_job, wait_for_log
+from tests.live_server import LiveServer, listed_versions, metric, version_directories, wait_for_job, wait_for_log
 from trainers.jobs import SqliteJobStore, new_job
 
 pytestmark = pytest.mark.e2e
@@ -165,13 +165,8 @@ def test_an_auto_job_cancelled_during_fine_tuning_leaves_the_head_served(client:
         cancelled["note"]
     served = client.get("/v1/models/halfway").json()
     assert (served["model_version"], served["strategy"]) == (head_version, "head")
-    assert listed_versions(client, "halfway") == [head_version]  # nothing fine-tuned was registered
+    assert [v["model_version"] for v in listed_versions(client, "halfway")] == [head_version]  # nothing fine-tuned
     assert client.post("/v1/predict", json={"model_name": "halfway", "texts": ["hi"]}).status_code == 200
-
-
-def listed_versions(client: httpx.Client, name: str) -> list[str]:
-    listed = next(m for m in client.get("/v1/models").json()["models"] if m["model_name"] == name)
-    return [version["model_version"] for version in listed["versions"]]
 
 
 def test_finished_job_records_expire_after_the_next_job(server: LiveServer, client: httpx.Client,

@@ -14,7 +14,7 @@ import pytest
 
 from fewshot.schemas import TrainRequest
 from tests.fixtures import BASE_MODEL
-from tests.live_server import LiveServer, TrainerProcess, version_directories, wait_for_job
+from tests.live_server import LiveServer, TrainerProcess, listed_versions, version_directories, wait_for_job
 from trainers.jobs import RedisJobStore, new_job
 
 pytestmark = pytest.mark.e2e
@@ -69,16 +69,10 @@ def test_sigterm_mid_job_queues_the_job_again_and_it_runs_again(server: LiveServ
     assert client.get("/v1/models/again").json()["model_version"] == job["model_version"]
 
 
-def stop_every_trainer(server: LiveServer) -> None:
-    for consumer in server.consumer_processes():
-        consumer.terminate()
-        consumer.wait(60)
-
-
 def test_a_pending_record_whose_task_is_not_queued_is_queued_when_a_trainer_starts(
         server: LiveServer, client: httpx.Client, trainer_factory, queue_url: str, train_examples) -> None:
     """As when the API died between writing a job's record and queueing its task."""
-    stop_every_trainer(server)
+    server.stop_trainers()
     request = TrainRequest.model_validate({"model_name": "unqueued", "base_model": BASE_MODEL,
                                            "examples": train_examples, "strategy": "head"})
     record = new_job(request.model_name, request.model_dump(mode="json"))
@@ -97,23 +91,22 @@ def train_versions(client: httpx.Client, model: str, count: int, examples: list[
 
 def test_keep_model_versions_prunes_after_each_training_and_zero_keeps_every_version(
         server: LiveServer, client: httpx.Client, trainer_factory, train_examples) -> None:
-    stop_every_trainer(server)
+    server.stop_trainers()
     trainer_factory(server, "keep-two", KEEP_MODEL_VERSIONS="2").wait_until_consuming()
     trained = train_versions(client, "kept", 3, train_examples)
     assert version_directories(server, "kept") == sorted(trained[-2:])  # the oldest was deleted
     assert client.get("/v1/models/kept").json()["model_version"] == trained[-1].split(":")[1]
 
-    stop_every_trainer(server)
+    server.stop_trainers()
     trainer_factory(server, "keep-all", KEEP_MODEL_VERSIONS="0").wait_until_consuming()
     trained += train_versions(client, "kept", 9, train_examples)  # 11 in all: more than the default 10
     assert version_directories(server, "kept") == sorted(trained[1:])
-    listed = next(m for m in client.get("/v1/models").json()["models"] if m["model_name"] == "kept")
-    assert len(listed["versions"]) == 11
+    assert len(listed_versions(client, "kept")) == 11
 
 
 def test_an_auto_job_failing_during_fine_tuning_leaves_the_head_served(
         server: LiveServer, client: httpx.Client, trainer_factory, train_examples) -> None:
-    stop_every_trainer(server)
+    server.stop_trainers()
     trainer: TrainerProcess = trainer_factory(server, "short-limit", MAX_TRAINING_SECONDS="1")
     trainer.wait_until_consuming()
     job_id = submit(client, "cut-short", train_examples, strategy="auto", num_iterations=40)
