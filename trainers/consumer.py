@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fewshot.logs import configure_logging
-from fewshot.settings import apply_process_environment, get_settings
+from fewshot.settings import Settings, apply_process_environment, get_settings
 
 logger = logging.getLogger("fewshot.trainer")
 
@@ -62,8 +62,7 @@ def serve_metrics(port: int) -> None:
     logger.info("trainer metrics on port %d (/metrics)", port)
 
 
-def run_consumer(sole_consumer: bool, heartbeat_seconds: float, poll_seconds: float,
-                 metrics_port: int | None = None) -> None:
+def run_consumer(settings: Settings, sole_consumer: bool) -> None:
     import trainers.run  # noqa: F401 - load torch/SetFit now, not inside the first job
     from fewshot import store
     from fewshot.logs import route_library_output_to_logging
@@ -74,9 +73,9 @@ def run_consumer(sole_consumer: bool, heartbeat_seconds: float, poll_seconds: fl
     route_library_output_to_logging()
     reconcile_after_restart(sole_consumer=sole_consumer)
     store.remove_incomplete_versions()  # a model copy cut short by a crash of this or another trainer
-    Heartbeat(heartbeat_seconds).start()
-    if metrics_port:
-        serve_metrics(metrics_port)
+    Heartbeat(settings.trainer_heartbeat_seconds).start()
+    if settings.trainer_metrics_port:
+        serve_metrics(settings.trainer_metrics_port)
     # One job at a time per trainer, in a thread: SIGTERM then fires SIGNAL_INTERRUPTED for the
     # running job from the main thread, which queues it again before the process exits.
     # An idle Huey worker polls a non-blocking queue (SQLite) ever more slowly, up to max_delay
@@ -84,7 +83,8 @@ def run_consumer(sole_consumer: bool, heartbeat_seconds: float, poll_seconds: fl
     # 0.3-0.5 s. One look at the queue is one small SQLite query, so a short bound costs nothing;
     # Redis's queue blocks on BRPOP and wakes the worker at once anyway.
     consumer = huey.create_consumer(workers=1, worker_type="thread", periodic=False, check_worker_health=True,
-                                    initial_delay=min(0.1, poll_seconds), max_delay=poll_seconds)
+                                    initial_delay=min(0.1, settings.trainer_poll_seconds),
+                                    max_delay=settings.trainer_poll_seconds)
     logger.info("trainer consumer started (pid %d)", os.getpid())
     consumer.run()
 
@@ -94,12 +94,10 @@ def main() -> None:
     configure_logging(settings.log_level)
     apply_process_environment(settings)
     if settings.redis_url:
-        run_consumer(sole_consumer=False, heartbeat_seconds=settings.trainer_heartbeat_seconds,
-                     poll_seconds=settings.trainer_poll_seconds, metrics_port=settings.trainer_metrics_port)
+        run_consumer(settings, sole_consumer=False)
     else:
         with exclusive_lock(settings.consumer_lock_file):
-            run_consumer(sole_consumer=True, heartbeat_seconds=settings.trainer_heartbeat_seconds,
-                         poll_seconds=settings.trainer_poll_seconds, metrics_port=settings.trainer_metrics_port)
+            run_consumer(settings, sole_consumer=True)
     # After SIGTERM the running job has been queued again (SIGNAL_INTERRUPTED), but its thread is
     # still inside torch, and finalizing the interpreter under it aborts the process ("terminate
     # called without an active exception", exit -6: seen in tests/test_e2e_trainers_redis.py).
