@@ -20,8 +20,8 @@ from pathlib import Path
 
 from bench.report_files import write_report
 from bench.serving import RESULTS, base_model_env, load_points, train_benchmark_model
-from tests.fixtures import BASE_MODEL
-from tests.live_server import LiveServer
+from harness.fixtures import BASE_MODEL
+from harness.live_server import LiveServer
 
 
 def parse_config(text: str) -> dict[str, int]:

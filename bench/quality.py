@@ -39,8 +39,8 @@ import torch
 from bench.report_files import write_report
 from fewshot.base_models import resolve_base_model
 from fewshot.classifier import best_labels, column_labels
-from tests.fixtures import BASE_MODEL
-from tests.live_server import PROJECT_ROOT
+from harness.fixtures import BASE_MODEL
+from harness.live_server import PROJECT_ROOT
 from trainers.holdout import evaluate
 from trainers.run import compare
 from trainers.training import Split, TrainingOptions, fine_tune, split_examples, train_head

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.report_files import write_report
-from tests.fixtures import BASE_MODEL, read_examples
-from tests.live_server import PROJECT_ROOT, LiveServer, wait_for_job
+from harness.fixtures import BASE_MODEL, read_examples
+from harness.live_server import PROJECT_ROOT, LiveServer, wait_for_job
 
 TEXTS_FILE = PROJECT_ROOT / "bench" / "data" / "banking77_test_texts.json"
 RESULTS = PROJECT_ROOT / "bench" / "results"

@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.report_files import write_report
-from tests.fixtures import BASE_MODEL, read_examples
-from tests.live_server import PROJECT_ROOT, LiveServer, wait_for_job
+from harness.fixtures import BASE_MODEL, read_examples
+from harness.live_server import PROJECT_ROOT, LiveServer, wait_for_job
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 HUEY_DEFAULT_MAX_DELAY = "10"  # huey.consumer.Consumer(max_delay=10.0)

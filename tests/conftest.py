@@ -5,9 +5,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.fixtures import read_examples
-from tests.live_server import LiveServer, TrainerProcess
-from tests.redis_server import RedisServer
+from harness.fixtures import read_examples
+from harness.live_server import LiveServer, TrainerProcess
+from harness.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

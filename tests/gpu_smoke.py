@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from tests.fixtures import read_examples
-from tests.live_server import LiveServer, wait_for_job
+from harness.fixtures import read_examples
+from harness.live_server import LiveServer, wait_for_job
 
 WORDS = sorted({w for e in read_examples("banking77_train_4labels.csv") + read_examples(
     "banking77_test_4labels.csv") for w in re.findall(r"[a-z]+", e["text"].lower())})

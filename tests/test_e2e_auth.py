@@ -8,7 +8,7 @@ import bentoml
 import httpx
 import pytest
 
-from tests.live_server import LiveServer
+from harness.live_server import LiveServer
 from trainers.jobs import SqliteJobStore
 
 pytestmark = pytest.mark.e2e

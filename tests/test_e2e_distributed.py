@@ -14,8 +14,8 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.fixtures import BASE_MODEL
-from tests.live_server import (
+from harness.fixtures import BASE_MODEL
+from harness.live_server import (
     PROJECT_ROOT,
     LiveServer,
     TrainerProcess,

@@ -25,8 +25,8 @@ import bentoml
 import httpx
 import pytest
 
-from tests.fixtures import BASE_MODEL
-from tests.live_server import BENTOML, PROJECT_ROOT, LiveServer, metric, wait_for_job
+from harness.fixtures import BASE_MODEL
+from harness.live_server import BENTOML, PROJECT_ROOT, LiveServer, metric, wait_for_job
 from trainers.jobs import open_job_store
 
 pytestmark = pytest.mark.e2e

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_server import LiveServer
+from harness.live_server import LiveServer
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from tests.fixtures import BASE_MODEL
-from tests.live_server import LiveServer, listed_versions, wait_for_job, wait_for_log
+from harness.fixtures import BASE_MODEL
+from harness.live_server import LiveServer, listed_versions, wait_for_job, wait_for_log
 
 pytestmark = pytest.mark.e2e
 

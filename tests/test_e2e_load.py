@@ -14,8 +14,8 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.fixtures import BASE_MODEL
-from tests.live_server import LiveServer, wait_for_job
+from harness.fixtures import BASE_MODEL
+from harness.live_server import LiveServer, wait_for_job
 
 pytestmark = pytest.mark.e2e
 

@@ -20,8 +20,8 @@ import pytest
 
 from fewshot.base_models import resolve_base_model
 from fewshot.schemas import utc_now
-from tests.fixtures import BASE_MODEL
-from tests.live_server import LiveServer, listed_versions, metric, version_directories, wait_for_job, wait_for_log
+from harness.fixtures import BASE_MODEL
+from harness.live_server import LiveServer, listed_versions, metric, version_directories, wait_for_job, wait_for_log
 from trainers.jobs import SqliteJobStore, new_job
 
 pytestmark = pytest.mark.e2e

@@ -10,8 +10,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.fixtures import BASE_MODEL
-from tests.live_server import LiveServer, wait_for_job
+from harness.fixtures import BASE_MODEL
+from harness.live_server import LiveServer, wait_for_job
 from trainers.jobs import SqliteJobStore
 from trainers.tasks import DIED_WHILE_RUNNING
 

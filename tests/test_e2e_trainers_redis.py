@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from fewshot.schemas import TrainRequest
-from tests.fixtures import BASE_MODEL
-from tests.live_server import LiveServer, TrainerProcess, listed_versions, version_directories, wait_for_job
+from harness.fixtures import BASE_MODEL
+from harness.live_server import LiveServer, TrainerProcess, listed_versions, version_directories, wait_for_job
 from trainers.jobs import RedisJobStore, new_job
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from tests.live_server import PROJECT_ROOT
+from harness.live_server import PROJECT_ROOT
 
 
 def load_renderer():

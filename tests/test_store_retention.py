@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.live_server import PROJECT_ROOT
+from harness.live_server import PROJECT_ROOT
 
 SCRIPT = """
 import json, time

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from tests.live_server import free_port
+from harness.live_server import free_port
 
 
 class RedisServer:

@@ -1,4 +1,4 @@
-"""A real `bentoml serve` of this project as a subprocess, for end-to-end tests."""
+"""A real `bentoml serve` of this project as a subprocess, for end-to-end tests and benchmarks."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""Test data shared by the suites and the GPU smoke check (no pytest import: usable anywhere)."""
+"""Fixture data shared by the tests, the benchmarks and the GPU smoke check (no pytest import)."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
