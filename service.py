@@ -4,7 +4,10 @@
                    auth · validation · /v1 routes ─enqueue─▶ queue ─▶ SetFit · register in store
                    predict/embeddings ─to_async─▶ Inference (batchable; grouped by model; GPU)
 
-Only wiring lives here: the services, their resources, routes and middleware.
+Only wiring lives here: the services, their resources, routes and middleware. The parts they are
+wired from: fewshot/api (the HTTP contract: schemas, errors, auth, views), fewshot/serving (the
+inference engine), fewshot/bentoml_fixes (every BentoML workaround), trainers/ (jobs, queue,
+training), and the shared fewshot/store.py and fewshot/settings.py.
 """
 
 from __future__ import annotations
@@ -20,53 +23,39 @@ from fastapi import FastAPI, Request
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-from fewshot import store
-from fewshot.allow import AllowHeaderMiddleware
-from fewshot.auth import APIKeyMiddleware
-from fewshot.coalesce import Coalescer
-from fewshot.content_type import JSONBodyOnlyMiddleware
-from fewshot.dependencies import keep_sessions_open, once_more_if_disconnected
-from fewshot.dispatch import use_continuous_batching
-from fewshot.errors import ErrorShapeMiddleware, describe_validation_errors, error_body
-from fewshot.logs import use_bentoml_log_handlers
-from fewshot.metrics_endpoint import JobGaugesMiddleware
-from fewshot.openapi import OpenAPIDocumentMiddleware, correct_document, query_parameters
-from fewshot.readiness import dependencies_ready
-from fewshot.schemas import (
-    MODEL_REFERENCE_RULE,
+from fewshot import bentoml_fixes, store
+from fewshot.api import errors
+from fewshot.api.auth import APIKeyMiddleware
+from fewshot.api.errors import documented, responds
+from fewshot.api.schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
     HealthResponse,
-    ItemEmbedding,
-    ItemPrediction,
     JobList,
     JobListQuery,
     JobView,
     ModelList,
     ModelsDeleted,
-    ModelVersions,
     ModelView,
     Prediction,
     PredictRequest,
     PredictResponse,
-    TextItem,
     TrainAccepted,
     TrainRequest,
     is_valid_model_reference,
 )
-from fewshot.settings import apply_process_environment, get_settings, reexec_serve_cli_with_bentoml_environment
+from fewshot.api.views import job_view, model_versions, model_view
+from fewshot.bentoml_fixes.dependency_clients import keep_sessions_open, once_more_if_disconnected
+from fewshot.bentoml_fixes.openapi_document import query_parameters
+from fewshot.bentoml_fixes.readiness import dependencies_ready
+from fewshot.serving.coalesce import Coalescer
+from fewshot.serving.items import ItemEmbedding, ItemPrediction, TextItem
+from fewshot.settings import apply_process_environment, get_settings
+from trainers.jobs import UnknownCursor, count_by_status
+from trainers.queue import jobs
+from trainers.tasks import NotCancellable, QueueFull, cancel_job, submit_training
 
 settings = get_settings()
-# Before anything touches the BentoML store: every process shares the store under MODEL_PATH and
-# runs with configuration.yaml, also under a plain `bentoml serve`.
-reexec_serve_cli_with_bentoml_environment(settings)
-apply_process_environment(settings)
-
-from trainers.jobs import UnknownCursor  # noqa: E402 - needs the environment set above
-from trainers.tasks import NotCancellable, QueueFull, cancel_job, jobs, submit_training  # noqa: E402
-
-use_continuous_batching()  # the inference worker's batch dispatchers are built after this import
-
 logger = logging.getLogger("fewshot.gateway")
 
 REQUEST_TIMEOUT_SECONDS = 300
@@ -86,9 +75,9 @@ class Inference:
 
     def __init__(self) -> None:
         from fewshot import metrics
-        from fewshot.inference import InferenceRuntime, ModelCache, use_threads
+        from fewshot.serving.model_cache import ModelCache
+        from fewshot.serving.model_loading import InferenceRuntime, use_threads
 
-        use_bentoml_log_handlers(settings.log_level)
         use_threads(settings.inference_threads)
         runtime = InferenceRuntime.resolve(settings.inference_dtype, settings.max_batch_tokens,
                                            trust_remote_code=settings.trust_remote_code)
@@ -99,23 +88,22 @@ class Inference:
 
     @bentoml.api(**BATCH)
     def predict(self, items: list[TextItem]) -> Predictions:
-        from fewshot.inference import predict_items
+        from fewshot.serving.engine import predict_items
 
         self.batch_texts.labels("predict").observe(len(items))
         return predict_items(self.models, items)
 
     @bentoml.api(**BATCH)
     def embed(self, items: list[TextItem]) -> Embeddings:
-        from fewshot.inference import embed_items
+        from fewshot.serving.engine import embed_items
 
         self.batch_texts.labels("embeddings").observe(len(items))
         return embed_items(self.models, items)
 
     @bentoml.api
-    def refresh_models(self, names: list[str]) -> list[str]:
-        """Re-read these models from the store now (after a deletion); the references still loaded."""
+    def refresh_models(self, names: list[str]) -> None:
+        """Re-read these models from the store now (after a deletion)."""
         self.models.refresh(set(names))
-        return self.models.loaded_names()
 
     @bentoml.on_shutdown
     def stop_refreshing(self) -> None:
@@ -127,9 +115,8 @@ class EmbeddedTrainer:
     """Runs the Huey consumer (`python -m trainers.consumer`) beside the server and supervises it."""
 
     def __init__(self) -> None:
-        from fewshot.supervisor import ChildSupervisor
+        from trainers.supervisor import ChildSupervisor
 
-        use_bentoml_log_handlers(settings.log_level)
         self.consumer = ChildSupervisor.for_module("trainers.consumer", name="trainer")
         self.consumer.start()
 
@@ -146,25 +133,6 @@ class EmbeddedTrainer:
 routes = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(error_body(message), status_code=status)
-
-
-def not_found(message: str) -> JSONResponse:
-    return error(404, message)
-
-
-def unknown_model(reference: str) -> JSONResponse:
-    name, version = store.split_reference(reference)
-    if version is not None:
-        return not_found(f"model_name: model {name!r} has no version {version!r}; GET /v1/models lists them")
-    return not_found(f"model_name: no model named {name!r}; train one with POST /v1/train")
-
-
-def invalid_model_reference() -> JSONResponse:
-    return error(400, f"model_name: {MODEL_REFERENCE_RULE}")
-
-
 @bentoml.asgi_app(routes, path="/")
 @bentoml.service(name="fewshot", http={"port": 8000}, traffic={"timeout": REQUEST_TIMEOUT_SECONDS})
 class Gateway:
@@ -173,13 +141,12 @@ class Gateway:
         trainer = bentoml.depends(EmbeddedTrainer)
 
     def __init__(self) -> None:
-        use_bentoml_log_handlers(settings.log_level)
         self.dependencies = [self.inference, self.trainer] if settings.embedded_trainer else [self.inference]
         for dependency in self.dependencies:
             keep_sessions_open(dependency, timeout_seconds=REQUEST_TIMEOUT_SECONDS)
-        # Concurrent requests share calls to the inference service (see fewshot.coalesce); one that
-        # has waited MAX_LATENCY_MS for a call is answered 503 (with one gateway worker, requests
-        # queue here rather than in BentoML's dispatcher, so this is where load is shed).
+        # Concurrent requests share calls to the inference service (see fewshot.serving.coalesce);
+        # one that has waited MAX_LATENCY_MS for a call is answered 503 (with one gateway worker,
+        # requests queue here rather than in BentoML's dispatcher, so this is where load is shed).
         shed = {"max_wait_seconds": settings.max_latency_ms / 1000,
                 "waited_too_long": lambda: ServiceUnavailable("too many requests are waiting; retry shortly")}
         self.predict_items = Coalescer(self._send_predict, max_items=settings.max_batch_size, **shed)
@@ -195,93 +162,93 @@ class Gateway:
         return await dependencies_ready(self.dependencies)
 
     @bentoml.api(route="/v1/train")
+    @responds(400, 415, 429, success=202)
     def train(self, request: TrainRequest, /, ctx: bentoml.Context) -> TrainAccepted:
         """Queue a training job; poll GET /v1/jobs/{job_id} for its outcome."""
         try:
             record = submit_training(request, max_queued=settings.max_queued_jobs)
         except QueueFull as full:
-            # BentoML gives a returned response the context's status, so set it there.
-            ctx.response.status_code = 429
-            ctx.response.headers["Retry-After"] = "30"
-            return JSONResponse(error_body(str(full)), status_code=429)
+            return errors.queue_full(ctx, str(full))
         ctx.response.status_code = 202
         return TrainAccepted(job_id=record.job_id, status=record.status, model_name=record.model_name,
                              created_at=record.created_at, warnings=record.warnings)
 
     @bentoml.api(route="/v1/predict")
+    @responds(400, 404, 415, 503)
     async def predict(self, request: PredictRequest, /) -> PredictResponse:
         """Label and probability of each text, in input order."""
         results = await self.predict_items(request.items())
         if not all(result.found for result in results):
-            return unknown_model(request.model_name)
+            return errors.unknown_model(request.model_name)
         return PredictResponse(predictions=[
             Prediction(text=text, label=result.label, score=result.score, scores=result.scores)
             for text, result in zip(request.texts, results, strict=True)
         ])
 
     @bentoml.api(route="/v1/embeddings")
+    @responds(400, 404, 415, 503)
     async def embeddings(self, request: EmbeddingsRequest, /) -> EmbeddingsResponse:
         """Sentence embeddings from the model's fine-tuned body, in input order."""
         results = await self.embed_items(request.items())
         if not all(result.found for result in results):
-            return unknown_model(request.model_name)
+            return errors.unknown_model(request.model_name)
         return EmbeddingsResponse(embeddings=[result.vector for result in results])
 
     @routes.get("/health", response_model=HealthResponse)
     def health(self) -> HealthResponse:
         return HealthResponse()
 
-    @routes.get("/v1/jobs", response_model=JobList, openapi_extra={"parameters": query_parameters(JobListQuery)})
+    @routes.get("/v1/jobs", response_model=JobList, responses=documented(400),
+                openapi_extra={"parameters": query_parameters(JobListQuery)})
     def list_jobs(self, request: Request) -> JobList | JSONResponse:
         """Jobs newest first, optionally of one status and model, a bounded page at a time."""
         try:
             query = JobListQuery.model_validate(dict(request.query_params))
         except ValidationError as invalid:
-            return error(400, describe_validation_errors(invalid.errors(include_url=False, include_input=False)))
+            return errors.invalid_query(invalid.errors(include_url=False, include_input=False))
         try:
             # One more than asked: whether there is a next page, without a count.
             page = jobs.page(query.limit + 1, status=query.status, model_name=query.model_name, after=query.cursor)
         except UnknownCursor:
-            return error(400, "cursor: no job with this id (it may have expired); start again without cursor")
+            return errors.invalid("cursor: no job with this id (it may have expired); start again without cursor")
         shown = page[:query.limit]
-        return JobList(jobs=[record.view() for record in shown],
+        return JobList(jobs=[job_view(record) for record in shown],
                        next_cursor=shown[-1].job_id if len(page) > query.limit else None)
 
-    @routes.get("/v1/jobs/{job_id}", response_model=JobView)
+    @routes.get("/v1/jobs/{job_id}", response_model=JobView, responses=documented(404))
     def get_job(self, job_id: str) -> JobView | JSONResponse:
         record = jobs.get(job_id)
-        return record.view() if record else not_found(f"job_id: no job with id {job_id!r}")
+        return job_view(record) if record else errors.unknown_job(job_id)
 
-    @routes.post("/v1/jobs/{job_id}/cancel", response_model=JobView)
+    @routes.post("/v1/jobs/{job_id}/cancel", response_model=JobView, responses=documented(404, 409))
     def cancel_job(self, job_id: str) -> JobView | JSONResponse:
         """A pending job ends `cancelled` at once; a running one at its trainer's next step."""
         try:
             record = cancel_job(job_id)
         except NotCancellable as finished:
-            return error(409, str(finished))
-        return record.view() if record else not_found(f"job_id: no job with id {job_id!r}")
+            return errors.conflict(str(finished))
+        return job_view(record) if record else errors.unknown_job(job_id)
 
     @routes.get("/v1/models", response_model=ModelList)
     def list_models(self) -> ModelList:
-        return ModelList(models=[ModelVersions(model_name=name, versions=[v.view() for v in listed])
-                                 for name, listed in store.all_models().items()])
+        return ModelList(models=[model_versions(name, listed) for name, listed in store.all_models().items()])
 
-    @routes.get("/v1/models/{model_name}", response_model=ModelView)
+    @routes.get("/v1/models/{model_name}", response_model=ModelView, responses=documented(400, 404))
     def get_model(self, model_name: str) -> ModelView | JSONResponse:
         """The latest version of a model, or the version `name:version` names."""
         if not is_valid_model_reference(model_name):
-            return invalid_model_reference()
+            return errors.invalid_model_reference()
         stored = store.resolve(model_name)
-        return stored.view() if stored else unknown_model(model_name)
+        return model_view(stored) if stored else errors.unknown_model(model_name)
 
-    @routes.delete("/v1/models/{model_name}", response_model=ModelsDeleted)
+    @routes.delete("/v1/models/{model_name}", response_model=ModelsDeleted, responses=documented(400, 404))
     async def delete_model(self, model_name: str) -> ModelsDeleted | JSONResponse:
         """Every version of a model, or one (`name:version`); deleting the latest serves the previous."""
         if not is_valid_model_reference(model_name):
-            return invalid_model_reference()
+            return errors.invalid_model_reference()
         deleted = await asyncio.to_thread(store.delete, model_name)
         if not deleted:
-            return unknown_model(model_name)
+            return errors.unknown_model(model_name)
         name, _ = store.split_reference(model_name)
         try:  # at once on this host; elsewhere within MODEL_REFRESH_SECONDS
             await self.inference.to_async.refresh_models([name])
@@ -291,19 +258,8 @@ class Gateway:
         return ModelsDeleted(deleted=deleted)
 
 
-Gateway.add_asgi_middleware(JobGaugesMiddleware, count=jobs.count)
 Gateway.add_asgi_middleware(APIKeyMiddleware, api_key=settings.api_key)
-Gateway.add_asgi_middleware(
-    OpenAPIDocumentMiddleware,
-    build=lambda: correct_document(
-        Gateway.openapi_spec.asdict(),
-        status_overrides={"/v1/train": 202},
-        errors_by_path={"/v1/train": ["400", "415", "429"], "/v1/predict": ["400", "404", "415", "503"],
-                        "/v1/embeddings": ["400", "404", "415", "503"], "/v1/jobs": ["400"],
-                        "/v1/jobs/{job_id}": ["404"], "/v1/jobs/{job_id}/cancel": ["404", "409"],
-                        "/v1/models/{model_name}": ["400", "404"]},
-    ),
-)
-Gateway.add_asgi_middleware(JSONBodyOnlyMiddleware, paths=["/v1/train", "/v1/predict", "/v1/embeddings"])
-Gateway.add_asgi_middleware(ErrorShapeMiddleware)
-Gateway.add_asgi_middleware(AllowHeaderMiddleware, paths=lambda: routes.openapi()["paths"])
+bentoml_fixes.install(Gateway, routes, settings, job_counts=lambda: count_by_status(jobs))
+# After install(), which re-executes a `bentoml serve` CLI started without them: every process
+# of the server (and the trainer it starts) shares the store under MODEL_PATH and configuration.yaml.
+apply_process_environment(settings)

@@ -18,13 +18,13 @@ apply_process_environment(get_settings())
 @bentoml.service(name="naive", workers=1)
 class Naive:
     def __init__(self) -> None:
-        from fewshot.inference import InferenceRuntime
+        from fewshot.serving.model_loading import InferenceRuntime
 
         self.runtime = InferenceRuntime.resolve()
         self.models: dict = {}
 
     def _model(self, name: str):
-        from fewshot.inference import LoadedModel
+        from fewshot.serving.model_loading import LoadedModel
 
         if name not in self.models:
             self.models[name] = LoadedModel.load(store.latest(name), self.runtime)
@@ -34,7 +34,7 @@ class Naive:
     def predict(self, model_name: str, texts: list[str]) -> dict:
         import torch
 
-        from fewshot.classifier import best_labels
+        from fewshot.serving.labels import best_labels
 
         loaded = self._model(model_name)
         with torch.inference_mode():

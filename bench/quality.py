@@ -38,7 +38,7 @@ import torch
 
 from bench.report_files import write_report
 from fewshot.base_models import resolve_base_model
-from fewshot.classifier import best_labels, column_labels
+from fewshot.serving.labels import best_labels, column_labels
 from harness.fixtures import BASE_MODEL
 from harness.live_server import PROJECT_ROOT
 from trainers.holdout import evaluate

@@ -56,7 +56,7 @@ def main() -> None:
     import torch
 
     from fewshot import store
-    from fewshot.inference import InferenceRuntime, LoadedModel
+    from fewshot.serving.model_loading import InferenceRuntime, LoadedModel
 
     runtime = InferenceRuntime.resolve()
     model = LoadedModel.load(store.latest(model_name), runtime).model  # same weights and dtype as served

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
-from fewshot.client import FewshotClient, TrainingFailed
-from fewshot.schemas import JobView
+from fewshot.api.schemas import JobView
+from fewshot.client import FewshotClient, JobFailed
 
 EXAMPLES = [
     {"text": "My card has not arrived yet", "label": "card_arrival"},
@@ -34,7 +34,7 @@ def main(url: str) -> None:
         job = client.train("intents", EXAMPLES, base_model="sentence-transformers/all-MiniLM-L6-v2", num_iterations=2)
         try:
             client.wait(job.job_id, on_progress=show)
-        except TrainingFailed as failed:
+        except JobFailed as failed:
             sys.exit(f"training failed: {failed.job.error}")
         model = client.model("intents")
         print(f"model: {model.model_name}:{model.model_version}, labels {model.labels}, accuracy {model.accuracy}")

@@ -24,7 +24,7 @@ import bentoml
 import httpx
 from bentoml.exceptions import BentoMLException
 
-from fewshot.schemas import (
+from fewshot.api.schemas import (
     EmbeddingsResponse,
     JobList,
     JobView,
@@ -45,7 +45,7 @@ class FewshotError(Exception):
         self.message = message
 
 
-class TrainingFailed(FewshotError):
+class JobFailed(FewshotError):
     """The job ended `failed` or `cancelled`; `job` holds its record (the reason is in `job.error` or `job.note`)."""
 
     def __init__(self, job: JobView) -> None:
@@ -100,7 +100,7 @@ class FewshotClient:
 
     def wait(self, job_id: str, on_progress: Callable[[JobView], None] | None = None,
              poll_seconds: float = 1.0, timeout: float | None = None) -> JobView:
-        """Poll until the job completes; `on_progress` sees every poll. Raises TrainingFailed (failed or
+        """Poll until the job completes; `on_progress` sees every poll. Raises JobFailed (failed or
         cancelled) or TimeoutError."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -110,7 +110,7 @@ class FewshotClient:
             if job.status == "completed":
                 return job
             if job.status in ("failed", "cancelled"):
-                raise TrainingFailed(job)
+                raise JobFailed(job)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"training job {job_id} still {job.status} after {timeout}s")
             time.sleep(poll_seconds)

@@ -9,11 +9,9 @@ top of service.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
-
-from fewshot.schemas import JOB_STATUSES
 
 TRAINING_JOBS = Gauge(
     "fewshot_training_jobs", "Training jobs by status, read from the job store when /metrics is scraped "
@@ -31,6 +29,7 @@ MODEL_EVICTIONS = Counter("fewshot_model_evictions",
                           "Models unloaded as least recently used beyond MAX_LOADED_MODELS")
 
 
-def refresh_job_gauges(count_by_status: Callable[[str], int]) -> None:
-    for status in JOB_STATUSES:
-        TRAINING_JOBS.labels(status).set(count_by_status(status))
+def set_job_gauges(counts: Mapping[str, int]) -> None:
+    """How many jobs have each status (`trainers.jobs.count_by_status`)."""
+    for status, count in counts.items():
+        TRAINING_JOBS.labels(status).set(count)

@@ -6,7 +6,6 @@ The README's settings table mirrors this module: add a setting here and there to
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -230,28 +229,4 @@ def apply_process_environment(settings: Settings) -> None:
     # miss (KeyError inside os.environ) is what costs: ~0.3 ms of CPU per request on each of our
     # two HTTP hops, measured. Set, spans keep unusual HTTP method names instead of "_OTHER".
     os.environ.setdefault("OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS", "true")
-    settings.queue_dir.mkdir(parents=True, exist_ok=True)
     settings.bentoml_home.mkdir(parents=True, exist_ok=True)
-
-
-def reexec_serve_cli_with_bentoml_environment(settings: Settings) -> None:
-    """Make the `bentoml serve` CLI process itself use the store under MODEL_PATH and our
-    configuration.yaml, so that a plain `bentoml serve` in the project directory runs as designed.
-
-    The CLI resolves BentoML's home (and puts its metrics scratch files there) and loads its
-    runtime configuration (metrics prefix, access logs, workers) before it imports service.py, so
-    setting the variables from here is too late for that one process. When either was not set as
-    needed, restart the same command once with both set; the workers and the trainer inherit them.
-    An explicit BENTOML_CONFIG wins over the bundled file.
-    """
-    wanted = bentoml_environment(settings)
-    if all(os.environ.get(name) == value for name, value in wanted.items()):
-        return
-    command = sys.orig_argv
-    is_serve_cli = "serve" in command and any(
-        part.endswith(("/bentoml", "bentoml/__main__.py")) or part in {"bentoml", "bentoml.__main__"}
-        for part in command[:3]
-    )
-    if is_serve_cli:
-        os.environ.update(wanted)
-        os.execv(sys.executable, [sys.executable, *command[1:]])

@@ -25,7 +25,7 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import BentoMLException
 
-from fewshot.schemas import ModelView
+from fewshot.bentoml_fixes.store_directory import model_store_directory
 
 logger = logging.getLogger("fewshot.store")
 
@@ -52,37 +52,11 @@ class StoredModel:
     def labels(self) -> list[str]:
         return list(self.metadata["labels"])
 
-    def view(self) -> ModelView:
-        meta = self.metadata
-        return ModelView(
-            model_name=self.name,
-            model_version=self.version,
-            tag=self.tag,
-            base_model=meta["base_model"],
-            created_at=meta["created_at"],
-            accuracy=meta.get("accuracy"),
-            training_duration_seconds=meta["training_duration_seconds"],
-            num_examples=meta["num_examples"],
-            eval_num_examples=meta["eval_num_examples"],
-            labels=meta["labels"],
-            job_id=meta.get("job_id"),
-            strategy=meta.get("strategy", "setfit"),  # versions from before strategies were fine-tuned
-            label_metrics=meta.get("label_metrics"),
-            eval_source=meta.get("eval_source"),
-            comparison=meta.get("comparison"),
-        )
-
-
-def models_dir() -> Path:
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    return Path(BentoMLContainer.model_store.get()._path)
-
 
 @contextmanager
 def writing() -> Iterator[None]:
     """Exclusive among every process writing to this store (flock; works on NFSv4 too)."""
-    directory = models_dir()
+    directory = model_store_directory()
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / ".fewshot-writers.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -144,7 +118,7 @@ def _ours(model: bentoml.Model) -> bool:
 
 def versions(name: str) -> list[StoredModel]:
     """Every complete version of `name` that we registered, newest first (a half-written one is skipped)."""
-    directory = models_dir() / name
+    directory = model_store_directory() / name
     if not directory.is_dir():
         return []
     found = []
@@ -161,7 +135,7 @@ def versions(name: str) -> list[StoredModel]:
 
 def all_models() -> dict[str, list[StoredModel]]:
     """Every model we registered with its complete versions (newest first); newest model first."""
-    directory = models_dir()
+    directory = model_store_directory()
     if not directory.is_dir():
         return {}
     found = {entry.name: versions(entry.name) for entry in directory.iterdir() if entry.is_dir()}
@@ -222,7 +196,7 @@ def remove_incomplete_versions() -> list[str]:
     """
     removed = []
     with writing():
-        for info_dir in models_dir().glob("*/*/"):
+        for info_dir in model_store_directory().glob("*/*/"):
             if info_dir.is_dir() and not (info_dir / MODEL_INFO_FILE).exists():
                 shutil.rmtree(info_dir)
                 removed.append(f"{info_dir.parent.name}:{info_dir.name}")

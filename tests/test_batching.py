@@ -12,11 +12,12 @@ import pytest
 import torch
 from bentoml._internal.marshal import dispatcher
 
-from fewshot.coalesce import Coalescer
-from fewshot.dispatch import ContinuousBatchingOptimizer, use_continuous_batching
-from fewshot.inference import CPU_MAX_BATCH_TOKENS, GPU_MAX_BATCH_TOKENS, InferenceRuntime, ModelCache
+from fewshot.bentoml_fixes.continuous_batching import ContinuousBatchingOptimizer, use_continuous_batching
+from fewshot.serving.batching import plan_sub_batches
+from fewshot.serving.coalesce import Coalescer
+from fewshot.serving.model_cache import ModelCache
+from fewshot.serving.model_loading import CPU_MAX_BATCH_TOKENS, GPU_MAX_BATCH_TOKENS, InferenceRuntime
 from fewshot.store import StoredModel
-from fewshot.sub_batches import plan_sub_batches
 
 # --- length-aware sub-batches -------------------------------------------------------------------
 
@@ -343,7 +344,7 @@ def test_pinned_versions_stay_while_the_name_follows_the_latest_and_deletion_dro
 def test_top_labels_are_the_most_probable_first_and_cut_at_k() -> None:
     import numpy as np
 
-    from fewshot.classifier import top_labels
+    from fewshot.serving.labels import top_labels
 
     probabilities = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]])
     assert top_labels(probabilities, ["x", "y", "z"], 2) == [[("y", 0.6), ("z", 0.3)], [("x", 0.5), ("z", 0.3)]]

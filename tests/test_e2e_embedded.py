@@ -27,7 +27,7 @@ import pytest
 
 from harness.fixtures import BASE_MODEL
 from harness.live_server import BENTOML, PROJECT_ROOT, LiveServer, metric, wait_for_job
-from trainers.jobs import open_job_store
+from trainers.jobs import RedisJobStore, SqliteJobStore
 
 pytestmark = pytest.mark.e2e
 
@@ -293,7 +293,7 @@ def test_readme_python_quickstart_runs_against_the_server(server: LiveServer) ->
 
 
 def test_python_client_reports_errors_and_failed_jobs(server: LiveServer, trained: dict) -> None:
-    from fewshot.client import FewshotClient, FewshotError, TrainingFailed
+    from fewshot.client import FewshotClient, FewshotError, JobFailed
 
     with FewshotClient(server.url) as client:
         assert client.job(trained["job"]["job_id"]).status == "completed"
@@ -309,7 +309,7 @@ def test_python_client_reports_errors_and_failed_jobs(server: LiveServer, traine
         assert caught.value.message == "texts[0]: must not be empty or only whitespace", caught.value.message
         job = client.train("never", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}],
                            base_model="no-such-org/no-such-model")
-        with pytest.raises(TrainingFailed) as failed:
+        with pytest.raises(JobFailed) as failed:
             client.wait(job.job_id, poll_seconds=0.3, timeout=120)
         assert failed.value.job.status == "failed" and "no-such-org/no-such-model" in failed.value.job.error
 
@@ -447,7 +447,8 @@ def stored_state(server: LiveServer) -> tuple[list[str], list[str]]:
         [*BENTOML, "models", "list", "-o", "json"], capture_output=True, text=True, check=True,
         env={**os.environ, "BENTOML_HOME": str(server.model_path / "bentoml"), "HOME": str(server.home)},
     )
-    records = open_job_store(server.model_path / "queue" / "jobs.db", server.env.get("REDIS_URL"))
+    redis_url = server.env.get("REDIS_URL")
+    records = RedisJobStore(redis_url) if redis_url else SqliteJobStore(server.model_path / "queue" / "jobs.db")
     return (sorted(model["tag"] for model in json.loads(listing.stdout)),
             sorted(r.model_dump_json() for status in ("pending", "running", "completed", "failed")
                    for r in records.with_status(status)))

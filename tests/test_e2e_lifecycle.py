@@ -208,7 +208,7 @@ def test_bad_job_queries_are_400_naming_the_parameter(client: httpx.Client, para
 
 
 def test_python_client_covers_the_lifecycle(server: LiveServer, versions: dict[str, str], train_examples) -> None:
-    from fewshot.client import FewshotClient, FewshotError, TrainingFailed
+    from fewshot.client import FewshotClient, FewshotError, JobFailed
 
     other = f"other:{versions['other']}"
     with FewshotClient(server.url) as client:
@@ -224,7 +224,7 @@ def test_python_client_covers_the_lifecycle(server: LiveServer, versions: dict[s
 
         job = client.train("doomed", train_examples, base_model=BASE_MODEL, num_iterations=200)
         assert client.cancel(job.job_id).status in ("cancelled", "running")
-        with pytest.raises(TrainingFailed) as cancelled:
+        with pytest.raises(JobFailed) as cancelled:
             client.wait(job.job_id, poll_seconds=0.3, timeout=120)
         assert cancelled.value.job.status == "cancelled"
 

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from fewshot.schemas import TrainRequest
+from fewshot.api.schemas import TrainRequest
 from harness.fixtures import BASE_MODEL
 from harness.live_server import LiveServer, TrainerProcess, listed_versions, version_directories, wait_for_job
 from trainers.jobs import RedisJobStore, new_job

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from fewshot.auth import is_open_path, presented_key
-from fewshot.errors import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE, normalise
-from fewshot.openapi import correct_document
+from fewshot.api.auth import is_open_path, presented_key
+from fewshot.api.errors import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE, normalise
+from fewshot.bentoml_fixes.openapi_document import correct_document
 
 
 def test_bentoml_validation_errors_name_every_field() -> None:
@@ -52,7 +53,7 @@ def test_document_correction() -> None:
         "/v1/jobs/{job_id}": {"get": {"responses": {"200": {"description": "ok"}, "422": {}}},
                               "parameters": []},
     }, "components": {"schemas": {"InvalidArgument": {}, "HTTPValidationError": {}}}}
-    fixed = correct_document(spec, {"/v1/train": 202}, {"/v1/train": ["400"], "/v1/jobs/{job_id}": ["404"]})
+    fixed = correct_document(spec, {("/v1/train", "post"): (202, (400,)), ("/v1/jobs/{job_id}", "get"): (200, (404,))})
     train = fixed["paths"]["/v1/train"]["post"]
     assert set(train["responses"]) == {"202", "400", "401", "500"}
     assert train["security"] == [{"APIKeyHeader": []}, {"BearerAuth": []}]
@@ -70,8 +71,8 @@ def test_client_errors_are_logged_as_one_warning_line_without_the_input() -> Non
 
     from pydantic import ValidationError
 
-    from fewshot.logs import ClientErrorsWithoutTracebacks
-    from fewshot.schemas import PredictRequest
+    from fewshot.api.schemas import PredictRequest
+    from fewshot.bentoml_fixes.worker_logging import ClientErrorsWithoutTracebacks
 
     def record_for(error: BaseException) -> logging.LogRecord:
         try:
@@ -96,7 +97,7 @@ def test_client_errors_are_logged_as_one_warning_line_without_the_input() -> Non
 
 
 def test_allow_lists_every_method_of_every_matching_path_template() -> None:
-    from fewshot.allow import allowed_methods
+    from fewshot.bentoml_fixes.allow_header import allowed_methods
 
     paths = {"/v1/models/{model_name}": {"get": {}, "delete": {}, "parameters": []}, "/v1/models": {"get": {}},
              "/v1/jobs/{job_id}/cancel": {"post": {}}}
@@ -104,3 +105,15 @@ def test_allow_lists_every_method_of_every_matching_path_template() -> None:
     assert allowed_methods(paths, "/v1/models") == ["GET"]
     assert allowed_methods(paths, "/v1/jobs/x/cancel") == ["POST"]
     assert allowed_methods(paths, "/v1/models/a/b") == [] and allowed_methods(paths, "/v1/jobs/x") == []
+
+
+def test_the_bentoml_workarounds_refuse_an_untested_bentoml_version() -> None:
+    import pytest
+
+    from fewshot.bentoml_fixes import WRITTEN_FOR_BENTOML, UntestedBentoML, check_bentoml_version
+
+    check_bentoml_version()  # the pinned version is installed
+    with pytest.raises(UntestedBentoML, match=r"bentoml 1\.5\.0 is installed.*fewshot/bentoml_fixes/"):
+        check_bentoml_version("1.5.0")
+    requirements = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text()
+    assert f"bentoml=={WRITTEN_FOR_BENTOML}\n" in requirements  # the pin and the fixes move together

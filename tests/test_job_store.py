@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fewshot.schemas import utc_now
-from trainers.jobs import JobStore, RedisJobStore, SqliteJobStore, UnknownCursor, expire_finished, new_job
+from fewshot.api.views import job_view
+from trainers.jobs import JobStore, RedisJobStore, SqliteJobStore, UnknownCursor, expire_finished, new_job, utc_now
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -43,7 +43,7 @@ def test_records_survive_reopening_and_transitions_are_compare_and_set(open_stor
     assert final.request == {"model_name": "m"}
     assert [r.job_id for r in reopened.with_status("completed")] == [record.job_id]
     assert reopened.with_status("running") == [] and reopened.with_status("pending") == []
-    assert set(final.view().model_dump()) == {"job_id", "status", "model_name", "created_at", "started_at",
+    assert set(job_view(final).model_dump()) == {"job_id", "status", "model_name", "created_at", "started_at",
                                               "finished_at", "error", "model_version", "attempts", "note",
                                               "progress", "step", "total_steps", "cancel_requested", "warnings",
                                               "comparison"}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fewshot.errors import describe_validation_errors
-from fewshot.schemas import MODEL_NAME_RULE, MODEL_REFERENCE_RULE, PredictRequest, TrainRequest, is_valid_model_name
+from fewshot.api.errors import describe_validation_errors
+from fewshot.api.schemas import MODEL_NAME_RULE, MODEL_REFERENCE_RULE, PredictRequest, TrainRequest, is_valid_model_name
 
 TWO_LABELS = [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
 
@@ -126,7 +126,7 @@ def test_strategy_and_evaluation_examples_rules() -> None:
 def test_max_text_chars_limits_texts_not_the_base_model() -> None:
     """MAX_TEXT_CHARS (read at import) bounds texts and labels; a Hub id or a path is not a text."""
     script = """
-from fewshot.schemas import TrainRequest, PredictRequest
+from fewshot.api.schemas import TrainRequest, PredictRequest
 from pydantic import ValidationError
 TrainRequest.model_validate({"model_name": "m", "base_model": "sentence-transformers/all-MiniLM-L6-v2",
                              "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]})

@@ -119,10 +119,11 @@ def test_models_with_their_own_code_are_refused_unless_trusted(tmp_path: Path) -
 def test_training_stops_with_a_clear_error_past_its_time_limit(train_examples) -> None:
     """Real SetFit training on the bundled MiniLM with a limit no step can meet."""
     from trainers.errors import TrainingFailed
-    from trainers.training import TrainingOptions, train_classifier
+    from trainers.training import TrainingOptions, fine_tune, split_examples
 
     options = TrainingOptions(base_model=resolve_base_model("sentence-transformers/all-MiniLM-L6-v2"),
                               num_iterations=1, max_seconds=1e-6)
     examples = train_examples
     with pytest.raises(TrainingFailed, match=r"MAX_TRAINING_SECONDS=1e-06 \(stopped after step 1 of"):
-        train_classifier([e["text"] for e in examples], [e["label"] for e in examples], options)
+        fine_tune(split_examples([(e["text"], e["label"]) for e in examples], options.holdout_fraction, options.seed),
+                  options)

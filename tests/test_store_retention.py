@@ -59,7 +59,7 @@ CHECK = """
 import json
 from pathlib import Path
 from fewshot import store
-half = store.models_dir() / "shared" / "half-written"
+half = store.model_store_directory() / "shared" / "half-written"
 half.mkdir()
 (half / "weights.txt").write_text("cut short")
 listed = [v.tag for v in store.versions("shared")]

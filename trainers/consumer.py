@@ -18,8 +18,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from fewshot.logs import configure_logging
 from fewshot.settings import Settings, apply_process_environment, get_settings
+from trainers.logs import configure_logging
 
 logger = logging.getLogger("fewshot.trainer")
 
@@ -65,8 +65,8 @@ def serve_metrics(port: int) -> None:
 def run_consumer(settings: Settings, sole_consumer: bool) -> None:
     import trainers.run  # noqa: F401 - load torch/SetFit now, not inside the first job
     from fewshot import store
-    from fewshot.logs import route_library_output_to_logging
     from trainers.heartbeat import Heartbeat
+    from trainers.logs import route_library_output_to_logging
     from trainers.queue import huey
     from trainers.tasks import reconcile_after_restart
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from pydantic import BaseModel, Field
+
 DEFAULT_HOLDOUT_FRACTION = 0.2
 MIN_EXAMPLES_PER_LABEL_FOR_DEFAULT_HOLDOUT = 4
 
@@ -56,20 +58,20 @@ def accuracy(expected: Sequence[str], predicted: Sequence[str]) -> float | None:
     return sum(e == p for e, p in zip(expected, predicted, strict=True)) / len(expected)
 
 
-@dataclass(frozen=True)
-class LabelScores:
+class LabelMetrics(BaseModel):
+    """One label's scores on the evaluation examples: stored in the version's metadata, shown by the API."""
+
     precision: float
     recall: float
     f1: float
-    support: int
-    """Evaluation examples of this label."""
+    support: int = Field(description="Evaluation examples of this label.")
 
 
 @dataclass(frozen=True)
 class Evaluation:
     accuracy: float
     num_examples: int
-    per_label: dict[str, LabelScores]
+    per_label: dict[str, LabelMetrics]
 
 
 def evaluate(expected: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> Evaluation:
@@ -85,7 +87,8 @@ def evaluate(expected: Sequence[str], predicted: Sequence[str], labels: Sequence
         precision = true_positives / predicted_as if predicted_as else 0.0
         recall = true_positives / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_label[label] = LabelScores(round(precision, 4), round(recall, 4), round(f1, 4), support)
+        per_label[label] = LabelMetrics(precision=round(precision, 4), recall=round(recall, 4), f1=round(f1, 4),
+                                         support=support)
     return Evaluation(score, len(expected), per_label)
 
 

@@ -13,21 +13,57 @@ import time
 import uuid
 from collections.abc import Iterable
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from fewshot.schemas import FINISHED_STATUSES, JOB_STATUSES, JobStatus, JobView, utc_now
+from pydantic import BaseModel, Field
+
+from fewshot.settings import Settings
+
+JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "running", "completed", "failed", "cancelled")
+FINISHED_STATUSES: tuple[JobStatus, ...] = ("completed", "failed", "cancelled")
 
 
-class JobRecord(JobView):
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StrategyComparison(BaseModel):
+    """strategy auto: the head-only and the fine-tuned model, scored on the same evaluation examples."""
+
+    winner: Literal["head", "setfit"]
+    reason: str
+    head_accuracy: float | None = None
+    setfit_accuracy: float | None = None
+    head_training_seconds: float
+    setfit_training_seconds: float
+
+
+class JobRecord(BaseModel):
+    """Everything known about one job. What the API shows of it is built in `fewshot.api.views`."""
+
+    job_id: str
+    status: JobStatus
+    model_name: str
+    created_at: datetime
     request: dict[str, Any]
     """The validated training request, as JSON: the task reads it from here, not from the queue."""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    model_version: str | None = None
+    attempts: int = 0
+    note: str | None = None
+    progress: float | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    cancel_requested: bool = False
+    warnings: list[str] = Field(default_factory=list)
+    comparison: StrategyComparison | None = None
     worker: str | None = None
     """Which trainer (host:pid) ran it last."""
-
-    def view(self) -> JobView:
-        return JobView.model_validate(self.model_dump(include=set(JobView.model_fields)))
 
 
 def new_job(model_name: str, request: dict[str, Any]) -> JobRecord:
@@ -69,6 +105,10 @@ class JobStore(Protocol):
     def live_workers(self) -> set[str]:
         """Trainers whose last heartbeat has not expired."""
         ...
+
+
+def count_by_status(store: JobStore) -> dict[JobStatus, int]:
+    return {status: store.count(status) for status in JOB_STATUSES}
 
 
 def expire_finished(store: JobStore, finished_before: datetime) -> int:
@@ -304,7 +344,8 @@ class RedisJobStore:
         return {key.decode()[start:] for key in self._redis.scan_iter(match=f"{self._prefix}:worker:*", count=1000)}
 
 
-def open_job_store(sqlite_path: Path, redis_url: str | None) -> JobStore:
-    if redis_url:
-        return RedisJobStore(redis_url)
-    return SqliteJobStore(sqlite_path)
+def open_job_store(settings: Settings) -> JobStore:
+    """Redis when REDIS_URL is set, else SQLite in the queue directory (which `trainers.queue` creates)."""
+    if settings.redis_url:
+        return RedisJobStore(settings.redis_url)
+    return SqliteJobStore(settings.jobs_file)

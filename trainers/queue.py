@@ -1,11 +1,14 @@
-"""The Huey instance and the job store: SQLite files under MODEL_PATH, or Redis when REDIS_URL is set."""
+"""The Huey queue and the job store: SQLite files under MODEL_PATH, or Redis when REDIS_URL is set.
+
+Both are opened when this module is imported (Huey registers tasks on its instance at import).
+"""
 
 from __future__ import annotations
 
 from huey import Huey, RedisHuey, SqliteHuey
 
 from fewshot.settings import Settings, get_settings
-from trainers.jobs import JobStore, open_job_store
+from trainers.jobs import open_job_store
 
 QUEUE_NAME = "fewshot-training"
 
@@ -14,15 +17,11 @@ def make_huey(settings: Settings) -> Huey:
     # Task results are not kept: outcomes live in the job records.
     if settings.redis_url:
         return RedisHuey(QUEUE_NAME, url=settings.redis_url, results=False)
-    settings.queue_dir.mkdir(parents=True, exist_ok=True)
     return SqliteHuey(QUEUE_NAME, filename=str(settings.queue_file), results=False)
 
 
-def make_job_store(settings: Settings) -> JobStore:
-    if not settings.redis_url:
-        settings.queue_dir.mkdir(parents=True, exist_ok=True)
-    return open_job_store(settings.jobs_file, settings.redis_url)
-
-
-huey = make_huey(get_settings())
-jobs = make_job_store(get_settings())
+settings = get_settings()
+if not settings.redis_url:  # the one place that creates it: the SQLite queue, job records, consumer lock
+    settings.queue_dir.mkdir(parents=True, exist_ok=True)
+huey = make_huey(settings)
+jobs = open_job_store(settings)

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from fewshot import store
+from fewshot.api.schemas import TrainRequest
 from fewshot.base_models import resolve_base_model
-from fewshot.schemas import StrategyComparison, TrainRequest, utc_now
 from fewshot.settings import Settings
-from trainers.jobs import JobRecord
+from trainers.jobs import JobRecord, StrategyComparison, utc_now
 from trainers.training import (
     ProgressCallback,
     Split,
@@ -118,7 +118,7 @@ def model_metadata(record: JobRecord, request: TrainRequest, base_model: str, tr
         "created_at": utc_now().isoformat(),
         "strategy": trained.strategy,
         "accuracy": trained.accuracy,
-        "label_metrics": {label: vars(scores) for label, scores in evaluation.per_label.items()}
+        "label_metrics": {label: scores.model_dump() for label, scores in evaluation.per_label.items()}
         if evaluation else None,
         "eval_source": None if evaluation is None else "eval_examples" if split.separate_evaluation else "holdout",
         "comparison": comparison.model_dump() if comparison else None,

@@ -18,11 +18,11 @@ from typing import Any
 
 from huey import signals
 
-from fewshot.logs import job_context
-from fewshot.schemas import StrategyComparison, TrainRequest, utc_now
+from fewshot.api.schemas import TrainRequest
 from fewshot.settings import get_settings
 from trainers.holdout import data_warnings
-from trainers.jobs import JobRecord, expire_finished, new_job
+from trainers.jobs import JobRecord, StrategyComparison, expire_finished, new_job, utc_now
+from trainers.logs import job_context
 from trainers.queue import huey, jobs
 
 logger = logging.getLogger("fewshot.trainer")

@@ -24,7 +24,7 @@ from setfit import SetFitModel, Trainer, TrainingArguments
 from transformers import TrainerCallback
 
 from fewshot.base_models import BaseModelSource, load_failure_message
-from fewshot.classifier import best_labels, column_labels
+from fewshot.serving.labels import best_labels, column_labels
 from trainers.errors import TrainingFailed
 from trainers.holdout import Evaluation, choose_holdout_fraction, evaluate, stratified_split
 
@@ -207,8 +207,3 @@ def fine_tune(split: Split, options: TrainingOptions, progress: ProgressCallback
     return _finish(model, split, "setfit", started)
 
 
-def train_classifier(texts: Sequence[str], labels: Sequence[str], options: TrainingOptions,
-                     progress: ProgressCallback | None = None) -> TrainedClassifier:
-    """Fine-tune (SetFit) on `texts`, holding out a share as `options.holdout_fraction` says."""
-    split = split_examples(list(zip(texts, labels, strict=True)), options.holdout_fraction, options.seed)
-    return fine_tune(split, options, progress)

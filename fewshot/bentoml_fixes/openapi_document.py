@@ -1,9 +1,11 @@
 """The OpenAPI document at /docs.json, corrected to describe what the service really returns.
 
-BentoML generates it from the services and the mounted FastAPI app, but documents only 200/400/
-404/500 with its own error schemas, no 202, no 401 and no security scheme, and writes Pydantic's
-JSON Schema 2020-12 bounds into an OpenAPI 3.0 document. We fix that up once and serve the result
-(so "Authorize" works in the Swagger UI at /). A schemathesis run in the tests holds it to the truth.
+Upstream: BentoML 1.4.40 generates it from the services and the mounted FastAPI app, but documents
+only 200/400/404/500 with error schemas it does not send (bentoml#4232), no 202, no 401 and no
+security scheme, and writes Pydantic's JSON Schema 2020-12 bounds into an OpenAPI 3.0 document.
+We fix that up once and serve the result (so "Authorize" works in the Swagger UI at /), with the
+statuses each route declares beside itself (`fewshot.api.errors.responds`). A schemathesis run in
+the tests holds the document to the truth.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fewshot.auth import is_open_path
-from fewshot.schemas import MODEL_REFERENCE_SCHEMA, ErrorResponse
+from fewshot.api.asgi import HTTPMiddleware, send_json
+from fewshot.api.auth import is_open_path
+from fewshot.api.errors import STATUS_DESCRIPTIONS, declared_statuses
+from fewshot.api.schemas import MODEL_REFERENCE_SCHEMA, ErrorResponse
 
 logger = logging.getLogger("fewshot.openapi")
 
@@ -30,20 +34,24 @@ SECURITY_SCHEMES = {
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
 
 
-def _error_response(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": ERROR_REF}}}
+Operation = tuple[str, str]
+"""(path template, lower-case HTTP method)"""
 
 
-ERROR_RESPONSES = {
-    "400": _error_response("Invalid input: the message names the field and the rule."),
-    "401": _error_response("Missing or wrong API key."),
-    "404": _error_response("Unknown job or model."),
-    "409": _error_response("The job has already finished: only pending or running jobs can be cancelled."),
-    "415": _error_response("The body must be JSON (Content-Type: application/json)."),
-    "429": _error_response("Too many training jobs pending (MAX_QUEUED_JOBS); retry after Retry-After seconds."),
-    "500": _error_response("Internal error."),
-    "503": _error_response("Overloaded; retry shortly."),
-}
+def _error_response(status: int) -> dict[str, Any]:
+    return {"description": STATUS_DESCRIPTIONS[status], "content": {"application/json": {"schema": ERROR_REF}}}
+
+
+def declared_operations(service: Any) -> dict[Operation, tuple[int, tuple[int, ...]]]:
+    """What each of the service's BentoML APIs (POST routes) declared with `responds`. (FastAPI's
+    routes document their own `responses=` in the document BentoML merges in.)"""
+    return {(method.route, "post"): declared_statuses(method.func) for method in service.apis.values()}
+
+
+def _is_our_error(response: Any) -> bool:
+    if not isinstance(response, dict):
+        return False
+    return response.get("content", {}).get("application/json", {}).get("schema") == ERROR_REF
 
 
 def _as_openapi_30(node: Any) -> None:
@@ -97,12 +105,13 @@ def _document_path_parameter(spec: dict[str, Any], name: str, schema: dict[str, 
                     parameter["schema"] = {**parameter.get("schema", {}), **schema}
 
 
-def correct_document(spec: dict[str, Any], status_overrides: dict[str, int],
-                     errors_by_path: dict[str, list[str]]) -> dict[str, Any]:
+def correct_document(spec: dict[str, Any],
+                     declared: dict[Operation, tuple[int, tuple[int, ...]]]) -> dict[str, Any]:
     """Our error schema, the API-key schemes, 401 on protected routes, and the real success codes.
 
-    `status_overrides` maps a path to its real success status (e.g. 202 for train);
-    `errors_by_path` lists the error statuses each path can return besides 401 and 500.
+    `declared` maps a BentoML API's operation to its success status (e.g. 202 for train) and the
+    error statuses it can return besides 401 and 500 (see `declared_operations`); the FastAPI
+    routes' own declarations (`responses=`, with our error schema) are kept as they are.
     """
     spec = copy.deepcopy(spec)
     _as_openapi_30(spec)
@@ -120,30 +129,32 @@ def correct_document(spec: dict[str, Any], status_overrides: dict[str, int],
             # BentoML keys its responses by int, FastAPI by str: one kind of key from here on.
             responses = operation["responses"] = {str(k): v for k, v in operation.get("responses", {}).items()}
             for status in [s for s in responses if s != "200" and s.startswith(("4", "5"))]:
-                del responses[status]  # BentoML's and FastAPI's own error schemas
+                if not _is_our_error(responses[status]):
+                    del responses[status]  # BentoML's and FastAPI's own error schemas (422 included)
             if "requestBody" in operation:  # every body of ours is required; BentoML leaves it optional
                 operation["requestBody"]["required"] = True
-            if path in status_overrides and "200" in responses:
-                responses[str(status_overrides[path])] = responses.pop("200")
-            for status in errors_by_path.get(path, []):
-                responses[status] = ERROR_RESPONSES[status]
+            success, errors = declared.get((path, method), (200, ()))
+            if success != 200 and "200" in responses:
+                responses[str(success)] = responses.pop("200")
+            for status in errors:
+                responses[str(status)] = _error_response(status)
             if not is_open_path(path):
                 operation["security"] = [{"APIKeyHeader": []}, {"BearerAuth": []}]
-                responses["401"] = ERROR_RESPONSES["401"]
-                responses["500"] = ERROR_RESPONSES["500"]
+                responses["401"] = _error_response(401)
+                responses["500"] = _error_response(500)
     return spec
 
 
-class OpenAPIDocumentMiddleware:
+class OpenAPIDocumentMiddleware(HTTPMiddleware):
     """Serves the corrected document at /docs.json (built once, on first request)."""
 
     def __init__(self, app: ASGIApp, build: Callable[[], dict[str, Any]]) -> None:
-        self.app = app
+        super().__init__(app)
         self._build = build
         self._body: bytes | None = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/docs.json" or scope["method"] != "GET":
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] != "/docs.json" or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
         if self._body is None:
@@ -153,7 +164,4 @@ class OpenAPIDocumentMiddleware:
                 logger.exception("could not correct the OpenAPI document; serving BentoML's")
                 await self.app(scope, receive, send)
                 return
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(self._body)).encode()),
-        ]})
-        await send({"type": "http.response.body", "body": self._body})
+        await send_json(send, 200, self._body)

@@ -1,6 +1,8 @@
-"""Length-aware sub-batches: the texts of one batch, split so that padding costs little.
+"""How a batch of the inference service is cut: by model, then into length-aware forward passes.
 
-A transformer pads every text of a forward pass to the longest one, so one pass over 64 texts
+A batch merges the texts of many requests (BentoML's adaptive batching); each model's share runs
+on that model (`positions_by_model`), in passes cut so that padding costs little (`plan_sub_batches`):
+a transformer pads every text of a forward pass to the longest one, so one pass over 64 texts
 of mixed length spends most of its work on padding. Sorting by token length and cutting the
 sorted run into passes of at most `max_tokens` padded tokens keeps padding small and bounds the
 memory of any one pass (the idea of TEI's `max-batch-tokens`).
@@ -8,7 +10,21 @@ memory of any one pass (the idea of TEI's `max-batch-tokens`).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
+from typing import Protocol
+
+
+class HasModel(Protocol):
+    model_name: str
+
+
+def positions_by_model(items: Sequence[HasModel]) -> dict[str, list[int]]:
+    """The batch positions of each model's items, in batch order."""
+    positions: defaultdict[str, list[int]] = defaultdict(list)
+    for position, item in enumerate(items):
+        positions[item.model_name].append(position)
+    return positions
 
 
 def plan_sub_batches(token_lengths: Sequence[int], max_tokens: int) -> list[list[int]]:

@@ -2,7 +2,7 @@
 
 BentoML's own /readyz check of a dependency that is still starting can wait forever, and that
 stuck request then blocks the server's graceful shutdown. Checking first, with a deadline,
-answers 503 at once instead.
+answers 503 at once instead. Not reported upstream that we found.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ every 100 requests or 300 s by *closing* the old one, which aborts every request
 on it: under concurrent load some /v1/predict calls failed with "Server disconnected" (seen: 36
 of 300 requests at 16 concurrent clients). Its total timeout is a fixed 30 s, shorter than our
 request timeout. Both live on its private session manager; bentoml is pinned, and this is checked
-at start-up so an upgrade that moves them fails loudly instead of silently.
+at start-up so an upgrade that moves them fails loudly instead of silently. Upstream: bentoml#4971
+(dropped connections, a retry-once fix proposed in PR #5698) and #5540 (session refresh).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def keep_sessions_open(dependency: Any, timeout_seconds: float) -> None:
     manager = getattr(dependency.to_async, "_session_manager", None)
     for attribute in ("max_requests", "max_age", "_timeout"):
         if not hasattr(manager, attribute):
-            raise RuntimeError(f"BentoML's client changed ({attribute} is gone): review fewshot/dependencies.py")
+            raise RuntimeError(f"BentoML's client changed ({attribute} is gone): "
+                               "review fewshot/bentoml_fixes/dependency_clients.py")
     manager.max_requests = sys.maxsize
     manager.max_age = float("inf")
     manager._timeout = aiohttp.ClientTimeout(total=timeout_seconds)

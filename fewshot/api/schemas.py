@@ -1,6 +1,7 @@
-"""Request, response and error schemas of every route, plus the gateway ↔ inference items.
+"""Request, response and error schemas of every route: the HTTP contract.
 
 Validation lives here, so that BentoML rejects bad input with a 400 before any handler runs.
+Responses about jobs and models are views: `fewshot.api.views` builds them from the records.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from pydantic import (
 )
 
 from fewshot.base_models import base_model_problem
+from fewshot.serving.items import LabelScore, TextItem
 from fewshot.settings import get_settings
+from trainers.holdout import LabelMetrics
+from trainers.jobs import JobStatus, StrategyComparison
 
 # Request limits are settings (README, "Settings"); read once, when the schemas are built.
 LIMITS = get_settings()
@@ -44,10 +48,6 @@ MODEL_REFERENCE_MAX_LENGTH = 2 * MODEL_NAME_MAX_LENGTH + 1
 MODEL_REFERENCE_RULE = (
     f"must be a model name or name:version; {MODEL_NAME_RULE.replace('must be', 'each is')}"
 )
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def is_valid_model_name(value: str) -> bool:
@@ -213,22 +213,6 @@ class TrainRequest(BaseModel):
         return evaluation
 
 
-class StrategyComparison(BaseModel):
-    """strategy auto: the head-only and the fine-tuned model, scored on the same evaluation examples."""
-
-    winner: Literal["head", "setfit"]
-    reason: str
-    head_accuracy: float | None = None
-    setfit_accuracy: float | None = None
-    head_training_seconds: float
-    setfit_training_seconds: float
-
-
-JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
-JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "running", "completed", "failed", "cancelled")
-FINISHED_STATUSES: tuple[JobStatus, ...] = ("completed", "failed", "cancelled")
-
-
 class TrainAccepted(BaseModel):
     job_id: str
     status: JobStatus
@@ -277,13 +261,6 @@ class JobListQuery(BaseModel):
 class JobList(BaseModel):
     jobs: list[JobView] = Field(description="Newest first.")
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null on the last.")
-
-
-class LabelMetrics(BaseModel):
-    precision: float
-    recall: float
-    f1: float
-    support: int = Field(description="Evaluation examples of this label.")
 
 
 class ModelView(BaseModel):
@@ -342,11 +319,6 @@ class PredictRequest(TextsRequest):
         return [TextItem(model_name=self.model_name, text=text, top_k=self.top_k) for text in self.texts]
 
 
-class LabelScore(BaseModel):
-    label: str
-    score: float = Field(description="Probability.")
-
-
 class Prediction(BaseModel):
     text: str
     label: str
@@ -382,23 +354,3 @@ class HealthResponse(BaseModel):
 class ErrorResponse(BaseModel):
     error: str = Field(description="What is wrong, naming the field and the rule where there is one.")
     detail: Any = Field(default=None, description="Structured detail, e.g. each validation error.")
-
-
-# Gateway → inference service: one item per text, so adaptive batching can merge requests.
-class TextItem(BaseModel):
-    model_name: str
-    """A model reference: `name` or `name:version`."""
-    text: str
-    top_k: int | None = None
-
-
-class ItemPrediction(BaseModel):
-    found: bool = True
-    label: str = ""
-    score: float = 0.0
-    scores: list[LabelScore] | None = None
-
-
-class ItemEmbedding(BaseModel):
-    found: bool = True
-    vector: list[float] = Field(default_factory=list)

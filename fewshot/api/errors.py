@@ -1,0 +1,175 @@
+"""Every error response of the API, in one shape: {"error": "<what, naming the field and the rule>", "detail": …}.
+
+Handlers return the 400/404/409/429 built here, our middlewares send the 401 and 415 built here,
+and `normalise` rewrites any other error body into the shape: BentoML, Starlette and FastAPI each
+answer errors their own way (a generic validation title, a JSON array, plain text);
+`fewshot.bentoml_fixes.error_shape` applies it to every 4xx/5xx. Each route declares the error
+statuses it can answer beside itself (`@responds(...)` on BentoML's APIs, `responses=documented(...)`
+on FastAPI's routes); the OpenAPI document lists exactly those, described by `STATUS_DESCRIPTIONS`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from starlette.responses import JSONResponse
+from starlette.types import Send
+
+from fewshot.api.asgi import send_json
+from fewshot.api.schemas import MODEL_REFERENCE_RULE, ErrorResponse
+from fewshot.store import split_reference
+
+if TYPE_CHECKING:
+    import bentoml
+
+# BentoML answers 503 when its dispatcher sheds load (MAX_LATENCY_MS) and we when the inference
+# service is being restarted: both mean the same to a client.
+UNAVAILABLE_MESSAGE = ("the server cannot take this request now (overloaded, or its inference service is "
+                       "restarting); retry shortly")
+INTERNAL_MESSAGE = "internal error; the server log has the details"
+
+
+STATUS_DESCRIPTIONS = {
+    400: "Invalid input: the message names the field and the rule.",
+    401: "Missing or wrong API key.",
+    404: "Unknown job or model.",
+    409: "The job has already finished: only pending or running jobs can be cancelled.",
+    415: "The body must be JSON (Content-Type: application/json).",
+    429: "Too many training jobs pending (MAX_QUEUED_JOBS); retry after Retry-After seconds.",
+    500: "Internal error.",
+    503: "Overloaded; retry shortly.",
+}
+UNAUTHORIZED_MESSAGE = "missing or invalid API key: send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'"
+QUEUE_FULL_RETRY_AFTER_SECONDS = 30
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def responds(*errors: int, success: int = 200) -> Callable[[Handler], Handler]:
+    """Declare, beside a BentoML API, its success status and the error statuses it can answer
+    besides 401 and 500 (which every protected route can); the OpenAPI document lists these.
+    (FastAPI routes declare theirs with FastAPI's own `responses=`: see `documented`.)"""
+
+    def declare(handler: Handler) -> Handler:
+        handler.__responds__ = (success, tuple(sorted(errors)))  # type: ignore[attr-defined]
+        return handler
+
+    return declare
+
+
+def declared_statuses(handler: Callable[..., Any]) -> tuple[int, tuple[int, ...]]:
+    """(success status, error statuses) a route declared with `responds`; (200, ()) without."""
+    return getattr(handler, "__responds__", (200, ()))
+
+
+def documented(*errors: int) -> dict[int | str, dict[str, Any]]:
+    """A FastAPI route's `responses=`: the error statuses it can answer besides 401 and 500."""
+    return {status: {"model": ErrorResponse, "description": STATUS_DESCRIPTIONS[status]} for status in errors}
+
+
+def error_body(message: str, detail: Any = None) -> dict[str, Any]:
+    return {"error": message, "detail": detail}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message), status_code=status, headers=headers)
+
+
+def invalid(message: str) -> JSONResponse:
+    return error_response(400, message)
+
+
+def invalid_query(errors: list[dict[str, Any]]) -> JSONResponse:
+    return invalid(describe_validation_errors(errors))
+
+
+def invalid_model_reference() -> JSONResponse:
+    return invalid(f"model_name: {MODEL_REFERENCE_RULE}")
+
+
+def unknown_job(job_id: str) -> JSONResponse:
+    return error_response(404, f"job_id: no job with id {job_id!r}")
+
+
+def unknown_model(reference: str) -> JSONResponse:
+    name, version = split_reference(reference)
+    if version is not None:
+        return error_response(404, f"model_name: model {name!r} has no version {version!r}; GET /v1/models lists them")
+    return error_response(404, f"model_name: no model named {name!r}; train one with POST /v1/train")
+
+
+def conflict(message: str) -> JSONResponse:
+    return error_response(409, message)
+
+
+def queue_full(ctx: bentoml.Context, message: str) -> JSONResponse:
+    """429 with Retry-After. BentoML gives a returned response the context's status and headers, so
+    they are set there too."""
+    retry_after = str(QUEUE_FULL_RETRY_AFTER_SECONDS)
+    ctx.response.status_code = 429
+    ctx.response.headers["Retry-After"] = retry_after
+    return error_response(429, message, headers={"Retry-After": retry_after})
+
+
+async def send_unauthorized(send: Send) -> None:
+    body = json.dumps(error_body(UNAUTHORIZED_MESSAGE)).encode()
+    await send_json(send, 401, body, [(b"www-authenticate", b'Bearer realm="fewshot"')])
+
+
+async def send_unsupported_media_type(send: Send, expected: str, got: str) -> None:
+    await send_json(send, 415, json.dumps(error_body(f"Content-Type: must be {expected}, got {got!r}")).encode())
+
+
+def _location(loc: Sequence[Any]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "body"
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
+    """`examples[2].text: must not be empty or only whitespace; num_iterations: …`"""
+    parts = []
+    for error in errors:
+        message = str(error.get("msg", "invalid"))
+        message = message.removeprefix("Value error, ")
+        parts.append(f"{_location(error.get('loc', ()))}: {message}")
+    return "; ".join(parts) or "invalid request"
+
+
+def _is_validation_errors(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(e, dict) and "loc" in e and "msg" in e for e in value)
+
+
+def normalise(status: int, body: bytes) -> dict[str, Any]:
+    """Turn any error body into our shape, keeping its information."""
+    try:
+        payload: Any = json.loads(body) if body else None
+    except ValueError:
+        payload = body.decode("utf-8", "replace").strip() or None
+    if isinstance(payload, list) and len(payload) == 1 and isinstance(payload[0], dict):
+        payload = payload[0]  # BentoML answers some errors with a one-element array
+    if status == HTTPStatus.SERVICE_UNAVAILABLE:
+        return error_body(UNAVAILABLE_MESSAGE)
+    if status >= 500:
+        return error_body(INTERNAL_MESSAGE)
+    if isinstance(payload, dict):
+        detail = payload.get("detail")
+        if _is_validation_errors(detail):
+            return error_body(describe_validation_errors(detail), detail)
+        if isinstance(payload.get("error"), str):
+            return error_body(payload["error"], detail)
+        if isinstance(detail, str):
+            return error_body(detail)
+    if isinstance(payload, str):
+        return error_body(payload)
+    try:
+        return error_body(HTTPStatus(status).phrase.lower())
+    except ValueError:
+        return error_body(f"HTTP {status}")

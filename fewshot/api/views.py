@@ -1,0 +1,41 @@
+"""The API's views of stored things: what a job record and a model version show over HTTP.
+
+Records (`trainers.jobs.JobRecord`) and stored versions (`fewshot.store.StoredModel`) know nothing
+of HTTP; the views here are the only place that decides which of their fields the API shows.
+"""
+
+from __future__ import annotations
+
+from fewshot.api.schemas import JobView, ModelVersions, ModelView
+from fewshot.store import StoredModel
+from trainers.jobs import JobRecord
+
+
+def job_view(record: JobRecord) -> JobView:
+    """The record without what only the trainers need (the request it carries, which trainer ran it)."""
+    return JobView.model_validate(record.model_dump(include=set(JobView.model_fields)))
+
+
+def model_view(stored: StoredModel) -> ModelView:
+    meta = stored.metadata
+    return ModelView(
+        model_name=stored.name,
+        model_version=stored.version,
+        tag=stored.tag,
+        base_model=meta["base_model"],
+        created_at=meta["created_at"],
+        accuracy=meta.get("accuracy"),
+        training_duration_seconds=meta["training_duration_seconds"],
+        num_examples=meta["num_examples"],
+        eval_num_examples=meta["eval_num_examples"],
+        labels=meta["labels"],
+        job_id=meta.get("job_id"),
+        strategy=meta.get("strategy", "setfit"),  # versions from before strategies were fine-tuned
+        label_metrics=meta.get("label_metrics"),
+        eval_source=meta.get("eval_source"),
+        comparison=meta.get("comparison"),
+    )
+
+
+def model_versions(name: str, listed: list[StoredModel]) -> ModelVersions:
+    return ModelVersions(model_name=name, versions=[model_view(stored) for stored in listed])

@@ -1,0 +1,15 @@
+"""The inference engine: which models are loaded, how a batch of texts from many requests runs on
+them, and how their outputs become labels and vectors. No HTTP.
+
+- `items`: the inference service's interface (one item per text; plain pydantic).
+- `coalesce`: the gateway's side, merging concurrent requests into one call of that interface.
+- `batching`: a batch cut by model, then into length-aware forward passes.
+- `model_loading`: device, dtype and token budget; a stored version loaded and run.
+- `model_cache`: the loaded versions, kept current with the store, least recently used unloaded.
+- `engine`: a batch of items in, results in batch order out.
+- `labels`: probability columns back to the user's label strings (the trainer scores with it too).
+
+May import: `fewshot.store`, `fewshot.settings`, torch, SetFit, numpy. Never `fewshot.api`,
+FastAPI or Starlette (enforced by the import contracts in pyproject.toml). `items`, `coalesce`,
+`batching` and this file import nothing heavy: the gateway uses them without loading torch.
+"""

@@ -1,0 +1,60 @@
+"""A batch of the inference service in, one result per item out, in batch order.
+
+A batch holds items (model reference, text) from many concurrent requests: it is grouped by
+model, each group runs in one call of its loaded model (which cuts it into length-sorted forward
+passes), and results are scattered back into the batch's order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from fewshot.serving.batching import positions_by_model
+from fewshot.serving.items import ItemEmbedding, ItemPrediction, LabelScore, TextItem
+from fewshot.serving.labels import best_labels, top_labels
+from fewshot.serving.model_cache import ModelCache
+from fewshot.serving.model_loading import LoadedModel
+
+logger = logging.getLogger("fewshot.inference")
+
+Result = TypeVar("Result")
+
+
+def _per_model(cache: ModelCache, items: Sequence[TextItem], missing: Result,
+               run: Callable[[LoadedModel, list[TextItem]], list[Result]]) -> list[Result]:
+    """Group a batch by model, run each group in one call, and put results back in batch order."""
+    results: list[Any] = [missing] * len(items)
+    for name, indices in positions_by_model(items).items():
+        loaded = cache.get(name)
+        if loaded is None:
+            continue
+        started = time.perf_counter()
+        outputs = run(loaded, [items[i] for i in indices])
+        logger.debug("%s: %d texts in %.1f ms", name, len(indices), (time.perf_counter() - started) * 1000)
+        for position, output in zip(indices, outputs, strict=True):
+            results[position] = output
+    return results
+
+
+def predict_items(cache: ModelCache, items: Sequence[TextItem]) -> list[ItemPrediction]:
+    def run(loaded: LoadedModel, group: list[TextItem]) -> list[ItemPrediction]:
+        probabilities = loaded.predict_proba([item.text for item in group])
+        labels, scores = best_labels(probabilities, loaded.column_labels)
+        # Requests in one batch may ask for different k: rank once for the largest, cut per item.
+        ranked = top_labels(probabilities, loaded.column_labels, max(item.top_k or 0 for item in group))
+        return [ItemPrediction(label=label, score=score, scores=[LabelScore(label=name, score=probability)
+                                                                 for name, probability in row[:item.top_k]]
+                               if item.top_k else None)
+                for label, score, row, item in zip(labels, scores, ranked, group, strict=True)]
+
+    return _per_model(cache, items, ItemPrediction(found=False), run)
+
+
+def embed_items(cache: ModelCache, items: Sequence[TextItem]) -> list[ItemEmbedding]:
+    def run(loaded: LoadedModel, group: list[TextItem]) -> list[ItemEmbedding]:
+        return [ItemEmbedding(vector=vector) for vector in loaded.embed([item.text for item in group]).tolist()]
+
+    return _per_model(cache, items, ItemEmbedding(found=False), run)

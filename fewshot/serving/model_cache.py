@@ -1,0 +1,126 @@
+"""The inference service's loaded models: at most MAX_LOADED_MODELS, kept current with the store."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable
+
+from fewshot import store
+from fewshot.serving.model_loading import InferenceRuntime, LoadedModel
+
+logger = logging.getLogger("fewshot.inference")
+
+
+class ModelCache:
+    """Loaded models by reference (`name`: its latest version, or `name:version`): at most
+    `max_models`, kept current with the store.
+
+    Requests never read the store for a cached model: a background thread looks for newer
+    versions every `refresh_seconds`, loads them beside the old one and swaps the reference,
+    so requests in flight finish on the version they started with; a deleted model or version
+    is dropped. Beyond `max_models` the least recently used one is unloaded (a batch still using
+    it keeps its reference). Two references to one version share one loaded model.
+    """
+
+    def __init__(self, load: Callable[[store.StoredModel], LoadedModel], refresh_seconds: float,
+                 max_models: int, resolve: Callable[[str], store.StoredModel | None] = store.resolve,
+                 on_evict: Callable[[str], None] | None = None) -> None:
+        self._load = load
+        self._on_evict = on_evict
+        self._resolve = resolve
+        self._refresh_seconds = refresh_seconds
+        self._max_models = max_models
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()  # guards _models; never held while loading
+        self._load_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._stopped = threading.Event()
+        self._refresher = threading.Thread(target=self._refresh_forever, name="model-refresh", daemon=True)
+        self._refresher.start()
+
+    def get(self, reference: str) -> LoadedModel | None:
+        loaded = self._touch(reference)
+        if loaded is not None:
+            return loaded
+        # One load per cold model, however many batches ask for it at once.
+        with self._load_locks[reference]:
+            loaded = self._touch(reference)
+            if loaded is None:
+                stored = self._resolve(reference)
+                if stored is None:
+                    return None
+                loaded = self._loaded_version(stored) or self._load(stored)
+                self._put(reference, loaded)
+        return loaded
+
+    def loaded_names(self) -> list[str]:
+        """References of the loaded models, least recently used first."""
+        with self._lock:
+            return list(self._models)
+
+    def refresh(self, names: set[str] | None = None) -> None:
+        """Swap in newer versions of cached models and drop models deleted from the store;
+        only the references to models in `names` when given (after a deletion: at once)."""
+        with self._lock:
+            snapshot = [(reference, loaded) for reference, loaded in self._models.items()
+                        if names is None or store.split_reference(reference)[0] in names]
+        for reference, current in snapshot:
+            stored = self._resolve(reference)
+            if stored is None:
+                logger.info("model %s left the store; unloading", reference)
+                with self._lock:
+                    self._models.pop(reference, None)
+            elif stored.version != current.version:
+                with self._load_locks[reference]:
+                    replacement = self._loaded_version(stored) or self._load(stored)
+                    with self._lock:
+                        if reference in self._models:  # not evicted meanwhile
+                            self._models[reference] = replacement
+                logger.info("switched %s from version %s to %s", reference, current.version, stored.version)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    @classmethod
+    def for_runtime(cls, runtime: InferenceRuntime, refresh_seconds: float, max_models: int,
+                    on_load: Callable[[str], None] | None = None,
+                    on_evict: Callable[[str], None] | None = None) -> ModelCache:
+        def load(stored: store.StoredModel) -> LoadedModel:
+            loaded = LoadedModel.load(stored, runtime)
+            if on_load is not None:
+                on_load(stored.tag)
+            return loaded
+
+        return cls(load, refresh_seconds, max_models, on_evict=on_evict)
+
+    def _touch(self, reference: str) -> LoadedModel | None:
+        with self._lock:
+            loaded = self._models.get(reference)
+            if loaded is not None:
+                self._models.move_to_end(reference)
+            return loaded
+
+    def _loaded_version(self, stored: store.StoredModel) -> LoadedModel | None:
+        """That version, if another reference already loaded it (`intents` and `intents:<latest>`)."""
+        with self._lock:
+            return next((loaded for loaded in self._models.values()
+                         if (loaded.name, loaded.version) == (stored.name, stored.version)), None)
+
+    def _put(self, reference: str, loaded: LoadedModel) -> None:
+        with self._lock:
+            self._models[reference] = loaded
+            self._models.move_to_end(reference)
+            while len(self._models) > self._max_models:
+                evicted, _ = self._models.popitem(last=False)
+                logger.info("unloaded %s: least recently used of more than %d loaded models",
+                            evicted, self._max_models)
+                if self._on_evict is not None:
+                    self._on_evict(evicted)
+
+    def _refresh_forever(self) -> None:
+        while not self._stopped.wait(self._refresh_seconds):
+            try:
+                self.refresh()
+            except Exception:  # keep serving the cached versions; try again next round
+                logger.exception("model refresh failed")

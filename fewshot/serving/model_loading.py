@@ -1,0 +1,113 @@
+"""Model loading: where and how a stored version runs (device, dtype, token budget) and the loaded
+model's forward passes, in length-sorted sub-batches. No HTTP, no batching across requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from setfit import SetFitModel
+
+from fewshot import store
+from fewshot.serving.batching import plan_sub_batches
+from fewshot.serving.labels import column_labels
+
+logger = logging.getLogger("fewshot.inference")
+
+
+CPU_MAX_BATCH_TOKENS = 768
+"""Measured on 2 CPU cores (bench): 512-1024 padded tokens per pass are ~2x one padded pass of 64."""
+GPU_MAX_BATCH_TOKENS = 16_384
+"""TEI's default max-batch-tokens: large passes keep a GPU busy and bound activation memory."""
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def use_threads(count: int | None) -> None:
+    """Torch's intra-op threads for this process (INFERENCE_THREADS); None keeps one per core."""
+    if count:
+        torch.set_num_threads(count)
+
+
+@dataclass(frozen=True)
+class InferenceRuntime:
+    """Where and how models run: device, weight dtype and the token budget of one forward pass."""
+
+    device: str
+    dtype: torch.dtype
+    max_batch_tokens: int
+    trust_remote_code: bool = False
+
+    @classmethod
+    def resolve(cls, dtype: str = "AUTO", max_batch_tokens: int | None = None,
+                device: str | None = None, trust_remote_code: bool = False) -> InferenceRuntime:
+        """Fill in the AUTO choices for this machine (settings: INFERENCE_DTYPE, MAX_BATCH_TOKENS)."""
+        device = device or pick_device()
+        on_gpu = device.startswith("cuda")
+        if dtype == "AUTO":
+            chosen = torch.float16 if on_gpu else torch.float32  # half precision only pays on a GPU
+        else:
+            chosen = {"FLOAT32": torch.float32, "FLOAT16": torch.float16, "BFLOAT16": torch.bfloat16}[dtype]
+        budget = max_batch_tokens or (GPU_MAX_BATCH_TOKENS if on_gpu else CPU_MAX_BATCH_TOKENS)
+        return cls(device, chosen, budget, trust_remote_code)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: str
+    model: SetFitModel
+    labels: list[str]
+    column_labels: list[str]
+    """The label of each `predict_proba` column, in column order."""
+    max_batch_tokens: int
+    """Padded tokens per forward pass (see fewshot.serving.batching)."""
+
+    @classmethod
+    def load(cls, stored: store.StoredModel, runtime: InferenceRuntime) -> LoadedModel:
+        started = time.perf_counter()
+        model = SetFitModel.from_pretrained(str(stored.path), device=runtime.device,
+                                            trust_remote_code=runtime.trust_remote_code)
+        model.model_body.eval()
+        if runtime.dtype != torch.float32:
+            model.model_body.to(runtime.dtype)
+            if model.has_differentiable_head:  # a torch head must match the body's outputs
+                model.model_head.to(runtime.dtype)
+        logger.info("loaded model %s in %.2fs on %s (%s)", stored.tag, time.perf_counter() - started,
+                    runtime.device, str(runtime.dtype).removeprefix("torch."))
+        return cls(stored.name, stored.version, model, stored.labels, column_labels(model, stored.labels),
+                   runtime.max_batch_tokens)
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens per text as the forward pass will see them (truncated to the model's maximum)."""
+        body = self.model.model_body
+        encoded = body.tokenizer(texts, truncation=True, max_length=body.max_seq_length,
+                                 return_attention_mask=False, return_token_type_ids=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return self._in_sub_batches(texts, lambda sub: self.model.predict_proba(
+            sub, batch_size=len(sub), as_numpy=True))
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self._in_sub_batches(texts, lambda sub: self.model.model_body.encode(
+            sub, batch_size=len(sub), convert_to_numpy=True, show_progress_bar=False))
+
+    def _in_sub_batches(self, texts: list[str], forward: Callable[[list[str]], Any]) -> np.ndarray:
+        """One forward pass per length-sorted sub-batch; rows come back in `texts` order, as float32."""
+        passes = plan_sub_batches(self.token_lengths(texts), self.max_batch_tokens)
+        with torch.inference_mode():
+            outputs = [np.asarray(forward([texts[i] for i in positions]), dtype=np.float32) for positions in passes]
+        if not outputs:
+            return np.empty((0, 0), dtype=np.float32)
+        rows = np.empty((len(texts), outputs[0].shape[1]), dtype=np.float32)
+        rows[np.concatenate(passes)] = np.concatenate(outputs)
+        return rows
