@@ -33,13 +33,14 @@ install-test: $(VENV)/.installed-test
 serve: install
 	$(BIN)/bentoml serve --port $(PORT)
 
-## Lint, then the whole test suite (unit + end-to-end against real servers, embedded and Redis
+## Lint, the import contracts (pyproject.toml: the layering), then the whole test suite (unit + end-to-end against real servers, embedded and Redis
 ## mode). Debian packages the tests use, installed here when missing: redis-server (Redis-mode
 ## tests start a real one) and docker-compose (validates docker-compose.yml; no engine needed).
 test: install-test
 	command -v redis-server >/dev/null || { $(call APT_INSTALL,redis-server); }
 	command -v docker-compose >/dev/null || { $(call APT_INSTALL,docker-compose); }
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 ## Serving benchmark (not part of the tests): writes bench/results/serving-<time>.json and .md.
@@ -78,6 +79,7 @@ dockerfile: install
 
 lint: install-test
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
