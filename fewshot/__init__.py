@@ -3,8 +3,9 @@
 - `api/`: the HTTP contract (schemas, the one error shape, auth, views). No torch.
 - `serving/`: the inference engine (model loading and cache, batching, labels). No HTTP.
 - `bentoml_fixes/`: every workaround for BentoML 1.4.40 and Starlette, applied by `install()`.
-- `store.py` (the BentoML model store), `settings.py` (every setting), `base_models.py` (where a
-  base model comes from), `metrics.py` (Prometheus), `client.py` (the Python client): shared.
+- shared: `store.py` (the BentoML model store), `settings.py` (every setting), `base_models.py`
+  (where a base model comes from), `metrics.py` (Prometheus), `timestamps.py` (time as written
+  everywhere), `client.py` (the Python client).
 
 The services are wired in service.py; training, the queue and job records live in trainers/.
 The allowed imports between them are contracts in pyproject.toml, checked by `lint-imports`.

@@ -19,9 +19,10 @@ import psutil
 import pytest
 
 from fewshot.base_models import resolve_base_model
+from fewshot.timestamps import utc_now
 from harness.fixtures import BASE_MODEL
 from harness.live_server import LiveServer, listed_versions, metric, version_directories, wait_for_job, wait_for_log
-from trainers.jobs import SqliteJobStore, new_job, utc_now
+from trainers.jobs import SqliteJobStore, new_job
 
 pytestmark = pytest.mark.e2e
 

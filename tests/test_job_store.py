@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from fewshot.api.views import job_view
-from trainers.jobs import JobStore, RedisJobStore, SqliteJobStore, UnknownCursor, expire_finished, new_job, utc_now
+from fewshot.timestamps import utc_now
+from trainers.jobs import JobStore, RedisJobStore, SqliteJobStore, UnknownCursor, expire_finished, new_job
 
 
 @pytest.fixture(params=["sqlite", "redis"])

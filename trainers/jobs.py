@@ -13,21 +13,18 @@ import time
 import uuid
 from collections.abc import Iterable
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
 from fewshot.settings import Settings
+from fewshot.timestamps import UtcTimestamp, utc_now
 
 JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "running", "completed", "failed", "cancelled")
 FINISHED_STATUSES: tuple[JobStatus, ...] = ("completed", "failed", "cancelled")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class StrategyComparison(BaseModel):
@@ -47,11 +44,11 @@ class JobRecord(BaseModel):
     job_id: str
     status: JobStatus
     model_name: str
-    created_at: datetime
+    created_at: UtcTimestamp
     request: dict[str, Any]
     """The validated training request, as JSON: the task reads it from here, not from the queue."""
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    started_at: UtcTimestamp | None = None
+    finished_at: UtcTimestamp | None = None
     error: str | None = None
     model_version: str | None = None
     attempts: int = 0

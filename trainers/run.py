@@ -20,7 +20,8 @@ from fewshot import store
 from fewshot.api.schemas import TrainRequest
 from fewshot.base_models import resolve_base_model
 from fewshot.settings import Settings
-from trainers.jobs import JobRecord, StrategyComparison, utc_now
+from fewshot.timestamps import utc_now
+from trainers.jobs import JobRecord, StrategyComparison
 from trainers.training import (
     ProgressCallback,
     Split,

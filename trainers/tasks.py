@@ -20,8 +20,9 @@ from huey import signals
 
 from fewshot.api.schemas import TrainRequest
 from fewshot.settings import get_settings
+from fewshot.timestamps import utc_now
 from trainers.holdout import data_warnings
-from trainers.jobs import JobRecord, StrategyComparison, expire_finished, new_job, utc_now
+from trainers.jobs import JobRecord, StrategyComparison, expire_finished, new_job
 from trainers.logs import job_context
 from trainers.queue import huey, jobs
 

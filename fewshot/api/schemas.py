@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -16,7 +15,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PlainSerializer,
     SerializerFunctionWrapHandler,
     ValidationInfo,
     WithJsonSchema,
@@ -27,6 +25,7 @@ from pydantic import (
 from fewshot.base_models import base_model_problem
 from fewshot.serving.items import LabelScore, TextItem
 from fewshot.settings import get_settings
+from fewshot.timestamps import UtcTimestamp
 from trainers.holdout import LabelMetrics
 from trainers.jobs import JobStatus, StrategyComparison
 
@@ -81,12 +80,6 @@ def _check_not_blank(value: str) -> str:
     return value
 
 
-def _as_utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError("timestamps must carry a UTC offset")
-    return value.astimezone(UTC)
-
-
 # The JSON schemas document what the validators check, so that clients (and fuzzers) know the rules.
 MODEL_NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MODEL_NAME_MAX_LENGTH,
                      "pattern": MODEL_NAME_PATTERN.pattern}
@@ -106,13 +99,6 @@ BaseModelName = Annotated[
     str,
     Field(max_length=BASE_MODEL_MAX_LENGTH, json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN}),
     AfterValidator(_check_not_blank),
-]
-# ISO 8601 in UTC with an explicit "+00:00" offset, everywhere.
-UtcTimestamp = Annotated[
-    datetime,
-    AfterValidator(_as_utc),
-    PlainSerializer(lambda value: value.isoformat(), return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 
 
