@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-quality bench-time-to-model image dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-quality bench-time-to-model image dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,20 @@ BENCH_ARGS ?=
 bench: install-test
 	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
 	$(BIN)/python -m bench.serving $(BENCH_ARGS)
+
+## The server's own cost (tiny random-weight model) against Infinity and our naive baseline, same run
+## (~6 min): writes bench/results/overhead-<time>.json and .md. Infinity needs transformers<5, so it
+## gets a virtualenv of its own here, bench/.venv-infinity (created on first use).
+INFINITY_VENV ?= bench/.venv-infinity
+OVERHEAD_ARGS ?=
+$(INFINITY_VENV)/bin/infinity_emb:
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(INFINITY_VENV)/bin/pip install -q "infinity-emb[server,torch]==0.0.78" "transformers<5"
+
+bench-overhead: install-test $(INFINITY_VENV)/bin/infinity_emb
+	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
+	$(BIN)/python -m bench.overhead --infinity $(INFINITY_VENV)/bin/infinity_emb $(OVERHEAD_ARGS)
 
 ## Time from POST /v1/train (strategy head) to a served model, p50/p95 over 20 jobs, with our trainer
 ## polling and Huey's default in the same run (~20 min: idle gaps up to 60 s): writes bench/results/time-to-model-<time>.*

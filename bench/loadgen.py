@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 WARMUP_SECONDS = 2
@@ -23,11 +24,14 @@ BODIES = 5000
 SCRIPT = Path(__file__).with_name("loadgen.lua")
 
 
-def write_bodies(path: Path, model: str, texts: list[str], per_request: int, seed: int = 0) -> None:
+def write_bodies(path: Path, model: str, texts: list[str], per_request: int, seed: int = 0,
+                 body: Callable[[str, list[str]], dict] | None = None) -> None:
+    """BODIES request bodies, each a random draw of `per_request` texts; ours by default, or `body(model, texts)`."""
     rng = random.Random(seed)
+    make = body or (lambda name, drawn: {"model_name": name, "texts": drawn})
     with path.open("w") as handle:
         for _ in range(BODIES):
-            handle.write(json.dumps({"model_name": model, "texts": rng.sample(texts, per_request)}) + "\n")
+            handle.write(json.dumps(make(model, rng.sample(texts, per_request))) + "\n")
 
 
 def run_wrk(url: str, concurrency: int, seconds: int, bodies: Path) -> dict:
@@ -47,6 +51,11 @@ def drive(url: str, path: str, model: str, texts: list[str], concurrency: int, p
         write_bodies(bodies, model, texts, per_request)
         run_wrk(url + path, concurrency, WARMUP_SECONDS, bodies)
         report = run_wrk(url + path, concurrency, round(duration), bodies)
+    return summarise(report, path, concurrency, per_request)
+
+
+def summarise(report: dict, path: str, concurrency: int, per_request: int) -> dict:
+    """wrk's report (bench/loadgen.lua) as one benchmark point."""
     seconds = report["duration_us"] / 1e6
     ok = report["requests"] - report["non2xx"]
     return {

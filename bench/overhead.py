@@ -1,0 +1,273 @@
+"""Overhead benchmark: what the server itself costs per request and per text, against the peer.
+
+    make bench-overhead       (or: .venv/bin/python -m bench.overhead [--duration 15])
+
+A model that costs nothing (bench/tiny_model.py: 2-layer BERT, hidden size 32, random weights)
+exposes the server's own cost on any machine. In one run, same texts (banking77 test set), same
+load (wrk, bench/loadgen.py), one server at a time:
+
+- this service (`bentoml serve`, default settings), the tiny model trained into its store with
+  `strategy: head`, on /v1/predict and /v1/embeddings;
+- Infinity (PyPI `infinity-emb`, torch engine, its defaults) serving the same tiny model on
+  /embeddings with the OpenAI body; it needs transformers<5, so it lives in its own virtualenv
+  (`make bench-overhead` creates bench/.venv-infinity);
+- our naive baseline (bench/naive_service.py: the same HTTP stack, one forward pass per request).
+
+Points: c=1 and c=64 with one text per request, c=16 with 16. Besides req/s, texts/s, p50/p99 and
+errors, each point reports the server's CPU time per request, summed over every process of the
+server (psutil, before and after the measured run). Writes bench/results/overhead-<time>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import psutil
+
+from bench.loadgen import WARMUP_SECONDS, run_wrk, summarise, write_bodies
+from bench.report_files import write_report
+from bench.serving import RESULTS, TEXTS_FILE
+from bench.tiny_model import make_tiny_model
+from harness.fixtures import read_examples
+from harness.live_server import PROJECT_ROOT, LiveServer, free_port, wait_for_job
+
+MODEL = "tiny"
+POINTS = ((1, 1), (64, 1), (16, 16))
+"""(concurrent clients, texts per request)"""
+INFINITY = PROJECT_ROOT / "bench" / ".venv-infinity" / "bin" / "infinity_emb"
+
+Body = Callable[[str, list[str]], dict]
+
+
+def ours(model: str, texts: list[str]) -> dict:
+    return {"model_name": model, "texts": texts}
+
+
+def openai(model: str, texts: list[str]) -> dict:
+    return {"model": model, "input": texts}
+
+
+@dataclass
+class Target:
+    """A running server to measure: where its routes are, what body they take, its process tree."""
+
+    name: str
+    url: str
+    routes: dict[str, str]
+    body: Body
+    root_pid: int
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time so far of each process of the server, by role (see `role`)."""
+        root = psutil.Process(self.root_pid)
+        seconds: dict[str, float] = {}
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times, name = process.cpu_times(), role(process.cmdline())
+            except psutil.NoSuchProcess:
+                continue
+            seconds[name] = seconds.get(name, 0.0) + times.user + times.system
+        return seconds
+
+
+def role(command: list[str]) -> str:
+    """A server process by what it runs: BentoML's CLI/supervisor, one of its service workers, the trainer."""
+    if "--service-name" in command:
+        return command[command.index("--service-name") + 1]
+    if "trainers.consumer" in command:
+        return "trainer"
+    if any(part.endswith("infinity_emb") for part in command):
+        return "infinity"
+    return "supervisor"
+
+
+def measure(target: Target, route: str, texts: list[str], concurrency: int, per_request: int,
+            duration: float) -> dict:
+    path = target.routes[route]
+    with tempfile.TemporaryDirectory() as scratch:
+        bodies = Path(scratch) / "bodies.jsonl"
+        write_bodies(bodies, MODEL, texts, per_request, body=target.body)
+        run_wrk(target.url + path, concurrency, WARMUP_SECONDS, bodies)
+        before = target.cpu_seconds()
+        report = run_wrk(target.url + path, concurrency, round(duration), bodies)
+        after = target.cpu_seconds()
+    by_role = {name: after[name] - before.get(name, 0.0) for name in after}
+    cpu = sum(by_role.values())
+    point = summarise(report, path, concurrency, per_request)
+    served = report["requests"] - report["non2xx"]
+    point.update(server=target.name, route=route,
+                 cpu_ms_per_request=round(1000 * cpu / served, 3) if served else None,
+                 cpu_ms_per_text=round(1000 * cpu / (served * per_request), 3) if served else None,
+                 cpu_cores_busy=round(cpu / point["seconds"], 2),
+                 cpu_ms_per_request_by_process={name: round(1000 * value / served, 3) if served else None
+                                                for name, value in sorted(by_role.items())})
+    print(f"  {target.name} {route} c={concurrency} texts={per_request}: {point['requests_per_s']} req/s, "
+          f"p50 {point['p50_ms']} ms, p99 {point['p99_ms']} ms, {point['cpu_ms_per_request']} CPU ms/req "
+          f"{point['cpu_ms_per_request_by_process']}, errors {point['errors']}", flush=True)
+    return point
+
+
+def measure_all(target: Target, texts: list[str], duration: float) -> list[dict]:
+    with httpx.Client(base_url=target.url, timeout=60) as client:  # first load of the model: not measured
+        for path in target.routes.values():
+            client.post(path, json=target.body(MODEL, ["warm up"] * 16)).raise_for_status()
+    return [measure(target, route, texts, concurrency, per_request, duration)
+            for route in target.routes for concurrency, per_request in POINTS]
+
+
+def train_tiny_model(state: Path, base_model: Path) -> LiveServer:
+    """The tiny model trained into a fresh store through our API (`strategy: head`); returns the
+    server, stopped, so that the others can be measured without it running."""
+    server = LiveServer(state / "service", env={"LOCAL_MODEL_DIRS": str(base_model.parent)}).start()
+    try:
+        with server.client() as client:
+            job = client.post("/v1/train", json={
+                "model_name": MODEL, "base_model": str(base_model), "strategy": "head",
+                "examples": read_examples("banking77_train_4labels.csv")}).json()
+            assert wait_for_job(client, job["job_id"], {"completed", "failed"})["status"] == "completed", job
+    finally:
+        server.close()
+    return server
+
+
+def run_ours(server: LiveServer, texts: list[str], duration: float) -> list[dict]:
+    server.start()
+    try:
+        assert server.process is not None
+        target = Target("fewshot", server.url, {"predict": "/v1/predict", "embeddings": "/v1/embeddings"},
+                        ours, server.process.pid)
+        return measure_all(target, texts, duration)
+    finally:
+        server.close()
+
+
+def run_naive(server: LiveServer, state: Path, texts: list[str], duration: float) -> list[dict]:
+    naive = LiveServer(state / "naive", target="bench.naive_service:Naive")
+    naive.model_path = server.model_path  # same store, same model
+    naive.start()
+    try:
+        assert naive.process is not None
+        target = Target("naive", naive.url, {"predict": "/v1/predict", "embeddings": "/v1/embeddings"},
+                        ours, naive.process.pid)
+        return measure_all(target, texts, duration)
+    finally:
+        naive.close()
+
+
+def run_infinity(executable: Path, base_model: Path, state: Path, texts: list[str], duration: float) -> list[dict]:
+    port = free_port()
+    log = (state / "infinity.log").open("wb")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+    process = subprocess.Popen(
+        [str(executable), "v2", "--model-id", str(base_model), "--served-model-name", MODEL, "--engine", "torch",
+         "--device", "cpu", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Infinity did not start; see {state / 'infinity.log'}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        return measure_all(Target("infinity", url, {"embeddings": "/embeddings"}, openai, process.pid), texts,
+                           duration)
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
+
+
+def versus_peer(points: list[dict]) -> list[dict]:
+    """Our embeddings points against Infinity's at the same load: ratios of req/s and p50."""
+    peer = {(p["concurrency"], p["texts_per_request"]): p for p in points if p["server"] == "infinity"}
+    rows = []
+    for point in points:
+        other = peer.get((point["concurrency"], point["texts_per_request"]))
+        if point["server"] == "infinity" or other is None:
+            continue
+        rows.append({"server": point["server"], "route": point["route"], "concurrency": point["concurrency"],
+                     "texts_per_request": point["texts_per_request"],
+                     "requests_per_s_vs_infinity": round(point["requests_per_s"] / other["requests_per_s"], 3)
+                     if other["requests_per_s"] else None,
+                     "p50_ms": point["p50_ms"], "infinity_p50_ms": other["p50_ms"]})
+    return rows
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# Overhead benchmark — {result['started_at']}",
+        "",
+        f"Machine: {result['machine']}. Model: {result['model']}. {result['duration_s']} s per point after "
+        f"{WARMUP_SECONDS} s of warm-up; load generator: wrk; one server running at a time. CPU ms/req: CPU time "
+        "of every process of the server during the measured run, per answered request.",
+        "",
+        "| server | route | c | texts/req | req/s | texts/s | p50 ms | p99 ms | CPU ms/req | CPU ms/text | "
+        "cores busy | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in result["points"]:
+        lines.append(f"| {p['server']} | {p['route']} | {p['concurrency']} | {p['texts_per_request']} | "
+                     f"{p['requests_per_s']} | {p['texts_per_s']} | {p['p50_ms']} | {p['p99_ms']} | "
+                     f"{p['cpu_ms_per_request']} | {p['cpu_ms_per_text']} | {p['cpu_cores_busy']} | {p['errors']} |")
+    if result["versus_infinity"]:
+        lines += ["", "Against Infinity at the same load (its /embeddings):", "",
+                  "| server | route | c | texts/req | req/s × Infinity | p50 ms | Infinity p50 ms |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in result["versus_infinity"]:
+            lines.append(f"| {row['server']} | {row['route']} | {row['concurrency']} | {row['texts_per_request']} | "
+                         f"{row['requests_per_s_vs_infinity']} | {row['p50_ms']} | {row['infinity_p50_ms']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per point")
+    parser.add_argument("--infinity", type=Path, default=INFINITY, help="the infinity_emb executable")
+    parser.add_argument("--skip", default="", help="comma-separated servers not to measure: naive, infinity")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    started_at = datetime.now(UTC).replace(microsecond=0)
+    texts = json.loads(TEXTS_FILE.read_text())
+
+    state = Path(tempfile.mkdtemp(prefix="fewshot-overhead-"))
+    base_model = make_tiny_model(state / "base-models" / "tiny-bert")
+    server = train_tiny_model(state, base_model)
+    points = run_ours(server, texts, args.duration)
+    if "infinity" not in skip:
+        if not args.infinity.exists():
+            raise SystemExit(f"{args.infinity} not found: `make bench-overhead` installs Infinity there")
+        points += run_infinity(args.infinity, base_model, state, texts, args.duration)
+    if "naive" not in skip:
+        points += run_naive(server, state, texts, args.duration)
+
+    result = {
+        "started_at": started_at.isoformat(),
+        "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores",
+        "model": "tiny random-weight BERT (2 layers, hidden 32, all-MiniLM-L6-v2 tokenizer), head-only SetFit",
+        "duration_s": args.duration,
+        "points": points,
+        "versus_infinity": versus_peer(points),
+    }
+    stem = write_report(args.out, "overhead", started_at, result, markdown(result))
+    print(markdown(result))
+    print(f"written: {stem}.json, {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
