@@ -46,6 +46,7 @@ MODEL = "tiny"
 POINTS = ((1, 1), (64, 1), (16, 16))
 """(concurrent clients, texts per request)"""
 INFINITY = PROJECT_ROOT / "bench" / ".venv-infinity" / "bin" / "infinity_emb"
+OUR_ROUTES = {"predict": "/v1/predict", "embeddings": "/v1/embeddings"}
 
 Body = Callable[[str, list[str]], dict]
 
@@ -141,28 +142,14 @@ def train_tiny_model(state: Path, base_model: Path) -> LiveServer:
     return server
 
 
-def run_ours(server: LiveServer, texts: list[str], duration: float) -> list[dict]:
+def run_bentoml(name: str, server: LiveServer, texts: list[str], duration: float) -> list[dict]:
+    """Start one of our BentoML servers (the service, or the naive baseline), measure it, stop it."""
     server.start()
     try:
         assert server.process is not None
-        target = Target("fewshot", server.url, {"predict": "/v1/predict", "embeddings": "/v1/embeddings"},
-                        ours, server.process.pid)
-        return measure_all(target, texts, duration)
+        return measure_all(Target(name, server.url, OUR_ROUTES, ours, server.process.pid), texts, duration)
     finally:
         server.close()
-
-
-def run_naive(server: LiveServer, state: Path, texts: list[str], duration: float) -> list[dict]:
-    naive = LiveServer(state / "naive", target="bench.naive_service:Naive")
-    naive.model_path = server.model_path  # same store, same model
-    naive.start()
-    try:
-        assert naive.process is not None
-        target = Target("naive", naive.url, {"predict": "/v1/predict", "embeddings": "/v1/embeddings"},
-                        ours, naive.process.pid)
-        return measure_all(target, texts, duration)
-    finally:
-        naive.close()
 
 
 def run_infinity(executable: Path, base_model: Path, state: Path, texts: list[str], duration: float) -> list[dict]:
@@ -248,13 +235,15 @@ def main() -> None:
     state = Path(tempfile.mkdtemp(prefix="fewshot-overhead-"))
     base_model = make_tiny_model(state / "base-models" / "tiny-bert")
     server = train_tiny_model(state, base_model)
-    points = run_ours(server, texts, args.duration)
+    points = run_bentoml("fewshot", server, texts, args.duration)
     if "infinity" not in skip:
         if not args.infinity.exists():
             raise SystemExit(f"{args.infinity} not found: `make bench-overhead` installs Infinity there")
         points += run_infinity(args.infinity, base_model, state, texts, args.duration)
     if "naive" not in skip:
-        points += run_naive(server, state, texts, args.duration)
+        naive = LiveServer(state / "naive", target="bench.naive_service:Naive")
+        naive.model_path = server.model_path  # same store, same model
+        points += run_bentoml("naive", naive, texts, args.duration)
 
     result = {
         "started_at": started_at.isoformat(),
