@@ -13,6 +13,7 @@ from fewshot.api.errors import send_unauthorized
 OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", "/healthz", "/", "/docs.json", "/schema.json"})
 OPEN_PREFIXES = ("/static_content/",)
 
+
 def is_open_path(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
