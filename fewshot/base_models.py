@@ -37,7 +37,12 @@ def base_model_problem(requested: str, local_dirs: Sequence[Path]) -> str | None
     so a request cannot make the trainer read arbitrary directories; a Hub id must look like one.
     """
     if is_local_path(requested):
-        resolved = Path(requested).expanduser().resolve()
+        try:
+            resolved = Path(requested).expanduser().resolve()
+        except (RuntimeError, ValueError, OSError) as unusable:
+            # "~name" of no such user (RuntimeError), a name the file system cannot encode (lone
+            # surrogates: UnicodeEncodeError), a path too long to resolve: found by the fuzz test.
+            return f"not a usable local path ({type(unusable).__name__}: {unusable})"
         if any(resolved.is_relative_to(Path(root).expanduser().resolve()) for root in local_dirs):
             return None
         allowed = ", ".join(str(root) for root in local_dirs) or "none configured"

@@ -73,6 +73,7 @@ def test_relative_names_are_hub_ids_never_directories(tmp_path: Path, monkeypatc
 @pytest.mark.parametrize("requested", [
     "/etc", "/etc/../etc", "~/.ssh", "../x", "..", "org/../../etc", "org/%2e%2e", "org\\name", "a/b/c", "",
     "{allowed}/../outside", "{allowed}-sibling/model",
+    "~no-such-user-fewshot/models", "/models/\ud9a8", "~\ud8ba\udfb0E",
 ])
 def test_base_models_outside_the_allowed_places_are_refused(tmp_path: Path, requested: str) -> None:
     allowed = tmp_path / "models"
