@@ -117,3 +117,19 @@ def test_the_bentoml_workarounds_refuse_an_untested_bentoml_version() -> None:
         check_bentoml_version("1.5.0")
     requirements = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text()
     assert f"bentoml=={WRITTEN_FOR_BENTOML}\n" in requirements  # the pin and the fixes move together
+
+
+def test_only_the_serving_routes_skip_bentomls_api_dispatch(tmp_path: Path) -> None:
+    """Direct dispatch is for routes where BentoML's would only parse, await and serialise: not for
+    /v1/train (it takes the context to answer 202/429), nor any FastAPI route."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import json, service\n"
+              "from fewshot.bentoml_fixes.direct_dispatch import direct_routes\n"
+              "print(json.dumps(sorted(direct_routes(service.Gateway))))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, env={**os.environ, "MODEL_PATH": str(tmp_path)}, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["/v1/embeddings", "/v1/predict"]

@@ -12,6 +12,7 @@ Each module names what it works around and the upstream issue where there is one
 - `error_shape`: every 4xx/5xx body rewritten into our one error shape (bentoml#4232).
 - `json_only`: POST bodies other than JSON are a 415, not a parser's 500.
 - `allow_header`: a 405's Allow lists every method of the path.
+- `direct_dispatch`: the serving routes straight to their handlers, past BentoML's per-request dispatch.
 - `job_gauges`: the job-status gauges set just before BentoML serves /metrics.
 - `store_directory`: the model store's directory, which BentoML has no public API for.
 
@@ -52,6 +53,7 @@ def install(gateway: Any, app: Any, settings: Settings, job_counts: Callable[[],
     process and in every worker (each imports service.py)."""
     from fewshot.bentoml_fixes.allow_header import AllowHeaderMiddleware
     from fewshot.bentoml_fixes.continuous_batching import use_continuous_batching
+    from fewshot.bentoml_fixes.direct_dispatch import DirectDispatchMiddleware, direct_routes
     from fewshot.bentoml_fixes.error_shape import ErrorShapeMiddleware
     from fewshot.bentoml_fixes.job_gauges import JobGaugesMiddleware
     from fewshot.bentoml_fixes.json_only import JSONBodyOnlyMiddleware
@@ -75,3 +77,4 @@ def install(gateway: Any, app: Any, settings: Settings, job_counts: Callable[[],
     gateway.add_asgi_middleware(JSONBodyOnlyMiddleware, paths=[method.route for method in gateway.apis.values()])
     gateway.add_asgi_middleware(ErrorShapeMiddleware)
     gateway.add_asgi_middleware(AllowHeaderMiddleware, paths=lambda: app.openapi()["paths"])
+    gateway.add_asgi_middleware(DirectDispatchMiddleware, routes=direct_routes(gateway))  # innermost of ours
