@@ -192,7 +192,7 @@ class Gateway:
         results = await self.embed_items(request.items())
         if not all(result.found for result in results):
             return errors.unknown_model(request.model_name)
-        return EmbeddingsResponse(embeddings=[result.vector for result in results])
+        return EmbeddingsResponse(embeddings=[result.floats() for result in results])
 
     @routes.get("/health", response_model=HealthResponse)
     def health(self) -> HealthResponse:

@@ -350,3 +350,21 @@ def test_top_labels_are_the_most_probable_first_and_cut_at_k() -> None:
     assert top_labels(probabilities, ["x", "y", "z"], 2) == [[("y", 0.6), ("z", 0.3)], [("x", 0.5), ("z", 0.3)]]
     assert top_labels(probabilities, ["x", "y", "z"], 5)[0] == [("y", 0.6), ("z", 0.3), ("x", 0.1)]
     assert top_labels(probabilities, ["x", "y", "z"], 0) == [[], []]
+
+
+def test_embeddings_cross_the_internal_hop_as_float32_bytes_with_their_exact_values() -> None:
+    import pickle
+
+    import numpy as np
+    from pydantic import TypeAdapter
+
+    from fewshot.serving.items import ItemEmbedding
+
+    vectors = np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32)
+    sent = [ItemEmbedding(vector=row.tobytes()) for row in vectors]
+    wire = TypeAdapter(list[ItemEmbedding])
+    by_pickle = wire.validate_python(pickle.loads(pickle.dumps(wire.dump_python(sent), protocol=5)))  # BentoML's hop
+    by_json = wire.validate_json(wire.dump_json(sent))  # base64, should a client ever ask in JSON
+    for received in (by_pickle, by_json):
+        assert [item.floats() for item in received] == vectors.tolist()
+    assert ItemEmbedding(found=False).floats() == []

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+
 from fewshot.serving.batching import positions_by_model
 from fewshot.serving.items import ItemEmbedding, ItemPrediction, LabelScore, TextItem
 from fewshot.serving.labels import best_labels, top_labels
@@ -55,6 +57,7 @@ def predict_items(cache: ModelCache, items: Sequence[TextItem]) -> list[ItemPred
 
 def embed_items(cache: ModelCache, items: Sequence[TextItem]) -> list[ItemEmbedding]:
     def run(loaded: LoadedModel, group: list[TextItem]) -> list[ItemEmbedding]:
-        return [ItemEmbedding(vector=vector) for vector in loaded.embed([item.text for item in group]).tolist()]
+        vectors = np.ascontiguousarray(loaded.embed([item.text for item in group]), dtype=np.float32)
+        return [ItemEmbedding(vector=row.tobytes()) for row in vectors]
 
     return _per_model(cache, items, ItemEmbedding(found=False), run)

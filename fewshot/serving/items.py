@@ -7,7 +7,9 @@ the engine.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from array import array
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class LabelScore(BaseModel):
@@ -30,5 +32,20 @@ class ItemPrediction(BaseModel):
 
 
 class ItemEmbedding(BaseModel):
+    """One text's embedding on the internal hop: float32 values as raw bytes (machine order).
+
+    A list of 384 Python floats cost ~54 µs per text to dump, pickle, unpickle and validate
+    between the two services (measured, 256 all-MiniLM-L6-v2-sized vectors); bytes cost ~1 µs.
+    The gateway turns them into the public response's floats (`floats`), the same values that
+    float32 `.tolist()` gives. In JSON (never used between our services, but possible) they are base64.
+    """
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
     found: bool = True
-    vector: list[float] = Field(default_factory=list)
+    vector: bytes = b""
+
+    def floats(self) -> list[float]:
+        values = array("f")  # C float: float32 in the machine's byte order, as numpy's tobytes() wrote it
+        values.frombytes(self.vector)
+        return values.tolist()
