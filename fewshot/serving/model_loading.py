@@ -103,11 +103,17 @@ class LoadedModel:
 
     def _in_sub_batches(self, texts: list[str], forward: Callable[[list[str]], Any]) -> np.ndarray:
         """One forward pass per length-sorted sub-batch; rows come back in `texts` order, as float32."""
-        passes = plan_sub_batches(self.token_lengths(texts), self.max_batch_tokens)
+        if not texts:
+            return np.empty((0, 0), dtype=np.float32)
+        longest_possible = self.model.model_body.max_seq_length  # None: a model without a limit
+        if longest_possible and len(texts) * longest_possible <= self.max_batch_tokens:
+            # All of them fit one pass however long they are (GPU budget: up to 64 texts of a
+            # 256-token model): measuring their lengths first would tokenise them twice for nothing.
+            passes = [list(range(len(texts)))]
+        else:
+            passes = plan_sub_batches(self.token_lengths(texts), self.max_batch_tokens)
         with torch.inference_mode():
             outputs = [np.asarray(forward([texts[i] for i in positions]), dtype=np.float32) for positions in passes]
-        if not outputs:
-            return np.empty((0, 0), dtype=np.float32)
         rows = np.empty((len(texts), outputs[0].shape[1]), dtype=np.float32)
         rows[np.concatenate(passes)] = np.concatenate(outputs)
         return rows
