@@ -34,10 +34,11 @@ class ItemPrediction(BaseModel):
 class ItemEmbedding(BaseModel):
     """One text's embedding on the internal hop: float32 values as raw bytes (machine order).
 
-    A list of 384 Python floats cost ~54 µs per text to dump, pickle, unpickle and validate
-    between the two services (measured, 256 all-MiniLM-L6-v2-sized vectors); bytes cost ~1 µs.
-    The gateway turns them into the public response's floats (`floats`), the same values that
-    float32 `.tolist()` gives. In JSON (never used between our services, but possible) they are base64.
+    Measured on 256 all-MiniLM-L6-v2-sized (384-d) vectors: building the items and taking them
+    through BentoML's hop (dump, pickle, unpickle, validate) cost 65.7 µs per text as lists of
+    Python floats, 5.4 µs as bytes. The gateway turns them into the public response's floats
+    (`floats`, 10.8 µs), the same values that float32 `.tolist()` gives. In JSON (never used
+    between our services, but possible) they are base64.
     """
 
     model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
