@@ -109,6 +109,11 @@ class Settings:
     """INFERENCE_DTYPE: AUTO (float16 on CUDA, float32 on CPU), FLOAT32, FLOAT16 or BFLOAT16."""
     inference_threads: int | None
     """INFERENCE_THREADS: torch threads of the inference worker; None = one per CPU core."""
+    inference_backend: str
+    """INFERENCE_BACKEND: AUTO, TORCH, ONNX (ONNX Runtime) or OPENVINO: what runs a model's body (see
+    fewshot/serving/backends.py; AUTO = the measured default: torch on a GPU, OPENVINO on CPU)."""
+    inference_quantize: str
+    """INFERENCE_QUANTIZE: AUTO, NONE or INT8: int8 weights and activations for ONNX/OPENVINO bodies."""
     max_texts_per_request: int
     """MAX_TEXTS_PER_REQUEST: texts in one predict or embeddings request."""
     max_text_chars: int
@@ -183,6 +188,8 @@ def load_settings() -> Settings:
         max_loaded_models=_int("MAX_LOADED_MODELS", 8, minimum=1),
         inference_dtype=_choice("INFERENCE_DTYPE", "AUTO", {"AUTO", "FLOAT32", "FLOAT16", "BFLOAT16"}),
         inference_threads=_int("INFERENCE_THREADS", 0, minimum=0) or None,
+        inference_backend=_choice("INFERENCE_BACKEND", "AUTO", {"AUTO", "TORCH", "ONNX", "OPENVINO"}),
+        inference_quantize=_choice("INFERENCE_QUANTIZE", "AUTO", {"AUTO", "NONE", "INT8"}),
         max_texts_per_request=_int("MAX_TEXTS_PER_REQUEST", 256, minimum=1),
         max_text_chars=_int("MAX_TEXT_CHARS", 10_000, minimum=1),
         max_train_examples=_int("MAX_TRAIN_EXAMPLES", 10_000, minimum=2),

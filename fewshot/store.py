@@ -25,6 +25,7 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import BentoMLException
 
+from fewshot import backend_cache
 from fewshot.bentoml_fixes.store_directory import model_store_directory
 
 logger = logging.getLogger("fewshot.store")
@@ -172,6 +173,7 @@ def delete(reference: str) -> list[str]:
         doomed = [stored for stored in versions(name) if version is None or stored.version == version]
         for stored in doomed:
             bentoml.models.delete(stored.tag)
+            backend_cache.remove(stored.name, stored.version)
     for stored in doomed:
         logger.info("deleted %s from the model store", stored.tag)
     return [stored.tag for stored in doomed]
@@ -185,12 +187,14 @@ def prune(name: str, keep: int) -> list[str]:
     with writing():
         for old in versions(name)[keep:]:
             bentoml.models.delete(old.tag)
+            backend_cache.remove(old.name, old.version)
             removed.append(old.tag)
     return removed
 
 
 def remove_incomplete_versions() -> list[str]:
-    """Delete version directories without their model.yaml: copies cut short by a crash.
+    """Delete version directories without their model.yaml: copies cut short by a crash; and the
+    serving exports (fewshot/backend_cache.py) of versions no longer in the store.
 
     Safe at any time: under the writers' lock no copy is in progress.
     """
@@ -201,6 +205,8 @@ def remove_incomplete_versions() -> list[str]:
                 shutil.rmtree(info_dir)
                 removed.append(f"{info_dir.parent.name}:{info_dir.name}")
                 logger.warning("removed %s from the model store: an incomplete copy (its writer died)", removed[-1])
+        backend_cache.remove_orphans({name: {stored.version for stored in listed}
+                                      for name, listed in all_models().items()})
     return removed
 
 

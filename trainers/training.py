@@ -10,6 +10,7 @@ No queue, no store, no HTTP: callable from a test, a benchmark or a notebook as 
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -24,6 +25,7 @@ from setfit import SetFitModel, Trainer, TrainingArguments
 from transformers import TrainerCallback
 
 from fewshot.base_models import BaseModelSource, load_failure_message
+from fewshot.serving.backends import CALIBRATION_TEXTS_FILE, MAX_CALIBRATION_TEXTS
 from fewshot.serving.labels import best_labels, column_labels
 from trainers.errors import TrainingFailed
 from trainers.holdout import Evaluation, choose_holdout_fraction, evaluate, stratified_split
@@ -90,6 +92,8 @@ class TrainedClassifier:
     evaluation: Evaluation | None
     num_examples: int
     training_duration_seconds: float
+    calibration_texts: list[str]
+    """Training texts kept with the version: OpenVINO's int8 calibration (fewshot/serving/backends.py)."""
 
     @property
     def accuracy(self) -> float | None:
@@ -101,6 +105,7 @@ class TrainedClassifier:
 
     def save(self, directory: Path) -> None:
         self.model.save_pretrained(str(directory))
+        (directory / CALIBRATION_TEXTS_FILE).write_text(json.dumps(self.calibration_texts), encoding="utf8")
 
 
 class _Deadline(TrainerCallback):
@@ -160,8 +165,11 @@ def _finish(model: SetFitModel, split: Split, strategy: str, started: float) -> 
     evaluation = _evaluate(model, split)
     logger.info("%s: trained on %d examples in %.1fs; accuracy %s on %d evaluation examples", strategy,
                 len(split.train), duration, evaluation and round(evaluation.accuracy, 4), len(split.evaluation))
+    texts = [text for text, _ in split.train]
+    every = max(1, len(texts) // MAX_CALIBRATION_TEXTS)  # spread over the examples, not the first labels only
     return TrainedClassifier(model=model, labels=split.labels, strategy=strategy, evaluation=evaluation,
-                             num_examples=split.num_examples, training_duration_seconds=duration)
+                             num_examples=split.num_examples, training_duration_seconds=duration,
+                             calibration_texts=texts[::every][:MAX_CALIBRATION_TEXTS])
 
 
 def train_head(split: Split, options: TrainingOptions) -> TrainedClassifier:

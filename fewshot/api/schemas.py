@@ -22,6 +22,7 @@ from pydantic import (
     model_serializer,
 )
 
+from fewshot.backend_cache import ServingBackend
 from fewshot.base_models import base_model_problem
 from fewshot.serving.items import LabelScore, TextItem
 from fewshot.settings import get_settings
@@ -269,6 +270,10 @@ class ModelView(BaseModel):
         default=None, description="Where the evaluation examples came from.")
     comparison: StrategyComparison | None = Field(
         default=None, description="strategy auto, on the fine-tuned version it registered: both scores.")
+    backend: ServingBackend | None = Field(
+        default=None, description="What serves this version (INFERENCE_BACKEND, INFERENCE_QUANTIZE), as its last "
+        "load in the inference service found: torch, or an ONNX Runtime / OpenVINO export, and `error` when an "
+        "export failed and torch serves it instead. Null until the version is first loaded (first request).")
 
 
 class ModelVersions(BaseModel):

@@ -6,6 +6,7 @@ of HTTP; the views here are the only place that decides which of their fields th
 
 from __future__ import annotations
 
+from fewshot import backend_cache
 from fewshot.api.schemas import JobView, ModelVersions, ModelView
 from fewshot.store import StoredModel
 from trainers.jobs import JobRecord
@@ -34,6 +35,7 @@ def model_view(stored: StoredModel) -> ModelView:
         label_metrics=meta.get("label_metrics"),
         eval_source=meta.get("eval_source"),
         comparison=meta.get("comparison"),
+        backend=backend_cache.read_status(stored.name, stored.version),
     )
 
 

@@ -14,7 +14,10 @@ import numpy as np
 import torch
 from setfit import SetFitModel
 
-from fewshot import store
+from fewshot import backend_cache, store
+from fewshot.backend_cache import ServingBackend
+from fewshot.serving import backends
+from fewshot.serving.backends import BackendChoice
 from fewshot.serving.batching import plan_sub_batches
 from fewshot.serving.labels import column_labels
 
@@ -39,25 +42,32 @@ def use_threads(count: int | None) -> None:
 
 @dataclass(frozen=True)
 class InferenceRuntime:
-    """Where and how models run: device, weight dtype and the token budget of one forward pass."""
+    """Where and how models run: device, weight dtype, the token budget of one forward pass and
+    what runs the body (torch or an ONNX Runtime / OpenVINO export)."""
 
     device: str
     dtype: torch.dtype
     max_batch_tokens: int
     trust_remote_code: bool = False
+    backend: BackendChoice = backends.PYTORCH
 
     @classmethod
     def resolve(cls, dtype: str = "AUTO", max_batch_tokens: int | None = None,
-                device: str | None = None, trust_remote_code: bool = False) -> InferenceRuntime:
-        """Fill in the AUTO choices for this machine (settings: INFERENCE_DTYPE, MAX_BATCH_TOKENS)."""
+                device: str | None = None, trust_remote_code: bool = False,
+                backend: str = "TORCH", quantize: str = "NONE") -> InferenceRuntime:
+        """Fill in the AUTO choices for this machine (settings: INFERENCE_DTYPE, MAX_BATCH_TOKENS,
+        INFERENCE_BACKEND, INFERENCE_QUANTIZE)."""
         device = device or pick_device()
+        choice = BackendChoice.resolve(backend, quantize, on_gpu=device.startswith("cuda"))
+        if choice.backend != backends.TORCH:
+            device = "cpu"  # the exports run on CPU (no CUDA build of ONNX Runtime or OpenVINO here)
         on_gpu = device.startswith("cuda")
         if dtype == "AUTO":
             chosen = torch.float16 if on_gpu else torch.float32  # half precision only pays on a GPU
         else:
             chosen = {"FLOAT32": torch.float32, "FLOAT16": torch.float16, "BFLOAT16": torch.bfloat16}[dtype]
         budget = max_batch_tokens or (GPU_MAX_BATCH_TOKENS if on_gpu else CPU_MAX_BATCH_TOKENS)
-        return cls(device, chosen, budget, trust_remote_code)
+        return cls(device, chosen, budget, trust_remote_code, choice)
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class LoadedModel:
     """The label of each `predict_proba` column, in column order."""
     max_batch_tokens: int
     """Padded tokens per forward pass (see fewshot.serving.batching)."""
+    backend: ServingBackend
 
     @classmethod
     def load(cls, stored: store.StoredModel, runtime: InferenceRuntime) -> LoadedModel:
@@ -77,14 +88,17 @@ class LoadedModel:
         model = SetFitModel.from_pretrained(str(stored.path), device=runtime.device,
                                             trust_remote_code=runtime.trust_remote_code)
         model.model_body.eval()
-        if runtime.dtype != torch.float32:
+        serving = backends.apply(model.model_body, stored, runtime.backend, torch.get_num_threads())
+        if runtime.dtype != torch.float32 and serving.backend == backends.TORCH:
             model.model_body.to(runtime.dtype)
             if model.has_differentiable_head:  # a torch head must match the body's outputs
                 model.model_head.to(runtime.dtype)
+        backend_cache.write_status(stored.name, stored.version, serving)
         logger.info("loaded model %s in %.2fs on %s (%s)", stored.tag, time.perf_counter() - started,
-                    runtime.device, str(runtime.dtype).removeprefix("torch."))
+                    runtime.device, serving.backend if serving.backend != backends.TORCH
+                    else str(runtime.dtype).removeprefix("torch."))
         return cls(stored.name, stored.version, model, stored.labels, column_labels(model, stored.labels),
-                   runtime.max_batch_tokens)
+                   runtime.max_batch_tokens, serving)
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens per text as the forward pass will see them (truncated to the model's maximum)."""

@@ -1,0 +1,93 @@
+"""Files derived from a stored model version to serve it faster, and what serves it.
+
+The inference service exports a version's transformer body for ONNX Runtime or OpenVINO (int8 or
+not) the first time it loads that version, and keeps the export under
+MODEL_PATH/backends/<name>/<version>/<backend>-<quantize>/: beside the model store, never inside its
+immutable version directories, so that a restart loads the export instead of redoing it. The
+store removes a version's directory here when it deletes the version.
+
+`serving.json` in the version's directory records what the last load actually serves it with (the
+backend asked for, or torch and why not): `GET /v1/models/...` reports it. No ML imports here: the
+gateway reads that file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from fewshot.settings import get_settings
+
+logger = logging.getLogger("fewshot.store")
+
+STATUS_FILE = "serving.json"
+
+
+class ServingBackend(BaseModel):
+    """What serves a model version, as its last load in an inference worker found out."""
+
+    requested: str
+    """The backend and quantization the settings asked for, e.g. `openvino-int8`."""
+    backend: str
+    """What runs the body: `torch`, `onnx` (ONNX Runtime) or `openvino`."""
+    quantize: str
+    """`int8` or `none`."""
+    error: str | None = None
+    """Why `backend`/`quantize` differ from `requested` (an export or quantization that failed)."""
+    prepare_seconds: float | None = None
+    """Seconds the export and quantization took at that load (0: read from this cache)."""
+
+
+def root() -> Path:
+    return get_settings().model_path / "backends"
+
+
+def version_directory(name: str, version: str) -> Path:
+    return root() / name / version
+
+
+def write_status(name: str, version: str, status: ServingBackend) -> None:
+    """Written beside and renamed over the old file: readers never see half of one."""
+    directory = version_directory(name, version)
+    directory.mkdir(parents=True, exist_ok=True)
+    staged = directory / f".{STATUS_FILE}.{os.getpid()}"
+    staged.write_text(status.model_dump_json(), encoding="utf8")
+    os.replace(staged, directory / STATUS_FILE)
+
+
+def read_status(name: str, version: str) -> ServingBackend | None:
+    """None: no inference worker has loaded this version yet (with today's or earlier settings)."""
+    try:
+        return ServingBackend.model_validate(json.loads((version_directory(name, version) / STATUS_FILE).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def remove(name: str, version: str | None = None) -> None:
+    """Remove what was derived from `name:version` (or from every version of `name`)."""
+    directory = root() / name if version is None else version_directory(name, version)
+    shutil.rmtree(directory, ignore_errors=True)
+    if version is not None and directory.parent.is_dir() and not any(directory.parent.iterdir()):
+        directory.parent.rmdir()
+
+
+def remove_orphans(versions_in_store: dict[str, set[str]]) -> list[str]:
+    """Remove derived files of versions no longer in the store (deleted by another tool, e.g. the
+    `bentoml models delete` CLI); the `name:version` references removed."""
+    removed = []
+    if not root().is_dir():
+        return removed
+    for model_dir in root().iterdir():
+        for version_dir in model_dir.iterdir() if model_dir.is_dir() else ():
+            if version_dir.name not in versions_in_store.get(model_dir.name, set()):
+                shutil.rmtree(version_dir, ignore_errors=True)
+                removed.append(f"{model_dir.name}:{version_dir.name}")
+                logger.info("removed the serving exports of %s: the version left the store", removed[-1])
+        if model_dir.is_dir() and not any(model_dir.iterdir()):
+            model_dir.rmdir()
+    return removed
