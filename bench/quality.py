@@ -15,6 +15,11 @@ seed). Strategies run as the service runs them (trainers.training / trainers.run
 - setfit-library: `setfit.Trainer` straight from the library on every shot (no hold-out), the
   library's default head, same iterations, batch size, learning rate and seed.
 
+Serving backends (`--backends`, fewshot/serving/backends.py): every model the head and setfit
+strategies trained is also loaded as the inference service loads it (fewshot.serving.model_loading,
+exported into a scratch MODEL_PATH) with each backend, and scored on the same test texts: its
+accuracy next to torch's, paired (same model, same texts).
+
 Everything runs in this process on the bundled MiniLM (no network). Writes
 bench/results/quality-<time>.json and .md.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import random
 import statistics
@@ -43,11 +49,12 @@ from harness.fixtures import BASE_MODEL
 from harness.live_server import PROJECT_ROOT
 from trainers.holdout import evaluate
 from trainers.run import compare
-from trainers.training import Split, TrainingOptions, fine_tune, split_examples, train_head
+from trainers.training import Split, TrainedClassifier, TrainingOptions, fine_tune, split_examples, train_head
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 DATASETS = ("banking77", "sst2", "trec6")
 STRATEGIES = ("head", "setfit", "auto", "setfit-library")
+BACKENDS = ("torch-none", "onnx-none", "onnx-int8", "openvino-none", "openvino-int8")
 TEST_SEED = 1234  # the test subset is the same for every training seed
 
 
@@ -104,8 +111,30 @@ def run_library(examples: list[tuple[str, str]], options: TrainingOptions) -> tu
     return model, labels, time.perf_counter() - started
 
 
+def backend_accuracies(trained: TrainedClassifier, test_rows: list[tuple[str, str]],
+                       variants: list[str]) -> dict[str, float]:
+    """Test accuracy of `trained` served by each backend variant (e.g. `openvino-int8`), loaded exactly
+    as the inference service loads a stored version (export into MODEL_PATH's backend cache included)."""
+    from fewshot.serving.model_loading import InferenceRuntime, LoadedModel
+    from fewshot.store import StoredModel
+
+    accuracies = {}
+    with tempfile.TemporaryDirectory(prefix="quality-model-") as directory:
+        trained.save(Path(directory))
+        stored = StoredModel("quality", Path(directory).name.replace("_", ""), Path(directory),
+                             {"labels": trained.labels})
+        for variant in variants:
+            backend, quantize = variant.upper().split("-")
+            loaded = LoadedModel.load(stored, InferenceRuntime.resolve(backend=backend, quantize=quantize))
+            if loaded.backend.error:
+                raise RuntimeError(f"{variant}: {loaded.backend.error}")
+            predicted, _ = best_labels(loaded.predict_proba([text for text, _ in test_rows]), loaded.column_labels)
+            accuracies[variant] = evaluate([label for _, label in test_rows], predicted, trained.labels).accuracy
+    return accuracies
+
+
 def run_task(examples: list[tuple[str, str]], test_rows: list[tuple[str, str]], options: TrainingOptions,
-             strategies: list[str]) -> dict[str, dict[str, Any]]:
+             strategies: list[str], variants: list[str]) -> dict[str, dict[str, Any]]:
     split: Split = split_examples(examples, None, options.seed)
     results: dict[str, dict[str, Any]] = {}
     head = tuned = None
@@ -113,10 +142,14 @@ def run_task(examples: list[tuple[str, str]], test_rows: list[tuple[str, str]], 
         head = train_head(split, options)
         results["head"] = {"test_accuracy": test_accuracy(head.model, split.labels, test_rows),
                            "holdout_accuracy": head.accuracy, "train_seconds": head.training_duration_seconds}
+        if variants:
+            results["head"]["backends"] = backend_accuracies(head, test_rows, variants)
     if {"setfit", "auto"} & set(strategies):
         tuned = fine_tune(split, options)
         results["setfit"] = {"test_accuracy": test_accuracy(tuned.model, split.labels, test_rows),
                              "holdout_accuracy": tuned.accuracy, "train_seconds": tuned.training_duration_seconds}
+        if variants:
+            results["setfit"]["backends"] = backend_accuracies(tuned, test_rows, variants)
     if "auto" in strategies:
         comparison = compare(head, tuned)
         winner = results[comparison.winner]
@@ -151,6 +184,23 @@ def summarise(runs: list[dict[str, Any]], strategies: list[str]) -> dict[str, di
     return summary
 
 
+def summarise_backends(runs: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
+    """Per data set, strategy and backend: mean test accuracy, and its difference from torch on the
+    same models and texts (mean and worst seed), in accuracy points."""
+    rows = []
+    for dataset in sorted({run["dataset"] for run in runs}):
+        of_dataset = [run for run in runs if run["dataset"] == dataset]
+        for strategy in ("head", "setfit"):
+            scored = [run["results"][strategy]["backends"] for run in of_dataset
+                      if "backends" in run["results"].get(strategy, {})]
+            for variant in variants if scored else ():
+                deltas = [100 * (scores[variant] - scores["torch-none"]) for scores in scored]
+                rows.append({"dataset": dataset, "strategy": strategy, "backend": variant,
+                             "accuracy_mean": statistics.mean(scores[variant] for scores in scored),
+                             "delta_points_mean": statistics.mean(deltas), "delta_points_worst": min(deltas)})
+    return rows
+
+
 def markdown(report: dict[str, Any]) -> str:
     setup = report["setup"]
     lines = [
@@ -176,6 +226,19 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{numbers['seconds_to_first_model_mean']:.1f} s")
             lines.append(f"| {dataset} | {labels} | {strategy} | {numbers['accuracy_mean']:.3f} ± "
                          f"{numbers['accuracy_stdev']:.3f} | {numbers['train_seconds_mean']:.1f} | {notes} |")
+    if report.get("backends"):
+        lines += [
+            "",
+            "## By serving backend",
+            "",
+            "The same trained models served by each backend (fewshot/serving/backends.py), same test texts; "
+            "difference from torch in accuracy points (mean over seeds, and the worst seed).",
+            "",
+            "| data set | strategy | backend | test accuracy | Δ vs torch (mean) | Δ (worst seed) |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [f"| {row['dataset']} | {row['strategy']} | {row['backend']} | {row['accuracy_mean']:.3f} | "
+                  f"{row['delta_points_mean']:+.2f} | {row['delta_points_worst']:+.2f} |" for row in report["backends"]]
     return "\n".join(lines) + "\n"
 
 
@@ -192,8 +255,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--base-model", default=BASE_MODEL)
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="serving backends to score the head and setfit models with ('' for none)")
     args = parser.parse_args()
     strategies = args.strategies.split(",")
+    variants = [variant for variant in args.backends.split(",") if variant]
+    if variants and "torch-none" not in variants:
+        variants.insert(0, "torch-none")  # the reference the others are compared with
+    # The backend exports go to a scratch MODEL_PATH, never into the user's.
+    os.environ["MODEL_PATH"] = tempfile.mkdtemp(prefix="quality-bench-")
+    from fewshot.settings import get_settings
+    get_settings.cache_clear()
     seeds = list(range(1, args.seeds + 1))
 
     started = time.perf_counter()
@@ -207,7 +279,7 @@ def main() -> None:
                                       num_iterations=args.num_iterations, batch_size=args.batch_size,
                                       learning_rate=args.learning_rate, seed=seed)
             torch.manual_seed(seed)
-            results = run_task(examples, test_rows, options, strategies)
+            results = run_task(examples, test_rows, options, strategies, variants)
             runs.append({"dataset": dataset, "seed": seed, "train_examples": len(examples),
                          "test_examples": len(test_rows), "results": results})
             print(dataset, seed, {name: round(r["test_accuracy"], 4) for name, r in results.items()},
@@ -221,9 +293,10 @@ def main() -> None:
                              f"{'CUDA' if torch.cuda.is_available() else 'CPU'}",
                   "base_model": args.base_model, "shots": args.shots, "max_labels": args.max_labels,
                   "test_per_label": args.test_per_label, "seeds": seeds, "num_iterations": args.num_iterations,
-                  "batch_size": args.batch_size, "learning_rate": args.learning_rate},
+                  "batch_size": args.batch_size, "learning_rate": args.learning_rate, "backends": variants},
         "labels": labels,
         "summary": summarise(runs, strategies),
+        "backends": summarise_backends(runs, variants),
         "runs": runs,
     }
     stem = write_report(RESULTS, "quality", finished, report, markdown(report))

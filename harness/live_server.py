@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,9 @@ class LiveServer:
         self._extra_env = env or {}
         self._target = [target] if target else []  # default: the service named in bentofile.yaml
         self.process: subprocess.Popen[bytes] | None = None
+        self.max_file_bytes: int | None = None
+        """Set by `restart`: writes past this size fail with EFBIG in every process of the server, as
+        on a full disk."""
         self._tree: list[psutil.Process] = []
         self.companions: set[int] = set()
         """Pids of trainers started beside it on their own (TrainerProcess), not part of it."""
@@ -78,6 +82,10 @@ class LiveServer:
             "HF_HUB_OFFLINE": "1",
             "BENTOML_DO_NOT_TRACK": "true",
             "MODEL_REFRESH_SECONDS": "0.5",
+            # Torch unless a test or benchmark asks for another backend: the default on CPU exports every
+            # newly loaded version first (MiniLM, 2 cores: 5-14 s), which dozens of versions across the
+            # suite would pay for nothing. tests/test_e2e_backends.py runs every backend and AUTO.
+            "INFERENCE_BACKEND": "TORCH",
         })
         env.update(self._extra_env)
         return env
@@ -87,6 +95,8 @@ class LiveServer:
         self.process = subprocess.Popen(
             [*BENTOML, "serve", *self._target, "--port", str(self.port)], cwd=PROJECT_ROOT, env=self.env,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # setrlimit alone runs between fork and exec: safe with threads (PLW1509 warns of anything else)
+            preexec_fn=_file_size_limit(self.max_file_bytes) if self.max_file_bytes else None,  # noqa: PLW1509
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
@@ -146,9 +156,13 @@ class LiveServer:
         self.kill_leftovers()
         return stopped
 
-    def restart(self) -> LiveServer:
+    def restart(self, max_file_bytes: int | None = None, **env: str) -> LiveServer:
+        """Stop (cleanly: asserted) and start again, with `env` added to its environment and, when
+        given, its file writes limited to `max_file_bytes` each."""
         stopped = self.stop()
         assert stopped.clean, f"the server did not stop cleanly before its restart: {stopped}"
+        self._extra_env = {**self._extra_env, **env}
+        self.max_file_bytes = max_file_bytes
         return self.start()
 
     def client(self, **headers: str) -> httpx.Client:
@@ -194,15 +208,12 @@ class TrainerProcess:
         self.max_file_bytes = max_file_bytes
         self.process: psutil.Popen | None = None
 
-    def _limit_file_size(self) -> None:
-        """In the child: writes past max_file_bytes fail with EFBIG (Python ignores SIGXFSZ), as on a full disk."""
-        resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, self.max_file_bytes))
 
     def start(self) -> TrainerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.process = psutil.Popen([sys.executable, "-m", "trainers.consumer"], cwd=PROJECT_ROOT, env=self.env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=self._limit_file_size if self.max_file_bytes else None)
+                                    preexec_fn=_file_size_limit(self.max_file_bytes) if self.max_file_bytes else None)
         self.server.companions.add(self.process.pid)
         return self
 
@@ -228,6 +239,14 @@ class TrainerProcess:
         except psutil.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def _file_size_limit(max_bytes: int) -> Callable[[], None]:
+    def limit() -> None:
+        """In the child: writes past max_bytes fail with EFBIG (Python ignores SIGXFSZ), as on a full disk."""
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return limit
 
 
 def metric(text: str, name: str, **labels: str) -> float:

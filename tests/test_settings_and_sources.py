@@ -48,7 +48,8 @@ def test_bentoml_runs_with_the_bundled_configuration_unless_another_is_named(mon
 
 @pytest.mark.parametrize(("name", "value"), [("EMBEDDED_TRAINER", "maybe"), ("MODEL_REFRESH_SECONDS", "0"),
                                               ("MODEL_REFRESH_SECONDS", "soon"), ("LOG_LEVEL", "LOUD"),
-                                              ("TRAINER_POLL_SECONDS", "0"), ("MAX_LATENCY_MS", "0")])
+                                              ("TRAINER_POLL_SECONDS", "0"), ("MAX_LATENCY_MS", "0"),
+                                              ("INFERENCE_BACKEND", "tensorrt"), ("INFERENCE_QUANTIZE", "int4")])
 def test_bad_settings_fail_loudly_naming_the_variable(monkeypatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):

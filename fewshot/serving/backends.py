@@ -138,8 +138,6 @@ def cached_export(body: SentenceTransformer, stored: store.StoredModel, choice: 
             os.rename(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    if store.resolve(stored.tag) is None:  # deleted while we exported: leave nothing behind
-        backend_cache.remove(stored.name, stored.version)
     return target, True
 
 

@@ -94,6 +94,8 @@ class LoadedModel:
             if model.has_differentiable_head:  # a torch head must match the body's outputs
                 model.model_head.to(runtime.dtype)
         backend_cache.write_status(stored.name, stored.version, serving)
+        if store.resolve(stored.tag) is None:  # deleted while it loaded: the runtimes hold their files in memory
+            backend_cache.remove(stored.name, stored.version)
         logger.info("loaded model %s in %.2fs on %s (%s)", stored.tag, time.perf_counter() - started,
                     runtime.device, serving.backend if serving.backend != backends.TORCH
                     else str(runtime.dtype).removeprefix("torch."))
@@ -103,6 +105,8 @@ class LoadedModel:
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens per text as the forward pass will see them (truncated to the model's maximum)."""
         body = self.model.model_body
+        if not callable(body.tokenizer):  # a `tokenizers.Tokenizer`: a static-embedding body (no length limit)
+            return [len(encoding.ids) for encoding in body.tokenizer.encode_batch(texts)]
         encoded = body.tokenizer(texts, truncation=True, max_length=body.max_seq_length,
                                  return_attention_mask=False, return_token_type_ids=False)
         return [len(ids) for ids in encoded["input_ids"]]

@@ -1,0 +1,123 @@
+"""Every serving backend (INFERENCE_BACKEND, INFERENCE_QUANTIZE) through a real `bentoml serve`.
+
+One server and one MODEL_PATH: models are trained once (torch serves them: the reference), then the
+server restarts with each backend. Every backend must answer the labels torch answers on the clear
+test texts and embeddings close to torch's; the export lives in MODEL_PATH/backends and is read back
+after a restart; a version whose export fails (the disk fills up) is served with torch and says so;
+deleting a version removes its exports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from harness.fixtures import BASE_MODEL
+from harness.live_server import LiveServer, wait_for_job, wait_for_log
+
+pytestmark = pytest.mark.e2e
+
+VARIANTS = [("onnx", "none"), ("onnx", "int8"), ("openvino", "none"), ("openvino", "int8")]
+MIN_COSINE = {"none": 0.9999, "int8": 0.97}
+"""Per text, to torch's embedding (README "CPU backends"): float32 exports compute the same function
+(measured min 0.99998); int8 rounds weights and activations (measured min 0.986 ONNX Runtime, 0.990
+OpenVINO on these texts)."""
+CLEAR_MARGIN = 0.1
+"""Texts whose two most probable labels torch sets this far apart are clear: every backend must agree
+on them (int8 moves a 4-label head model's probabilities by ~0.01-0.03 on these texts)."""
+
+def train(client: httpx.Client, name: str, base_model: str, examples: list[dict[str, str]]) -> str:
+    response = client.post("/v1/train", json={"model_name": name, "base_model": base_model, "examples": examples,
+                                              "strategy": "head"})
+    assert response.status_code == 202, response.text
+    job = wait_for_job(client, response.json()["job_id"], {"completed", "failed"})
+    assert job["status"] == "completed", job
+    return job["model_version"]
+
+
+def answers(client: httpx.Client, model: str, texts: list[str]) -> tuple[list[dict], np.ndarray]:
+    predicted = client.post("/v1/predict", json={"model_name": model, "texts": texts, "top_k": 2})
+    assert predicted.status_code == 200, predicted.text
+    embedded = client.post("/v1/embeddings", json={"model_name": model, "texts": texts})
+    assert embedded.status_code == 200, embedded.text
+    return predicted.json()["predictions"], np.array(embedded.json()["embeddings"], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def served(live_server_factory, train_examples, test_examples) -> dict:
+    server: LiveServer = live_server_factory("backends")
+    with server.client() as client:
+        version = train(client, "intents", BASE_MODEL, train_examples)
+        train(client, "plain", BASE_MODEL, train_examples)  # the same model, never loaded before the full disk
+        texts = [example["text"] for example in test_examples]
+        predictions, embeddings = answers(client, "intents", texts)
+        assert client.get("/v1/models/intents").json()["backend"]["backend"] == "torch"
+    return {"server": server, "version": version, "texts": texts, "predictions": predictions,
+            "embeddings": embeddings}
+
+
+def export_directory(server: LiveServer, version: str, variant: str) -> Path:
+    return server.model_path / "backends" / "intents" / version / variant
+
+
+@pytest.mark.parametrize(("backend", "quantize"), VARIANTS, ids=[f"{b}-{q}" for b, q in VARIANTS])
+def test_every_backend_answers_as_torch(served: dict, backend: str, quantize: str) -> None:
+    server: LiveServer = served["server"]
+    server.restart(INFERENCE_BACKEND=backend, INFERENCE_QUANTIZE=quantize)
+    with server.client() as client:
+        predictions, embeddings = answers(client, "intents", served["texts"])
+        model = client.get(f"/v1/models/intents:{served['version']}").json()
+    assert model["backend"] == {"requested": f"{backend}-{quantize}", "backend": backend, "quantize": quantize,
+                                "error": None, "prepare_seconds": model["backend"]["prepare_seconds"]}
+    assert model["backend"]["prepare_seconds"] > 0  # exported at this first load
+    clear = [i for i, p in enumerate(served["predictions"])
+             if p["scores"][0]["score"] - p["scores"][1]["score"] >= CLEAR_MARGIN]
+    assert len(clear) >= len(served["texts"]) // 2, "too few clear texts to compare on"
+    assert [predictions[i]["label"] for i in clear] == [served["predictions"][i]["label"] for i in clear]
+    assert embeddings.shape == served["embeddings"].shape
+    cosines = (embeddings * served["embeddings"]).sum(axis=1)  # both are unit vectors
+    assert cosines.min() >= MIN_COSINE[quantize], cosines.min()
+    if quantize == "none":
+        assert all(abs(ours["score"] - theirs["score"]) < 1e-3
+                   for ours, theirs in zip(predictions, served["predictions"], strict=True))
+    assert any(export_directory(server, served["version"], f"{backend}-{quantize}").iterdir())
+
+
+def test_the_export_is_read_back_after_a_restart(served: dict) -> None:
+    server: LiveServer = served["server"]
+    variant = export_directory(server, served["version"], "openvino-int8")
+    written = {path.name: path.stat().st_mtime_ns for path in variant.iterdir()}
+    server.restart(INFERENCE_BACKEND="openvino", INFERENCE_QUANTIZE="int8")
+    with server.client() as client:
+        predictions, _ = answers(client, "intents", served["texts"][:3])
+        backend = client.get("/v1/models/intents").json()["backend"]
+    assert backend["backend"] == "openvino" and backend["prepare_seconds"] == 0
+    assert {path.name: path.stat().st_mtime_ns for path in variant.iterdir()} == written
+    assert [p["label"] for p in predictions] == [p["label"] for p in served["predictions"][:3]]
+    wait_for_log(server, "with openvino-int8 (read from the cache")
+
+
+def test_a_version_whose_export_fails_is_served_with_torch_and_says_why(served: dict) -> None:
+    server: LiveServer = served["server"]
+    # A full disk: every file write of the server stops at 20 MB, and MiniLM's ONNX graph is ~90 MB.
+    server.restart(max_file_bytes=20_000_000, INFERENCE_BACKEND="openvino", INFERENCE_QUANTIZE="none")
+    with server.client() as client:
+        predictions, _ = answers(client, "plain", served["texts"][:3])
+        backend = client.get("/v1/models/plain").json()["backend"]
+    assert [p["label"] for p in predictions] == [p["label"] for p in served["predictions"][:3]]
+    assert backend["requested"] == "openvino-none" and backend["backend"] == "torch", backend
+    assert backend["error"] == "ONNX export failed (OSError: [Errno 27] File too large)"
+    wait_for_log(server, "with torch: its openvino-none body could not be prepared: ONNX export failed")
+    assert not list((server.model_path / "backends" / "plain").glob("*/openvino-none"))
+
+
+def test_deleting_a_version_removes_its_exports(served: dict) -> None:
+    server: LiveServer = served["server"]
+    exports = server.model_path / "backends" / "intents" / served["version"]
+    assert exports.is_dir()
+    with server.client() as client:
+        assert client.delete(f"/v1/models/intents:{served['version']}").status_code == 200
+    assert not exports.exists()
