@@ -6,6 +6,9 @@ PORT ?= 8000
 # CPU build where the machine provides one); an unpinned torch can pull a different multi-GB build.
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# The benchmarks' peer, Infinity, needs transformers<5: virtualenvs of its own (created on first use).
+INFINITY_VENV ?= bench/.venv-infinity
+INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 # Debian packages the tests and the benchmark run (redis-server, wrk): installed when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
@@ -43,22 +46,31 @@ test: install-test
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
-## Serving benchmark (not part of the tests): writes bench/results/serving-<time>.json and .md.
-## The load generator is wrk (Debian package), installed here when missing.
+## Serving benchmark (not part of the tests, ~25 min): bench/results/serving-<time>.* (default settings
+## against the in-process limit and a naive server), then bench/results/backends-<time>.* (every CPU
+## backend against Infinity's torch and optimum engines, same run). The load generator is wrk (Debian
+## package), installed here when missing.
 BENCH_ARGS ?=
-bench: install-test
+BACKENDS_ARGS ?=
+bench: install-test $(INFINITY_VENV)/bin/infinity_emb $(INFINITY_OPTIMUM_VENV)/bin/infinity_emb
 	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
 	$(BIN)/python -m bench.serving $(BENCH_ARGS)
+	$(BIN)/python -m bench.backends $(BACKENDS_ARGS)
 
 ## The server's own cost (tiny random-weight model) against Infinity and our naive baseline, same run
 ## (~6 min): writes bench/results/overhead-<time>.json and .md. Infinity needs transformers<5, so it
 ## gets a virtualenv of its own here, bench/.venv-infinity (created on first use).
-INFINITY_VENV ?= bench/.venv-infinity
 OVERHEAD_ARGS ?=
 $(INFINITY_VENV)/bin/infinity_emb:
 	$(PYTHON) -m venv $(INFINITY_VENV)
 	$(INFINITY_VENV)/bin/pip install -q "$(TORCH_SPEC)"
 	$(INFINITY_VENV)/bin/pip install -q "infinity-emb[server,torch]==0.0.78" "transformers<5"
+
+## Infinity's optimum (ONNX Runtime) engine: 0.0.78 needs optimum 1.24, which needs transformers 4.48.
+$(INFINITY_OPTIMUM_VENV)/bin/infinity_emb:
+	$(PYTHON) -m venv $(INFINITY_OPTIMUM_VENV)
+	$(INFINITY_OPTIMUM_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(INFINITY_OPTIMUM_VENV)/bin/pip install -q "infinity-emb[server,optimum]==0.0.78" "optimum[onnxruntime]==1.24.0"
 
 bench-overhead: install-test $(INFINITY_VENV)/bin/infinity_emb
 	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }

@@ -94,11 +94,11 @@ def role(command: list[str]) -> str:
 
 
 def measure(target: Target, route: str, texts: list[str], concurrency: int, per_request: int,
-            duration: float) -> dict:
+            duration: float, model: str = MODEL) -> dict:
     path = target.routes[route]
     with tempfile.TemporaryDirectory() as scratch:
         bodies = Path(scratch) / "bodies.jsonl"
-        write_bodies(bodies, MODEL, texts, per_request, body=target.body)
+        write_bodies(bodies, model, texts, per_request, body=target.body)
         run_wrk(target.url + path, concurrency, WARMUP_SECONDS, bodies)
         before = target.cpu_seconds()
         report = run_wrk(target.url + path, concurrency, round(duration), bodies)
@@ -119,12 +119,13 @@ def measure(target: Target, route: str, texts: list[str], concurrency: int, per_
     return point
 
 
-def measure_all(target: Target, texts: list[str], duration: float) -> list[dict]:
-    with httpx.Client(base_url=target.url, timeout=60) as client:  # first load of the model: not measured
+def measure_all(target: Target, texts: list[str], duration: float, points: tuple[tuple[int, int], ...] = POINTS,
+                model: str = MODEL) -> list[dict]:
+    with httpx.Client(base_url=target.url, timeout=120) as client:  # first load of the model: not measured
         for path in target.routes.values():
-            client.post(path, json=target.body(MODEL, ["warm up"] * 16)).raise_for_status()
-    return [measure(target, route, texts, concurrency, per_request, duration)
-            for route in target.routes for concurrency, per_request in POINTS]
+            client.post(path, json=target.body(model, ["warm up"] * 16)).raise_for_status()
+    return [measure(target, route, texts, concurrency, per_request, duration, model)
+            for route in target.routes for concurrency, per_request in points]
 
 
 def train_tiny_model(state: Path, base_model: Path) -> LiveServer:
@@ -142,37 +143,53 @@ def train_tiny_model(state: Path, base_model: Path) -> LiveServer:
     return server
 
 
-def run_bentoml(name: str, server: LiveServer, texts: list[str], duration: float) -> list[dict]:
-    """Start one of our BentoML servers (the service, or the naive baseline), measure it, stop it."""
+def run_bentoml(name: str, server: LiveServer, texts: list[str], duration: float,
+                points: tuple[tuple[int, int], ...] = POINTS, model: str = MODEL,
+                started: Callable[[LiveServer], None] | None = None) -> list[dict]:
+    """Start one of our BentoML servers (the service, or the naive baseline), measure it, stop it;
+    `started` runs once it answers (after the warm-up, before the measured points)."""
     server.start()
     try:
         assert server.process is not None
-        return measure_all(Target(name, server.url, OUR_ROUTES, ours, server.process.pid), texts, duration)
+        target = Target(name, server.url, OUR_ROUTES, ours, server.process.pid)
+        with httpx.Client(base_url=target.url, timeout=120) as client:  # first load of the model: not measured
+            for path in target.routes.values():
+                client.post(path, json=ours(model, ["warm up"] * 16)).raise_for_status()
+        if started is not None:
+            started(server)
+        return measure_all(target, texts, duration, points, model)
     finally:
         server.close()
 
 
-def run_infinity(executable: Path, base_model: Path, state: Path, texts: list[str], duration: float) -> list[dict]:
+def run_infinity(executable: Path, base_model: Path, state: Path, texts: list[str], duration: float,
+                 engine: str = "torch", points: tuple[tuple[int, int], ...] = POINTS,
+                 name: str = "infinity") -> list[dict]:
+    """Infinity serving `base_model` with `engine` (torch, or optimum: the ONNX files in the model's
+    directory, int8 `*quantize*` preferred on CPU). Started from inside the directory with
+    `--model-id .`: given an absolute directory, Infinity 0.0.78's optimum engine passes optimum an
+    absolute ONNX file name, which optimum refuses."""
     port = free_port()
-    log = (state / "infinity.log").open("wb")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+    log = (state / f"{name}.log").open("wb")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1",
+           "HF_HOME": str(state / f"{name}-hf-home")}  # its optimised ONNX cache: not in the user's
     process = subprocess.Popen(
-        [str(executable), "v2", "--model-id", str(base_model), "--served-model-name", MODEL, "--engine", "torch",
+        [str(executable), "v2", "--model-id", ".", "--served-model-name", MODEL, "--engine", engine,
          "--device", "cpu", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
+        start_new_session=True, cwd=base_model)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while True:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Infinity did not start; see {state / 'infinity.log'}")
+                raise RuntimeError(f"Infinity did not start; see {state / f'{name}.log'}")
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        return measure_all(Target("infinity", url, {"embeddings": "/embeddings"}, openai, process.pid), texts,
-                           duration)
+        return measure_all(Target(name, url, {"embeddings": "/embeddings"}, openai, process.pid), texts,
+                           duration, points)
     finally:
         process.terminate()
         process.wait(30)

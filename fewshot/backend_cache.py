@@ -41,6 +41,8 @@ class ServingBackend(BaseModel):
     """Why `backend`/`quantize` differ from `requested` (an export or quantization that failed)."""
     prepare_seconds: float | None = None
     """Seconds the export and quantization took at that load (0: read from this cache)."""
+    exporting: bool = False
+    """The export is being made in the background; torch serves the version meanwhile."""
 
 
 def root() -> Path:

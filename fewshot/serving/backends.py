@@ -12,10 +12,12 @@ own backends plug in: as the `model` of its Transformer module. Pooling, normali
 SetFit head and everything after them run unchanged, so predictions and embeddings keep their
 shapes and code paths.
 
-Exports live in the version's backend cache (fewshot/backend_cache.py): made once, at the first
-load (MiniLM on 2 CPU cores: ONNX export 1.7 s, ONNX Runtime int8 ~3 s, NNCF int8 12.6 s), then read
-back at every later load. A model whose export or quantization fails is served with torch, and the
-log and its `backend` field say why.
+Exports live in the version's backend cache (fewshot/backend_cache.py): made once, in the background
+after the version's first load (MiniLM on 2 CPU cores: ONNX 2.5 s, ONNX int8 5 s, OpenVINO 2 s,
+OpenVINO int8 11-14 s; torch serves it meanwhile, so a new version answers as soon as it did without
+backends: see fewshot/serving/model_cache.py), then read back at every later load (0.2-0.9 s). A
+model whose export or quantization fails is served with torch, and the log and its `backend` field
+say why.
 """
 
 from __future__ import annotations
@@ -86,10 +88,19 @@ class BackendChoice:
 PYTORCH = BackendChoice(TORCH, NONE)
 
 
-def apply(body: SentenceTransformer, stored: store.StoredModel, choice: BackendChoice, threads: int) -> ServingBackend:
-    """Serve `body` with `choice`, exporting it into the cache on first use; torch (said so) on failure."""
+def is_exported(stored: store.StoredModel, choice: BackendChoice) -> bool:
+    return choice.backend == TORCH or (backend_cache.version_directory(stored.name, stored.version)
+                                       / choice.variant).is_dir()
+
+
+def apply(body: SentenceTransformer, stored: store.StoredModel, choice: BackendChoice, threads: int,
+          export_missing: bool = True) -> ServingBackend:
+    """Serve `body` with `choice`, exporting it into the cache if it is not there yet (unless
+    `export_missing` is false: then torch serves it for now, `exporting`); torch (said so) on failure."""
     if choice.backend == TORCH:
         return ServingBackend(requested=choice.variant, backend=TORCH, quantize=NONE)
+    if not export_missing and not is_exported(stored, choice):
+        return ServingBackend(requested=choice.variant, backend=TORCH, quantize=NONE, exporting=True)
     started = time.perf_counter()
     try:
         calibration = calibration_texts(stored.path)

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from fewshot import store
 from fewshot.serving.model_loading import InferenceRuntime, LoadedModel
@@ -82,17 +83,45 @@ class ModelCache:
     def stop(self) -> None:
         self._stopped.set()
 
+    def replace_version(self, loaded: LoadedModel) -> bool:
+        """Put `loaded` in place of the same version under every reference that holds it (a version
+        whose export finished); False if none does any more (unloaded, or a newer version came)."""
+        with self._lock:
+            references = [reference for reference, current in self._models.items()
+                          if (current.name, current.version) == (loaded.name, loaded.version)]
+            for reference in references:
+                self._models[reference] = loaded
+        return bool(references)
+
     @classmethod
     def for_runtime(cls, runtime: InferenceRuntime, refresh_seconds: float, max_models: int,
                     on_load: Callable[[str], None] | None = None,
                     on_evict: Callable[[str], None] | None = None) -> ModelCache:
+        """A version whose export (INFERENCE_BACKEND onnx/openvino) is not made yet loads with torch and
+        serves at once; one background thread exports it, loads it again with the export and swaps
+        it in. A first request after training thus waits as long as with torch (time to a served
+        model, bench/time_to_model.py: ~1 s), not for the export (MiniLM, OpenVINO int8: ~12 s)."""
+        exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend-export")
+
         def load(stored: store.StoredModel) -> LoadedModel:
-            loaded = LoadedModel.load(stored, runtime)
+            loaded = LoadedModel.load(stored, runtime, export_missing=False)
+            if loaded.backend.exporting:
+                exporter.submit(export_and_swap, stored)
             if on_load is not None:
                 on_load(stored.tag)
             return loaded
 
-        return cls(load, refresh_seconds, max_models, on_evict=on_evict)
+        def export_and_swap(stored: store.StoredModel) -> None:
+            try:
+                exported = LoadedModel.load(stored, runtime)
+            except Exception:  # the torch version keeps serving
+                logger.exception("could not load %s again with its export", stored.tag)
+                return
+            if cache.replace_version(exported):
+                logger.info("%s now served with %s", stored.tag, exported.backend.backend)
+
+        cache = cls(load, refresh_seconds, max_models, on_evict=on_evict)
+        return cache
 
     def _touch(self, reference: str) -> LoadedModel | None:
         with self._lock:

@@ -83,12 +83,14 @@ class LoadedModel:
     backend: ServingBackend
 
     @classmethod
-    def load(cls, stored: store.StoredModel, runtime: InferenceRuntime) -> LoadedModel:
+    def load(cls, stored: store.StoredModel, runtime: InferenceRuntime, export_missing: bool = True) -> LoadedModel:
+        """Load a stored version with the runtime's backend; with `export_missing` false, a version not
+        exported yet loads with torch (its `backend.exporting` says so) instead of waiting for the export."""
         started = time.perf_counter()
         model = SetFitModel.from_pretrained(str(stored.path), device=runtime.device,
                                             trust_remote_code=runtime.trust_remote_code)
         model.model_body.eval()
-        serving = backends.apply(model.model_body, stored, runtime.backend, torch.get_num_threads())
+        serving = backends.apply(model.model_body, stored, runtime.backend, torch.get_num_threads(), export_missing)
         if runtime.dtype != torch.float32 and serving.backend == backends.TORCH:
             model.model_body.to(runtime.dtype)
             if model.has_differentiable_head:  # a torch head must match the body's outputs
@@ -96,9 +98,10 @@ class LoadedModel:
         backend_cache.write_status(stored.name, stored.version, serving)
         if store.resolve(stored.tag) is None:  # deleted while it loaded: the runtimes hold their files in memory
             backend_cache.remove(stored.name, stored.version)
-        logger.info("loaded model %s in %.2fs on %s (%s)", stored.tag, time.perf_counter() - started,
+        logger.info("loaded model %s in %.2fs on %s (%s%s)", stored.tag, time.perf_counter() - started,
                     runtime.device, serving.backend if serving.backend != backends.TORCH
-                    else str(runtime.dtype).removeprefix("torch."))
+                    else str(runtime.dtype).removeprefix("torch."),
+                    f"; torch until its {serving.requested} export is made" if serving.exporting else "")
         return cls(stored.name, stored.version, model, stored.labels, column_labels(model, stored.labels),
                    runtime.max_batch_tokens, serving)
 
