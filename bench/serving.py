@@ -2,7 +2,9 @@
 
     make bench            (or: .venv/bin/python -m bench.serving [--duration 20])
 
-Starts the service as a user would (`bentoml serve`, temporary MODEL_PATH, default settings),
+Starts the service as a user would (`bentoml serve`, temporary MODEL_PATH, default settings but
+INFERENCE_BACKEND=TORCH, as harness/live_server.py sets it: the references below run the torch
+model, so this measures our request path against them; bench/backends.py measures the backends),
 trains a small benchmark model through the API, and drives it from a separate load-generator
 process (wrk, bench/loadgen.py) with random banking77 test texts. In the same run it measures two
 references on the same model and texts: the in-process limit (the model alone on length-sorted
