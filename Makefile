@@ -52,7 +52,7 @@ test: install-test
 ## package), installed here when missing.
 BENCH_ARGS ?=
 BACKENDS_ARGS ?=
-bench: install-test $(INFINITY_VENV)/bin/infinity_emb $(INFINITY_OPTIMUM_VENV)/bin/infinity_emb
+bench: install-test $(INFINITY_VENV)/bin/optimum-cli $(INFINITY_OPTIMUM_VENV)/bin/infinity_emb
 	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
 	$(BIN)/python -m bench.serving $(BENCH_ARGS)
 	$(BIN)/python -m bench.backends $(BACKENDS_ARGS)
@@ -61,10 +61,10 @@ bench: install-test $(INFINITY_VENV)/bin/infinity_emb $(INFINITY_OPTIMUM_VENV)/b
 ## (~6 min): writes bench/results/overhead-<time>.json and .md. Infinity needs transformers<5, so it
 ## gets a virtualenv of its own here, bench/.venv-infinity (created on first use).
 OVERHEAD_ARGS ?=
-$(INFINITY_VENV)/bin/infinity_emb:
+$(INFINITY_VENV)/bin/optimum-cli:
 	$(PYTHON) -m venv $(INFINITY_VENV)
 	$(INFINITY_VENV)/bin/pip install -q "$(TORCH_SPEC)"
-	$(INFINITY_VENV)/bin/pip install -q "infinity-emb[server,torch]==0.0.78" "transformers<5"
+	$(INFINITY_VENV)/bin/pip install -q "infinity-emb[server,torch,optimum]==0.0.78" "transformers<5"
 
 ## Infinity's optimum (ONNX Runtime) engine: 0.0.78 needs optimum 1.24, which needs transformers 4.48.
 $(INFINITY_OPTIMUM_VENV)/bin/infinity_emb:
@@ -72,7 +72,7 @@ $(INFINITY_OPTIMUM_VENV)/bin/infinity_emb:
 	$(INFINITY_OPTIMUM_VENV)/bin/pip install -q "$(TORCH_SPEC)"
 	$(INFINITY_OPTIMUM_VENV)/bin/pip install -q "infinity-emb[server,optimum]==0.0.78" "optimum[onnxruntime]==1.24.0"
 
-bench-overhead: install-test $(INFINITY_VENV)/bin/infinity_emb
+bench-overhead: install-test $(INFINITY_VENV)/bin/optimum-cli
 	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
 	$(BIN)/python -m bench.overhead --infinity $(INFINITY_VENV)/bin/infinity_emb $(OVERHEAD_ARGS)
 

@@ -63,7 +63,9 @@ def train(state: Path, base_model: Path) -> LiveServer:
 
 def onnx_model_for_infinity(venv_bin: Path, base_model: Path, state: Path) -> Path:
     """MiniLM's directory with model.onnx (optimum-cli export) and model_quantized.onnx (optimum-cli's
-    dynamic int8 for this CPU's instruction set), as a Hub repository ships them for Infinity."""
+    dynamic int8 for this CPU's instruction set), as a Hub repository ships them for Infinity.
+    `venv_bin`: Infinity's main virtualenv (optimum 2.x: its exporter runs with torch 2.13; the
+    optimum 1.24 of the optimum-engine virtualenv needs onnxscript and sentence-transformers to)."""
     directory = state / "minilm-onnx"
     shutil.copytree(base_model, directory)
     env = {"HF_HUB_OFFLINE": "1", "PATH": f"{venv_bin}:/usr/bin:/bin"}
@@ -162,7 +164,7 @@ def main() -> None:
             skipped.append(f"Infinity {engine} engine ({venv_bin.parent} not installed)")
             continue
         print(f"infinity {engine}", flush=True)
-        model_dir = base_model if engine == "torch" else onnx_model_for_infinity(venv_bin, base_model, state)
+        model_dir = base_model if engine == "torch" else onnx_model_for_infinity(INFINITY, base_model, state)
         points += run_infinity(venv_bin / "infinity_emb", model_dir, state, texts, args.duration, engine=engine,
                                points=POINTS, name=f"infinity-{engine}")
 

@@ -47,13 +47,20 @@ logger = logging.getLogger("fewshot.inference")
 TORCH, ONNX, OPENVINO = "torch", "onnx", "openvino"
 NONE, INT8 = "none", "int8"
 
-CPU_DEFAULT = (OPENVINO, INT8)
-"""AUTO on CPU: see the README's "CPU backends" table (bench/results/quality-*, serving-*)."""
+CPU_DEFAULT = (OPENVINO, NONE)
+"""AUTO on CPU: the fastest backend within 0.5 accuracy point of torch on every data set of the
+quality benchmark (README "CPU backends"; bench/results/quality-20261201T203454Z, backends-*). On this
+AMX CPU OpenVINO computes a float32 model in bfloat16 (its default precision hint there) and beat its
+own int8, ONNX Runtime (float32, int8) and torch."""
 GPU_DEFAULT = (TORCH, NONE)
 """AUTO on a GPU: the exports run on CPU only (no CUDA build of ONNX Runtime or OpenVINO is installed)."""
 
 ONNX_FILE = "model.onnx"
 OPENVINO_FILE = "model.xml"  # and model.bin beside it
+INT8_PAD_MULTIPLES = (8, 16)
+"""OpenVINO int8 pads each pass to a multiple of 8 texts and 16 tokens: it prepares kernels per input
+shape, and a server's passes come in hundreds of shapes. MiniLM, 64-text batches of random texts,
+in-process: 403 -> 523 texts/s. (Float32/bfloat16 lost from it: 574 -> 502; ONNX Runtime too.)"""
 CALIBRATION_TEXTS_FILE = "fewshot_calibration_texts.json"
 """In a version's files: training texts the trainer kept for static int8 calibration (OpenVINO)."""
 MAX_CALIBRATION_TEXTS = 300
@@ -115,7 +122,7 @@ def apply(body: SentenceTransformer, stored: store.StoredModel, choice: BackendC
         logger.warning("serving %s with torch: its %s body could not be prepared: %s", stored.tag, choice.variant,
                        reason)
         return ServingBackend(requested=choice.variant, backend=TORCH, quantize=NONE, error=reason)
-    install(body, runner)
+    install(body, runner, INT8_PAD_MULTIPLES if choice == BackendChoice(OPENVINO, INT8) else None)
     seconds = time.perf_counter() - started
     logger.info("serving %s with %s (%s in %.1fs)", stored.tag, choice.variant,
                 "exported" if made else "read from the cache", seconds)
@@ -218,7 +225,8 @@ def quantize_onnx(source: Path, target: Path) -> None:
 
 def to_openvino(source: Path, target: Path, body: SentenceTransformer, calibration: list[str] | None) -> None:
     """OpenVINO IR from the ONNX graph, float32 weights kept (OpenVINO would store float16 by
-    default), or statically quantized to int8 with NNCF on `calibration` texts."""
+    default), or statically quantized to int8 with NNCF on `calibration` texts. At run time OpenVINO
+    picks the precision it computes in per CPU: bfloat16 where the CPU has AMX, float32 elsewhere."""
     import openvino
 
     try:
@@ -277,19 +285,29 @@ class ExportedTransformerModel(torch.nn.Module):
     optimum's ORTModel/OVModel do for its own backends: same keyword inputs, `last_hidden_state` out."""
 
     def __init__(self, runner: Callable[[dict[str, np.ndarray]], np.ndarray], input_names: list[str],
-                 config: Any) -> None:
+                 config: Any, pad_multiples: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.config = config
         self.device = torch.device("cpu")
         self._runner = runner
         self._input_names = input_names
+        self._pad_multiples = pad_multiples
 
     def forward(self, **inputs: Any) -> dict[str, torch.Tensor]:
         feeds = {name: inputs[name].numpy().astype(np.int64, copy=False) for name in self._input_names}
-        return {"last_hidden_state": torch.from_numpy(self._runner(feeds))}
+        texts, tokens = feeds["input_ids"].shape
+        if self._pad_multiples is not None:
+            # Padding rows and columns are masked out (attention mask 0): the real rows' outputs are
+            # the same; they are cut off again below.
+            rows, columns = (-(-size // multiple) * multiple for size, multiple in
+                             zip((texts, tokens), self._pad_multiples, strict=True))
+            feeds = {name: np.pad(array, ((0, rows - texts), (0, columns - tokens))) for name, array in feeds.items()}
+        hidden = self._runner(feeds)
+        return {"last_hidden_state": torch.from_numpy(np.ascontiguousarray(hidden[:texts, :tokens]))}
 
 
-def install(body: SentenceTransformer, runner: OnnxRuntimeRunner | OpenVinoRunner) -> None:
+def install(body: SentenceTransformer, runner: OnnxRuntimeRunner | OpenVinoRunner,
+            pad_multiples: tuple[int, int] | None = None) -> None:
     """Replace the torch transformer of `body` (its weights are freed) by the exported one."""
     transformer = _transformer(body)
-    transformer.model = ExportedTransformerModel(runner, runner.input_names, transformer.model.config)
+    transformer.model = ExportedTransformerModel(runner, runner.input_names, transformer.model.config, pad_multiples)
