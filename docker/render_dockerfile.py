@@ -22,7 +22,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 
 # Needed at run time only: `bentoml build` never imports them (tests/test_image.py builds with them blocked).
-RUNTIME_ONLY_REQUIREMENTS = ("torch", "setfit", "sentence-transformers", "transformers")
+RUNTIME_ONLY_REQUIREMENTS = ("torch", "setfit", "sentence-transformers", "transformers",
+                             "onnx", "onnxruntime", "openvino", "nncf")
 
 # BentoML's two COPY lines that read the bento from the build context, and what they become.
 BENTO_COPIES = {

@@ -78,6 +78,14 @@ def remove(name: str, version: str | None = None) -> None:
         directory.parent.rmdir()
 
 
+def pairs_with_store() -> bool:
+    """Whether the store is MODEL_PATH's own (BENTOML_HOME not set elsewhere): only then may exports
+    that no version of the store owns be swept as orphans. A process pointed at another store (a
+    tool, a test) must never sweep MODEL_PATH's exports."""
+    settings = get_settings()
+    return settings.bentoml_home == settings.model_path / "bentoml"
+
+
 def remove_orphans(versions_in_store: dict[str, set[str]]) -> list[str]:
     """Remove derived files of versions no longer in the store (deleted by another tool, e.g. the
     `bentoml models delete` CLI); the `name:version` references removed."""

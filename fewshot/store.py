@@ -205,8 +205,9 @@ def remove_incomplete_versions() -> list[str]:
                 shutil.rmtree(info_dir)
                 removed.append(f"{info_dir.parent.name}:{info_dir.name}")
                 logger.warning("removed %s from the model store: an incomplete copy (its writer died)", removed[-1])
-        backend_cache.remove_orphans({name: {stored.version for stored in listed}
-                                      for name, listed in all_models().items()})
+        if backend_cache.pairs_with_store():
+            backend_cache.remove_orphans({entry.name: {stored.version for stored in versions(entry.name)}
+                                          for entry in model_store_directory().iterdir() if entry.is_dir()})
     return removed
 
 

@@ -55,3 +55,12 @@ def test_exports_no_stored_version_owns_are_removed(model_path: Path) -> None:
     assert [p.name for p in (model_path / "backends" / "kept").iterdir()] == ["v1"]
     backend_cache.remove("kept", "v1")
     assert not (model_path / "backends" / "kept").exists()
+
+
+def test_exports_are_swept_only_beside_model_paths_own_store(monkeypatch: pytest.MonkeyPatch, model_path: Path) -> None:
+    monkeypatch.delenv("BENTOML_HOME", raising=False)
+    get_settings.cache_clear()
+    assert backend_cache.pairs_with_store()
+    monkeypatch.setenv("BENTOML_HOME", str(model_path / "elsewhere"))  # a tool or test on another store
+    get_settings.cache_clear()
+    assert not backend_cache.pairs_with_store()
