@@ -34,6 +34,10 @@ logger = logging.getLogger("fewshot.store")
 # a cut copy that has it is possible too; it is never `latest`, and retention deletes it in time).
 MODEL_INFO_FILE = "model.yaml"
 
+CALIBRATION_TEXTS_FILE = "fewshot_calibration_texts.json"
+"""In a version's files: training texts the trainer kept for static int8 calibration (OpenVINO;
+fewshot/serving/backends.py). Never part of a download: they are the user's data, not the model."""
+
 # Marks our models in the store, so that `bentoml models list` users can tell them apart.
 STORE_LABELS = {"kind": "setfit-classifier", "owner": "fewshot"}
 

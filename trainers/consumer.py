@@ -65,6 +65,7 @@ def serve_metrics(port: int) -> None:
 def run_consumer(settings: Settings, sole_consumer: bool) -> None:
     import trainers.run  # noqa: F401 - load torch/SetFit now, not inside the first job
     from fewshot import store
+    from trainers.heads import add_safe_heads_to_old_versions
     from trainers.heartbeat import Heartbeat
     from trainers.logs import route_library_output_to_logging
     from trainers.queue import huey
@@ -73,6 +74,8 @@ def run_consumer(settings: Settings, sole_consumer: bool) -> None:
     route_library_output_to_logging()
     reconcile_after_restart(sole_consumer=sole_consumer)
     store.remove_incomplete_versions()  # a model copy cut short by a crash of this or another trainer
+    for tag in add_safe_heads_to_old_versions():
+        logger.info("%s: saved its head without pickle too (model_head.skops), for downloads and imports", tag)
     Heartbeat(settings.trainer_heartbeat_seconds).start()
     if settings.trainer_metrics_port:
         serve_metrics(settings.trainer_metrics_port)

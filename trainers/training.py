@@ -25,9 +25,11 @@ from setfit import SetFitModel, Trainer, TrainingArguments
 from transformers import TrainerCallback
 
 from fewshot.base_models import BaseModelSource, load_failure_message
-from fewshot.serving.backends import CALIBRATION_TEXTS_FILE, MAX_CALIBRATION_TEXTS
+from fewshot.serving.backends import MAX_CALIBRATION_TEXTS
 from fewshot.serving.labels import best_labels, column_labels
+from fewshot.store import CALIBRATION_TEXTS_FILE
 from trainers.errors import TrainingFailed
+from trainers.heads import save_safe_head
 from trainers.holdout import Evaluation, choose_holdout_fraction, evaluate, stratified_split
 
 logger = logging.getLogger("fewshot.training")
@@ -104,8 +106,15 @@ class TrainedClassifier:
         return self.evaluation.num_examples if self.evaluation else 0
 
     def save(self, directory: Path) -> None:
-        self.model.save_pretrained(str(directory))
+        save_classifier(self.model, directory)
         (directory / CALIBRATION_TEXTS_FILE).write_text(json.dumps(self.calibration_texts), encoding="utf8")
+
+
+def save_classifier(model: SetFitModel, directory: Path) -> None:
+    """SetFit's own directory (its head pickled, as `SetFitModel.from_pretrained` reads it) and the
+    head again in a format that loads without pickle (trainers/heads.py), which imports read."""
+    model.save_pretrained(str(directory))
+    save_safe_head(model.model_head, directory)
 
 
 class _Deadline(TrainerCallback):

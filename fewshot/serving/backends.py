@@ -41,6 +41,7 @@ from sentence_transformers import SentenceTransformer
 
 from fewshot import backend_cache, store
 from fewshot.backend_cache import ServingBackend
+from fewshot.store import CALIBRATION_TEXTS_FILE
 
 logger = logging.getLogger("fewshot.inference")
 
@@ -61,8 +62,6 @@ INT8_PAD_MULTIPLES = (8, 16)
 """OpenVINO int8 pads each pass to a multiple of 8 texts and 16 tokens: it prepares kernels per input
 shape, and a server's passes come in hundreds of shapes. MiniLM, 64-text batches of random texts,
 in-process: 403 -> 523 texts/s. (Float32/bfloat16 lost from it: 574 -> 502; ONNX Runtime too.)"""
-CALIBRATION_TEXTS_FILE = "fewshot_calibration_texts.json"
-"""In a version's files: training texts the trainer kept for static int8 calibration (OpenVINO)."""
 MAX_CALIBRATION_TEXTS = 300
 """NNCF's default calibration subset size."""
 
