@@ -21,7 +21,8 @@ from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
-from starlette.responses import JSONResponse
+from starlette.background import BackgroundTask
+from starlette.responses import FileResponse, JSONResponse, Response
 
 from fewshot import bentoml_fixes, store
 from fewshot.api import errors
@@ -31,6 +32,7 @@ from fewshot.api.schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
     HealthResponse,
+    ImportRequest,
     JobList,
     JobListQuery,
     JobView,
@@ -48,12 +50,13 @@ from fewshot.api.views import job_view, model_versions, model_view
 from fewshot.bentoml_fixes.dependency_clients import keep_sessions_open, once_more_if_disconnected
 from fewshot.bentoml_fixes.openapi_document import query_parameters
 from fewshot.bentoml_fixes.readiness import dependencies_ready
+from fewshot.model_archive import ARCHIVE_MEDIA_TYPE, archive_name, write_archive_file
 from fewshot.serving.coalesce import Coalescer
 from fewshot.serving.items import ItemEmbedding, ItemPrediction, TextItem
 from fewshot.settings import apply_process_environment, get_settings
 from trainers.jobs import UnknownCursor, count_by_status
 from trainers.queue import jobs
-from trainers.tasks import NotCancellable, QueueFull, cancel_job, submit_training
+from trainers.tasks import NotCancellable, QueueFull, cancel_job, submit_import, submit_training
 
 settings = get_settings()
 logger = logging.getLogger("fewshot.gateway")
@@ -175,6 +178,18 @@ class Gateway:
         return TrainAccepted(job_id=record.job_id, status=record.status, model_name=record.model_name,
                              created_at=record.created_at, warnings=record.warnings)
 
+    @bentoml.api(route="/v1/models/import")
+    @responds(400, 415, 429, success=202)
+    def import_model(self, request: ImportRequest, /, ctx: bentoml.Context) -> TrainAccepted:
+        """Queue an import job for a SetFit model from the Hub or LOCAL_MODEL_DIRS; poll GET /v1/jobs/{job_id}."""
+        try:
+            record = submit_import(request, max_queued=settings.max_queued_jobs)
+        except QueueFull as full:
+            return errors.queue_full(ctx, str(full))
+        ctx.response.status_code = 202
+        return TrainAccepted(job_id=record.job_id, kind=record.kind, status=record.status,
+                             model_name=record.model_name, created_at=record.created_at)
+
     @bentoml.api(route="/v1/predict")
     @responds(400, 404, 415, 503)
     async def predict(self, request: PredictRequest, /) -> PredictResponse:
@@ -242,6 +257,24 @@ class Gateway:
             return errors.invalid_model_reference()
         stored = store.resolve(model_name)
         return model_view(stored) if stored else errors.unknown_model(model_name)
+
+    @routes.get("/v1/models/{model_name}/download", response_class=FileResponse, responses={
+        200: {"content": {ARCHIVE_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+              "description": "The version's SetFit directory with its model card, as name-version.tar.gz."},
+        **documented(400, 404)})
+    async def download_model(self, model_name: str) -> Response:
+        """The latest version of a model, or `name:version`, as a .tar.gz that SetFitModel.from_pretrained loads."""
+        if not is_valid_model_reference(model_name):
+            return errors.invalid_model_reference()
+        stored = await asyncio.to_thread(store.resolve, model_name)
+        if stored is None:
+            return errors.unknown_model(model_name)
+        try:
+            archive = await asyncio.to_thread(write_archive_file, stored)
+        except FileNotFoundError:  # deleted while it was being read
+            return errors.unknown_model(model_name)
+        return FileResponse(archive, media_type=ARCHIVE_MEDIA_TYPE, filename=archive_name(stored),
+                            background=BackgroundTask(archive.unlink, missing_ok=True))
 
     @routes.delete("/v1/models/{model_name}", response_model=ModelsDeleted, responses=documented(400, 404))
     async def delete_model(self, model_name: str) -> ModelsDeleted | JSONResponse:

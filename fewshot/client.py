@@ -1,4 +1,4 @@
-"""A small typed Python client: train → wait (with progress) → predict / embeddings.
+"""A small typed Python client: train or import → wait (with progress) → predict / embeddings / download.
 
 POST routes go through BentoML's own client (`bentoml.SyncHTTPClient`, which knows the service's
 API schema); GET routes through the httpx client it holds. Responses come back as this project's
@@ -15,8 +15,10 @@ pydantic models, and every error as `FewshotError` with the status and the serve
 from __future__ import annotations
 
 import json
+import tarfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -74,6 +76,37 @@ class FewshotClient:
         holdout_fraction, eval_examples."""
         body = {"model_name": model_name, "examples": list(examples), **options}
         return TrainAccepted.model_validate(self._post("train", body))
+
+    def import_model(self, model_name: str, source: str, labels: Sequence[str] | None = None,
+                     eval_examples: Sequence[dict[str, str]] | None = None,
+                     revision: str | None = None) -> TrainAccepted:
+        """Queue an import job for a SetFit model: `source` is a Hugging Face Hub id (`revision`
+        optional) or an absolute directory inside the server's LOCAL_MODEL_DIRS. `wait` for it as
+        for training."""
+        body = {"model_name": model_name, "source": source, "labels": None if labels is None else list(labels),
+                "eval_examples": None if eval_examples is None else list(eval_examples), "revision": revision}
+        return TrainAccepted.model_validate(self._post("import_model", {k: v for k, v in body.items()
+                                                                        if v is not None}))
+
+    def download(self, model_name: str, directory: str | Path = ".", extract: bool = False) -> Path:
+        """Save a version (`name` = its latest, or `name:version`) as `<name>-<version>.tar.gz` in
+        `directory`; with `extract`, unpack it there too and return the model's directory, which
+        `SetFitModel.from_pretrained` loads. Otherwise the archive's path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with self._http.stream("GET", f"/v1/models/{model_name}/download") as response:
+            if response.status_code >= 400:
+                raise FewshotError(response.status_code, _error_message(response.read().decode("utf-8", "replace")))
+            name = _attachment_name(response.headers.get("content-disposition", "")) or "model.tar.gz"
+            archive = directory / Path(name).name  # never a path from the server
+            with archive.open("wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+        if not extract:
+            return archive
+        with tarfile.open(archive) as contents:
+            contents.extractall(directory, filter="data")  # refuses absolute paths, "..", links out, devices
+        return directory / archive.name.removesuffix(".tar.gz")
 
     def job(self, job_id: str) -> JobView:
         return JobView.model_validate(self._get(f"/v1/jobs/{job_id}"))
@@ -138,6 +171,15 @@ class FewshotClient:
         if response.status_code >= 400:
             raise FewshotError(response.status_code, _error_message(response.text))
         return response.json()
+
+
+def _attachment_name(disposition: str) -> str | None:
+    """The file name of a `Content-Disposition: attachment; filename="..."` header."""
+    for part in disposition.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "filename" and value:
+            return value.strip('"')
+    return None
 
 
 def _error_message(body: str) -> str:

@@ -146,6 +146,8 @@ class Settings:
     """LOCAL_MODEL_DIRS: directories (os.pathsep-separated) a request's local `base_model` must be in."""
     trust_remote_code: bool
     """TRUST_REMOTE_CODE: allow base models that run their own Python code (off: such models fail)."""
+    trust_pickled_heads: bool
+    """TRUST_PICKLED_HEADS: allow importing models whose head is only a pickle (loading it runs code)."""
 
     @property
     def queue_dir(self) -> Path:
@@ -206,6 +208,7 @@ def load_settings() -> Settings:
         trainer_metrics_port=_int("TRAINER_METRICS_PORT", 0, minimum=0) or None,
         local_model_dirs=_directories("LOCAL_MODEL_DIRS", default=(model_path / "base-models",)),
         trust_remote_code=_flag("TRUST_REMOTE_CODE", default=False),
+        trust_pickled_heads=_flag("TRUST_PICKLED_HEADS", default=False),
     )
 
 

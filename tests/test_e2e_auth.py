@@ -19,13 +19,14 @@ BODIES = {
     "/v1/train": {"model_name": "m", "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]},
     "/v1/predict": {"model_name": "m", "texts": ["hello"]},
     "/v1/embeddings": {"model_name": "m", "texts": ["hello"]},
+    "/v1/models/import": {"model_name": "m", "source": "some-org/some-setfit-model"},
 }
 
 
 @pytest.fixture(scope="module")
 def server(live_server_factory) -> LiveServer:
     # No trainer needed: nothing here waits for a job to run.
-    return live_server_factory("auth", API_KEY=KEY, EMBEDDED_TRAINER="false", MAX_QUEUED_JOBS="3")
+    return live_server_factory("auth", API_KEY=KEY, EMBEDDED_TRAINER="false", MAX_QUEUED_JOBS="5")
 
 
 def documented_routes(server: LiveServer) -> list[tuple[str, str]]:
@@ -46,7 +47,8 @@ def test_docs_stay_open_and_list_every_route(server: LiveServer) -> None:
     for expected in [("post", "/v1/train"), ("post", "/v1/predict"), ("post", "/v1/embeddings"),
                      ("get", "/v1/jobs/{job_id}"), ("get", "/v1/models/{model_name}"), ("get", "/health"),
                      ("get", "/metrics"), ("delete", "/v1/models/{model_name}"), ("get", "/v1/jobs"),
-                     ("get", "/v1/models"), ("post", "/v1/jobs/{job_id}/cancel")]:
+                     ("get", "/v1/models"), ("post", "/v1/jobs/{job_id}/cancel"), ("post", "/v1/models/import"),
+                     ("get", "/v1/models/{model_name}/download")]:
         assert expected in routes
 
 
@@ -89,7 +91,8 @@ def test_bentoml_client_with_token_gets_through(server: LiveServer) -> None:
 
 
 def test_a_full_queue_answers_429_and_queues_nothing_more(server: LiveServer) -> None:
-    """No trainer runs here, so every accepted job stays pending; the 4th pending one is refused."""
+    """No trainer runs here, so every accepted job stays pending (the test above queued 4, train and
+    import jobs); the 6th pending one is refused."""
     headers = {"X-API-Key": KEY}
     statuses = []
     for _ in range(5):
@@ -98,7 +101,7 @@ def test_a_full_queue_answers_429_and_queues_nothing_more(server: LiveServer) ->
         if response.status_code == 429:
             break
     assert statuses[-1] == 429 and set(statuses[:-1]) <= {202}, statuses
-    assert "MAX_QUEUED_JOBS=3" in response.json()["error"] and response.headers["retry-after"] == "30"
+    assert "MAX_QUEUED_JOBS=5" in response.json()["error"] and response.headers["retry-after"] == "30"
     again = httpx.post(f"{server.url}/v1/train", json=BODIES["/v1/train"], headers=headers, timeout=60)
     assert again.status_code == 429
 

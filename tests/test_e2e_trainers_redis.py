@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from fewshot.api.schemas import TrainRequest
+from fewshot.client import FewshotClient
 from harness.fixtures import BASE_MODEL
 from harness.live_server import LiveServer, TrainerProcess, listed_versions, version_directories, wait_for_job
 from trainers.jobs import RedisJobStore, new_job
@@ -119,3 +120,24 @@ def test_an_auto_job_failing_during_fine_tuning_leaves_the_head_served(
     assert (served["model_version"], served["strategy"]) == (head_version, "head")
     assert version_directories(server, "cut-short") == [f"cut-short:{head_version}"]
     assert client.post("/v1/predict", json={"model_name": "cut-short", "texts": ["hi"]}).status_code == 200
+
+
+def test_a_download_comes_back_in_through_an_import_job_on_a_trainer_of_its_own(
+        server: LiveServer, client: httpx.Client, trainer_factory, train_examples, test_examples) -> None:
+    """The archive comes from the API server; the import job is queued in Redis and run by a trainer
+    process on its own, which reads the directory from LOCAL_MODEL_DIRS (its default, in MODEL_PATH)."""
+    server.stop_trainers()
+    trainer_factory(server, "importer").wait_until_consuming()
+    tag = train_versions(client, "to-move", 1, train_examples)[0]
+    with FewshotClient(server.url) as fewshot:
+        directory = fewshot.download(tag, server.model_path / "base-models", extract=True)
+        job = fewshot.wait(fewshot.import_model("moved", str(directory)).job_id)
+    assert job.kind == "import" and job.status == "completed"
+    moved = client.get("/v1/models/moved").json()
+    assert (moved["strategy"], moved["source"], moved["model_version"]) == ("imported", str(directory),
+                                                                            job.model_version)
+    texts = [example["text"] for example in test_examples]
+    original, copy = (client.post("/v1/predict", json={"model_name": name, "texts": texts}).json()["predictions"]
+                      for name in (tag, "moved"))
+    assert [p["label"] for p in copy] == [p["label"] for p in original]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(original, copy, strict=True)) < 1e-6

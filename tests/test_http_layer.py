@@ -105,6 +105,8 @@ def test_allow_lists_every_method_of_every_matching_path_template() -> None:
     assert allowed_methods(paths, "/v1/models") == ["GET"]
     assert allowed_methods(paths, "/v1/jobs/x/cancel") == ["POST"]
     assert allowed_methods(paths, "/v1/models/a/b") == [] and allowed_methods(paths, "/v1/jobs/x") == []
+    # A path documented as it is wins over the templates it matches too.
+    assert allowed_methods({**paths, "/v1/models/import": ["post"]}, "/v1/models/import") == ["POST"]
 
 
 def test_the_bentoml_workarounds_refuse_an_untested_bentoml_version() -> None:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from fewshot.settings import Settings
 from fewshot.timestamps import UtcTimestamp, utc_now
 
+JobKind = Literal["train", "import"]
 JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "running", "completed", "failed", "cancelled")
 FINISHED_STATUSES: tuple[JobStatus, ...] = ("completed", "failed", "cancelled")
@@ -46,7 +47,9 @@ class JobRecord(BaseModel):
     model_name: str
     created_at: UtcTimestamp
     request: dict[str, Any]
-    """The validated training request, as JSON: the task reads it from here, not from the queue."""
+    """The validated request, as JSON: the task reads it from here, not from the queue."""
+    kind: JobKind = "train"
+    """train (a TrainRequest) or import (an ImportRequest)."""
     started_at: UtcTimestamp | None = None
     finished_at: UtcTimestamp | None = None
     error: str | None = None
@@ -63,9 +66,9 @@ class JobRecord(BaseModel):
     """Which trainer (host:pid) ran it last."""
 
 
-def new_job(model_name: str, request: dict[str, Any]) -> JobRecord:
+def new_job(model_name: str, request: dict[str, Any], kind: JobKind = "train") -> JobRecord:
     return JobRecord(job_id=str(uuid.uuid4()), status="pending", model_name=model_name,
-                     created_at=utc_now(), request=request)
+                     created_at=utc_now(), request=request, kind=kind)
 
 
 class UnknownCursor(LookupError):

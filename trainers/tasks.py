@@ -18,7 +18,7 @@ from typing import Any
 
 from huey import signals
 
-from fewshot.api.schemas import TrainRequest
+from fewshot.api.schemas import ImportRequest, TrainRequest
 from fewshot.settings import get_settings
 from fewshot.timestamps import utc_now
 from trainers.holdout import data_warnings
@@ -71,12 +71,21 @@ def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
     Refused with `QueueFull` when `max_queued` jobs are already pending (a soft bound: two
     submissions racing at the bound may both get in).
     """
+    record = new_job(request.model_name, request.model_dump(mode="json"), kind="train")
+    record.warnings = data_warnings(Counter(example.label for example in request.examples))
+    return _submit(record, max_queued)
+
+
+def submit_import(request: ImportRequest, max_queued: int) -> JobRecord:
+    """An import job: queued, listed, cancelled and reported like a training job."""
+    return _submit(new_job(request.model_name, request.model_dump(mode="json"), kind="import"), max_queued)
+
+
+def _submit(record: JobRecord, max_queued: int) -> JobRecord:
     pending = jobs.count("pending")
     if pending >= max_queued:
         raise QueueFull(f"the training queue is full: {pending} jobs are pending (MAX_QUEUED_JOBS={max_queued}); "
                         "retry when some have finished")
-    record = new_job(request.model_name, request.model_dump(mode="json"))
-    record.warnings = data_warnings(Counter(example.label for example in request.examples))
     jobs.create(record)
     enqueue(record.job_id)
     return record
@@ -89,20 +98,26 @@ def enqueue(job_id: str) -> None:
 
 @huey.task()
 def train_model(job_id: str) -> None:
+    """Run the job, whichever its kind (a train or an import job: one task, one lifecycle)."""
     record = jobs.get(job_id)
     if record is None or record.status != "running" or record.worker != WORKER_ID:
         logger.info("job %s: not ours to run (status %s); skipped", job_id, record and record.status)
         return
     from fewshot import metrics  # lazily, as everything here: the gateway imports this module
     from trainers.errors import JobCancelled
-    from trainers.run import run_job  # heavy ML imports stay out of the gateway
+    from trainers.importing import run_import  # heavy ML imports stay out of the gateway
+    from trainers.run import run_job
 
     started = time.monotonic()
     progress = JobProgress(job_id)
     with job_context(job_id):
         try:
-            outcome = run_job(record, get_settings(), progress=progress, before_registering=progress.stop_if_cancelled,
-                              on_registered=lambda version, strategy: _serving_early(job_id, version, strategy))
+            if record.kind == "import":
+                outcome = run_import(record, get_settings(), before_registering=progress.stop_if_cancelled)
+            else:
+                outcome = run_job(record, get_settings(), progress=progress,
+                                  before_registering=progress.stop_if_cancelled,
+                                  on_registered=lambda version, strategy: _serving_early(job_id, version, strategy))
         except JobCancelled as cancelled:
             served = (jobs.get(job_id) or record).model_version
             note = str(cancelled) if served is None else (

@@ -98,7 +98,8 @@ def unknown_model(reference: str) -> JSONResponse:
     name, version = split_reference(reference)
     if version is not None:
         return error_response(404, f"model_name: model {name!r} has no version {version!r}; GET /v1/models lists them")
-    return error_response(404, f"model_name: no model named {name!r}; train one with POST /v1/train")
+    return error_response(404, f"model_name: no model named {name!r}; train one with POST /v1/train or import one "
+                               "with POST /v1/models/import")
 
 
 def conflict(message: str) -> JSONResponse:

@@ -23,12 +23,12 @@ from pydantic import (
 )
 
 from fewshot.backend_cache import ServingBackend
-from fewshot.base_models import base_model_problem
+from fewshot.base_models import base_model_problem, is_local_path
 from fewshot.serving.items import LabelScore, TextItem
 from fewshot.settings import get_settings
 from fewshot.timestamps import UtcTimestamp
 from trainers.holdout import LabelMetrics
-from trainers.jobs import JobStatus, StrategyComparison
+from trainers.jobs import JobKind, JobStatus, StrategyComparison
 
 # Request limits are settings (README, "Settings"); read once, when the schemas are built.
 LIMITS = get_settings()
@@ -200,8 +200,74 @@ class TrainRequest(BaseModel):
         return evaluation
 
 
+# A Hub revision: a branch, tag or commit id.
+REVISION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
+
+
+class ImportRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "model_name": "support-intents",
+        "source": "/models/incoming/my-setfit-model",
+        "labels": ["billing", "cancel", "login"],
+    }})
+
+    model_name: ModelName = Field(description="Name the imported model is registered and served under.")
+    source: BaseModelName = Field(
+        description="A Hugging Face Hub id (downloaded with HF_TOKEN) or an absolute directory inside "
+        "LOCAL_MODEL_DIRS holding a SetFit model (SetFitModel.save_pretrained's files).")
+    revision: str | None = Field(
+        default=None, min_length=1, max_length=255, pattern=REVISION_PATTERN.pattern,
+        description="Hub source only: the branch, tag or commit to download (default: the main branch).")
+    labels: list[NonBlankText] | None = Field(
+        default=None, min_length=2, max_length=LIMITS.max_labels,
+        description="Names of the head's classes, in class order; required when the model has none "
+        "(its config_setfit.json `labels`), and then as many as the head has classes.")
+    eval_examples: list[Example] | None = Field(
+        default=None, min_length=1, max_length=LIMITS.max_train_examples,
+        description="Examples to score the model on (accuracy, per-label metrics); labels among its labels.")
+
+    @field_validator("source")
+    @classmethod
+    def _safe_source(cls, source: str) -> str:
+        if problem := base_model_problem(source, LIMITS.local_model_dirs):
+            raise ValueError(problem)
+        return source
+
+    @field_validator("revision")
+    @classmethod
+    def _hub_revision(cls, revision: str | None, info: ValidationInfo) -> str | None:
+        if revision is not None:
+            if ".." in revision:
+                raise ValueError("must not contain '..'")
+            source = info.data.get("source")
+            if source is not None and is_local_path(source):
+                raise ValueError("is for a Hugging Face Hub source only, not a local directory")
+        return revision
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is not None:
+            repeated = sorted(label for label, n in Counter(labels).items() if n > 1)
+            if repeated:
+                raise ValueError(f"must be distinct; repeated: {', '.join(repeated[:10])}")
+        return labels
+
+    @field_validator("eval_examples")
+    @classmethod
+    def _evaluation_labels_are_named(cls, evaluation: list[Example] | None,
+                                     info: ValidationInfo) -> list[Example] | None:
+        labels = info.data.get("labels")
+        if evaluation and labels:
+            unknown = sorted({e.label for e in evaluation} - set(labels))
+            if unknown:
+                raise ValueError(f"labels must be among `labels`; unknown: {', '.join(unknown[:10])}")
+        return evaluation
+
+
 class TrainAccepted(BaseModel):
     job_id: str
+    kind: JobKind = Field(default="train", description="train (POST /v1/train) or import (POST /v1/models/import).")
     status: JobStatus
     model_name: str
     created_at: UtcTimestamp
@@ -210,6 +276,7 @@ class TrainAccepted(BaseModel):
 
 class JobView(BaseModel):
     job_id: str
+    kind: JobKind = Field(default="train", description="train (POST /v1/train) or import (POST /v1/models/import).")
     status: JobStatus
     model_name: str
     created_at: UtcTimestamp
@@ -254,16 +321,18 @@ class ModelView(BaseModel):
     model_name: str
     model_version: str
     tag: str = Field(description="name:version: pins this version in predict and embeddings.")
-    base_model: str
+    base_model: str = Field(description="The base model it was trained from; for an imported version, its source.")
     created_at: UtcTimestamp
-    accuracy: float | None = Field(description="Accuracy on held-out examples; null without hold-out.")
-    training_duration_seconds: float
-    num_examples: int = Field(description="Examples received, hold-out included.")
+    accuracy: float | None = Field(description="Accuracy on the evaluation examples; null without them.")
+    training_duration_seconds: float | None = Field(description="Null for an imported version.")
+    num_examples: int | None = Field(description="Examples received, hold-out included; null for an imported version.")
     eval_num_examples: int = Field(description="Evaluation examples accuracy was measured on.")
     labels: list[str]
     job_id: str | None = None
-    strategy: Literal["setfit", "head"] = Field(default="setfit",
-                                                description="How this version was trained: fine-tuned, or head only.")
+    strategy: Literal["setfit", "head", "imported"] = Field(
+        default="setfit", description="How this version was made: fine-tuned, head only, or imported.")
+    source: str | None = Field(default=None, description="imported: the Hub id or directory it came from.")
+    revision: str | None = Field(default=None, description="imported from the Hub: the commit downloaded.")
     label_metrics: dict[str, LabelMetrics] | None = Field(
         default=None, description="Per label, on the evaluation examples; null without them.")
     eval_source: Literal["holdout", "eval_examples"] | None = Field(

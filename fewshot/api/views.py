@@ -26,8 +26,8 @@ def model_view(stored: StoredModel) -> ModelView:
         base_model=meta["base_model"],
         created_at=meta["created_at"],
         accuracy=meta.get("accuracy"),
-        training_duration_seconds=meta["training_duration_seconds"],
-        num_examples=meta["num_examples"],
+        training_duration_seconds=meta.get("training_duration_seconds"),  # null: imported
+        num_examples=meta.get("num_examples"),
         eval_num_examples=meta["eval_num_examples"],
         labels=meta["labels"],
         job_id=meta.get("job_id"),
@@ -35,6 +35,8 @@ def model_view(stored: StoredModel) -> ModelView:
         label_metrics=meta.get("label_metrics"),
         eval_source=meta.get("eval_source"),
         comparison=meta.get("comparison"),
+        source=meta.get("source"),
+        revision=meta.get("revision"),
         backend=backend_cache.read_status(stored.name, stored.version),
     )
 

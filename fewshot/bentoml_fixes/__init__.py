@@ -76,5 +76,6 @@ def install(gateway: Any, app: Any, settings: Settings, job_counts: Callable[[],
         gateway.openapi_spec.asdict(), declared_operations(gateway)))
     gateway.add_asgi_middleware(JSONBodyOnlyMiddleware, paths=[method.route for method in gateway.apis.values()])
     gateway.add_asgi_middleware(ErrorShapeMiddleware)
-    gateway.add_asgi_middleware(AllowHeaderMiddleware, paths=lambda: app.openapi()["paths"])
+    gateway.add_asgi_middleware(AllowHeaderMiddleware, paths=lambda: {  # FastAPI's routes and BentoML's (POST)
+        **app.openapi()["paths"], **{method.route: ["post"] for method in gateway.apis.values()}})
     gateway.add_asgi_middleware(DirectDispatchMiddleware, routes=direct_routes(gateway))  # innermost of ours

@@ -23,11 +23,13 @@ def _template_regex(template: str) -> re.Pattern[str]:
 
 
 def allowed_methods(paths: Mapping[str, Iterable[str]], path: str) -> list[str]:
-    """The methods of every documented path template `path` matches (OpenAPI `paths`), upper-case."""
+    """The methods of every documented path template `path` matches (OpenAPI `paths`), upper-case.
+    A path documented as it is (POST /v1/models/import) takes precedence over templates it also
+    matches (/v1/models/{model_name}), as in OpenAPI."""
     methods: set[str] = set()
-    for template, operations in paths.items():
-        if _template_regex(template).match(path):
-            methods |= {method.upper() for method in operations if method.lower() in HTTP_METHODS}
+    matching = [path] if path in paths else [template for template in paths if _template_regex(template).match(path)]
+    for template in matching:
+        methods |= {method.upper() for method in paths[template] if method.lower() in HTTP_METHODS}
     return sorted(methods)
 
 
