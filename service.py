@@ -28,6 +28,7 @@ from fewshot import bentoml_fixes, store
 from fewshot.api import errors
 from fewshot.api.auth import APIKeyMiddleware
 from fewshot.api.errors import documented, responds
+from fewshot.api.openai_compat import openai_response
 from fewshot.api.schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
@@ -39,6 +40,7 @@ from fewshot.api.schemas import (
     ModelList,
     ModelsDeleted,
     ModelView,
+    OpenAIEmbeddingsResponse,
     Prediction,
     PredictRequest,
     PredictResponse,
@@ -203,12 +205,15 @@ class Gateway:
         ])
 
     @bentoml.api(route="/v1/embeddings")
-    @responds(400, 404, 415, 503)
+    @responds(400, 404, 415, 503, also=(OpenAIEmbeddingsResponse,))
     async def embeddings(self, request: EmbeddingsRequest, /) -> EmbeddingsResponse:
-        """Sentence embeddings from the model's fine-tuned body, in input order."""
+        """Sentence embeddings from the model's fine-tuned body, in input order. Also takes OpenAI's
+        request (model, input, encoding_format, dimensions) and answers it in OpenAI's shape."""
         results = await self.embed_items(request.items())
         if not all(result.found for result in results):
-            return errors.unknown_model(request.model_name)
+            return errors.unknown_model(request.reference, request.field)
+        if request.is_openai:
+            return openai_response(request, results)
         return EmbeddingsResponse(embeddings=[result.floats() for result in results])
 
     @routes.get("/health", response_model=HealthResponse)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic import BaseModel
 from starlette.responses import JSONResponse
 from starlette.types import Send
 
@@ -48,16 +49,25 @@ QUEUE_FULL_RETRY_AFTER_SECONDS = 30
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
-def responds(*errors: int, success: int = 200) -> Callable[[Handler], Handler]:
+def responds(*errors: int, success: int = 200,
+             also: tuple[type[BaseModel], ...] = ()) -> Callable[[Handler], Handler]:
     """Declare, beside a BentoML API, its success status and the error statuses it can answer
     besides 401 and 500 (which every protected route can); the OpenAPI document lists these.
-    (FastAPI routes declare theirs with FastAPI's own `responses=`: see `documented`.)"""
+    `also`: other success bodies than its return annotation's, which it sends as responses of its
+    own (e.g. OpenAI's embeddings shape). (FastAPI routes declare theirs with FastAPI's own
+    `responses=`: see `documented`.)"""
 
     def declare(handler: Handler) -> Handler:
         handler.__responds__ = (success, tuple(sorted(errors)))  # type: ignore[attr-defined]
+        handler.__also_responds__ = also  # type: ignore[attr-defined]
         return handler
 
     return declare
+
+
+def declared_alternatives(handler: Callable[..., Any]) -> tuple[type[BaseModel], ...]:
+    """The other success bodies a route declared with `responds(also=...)`."""
+    return getattr(handler, "__also_responds__", ())
 
 
 def declared_statuses(handler: Callable[..., Any]) -> tuple[int, tuple[int, ...]]:
@@ -94,11 +104,11 @@ def unknown_job(job_id: str) -> JSONResponse:
     return error_response(404, f"job_id: no job with id {job_id!r}")
 
 
-def unknown_model(reference: str) -> JSONResponse:
+def unknown_model(reference: str, field: str = "model_name") -> JSONResponse:
     name, version = split_reference(reference)
     if version is not None:
-        return error_response(404, f"model_name: model {name!r} has no version {version!r}; GET /v1/models lists them")
-    return error_response(404, f"model_name: no model named {name!r}; train one with POST /v1/train or import one "
+        return error_response(404, f"{field}: model {name!r} has no version {version!r}; GET /v1/models lists them")
+    return error_response(404, f"{field}: no model named {name!r}; train one with POST /v1/train or import one "
                                "with POST /v1/models/import")
 
 
@@ -140,7 +150,9 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
     for error in errors:
         message = str(error.get("msg", "invalid"))
         message = message.removeprefix("Value error, ")
-        parts.append(f"{_location(error.get('loc', ()))}: {message}")
+        location = error.get("loc", ())
+        # A rule over the whole body (e.g. which fields go together) names its fields in its message.
+        parts.append(f"{_location(location)}: {message}" if location else message)
     return "; ".join(parts) or "invalid request"
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
@@ -20,6 +21,7 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from fewshot.backend_cache import ServingBackend
@@ -199,6 +201,8 @@ class TrainRequest(BaseModel):
                 raise ValueError("cannot be combined with holdout_fraction > 0: send one or the other")
         return evaluation
 
+
+MAX_EMBEDDING_DIMENSIONS = 65_536
 
 # A Hub revision: a branch, tag or commit id.
 REVISION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
@@ -399,12 +403,119 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-class EmbeddingsRequest(TextsRequest):
-    pass
+class OurEmbeddingsBody(BaseModel):
+    """POST /v1/embeddings in this API's own shape (documentation of one branch of EmbeddingsRequest)."""
+
+    model_name: ModelReference = Field(description="A model's name (its latest version) or name:version.")
+    texts: list[NonBlankText] = Field(min_length=1, max_length=LIMITS.max_texts_per_request)
+
+
+OpenAIInput = NonBlankText | Annotated[list[NonBlankText], Field(min_length=1, max_length=LIMITS.max_texts_per_request)]
+
+
+class OpenAIEmbeddingsBody(BaseModel):
+    """POST /v1/embeddings in OpenAI's shape, as the `openai` client and everything built on it send it."""
+
+    model: ModelReference = Field(description="A model's name (its latest version) or name:version.")
+    input: OpenAIInput = Field(description="A text, or a list of texts.")
+    encoding_format: Literal["float", "base64"] | None = Field(
+        default=None, description="float (default): lists of numbers; base64: each vector's float32 "
+        "little-endian bytes, base64-encoded (what the openai client asks for when numpy is installed).")
+    dimensions: int | None = Field(default=None, ge=1, le=MAX_EMBEDDING_DIMENSIONS, description=(
+        "Keep the first n components and re-normalise to unit length; at most the model's size."))
+    user: str | None = Field(default=None, max_length=256, description="Accepted and ignored.")
+
+
+OPENAI_FIELDS = tuple(OpenAIEmbeddingsBody.model_fields)
+
+
+def _one_text_as_list(value: Any) -> Any:
+    """OpenAI's `input` may be one text: validated as a list of one (errors then say `input[0]`)."""
+    return [value] if isinstance(value, str) else value
+
+
+def _both_shapes(schema: dict[str, Any]) -> None:
+    """The OpenAPI document shows the two request shapes EmbeddingsRequest accepts, as oneOf."""
+    shapes = [model.model_json_schema() for model in (OurEmbeddingsBody, OpenAIEmbeddingsBody)]
+    schema.clear()
+    schema.update({"title": "EmbeddingsRequest", "oneOf": shapes,
+                   "example": {"model_name": "intents", "texts": ["my card has not come yet"]}})
+
+
+class EmbeddingsRequest(BaseModel):
+    """Either this API's shape (model_name, texts; answered with `embeddings`) or OpenAI's (model,
+    input, encoding_format, dimensions, user; answered in OpenAI's shape), never fields of both."""
+
+    model_config = ConfigDict(json_schema_extra=_both_shapes)
+
+    model_name: ModelReference | None = None
+    texts: list[NonBlankText] | None = Field(default=None, min_length=1, max_length=LIMITS.max_texts_per_request)
+    model: ModelReference | None = None
+    input: Annotated[list[NonBlankText] | None, BeforeValidator(_one_text_as_list)] = Field(
+        default=None, min_length=1, max_length=LIMITS.max_texts_per_request)
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1, le=MAX_EMBEDDING_DIMENSIONS)
+    user: str | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> EmbeddingsRequest:
+        openai = [name for name in OPENAI_FIELDS if getattr(self, name) is not None]
+        ours = [name for name in ("model_name", "texts") if getattr(self, name) is not None]
+        if openai and ours:
+            raise ValueError(f"send this API's model_name and texts, or OpenAI's model and input, not fields of "
+                             f"both (got {', '.join(ours + openai)})")
+        required = ("model", "input") if openai else ("model_name", "texts")
+        missing = [name for name in required if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)}: field required" + (
+                "" if openai else " (or OpenAI's shape: model and input)"))
+        return self
+
+    @property
+    def is_openai(self) -> bool:
+        return self.model is not None
+
+    @property
+    def reference(self) -> str:
+        return self.model if self.model is not None else self.model_name  # type: ignore[return-value]
+
+    @property
+    def field(self) -> str:
+        """The field naming the model, for error messages."""
+        return "model" if self.is_openai else "model_name"
+
+    def all_texts(self) -> list[str]:
+        return self.texts if self.texts is not None else self.input or []
+
+    def items(self) -> list[TextItem]:
+        if self.is_openai:  # OpenAI's response reports tokens (`usage`): counted only for it
+            return [TextItem(model_name=self.reference, text=text, count_tokens=True) for text in self.all_texts()]
+        return [TextItem(model_name=self.reference, text=text) for text in self.all_texts()]
 
 
 class EmbeddingsResponse(BaseModel):
     embeddings: list[list[float]]
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="Numbers, or base64 of float32 little-endian bytes.")
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens the model read (its tokenizer's, special tokens included, "
+                                           "after truncation to its maximum length).")
+    total_tokens: int
+
+
+class OpenAIEmbeddingsResponse(BaseModel):
+    """The answer to an OpenAI-shaped embeddings request."""
+
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
 
 
 class HealthResponse(BaseModel):

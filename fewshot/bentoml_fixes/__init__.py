@@ -60,6 +60,7 @@ def install(gateway: Any, app: Any, settings: Settings, job_counts: Callable[[],
     from fewshot.bentoml_fixes.openapi_document import (
         OpenAPIDocumentMiddleware,
         correct_document,
+        declared_alternative_bodies,
         declared_operations,
     )
     from fewshot.bentoml_fixes.serve_cli import reexec_with_bentoml_environment
@@ -73,7 +74,7 @@ def install(gateway: Any, app: Any, settings: Settings, job_counts: Callable[[],
     # check, which service.py adds before calling this.
     gateway.add_asgi_middleware(JobGaugesMiddleware, counts=job_counts)
     gateway.add_asgi_middleware(OpenAPIDocumentMiddleware, build=lambda: correct_document(
-        gateway.openapi_spec.asdict(), declared_operations(gateway)))
+        gateway.openapi_spec.asdict(), declared_operations(gateway), declared_alternative_bodies(gateway)))
     gateway.add_asgi_middleware(JSONBodyOnlyMiddleware, paths=[method.route for method in gateway.apis.values()])
     gateway.add_asgi_middleware(ErrorShapeMiddleware)
     gateway.add_asgi_middleware(AllowHeaderMiddleware, paths=lambda: {  # FastAPI's routes and BentoML's (POST)

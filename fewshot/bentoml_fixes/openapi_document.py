@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fewshot.api.asgi import HTTPMiddleware, send_json
 from fewshot.api.auth import is_open_path
-from fewshot.api.errors import STATUS_DESCRIPTIONS, declared_statuses
+from fewshot.api.errors import STATUS_DESCRIPTIONS, declared_alternatives, declared_statuses
 from fewshot.api.schemas import MODEL_REFERENCE_SCHEMA, ErrorResponse
 
 logger = logging.getLogger("fewshot.openapi")
@@ -46,6 +46,26 @@ def declared_operations(service: Any) -> dict[Operation, tuple[int, tuple[int, .
     """What each of the service's BentoML APIs (POST routes) declared with `responds`. (FastAPI's
     routes document their own `responses=` in the document BentoML merges in.)"""
     return {(method.route, "post"): declared_statuses(method.func) for method in service.apis.values()}
+
+
+def declared_alternative_bodies(service: Any) -> dict[Operation, tuple[type[BaseModel], ...]]:
+    """Each BentoML API's other success bodies (`responds(also=...)`)."""
+    return {(method.route, "post"): declared_alternatives(method.func) for method in service.apis.values()
+            if declared_alternatives(method.func)}
+
+
+def _add_alternative_bodies(spec: dict[str, Any], operation: dict[str, Any], status: str,
+                            bodies: tuple[type[BaseModel], ...]) -> None:
+    """The success response's schema becomes oneOf its own and `bodies` (added to the components)."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    content = operation["responses"][status].setdefault("content", {}).setdefault("application/json", {})
+    variants = [content["schema"]] if "schema" in content else []
+    for body in bodies:
+        schema = body.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[body.__name__] = schema
+        variants.append({"$ref": f"#/components/schemas/{body.__name__}"})
+    content["schema"] = {"oneOf": variants}
 
 
 def _is_our_error(response: Any) -> bool:
@@ -105,8 +125,8 @@ def _document_path_parameter(spec: dict[str, Any], name: str, schema: dict[str, 
                     parameter["schema"] = {**parameter.get("schema", {}), **schema}
 
 
-def correct_document(spec: dict[str, Any],
-                     declared: dict[Operation, tuple[int, tuple[int, ...]]]) -> dict[str, Any]:
+def correct_document(spec: dict[str, Any], declared: dict[Operation, tuple[int, tuple[int, ...]]],
+                     alternatives: dict[Operation, tuple[type[BaseModel], ...]] | None = None) -> dict[str, Any]:
     """Our error schema, the API-key schemes, 401 on protected routes, and the real success codes.
 
     `declared` maps a BentoML API's operation to its success status (e.g. 202 for train) and the
@@ -114,6 +134,11 @@ def correct_document(spec: dict[str, Any],
     routes' own declarations (`responses=`, with our error schema) are kept as they are.
     """
     spec = copy.deepcopy(spec)
+    for (path, method), bodies in (alternatives or {}).items():
+        operation = spec.get("paths", {}).get(path, {}).get(method)
+        if operation is not None:
+            status = "200" if "200" in operation.get("responses", {}) else 200
+            _add_alternative_bodies(spec, operation, status, bodies)
     _as_openapi_30(spec)
     _document_path_parameter(spec, "model_name", MODEL_REFERENCE_SCHEMA)
     components = spec.setdefault("components", {})

@@ -57,7 +57,12 @@ def predict_items(cache: ModelCache, items: Sequence[TextItem]) -> list[ItemPred
 
 def embed_items(cache: ModelCache, items: Sequence[TextItem]) -> list[ItemEmbedding]:
     def run(loaded: LoadedModel, group: list[TextItem]) -> list[ItemEmbedding]:
-        vectors = np.ascontiguousarray(loaded.embed([item.text for item in group]), dtype=np.float32)
-        return [ItemEmbedding(vector=row.tobytes()) for row in vectors]
+        texts = [item.text for item in group]
+        vectors = np.ascontiguousarray(loaded.embed(texts), dtype=np.float32)
+        if not any(item.count_tokens for item in group):
+            return [ItemEmbedding(vector=row.tobytes()) for row in vectors]
+        tokens = loaded.token_lengths(texts)
+        return [ItemEmbedding(vector=row.tobytes(), tokens=count if item.count_tokens else None)
+                for row, count, item in zip(vectors, tokens, group, strict=True)]
 
     return _per_model(cache, items, ItemEmbedding(found=False), run)

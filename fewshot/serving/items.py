@@ -22,6 +22,8 @@ class TextItem(BaseModel):
     """A model reference: `name` or `name:version`."""
     text: str
     top_k: int | None = None
+    count_tokens: bool = False
+    """Embeddings: also say how many tokens the model read (OpenAI's `usage`)."""
 
 
 class ItemPrediction(BaseModel):
@@ -45,6 +47,8 @@ class ItemEmbedding(BaseModel):
 
     found: bool = True
     vector: bytes = b""
+    tokens: int | None = None
+    """With `count_tokens`: the tokens the model read (after truncation, special tokens included)."""
 
     def floats(self) -> list[float]:
         values = array("f")  # C float: float32 in the machine's byte order, as numpy's tobytes() wrote it
