@@ -10,7 +10,7 @@ FROM python:3.11-slim AS bento
 WORKDIR /src
 COPY requirements.txt ./
 # service.py imports no ML package, so the build needs neither torch nor SetFit.
-RUN grep -vE '^(torch|setfit|sentence-transformers|transformers|onnx|onnxruntime|openvino|nncf)([^a-zA-Z0-9_.-]|$)' requirements.txt \
+RUN grep -vE '^(torch|setfit|sentence-transformers|transformers|onnx|onnxruntime|openvino|nncf|skops)([^a-zA-Z0-9_.-]|$)' requirements.txt \
     > /tmp/build-requirements.txt && pip install --no-cache-dir -r /tmp/build-requirements.txt
 COPY . ./
 RUN BENTOML_HOME=/tmp/bentoml BENTOML_DO_NOT_TRACK=true bentoml build \

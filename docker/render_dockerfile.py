@@ -23,7 +23,7 @@ DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 
 # Needed at run time only: `bentoml build` never imports them (tests/test_image.py builds with them blocked).
 RUNTIME_ONLY_REQUIREMENTS = ("torch", "setfit", "sentence-transformers", "transformers",
-                             "onnx", "onnxruntime", "openvino", "nncf")
+                             "onnx", "onnxruntime", "openvino", "nncf", "skops")
 
 # BentoML's two COPY lines that read the bento from the build context, and what they become.
 BENTO_COPIES = {

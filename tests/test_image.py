@@ -71,11 +71,11 @@ BUILD_WITH_BUILD_REQUIREMENTS_ONLY = """
 import sys
 blocked = set(sys.argv[1].split(","))
 
-class Blocked:
+class Blocked:  # raises what a missing module raises (anyio imports sniffio only if it is there)
     @staticmethod
     def find_spec(name, path=None, target=None):
         if name.partition(".")[0] in blocked:
-            raise ImportError(f"{name} is not installed in the Dockerfile's bento stage")
+            raise ModuleNotFoundError(f"{name} is not installed in the Dockerfile's bento stage", name=name)
 
 sys.meta_path.insert(0, Blocked)
 try:

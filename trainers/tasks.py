@@ -169,8 +169,9 @@ class JobProgress:
 
         record = jobs.get(self._job_id)
         if record is not None and record.cancel_requested:
-            raise JobCancelled(f"cancelled while running (stopped after fine-tuning step {self._step}); "
-                               "no model was registered")
+            where = "before registering the imported model" if record.kind == "import" else \
+                f"stopped after fine-tuning step {self._step}"
+            raise JobCancelled(f"cancelled while running ({where}); no model was registered")
 
     def __call__(self, step: int, total_steps: int) -> None:
         self._step = step
