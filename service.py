@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Annotated
 
 import bentoml
@@ -48,7 +49,7 @@ from fewshot.api.schemas import (
     TrainRequest,
     is_valid_model_reference,
 )
-from fewshot.api.views import job_view, model_versions, model_view
+from fewshot.api.views import accepted_view, job_view, model_versions, model_view
 from fewshot.bentoml_fixes.dependency_clients import keep_sessions_open, once_more_if_disconnected
 from fewshot.bentoml_fixes.openapi_document import query_parameters
 from fewshot.bentoml_fixes.readiness import dependencies_ready
@@ -56,7 +57,7 @@ from fewshot.model_archive import ARCHIVE_MEDIA_TYPE, archive_name, write_archiv
 from fewshot.serving.coalesce import Coalescer
 from fewshot.serving.items import ItemEmbedding, ItemPrediction, TextItem
 from fewshot.settings import apply_process_environment, get_settings
-from trainers.jobs import UnknownCursor, count_by_status
+from trainers.jobs import JobRecord, UnknownCursor, count_by_status
 from trainers.queue import jobs
 from trainers.tasks import NotCancellable, QueueFull, cancel_job, submit_import, submit_training
 
@@ -71,6 +72,16 @@ BATCH = {"batchable": True, "max_batch_size": settings.max_batch_size, "max_late
 # A fixed content type spares BentoML from deriving it from the JSON schema on every response.
 Predictions = Annotated[list[ItemPrediction], ContentType("application/json")]
 Embeddings = Annotated[list[ItemEmbedding], ContentType("application/json")]
+
+
+def queued(ctx: bentoml.Context, submit: Callable[[], JobRecord]) -> TrainAccepted | JSONResponse:
+    """202 with the job `submit` recorded and queued, or 429 when the queue is full."""
+    try:
+        record = submit()
+    except QueueFull as full:
+        return errors.queue_full(ctx, str(full))
+    ctx.response.status_code = 202
+    return accepted_view(record)
 
 
 @bentoml.service(name="fewshot-inference", workers=1, resources={"gpu": 1},
@@ -172,25 +183,13 @@ class Gateway:
     @responds(400, 415, 429, success=202)
     def train(self, request: TrainRequest, /, ctx: bentoml.Context) -> TrainAccepted:
         """Queue a training job; poll GET /v1/jobs/{job_id} for its outcome."""
-        try:
-            record = submit_training(request, max_queued=settings.max_queued_jobs)
-        except QueueFull as full:
-            return errors.queue_full(ctx, str(full))
-        ctx.response.status_code = 202
-        return TrainAccepted(job_id=record.job_id, status=record.status, model_name=record.model_name,
-                             created_at=record.created_at, warnings=record.warnings)
+        return queued(ctx, lambda: submit_training(request, max_queued=settings.max_queued_jobs))
 
     @bentoml.api(route="/v1/models/import")
     @responds(400, 415, 429, success=202)
     def import_model(self, request: ImportRequest, /, ctx: bentoml.Context) -> TrainAccepted:
         """Queue an import job for a SetFit model from the Hub or LOCAL_MODEL_DIRS; poll GET /v1/jobs/{job_id}."""
-        try:
-            record = submit_import(request, max_queued=settings.max_queued_jobs)
-        except QueueFull as full:
-            return errors.queue_full(ctx, str(full))
-        ctx.response.status_code = 202
-        return TrainAccepted(job_id=record.job_id, kind=record.kind, status=record.status,
-                             model_name=record.model_name, created_at=record.created_at)
+        return queued(ctx, lambda: submit_import(request, max_queued=settings.max_queued_jobs))
 
     @bentoml.api(route="/v1/predict")
     @responds(400, 404, 415, 503)

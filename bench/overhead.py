@@ -7,7 +7,7 @@ exposes the server's own cost on any machine. In one run, same texts (banking77 
 load (wrk, bench/loadgen.py), one server at a time:
 
 - this service (`bentoml serve`, default settings), the tiny model trained into its store with
-  `strategy: head`, on /v1/predict and /v1/embeddings;
+  `strategy: head`, on /v1/predict and /v1/embeddings (our body, and OpenAI's: `embeddings-openai`);
 - Infinity (PyPI `infinity-emb`, torch engine, its defaults) serving the same tiny model on
   /embeddings with the OpenAI body; it needs transformers<5, so it lives in its own virtualenv
   (`make bench-overhead` creates bench/.venv-infinity);
@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,6 +47,8 @@ POINTS = ((1, 1), (64, 1), (16, 16))
 """(concurrent clients, texts per request)"""
 INFINITY = PROJECT_ROOT / "bench" / ".venv-infinity" / "bin" / "infinity_emb"
 OUR_ROUTES = {"predict": "/v1/predict", "embeddings": "/v1/embeddings"}
+OPENAI_ROUTE = "embeddings-openai"
+"""Our /v1/embeddings with OpenAI's body and answer: what Infinity's /embeddings serves."""
 
 Body = Callable[[str, list[str]], dict]
 
@@ -68,6 +70,11 @@ class Target:
     routes: dict[str, str]
     body: Body
     root_pid: int
+    bodies: dict[str, Body] = field(default_factory=dict)
+    """Bodies of routes that take another than `body`."""
+
+    def body_of(self, route: str) -> Body:
+        return self.bodies.get(route, self.body)
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time so far of each process of the server, by role (see `role`)."""
@@ -98,7 +105,7 @@ def measure(target: Target, route: str, texts: list[str], concurrency: int, per_
     path = target.routes[route]
     with tempfile.TemporaryDirectory() as scratch:
         bodies = Path(scratch) / "bodies.jsonl"
-        write_bodies(bodies, model, texts, per_request, body=target.body)
+        write_bodies(bodies, model, texts, per_request, body=target.body_of(route))
         run_wrk(target.url + path, concurrency, WARMUP_SECONDS, bodies)
         before = target.cpu_seconds()
         report = run_wrk(target.url + path, concurrency, round(duration), bodies)
@@ -122,8 +129,8 @@ def measure(target: Target, route: str, texts: list[str], concurrency: int, per_
 def measure_all(target: Target, texts: list[str], duration: float, points: tuple[tuple[int, int], ...] = POINTS,
                 model: str = MODEL) -> list[dict]:
     with httpx.Client(base_url=target.url, timeout=120) as client:  # first load of the model: not measured
-        for path in target.routes.values():
-            client.post(path, json=target.body(model, ["warm up"] * 16)).raise_for_status()
+        for route, path in target.routes.items():
+            client.post(path, json=target.body_of(route)(model, ["warm up"] * 16)).raise_for_status()
     return [measure(target, route, texts, concurrency, per_request, duration, model)
             for route in target.routes for concurrency, per_request in points]
 
@@ -145,16 +152,18 @@ def train_tiny_model(state: Path, base_model: Path) -> LiveServer:
 
 def run_bentoml(name: str, server: LiveServer, texts: list[str], duration: float,
                 points: tuple[tuple[int, int], ...] = POINTS, model: str = MODEL,
-                started: Callable[[LiveServer], None] | None = None) -> list[dict]:
+                started: Callable[[LiveServer], None] | None = None, with_openai: bool = False) -> list[dict]:
     """Start one of our BentoML servers (the service, or the naive baseline), measure it, stop it;
-    `started` runs once it answers (after the warm-up, before the measured points)."""
+    `started` runs once it answers (after the warm-up, before the measured points). `with_openai`:
+    /v1/embeddings with OpenAI's body too."""
     server.start()
     try:
         assert server.process is not None
-        target = Target(name, server.url, OUR_ROUTES, ours, server.process.pid)
+        routes = {**OUR_ROUTES, OPENAI_ROUTE: OUR_ROUTES["embeddings"]} if with_openai else OUR_ROUTES
+        target = Target(name, server.url, routes, ours, server.process.pid, bodies={OPENAI_ROUTE: openai})
         with httpx.Client(base_url=target.url, timeout=120) as client:  # first load of the model: not measured
-            for path in target.routes.values():
-                client.post(path, json=ours(model, ["warm up"] * 16)).raise_for_status()
+            for route, path in target.routes.items():
+                client.post(path, json=target.body_of(route)(model, ["warm up"] * 16)).raise_for_status()
         if started is not None:
             started(server)
         return measure_all(target, texts, duration, points, model)
@@ -252,7 +261,7 @@ def main() -> None:
     state = Path(tempfile.mkdtemp(prefix="fewshot-overhead-"))
     base_model = make_tiny_model(state / "base-models" / "tiny-bert")
     server = train_tiny_model(state, base_model)
-    points = run_bentoml("fewshot", server, texts, args.duration)
+    points = run_bentoml("fewshot", server, texts, args.duration, with_openai=True)
     if "infinity" not in skip:
         if not args.infinity.exists():
             raise SystemExit(f"{args.infinity} not found: `make bench-overhead` installs Infinity there")

@@ -94,7 +94,8 @@ def test_health_needs_no_key_and_says_ok(client: httpx.Client) -> None:
 
 def test_train_is_accepted_at_once_with_a_pending_job(trained: dict) -> None:
     accepted = trained["accepted"]
-    assert set(accepted) == {"job_id", "status", "model_name", "created_at", "warnings"}
+    assert set(accepted) == {"job_id", "kind", "status", "model_name", "created_at", "warnings"}
+    assert accepted["kind"] == "train" and trained["job"]["kind"] == "train"
     assert accepted["warnings"] == []  # 8 examples of each of 4 labels
     assert uuid.UUID(accepted["job_id"]).version == 4
     assert accepted["status"] == "pending"

@@ -10,6 +10,7 @@ import signal
 import time
 
 import httpx
+import openai
 import pytest
 
 from fewshot.api.schemas import TrainRequest
@@ -141,3 +142,7 @@ def test_a_download_comes_back_in_through_an_import_job_on_a_trainer_of_its_own(
                       for name in (tag, "moved"))
     assert [p["label"] for p in copy] == [p["label"] for p in original]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(original, copy, strict=True)) < 1e-6
+    # And its embeddings through the official openai client, as in the embedded mode's suite.
+    embedded = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0).embeddings.create(
+        model="moved", input=texts[:3], dimensions=32)
+    assert [len(item.embedding) for item in embedded.data] == [32, 32, 32] and embedded.usage.prompt_tokens > 0

@@ -13,7 +13,7 @@ import pytest
 
 from fewshot.api.views import job_view
 from fewshot.timestamps import utc_now
-from trainers.jobs import JobStore, RedisJobStore, SqliteJobStore, UnknownCursor, expire_finished, new_job
+from trainers.jobs import JobRecord, JobStore, RedisJobStore, SqliteJobStore, UnknownCursor, expire_finished, new_job
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -44,7 +44,10 @@ def test_records_survive_reopening_and_transitions_are_compare_and_set(open_stor
     assert final.request == {"model_name": "m"}
     assert [r.job_id for r in reopened.with_status("completed")] == [record.job_id]
     assert reopened.with_status("running") == [] and reopened.with_status("pending") == []
-    assert set(job_view(final).model_dump()) == {"job_id", "status", "model_name", "created_at", "started_at",
+    assert final.kind == "train"
+    # A record written before job kinds existed (no `kind` in its JSON) reads as a training job.
+    assert JobRecord.model_validate_json(final.model_dump_json(exclude={"kind"})).kind == "train"
+    assert set(job_view(final).model_dump()) == {"job_id", "kind", "status", "model_name", "created_at", "started_at",
                                               "finished_at", "error", "model_version", "attempts", "note",
                                               "progress", "step", "total_steps", "cancel_requested", "warnings",
                                               "comparison"}

@@ -7,9 +7,14 @@ of HTTP; the views here are the only place that decides which of their fields th
 from __future__ import annotations
 
 from fewshot import backend_cache
-from fewshot.api.schemas import JobView, ModelVersions, ModelView
+from fewshot.api.schemas import JobView, ModelVersions, ModelView, TrainAccepted
 from fewshot.store import StoredModel
 from trainers.jobs import JobRecord
+
+
+def accepted_view(record: JobRecord) -> TrainAccepted:
+    """The 202 answer to a queued job (training or import)."""
+    return TrainAccepted.model_validate(record.model_dump(include=set(TrainAccepted.model_fields)))
 
 
 def job_view(record: JobRecord) -> JobView:
