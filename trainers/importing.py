@@ -24,7 +24,6 @@ from fewshot.base_models import BaseModelSource, resolve_base_model
 from fewshot.serving.backends import MAX_CALIBRATION_TEXTS
 from fewshot.serving.labels import best_labels
 from fewshot.settings import Settings
-from fewshot.store import CALIBRATION_TEXTS_FILE
 from fewshot.timestamps import utc_now
 from trainers.errors import TrainingFailed
 from trainers.heads import PICKLED_HEAD_FILE, UnsafeHead, has_safe_head, load_safe_head
@@ -53,10 +52,7 @@ class ImportedClassifier:
     calibration_texts: list[str]
 
     def save(self, directory: Path) -> None:
-        import json
-
-        save_classifier(self.model, directory)
-        (directory / CALIBRATION_TEXTS_FILE).write_text(json.dumps(self.calibration_texts), encoding="utf8")
+        save_classifier(self.model, directory, self.calibration_texts)
 
 
 def run_import(record: JobRecord, settings: Settings,

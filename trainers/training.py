@@ -106,15 +106,17 @@ class TrainedClassifier:
         return self.evaluation.num_examples if self.evaluation else 0
 
     def save(self, directory: Path) -> None:
-        save_classifier(self.model, directory)
-        (directory / CALIBRATION_TEXTS_FILE).write_text(json.dumps(self.calibration_texts), encoding="utf8")
+        save_classifier(self.model, directory, self.calibration_texts)
 
 
-def save_classifier(model: SetFitModel, directory: Path) -> None:
-    """SetFit's own directory (its head pickled, as `SetFitModel.from_pretrained` reads it) and the
-    head again in a format that loads without pickle (trainers/heads.py), which imports read."""
+def save_classifier(model: SetFitModel, directory: Path, calibration_texts: list[str] | None = None) -> None:
+    """SetFit's own directory (its head pickled, as `SetFitModel.from_pretrained` reads it), the
+    head again in a format that loads without pickle (trainers/heads.py), which imports read, and
+    the texts kept for int8 calibration."""
     model.save_pretrained(str(directory))
     save_safe_head(model.model_head, directory)
+    if calibration_texts is not None:
+        (directory / CALIBRATION_TEXTS_FILE).write_text(json.dumps(calibration_texts), encoding="utf8")
 
 
 class _Deadline(TrainerCallback):
