@@ -66,21 +66,26 @@ def resolve_base_model(requested: str) -> BaseModelSource:
     return BaseModelSource(requested, requested, is_local=False)
 
 
+REMOTE_CODE_HINT = ("the model runs its own Python code, which this service refuses unless the operator sets "
+                    "TRUST_REMOTE_CODE=true; do that only for models whose code you trust")
+HUB_HINT = ("check that the Hugging Face Hub id exists and is spelled exactly, that this machine can reach the Hub "
+            "(HF_HUB_OFFLINE must be unset) or already has the model cached, and that HF_TOKEN grants access if "
+            "the model is gated or private")
+
+
+def failure_reason(error: BaseException) -> str:
+    """An exception as a job's error quotes it: its type and message, at most 500 characters."""
+    reason = f"{type(error).__name__}: {error}".strip()
+    return reason if len(reason) <= 500 else reason[:500] + "…"
+
+
 def load_failure_message(source: BaseModelSource, error: BaseException) -> str:
     """Say why a base model could not be loaded and what the user can do about it."""
-    reason = f"{type(error).__name__}: {error}".strip()
-    if len(reason) > 500:
-        reason = reason[:500] + "…"
+    reason = failure_reason(error)
     if "trust_remote_code" in reason:
-        hint = ("the model runs its own Python code, which this service refuses unless the operator sets "
-                "TRUST_REMOTE_CODE=true; do that only for models whose code you trust")
+        hint = REMOTE_CODE_HINT
     elif source.is_local:
         hint = "the directory must hold a sentence-transformers model (config.json, weights, tokenizer)"
     else:
-        hint = (
-            "check that the Hugging Face Hub id exists and is spelled exactly, that this machine can "
-            "reach the Hub (HF_HUB_OFFLINE must be unset) or already has the model cached, and that "
-            "HF_TOKEN grants access if the model is gated or private; or pass a local "
-            "sentence-transformers directory"
-        )
+        hint = f"{HUB_HINT}; or pass a local sentence-transformers directory"
     return f"base_model {source.requested!r} could not be loaded ({reason}); {hint}"

@@ -20,7 +20,7 @@ from setfit import SetFitModel
 
 from fewshot import store
 from fewshot.api.schemas import ImportRequest
-from fewshot.base_models import BaseModelSource, resolve_base_model
+from fewshot.base_models import HUB_HINT, REMOTE_CODE_HINT, BaseModelSource, failure_reason, resolve_base_model
 from fewshot.serving.backends import MAX_CALIBRATION_TEXTS
 from fewshot.serving.labels import best_labels
 from fewshot.settings import Settings
@@ -89,12 +89,10 @@ def fetch(source: BaseModelSource, revision: str | None, token: str | None) -> t
         path = Path(snapshot_download(source.location, revision=revision, token=token,
                                       ignore_patterns=UNUSED_HUB_FILES))
     except Exception as error:  # not found, gated, offline: the same advice
-        reason = f"{type(error).__name__}: {error}".strip()[:500]
         raise TrainingFailed(
-            f"source {source.requested!r} could not be downloaded from the Hugging Face Hub ({reason}); check "
-            "that the id (and revision) exist, that this machine can reach the Hub (HF_HUB_OFFLINE unset), and "
-            "that HF_TOKEN grants access to a gated or private model; or copy the model into a directory inside "
-            "LOCAL_MODEL_DIRS and import that") from error
+            f"source {source.requested!r} could not be downloaded from the Hugging Face Hub "
+            f"({failure_reason(error)}); {HUB_HINT} (and `revision`, when given); or copy the model into a "
+            "directory inside LOCAL_MODEL_DIRS and import that") from error
     return path, path.name  # the snapshot directory is named by its commit
 
 
@@ -138,10 +136,9 @@ def load_classifier(directory: Path, requested: str, allow_pickle: bool, trust_r
     except UnsafeHead as unsafe:
         raise TrainingFailed(f"source {requested!r}: its head was refused: {unsafe}") from unsafe
     except Exception as error:
-        reason = f"{type(error).__name__}: {error}".strip()[:500]
-        hint = ("the model runs its own Python code, which this service refuses unless the operator sets "
-                "TRUST_REMOTE_CODE=true" if "trust_remote_code" in reason
-                else "it must be a directory saved by SetFitModel.save_pretrained")
+        reason = failure_reason(error)
+        hint = REMOTE_CODE_HINT if "trust_remote_code" in reason else (
+            "it must be a directory saved by SetFitModel.save_pretrained")
         raise TrainingFailed(
             f"source {requested!r} could not be loaded as a SetFit model ({reason}); {hint}") from error
     _check_single_label_classifier(model, requested)

@@ -110,6 +110,13 @@ class Example(BaseModel):
     label: NonBlankText
 
 
+def _labels_among(evaluation: list[Example], known: set[str], whose: str) -> None:
+    """Evaluation examples (eval_examples) may only have labels the model knows."""
+    unknown = sorted({example.label for example in evaluation} - known)
+    if unknown:
+        raise ValueError(f"labels must be among {whose}; unknown: {', '.join(unknown[:10])}")
+
+
 class TrainRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {
         "model_name": "intents",
@@ -193,10 +200,7 @@ class TrainRequest(BaseModel):
                                      info: ValidationInfo) -> list[Example] | None:
         examples = info.data.get("examples")
         if evaluation and examples:
-            unknown = sorted({e.label for e in evaluation} - {e.label for e in examples})
-            if unknown:
-                raise ValueError(f"labels must be among the training examples' labels; unknown: "
-                                 f"{', '.join(unknown[:10])}")
+            _labels_among(evaluation, {e.label for e in examples}, "the training examples' labels")
             if info.data.get("holdout_fraction"):
                 raise ValueError("cannot be combined with holdout_fraction > 0: send one or the other")
         return evaluation
@@ -263,9 +267,7 @@ class ImportRequest(BaseModel):
                                      info: ValidationInfo) -> list[Example] | None:
         labels = info.data.get("labels")
         if evaluation and labels:
-            unknown = sorted({e.label for e in evaluation} - set(labels))
-            if unknown:
-                raise ValueError(f"labels must be among `labels`; unknown: {', '.join(unknown[:10])}")
+            _labels_among(evaluation, set(labels), "`labels`")
         return evaluation
 
 
@@ -403,13 +405,6 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-class OurEmbeddingsBody(BaseModel):
-    """POST /v1/embeddings in this API's own shape (documentation of one branch of EmbeddingsRequest)."""
-
-    model_name: ModelReference = Field(description="A model's name (its latest version) or name:version.")
-    texts: list[NonBlankText] = Field(min_length=1, max_length=LIMITS.max_texts_per_request)
-
-
 OpenAIInput = NonBlankText | Annotated[list[NonBlankText], Field(min_length=1, max_length=LIMITS.max_texts_per_request)]
 
 
@@ -436,7 +431,7 @@ def _one_text_as_list(value: Any) -> Any:
 
 def _both_shapes(schema: dict[str, Any]) -> None:
     """The OpenAPI document shows the two request shapes EmbeddingsRequest accepts, as oneOf."""
-    shapes = [model.model_json_schema() for model in (OurEmbeddingsBody, OpenAIEmbeddingsBody)]
+    shapes = [model.model_json_schema() for model in (TextsRequest, OpenAIEmbeddingsBody)]
     schema.clear()
     schema.update({"title": "EmbeddingsRequest", "oneOf": shapes,
                    "example": {"model_name": "intents", "texts": ["my card has not come yet"]}})
