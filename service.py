@@ -194,12 +194,16 @@ class Gateway:
     @bentoml.api(route="/v1/predict")
     @responds(400, 404, 415, 503)
     async def predict(self, request: PredictRequest, /) -> PredictResponse:
-        """Label and probability of each text, in input order."""
+        """Label and probability of each text, in input order; a multi-label model's labels over their
+        thresholds; no label (abstained) for a text that is none of them."""
         results = await self.predict_items(request.items())
         if not all(result.found for result in results):
             return errors.unknown_model(request.model_name)
+        if refused := next((result.error for result in results if result.error), None):
+            return errors.invalid(refused)  # asked what this version cannot do (e.g. abstain, multi-label)
         return PredictResponse(predictions=[
-            Prediction(text=text, label=result.label, score=result.score, scores=result.scores)
+            Prediction(text=text, label=result.label, score=result.score, labels=result.labels,
+                       abstained=result.abstained, scores=result.scores)
             for text, result in zip(request.texts, results, strict=True)
         ])
 

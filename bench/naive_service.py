@@ -39,7 +39,7 @@ class Naive:
         loaded = self._model(model_name)
         with torch.inference_mode():
             probabilities = loaded.model.predict_proba(texts, batch_size=len(texts), as_numpy=True)
-        labels, scores = best_labels(probabilities, loaded.column_labels)
+        labels, scores = best_labels(probabilities, loaded.decisions.columns)
         return {"predictions": [{"text": t, "label": label, "score": float(s)}
                                 for t, label, s in zip(texts, labels, scores, strict=True)]}
 

@@ -128,7 +128,7 @@ def backend_accuracies(trained: TrainedClassifier, test_rows: list[tuple[str, st
             loaded = LoadedModel.load(stored, InferenceRuntime.resolve(backend=backend, quantize=quantize))
             if loaded.backend.error:
                 raise RuntimeError(f"{variant}: {loaded.backend.error}")
-            predicted, _ = best_labels(loaded.predict_proba([text for text, _ in test_rows]), loaded.column_labels)
+            predicted, _ = best_labels(loaded.predict_proba([text for text, _ in test_rows]), loaded.decisions.columns)
             accuracies[variant] = evaluate([label for _, label in test_rows], predicted, trained.labels).accuracy
     return accuracies
 

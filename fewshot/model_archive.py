@@ -70,6 +70,26 @@ def _number(value: Any, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _decision_lines(meta: dict[str, Any]) -> list[str]:
+    """How the service turns this version's probabilities into answers, which plain SetFit does not know."""
+    thresholds = meta.get("thresholds")
+    if meta.get("task") == "multi_label" and thresholds:
+        return ["", "## Thresholds", "", "Multi-label (one-vs-rest head). SetFit's `model.predict` answers each label "
+                "at probability 0.5; the service predicts a label when `model.predict_proba` reaches its learned "
+                "threshold:", "", "| label | threshold |", "|---|---|",
+                *(f"| `{label}` | {_number(value)} |" for label, value in thresholds.items())]
+    abstention = meta.get("abstention") or {}
+    lines = []
+    if abstention.get("none_of_these_examples"):
+        lines.append(f"Trained with {abstention['none_of_these_examples']} \"none of these\" examples: the head's "
+                     "last class is theirs, and SetFit's `model.predict` answers `None` for it.")
+    if abstention.get("threshold") is not None:
+        lines.append(f"Abstention threshold {_number(abstention['threshold'])} (keeps "
+                     f"{abstention.get('coverage')} of in-scope texts): below this top probability the service "
+                     "answers no label when asked to abstain.")
+    return ["", "## Abstention", "", *lines] if lines else []
+
+
 def model_card(stored: StoredModel) -> str:
     """Markdown with Hugging Face's front matter: what the version is, how it was made, how it scored."""
     meta = stored.metadata
@@ -114,11 +134,15 @@ def model_card(stored: StoredModel) -> str:
         measured_on = {"holdout": "a stratified hold-out of the examples (not trained on)",
                        "eval_examples": "evaluation examples sent with the request"}.get(meta.get("eval_source"),
                                                                                         "evaluation examples")
-        lines += [f"Accuracy **{accuracy:.4f}** on {meta.get('eval_num_examples')} examples: {measured_on}.", "",
+        name = "Subset accuracy (exact label sets)" if meta.get("task") == "multi_label" else "Accuracy"
+        f1 = (f"; micro F1 **{_number(meta.get('micro_f1'))}**, macro F1 **{_number(meta.get('macro_f1'))}**"
+              if meta.get("task") == "multi_label" else "")
+        lines += [f"{name} **{accuracy:.4f}**{f1} on {meta.get('eval_num_examples')} examples: {measured_on}.", "",
                   "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for label, scores in (meta.get("label_metrics") or {}).items():
             lines.append(f"| `{label}` | {_number(scores.get('precision'))} | {_number(scores.get('recall'))} | "
                          f"{_number(scores.get('f1'))} | {scores.get('support')} |")
+    lines += _decision_lines(meta)
     comparison = meta.get("comparison")
     if comparison:
         head, tuned = _number(comparison.get("head_accuracy")), _number(comparison.get("setfit_accuracy"))

@@ -57,6 +57,11 @@ class StoredModel:
     def labels(self) -> list[str]:
         return list(self.metadata["labels"])
 
+    @property
+    def refuses(self) -> bool:
+        """Trained with "none of these" examples: its head has one more class than it has labels."""
+        return bool((self.metadata.get("abstention") or {}).get("none_of_these_examples"))
+
 
 @contextmanager
 def writing() -> Iterator[None]:

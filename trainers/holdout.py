@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -14,6 +14,14 @@ DEFAULT_HOLDOUT_FRACTION = 0.2
 MIN_EXAMPLES_PER_LABEL_FOR_DEFAULT_HOLDOUT = 4
 
 Example = TypeVar("Example")
+
+Target = str | None | tuple[str, ...]
+"""What an example says of its text: its label, None (none of the labels), or its labels (multi-label)."""
+
+
+def target_labels(target: Target) -> tuple[str, ...]:
+    """The labels a target names."""
+    return target if isinstance(target, tuple) else () if target is None else (target,)
 
 
 def choose_holdout_fraction(label_counts: Counter[str], requested: float | None) -> float:
@@ -29,7 +37,8 @@ def stratified_split(examples: Sequence[Example], labels: Sequence[str], fractio
                      seed: int) -> tuple[list[Example], list[Example]]:
     """Split into (train, holdout): per label round(n × fraction) held out, at least 1, at most n − 1.
 
-    With fraction 0 nothing is held out. Deterministic for a given seed.
+    `labels` are the strata: an example's label (multi-label: see `multi_label_strata`). With
+    fraction 0 nothing is held out. Deterministic for a given seed.
     """
     if fraction <= 0:
         return list(examples), []
@@ -49,13 +58,59 @@ def stratified_split(examples: Sequence[Example], labels: Sequence[str], fractio
     return train, holdout
 
 
-def accuracy(expected: Sequence[str], predicted: Sequence[str]) -> float | None:
+def multi_label_strata(label_sets: Sequence[Sequence[str]]) -> list[str]:
+    """A multi-label example is held out with the examples of its rarest label (so rare labels are
+    split first and fairly); an example with no label forms a stratum of its own."""
+    counts = Counter(label for labels in label_sets for label in labels)
+    return [min(labels, key=lambda label: (counts[label], label)) if labels else "" for labels in label_sets]
+
+
+def keep_every_label_in_training(train: list[Example], holdout: list[Example],
+                                 label_sets: Callable[[Example], Sequence[str]]) -> tuple[list[Example], list[Example]]:
+    """Multi-label: move back into training the held-out examples of any label that the split left
+    without a training example (its examples were held out as other labels' strata)."""
+    trained = {label for example in train for label in label_sets(example)}
+    kept = []
+    for example in holdout:
+        if set(label_sets(example)) - trained:
+            train.append(example)
+            trained.update(label_sets(example))
+        else:
+            kept.append(example)
+    return train, kept
+
+
+def accuracy(expected: Sequence[str | None], predicted: Sequence[str | None]) -> float | None:
     """Share of exact matches; None when there is nothing to score."""
     if len(expected) != len(predicted):
         raise ValueError(f"{len(expected)} expected labels but {len(predicted)} predictions")
     if not expected:
         return None
     return sum(e == p for e, p in zip(expected, predicted, strict=True)) / len(expected)
+
+
+DEFAULT_ABSTENTION_COVERAGE = 0.95
+
+
+class Abstention(BaseModel):
+    """A single-label version's "none of these": its learned threshold and what abstaining does on
+    the evaluation examples. Stored in the version's metadata, shown by the API."""
+
+    threshold: float | None = Field(default=None, description=(
+        "The top probability below which the version answers `label: null` (with `abstain: true`, or always for "
+        "a version trained with none-of-these examples): split-conformal, the lowest that keeps `coverage` of the "
+        "in-scope evaluation texts. Null without in-scope evaluation examples."))
+    coverage: float = Field(description="The share of in-scope texts the threshold is set to keep "
+                                        "(abstention_coverage of the training request).")
+    none_of_these_examples: int = Field(default=0, description=(
+        "Training examples with `label: null`; when > 0 the version always abstains where they say so."))
+    in_scope_kept: float | None = Field(default=None, description=(
+        "Share of in-scope evaluation texts answered (not refused) when abstaining, each scored with a threshold "
+        "fitted on the other half of the evaluation examples."))
+    in_scope_accuracy: float | None = Field(default=None, description="Accuracy on the in-scope texts answered.")
+    out_of_scope_examples: int = Field(default=0, description="Evaluation examples with `label: null`.")
+    out_of_scope_refused: float | None = Field(default=None, description=(
+        "Share of the `label: null` evaluation texts refused when abstaining; null without them."))
 
 
 class LabelMetrics(BaseModel):
@@ -70,12 +125,20 @@ class LabelMetrics(BaseModel):
 @dataclass(frozen=True)
 class Evaluation:
     accuracy: float
+    """Single-label: of the most probable answer; multi-label: subset accuracy (exact match)."""
     num_examples: int
     per_label: dict[str, LabelMetrics]
+    micro_f1: float | None = None
+    macro_f1: float | None = None
+    thresholds: dict[str, float] | None = None
+    """Multi-label: each label's learned threshold."""
+    abstention: Abstention | None = None
+    """Single-label: the abstention threshold and its metrics."""
 
 
-def evaluate(expected: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> Evaluation:
-    """Accuracy and each label's precision, recall and F1 (0 where undefined, as sklearn's zero_division=0)."""
+def evaluate(expected: Sequence[str | None], predicted: Sequence[str | None], labels: Sequence[str]) -> Evaluation:
+    """Accuracy and each label's precision, recall and F1 (0 where undefined, as sklearn's zero_division=0).
+    None (none of these) is an answer like a label, right where expected, but has no metrics of its own."""
     score = accuracy(expected, predicted)
     if score is None:
         raise ValueError("nothing to evaluate")

@@ -22,14 +22,14 @@ from fewshot import store
 from fewshot.api.schemas import ImportRequest
 from fewshot.base_models import HUB_HINT, REMOTE_CODE_HINT, BaseModelSource, failure_reason, resolve_base_model
 from fewshot.serving.backends import MAX_CALIBRATION_TEXTS
-from fewshot.serving.labels import best_labels
 from fewshot.settings import Settings
 from fewshot.timestamps import utc_now
 from trainers.errors import TrainingFailed
 from trainers.heads import PICKLED_HEAD_FILE, UnsafeHead, has_safe_head, load_safe_head
-from trainers.holdout import Evaluation, evaluate
+from trainers.holdout import DEFAULT_ABSTENTION_COVERAGE, Evaluation
 from trainers.jobs import JobRecord
 from trainers.run import JobOutcome, prune_old_versions
+from trainers.thresholds import evaluate_single_label, untested_abstention
 from trainers.training import save_classifier
 
 logger = logging.getLogger("fewshot.trainer")
@@ -203,17 +203,19 @@ def name_columns(model: SetFitModel, requested: list[str] | None) -> list[str]:
     return columns
 
 
-def score(model: SetFitModel, labels: list[str], examples: list[tuple[str, str]]) -> Evaluation | None:
+def score(model: SetFitModel, labels: list[str], examples: list[tuple[str, str | None]]) -> Evaluation | None:
+    """Accuracy and per-label metrics on `examples`, and the abstention threshold learned on them
+    (`label: null` ones: texts of none of the labels)."""
     if not examples:
         return None
-    unknown = sorted({label for _, label in examples} - set(labels))
+    unknown = sorted({label for _, label in examples if label is not None} - set(labels))
     if unknown:
         raise TrainingFailed(f"eval_examples: labels must be among the model's labels ({', '.join(labels[:20])}); "
                              f"unknown: {', '.join(unknown[:10])}")
     probabilities = np.asarray(model.predict_proba([text for text, _ in examples], as_numpy=True,
                                                    show_progress_bar=False))
-    predicted, _ = best_labels(probabilities, labels)
-    return evaluate([label for _, label in examples], predicted, labels)
+    return evaluate_single_label(probabilities, labels, [label for _, label in examples], labels,
+                                 DEFAULT_ABSTENTION_COVERAGE, none_of_these_examples=0)
 
 
 def import_metadata(record: JobRecord, request: ImportRequest, imported: ImportedClassifier) -> dict[str, Any]:
@@ -224,7 +226,10 @@ def import_metadata(record: JobRecord, request: ImportRequest, imported: Importe
         "revision": imported.revision,
         "created_at": utc_now().isoformat(),
         "strategy": "imported",
+        "task": "single_label",
         "accuracy": evaluation.accuracy if evaluation else None,
+        "abstention": (evaluation.abstention if evaluation else
+                       untested_abstention(DEFAULT_ABSTENTION_COVERAGE, none_of_these_examples=0)).model_dump(),
         "label_metrics": {label: scores.model_dump() for label, scores in evaluation.per_label.items()}
         if evaluation else None,
         "eval_source": "eval_examples" if evaluation else None,

@@ -78,12 +78,13 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
         hf_token=settings.hf_token,
         trust_remote_code=settings.trust_remote_code,
         max_seconds=settings.max_training_seconds,
+        abstention_coverage=request.coverage,
     )
-    split = split_examples([(e.text, e.label) for e in request.examples], request.holdout_fraction, options.seed,
-                           [(e.text, e.label) for e in request.eval_examples or []])
-    logger.info("job %s: training %s (strategy %s) on %d examples, evaluating on %d, from %s", record.job_id,
-                request.model_name, request.strategy, len(split.train), len(split.evaluation),
-                options.base_model.location)
+    split = split_examples([(e.text, e.target) for e in request.examples], request.holdout_fraction, options.seed,
+                           [(e.text, e.target) for e in request.eval_examples or []])
+    logger.info("job %s: training %s (%s, strategy %s) on %d examples, evaluating on %d, from %s", record.job_id,
+                request.model_name, "multi-label" if split.multi_label else "single-label", request.strategy,
+                len(split.train), len(split.evaluation), options.base_model.location)
 
     def register(trained: TrainedClassifier, comparison: StrategyComparison | None = None) -> str:
         metadata = model_metadata(record, request, base_model, trained, split, comparison)
@@ -118,7 +119,12 @@ def model_metadata(record: JobRecord, request: TrainRequest, base_model: str, tr
         "base_model": base_model,
         "created_at": utc_now().isoformat(),
         "strategy": trained.strategy,
+        "task": "multi_label" if trained.multi_label else "single_label",
         "accuracy": trained.accuracy,
+        "micro_f1": evaluation.micro_f1 if evaluation else None,
+        "macro_f1": evaluation.macro_f1 if evaluation else None,
+        "thresholds": trained.thresholds,
+        "abstention": trained.abstention.model_dump() if trained.abstention else None,
         "label_metrics": {label: scores.model_dump() for label, scores in evaluation.per_label.items()}
         if evaluation else None,
         "eval_source": None if evaluation is None else "eval_examples" if split.separate_evaluation else "holdout",

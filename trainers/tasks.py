@@ -12,13 +12,12 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
 from datetime import timedelta
 from typing import Any
 
 from huey import signals
 
-from fewshot.api.schemas import ImportRequest, TrainRequest
+from fewshot.api.schemas import ImportRequest, TrainRequest, label_counts
 from fewshot.settings import get_settings
 from fewshot.timestamps import utc_now
 from trainers.holdout import data_warnings
@@ -72,7 +71,7 @@ def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
     submissions racing at the bound may both get in).
     """
     record = new_job(request.model_name, request.model_dump(mode="json"), kind="train")
-    record.warnings = data_warnings(Counter(example.label for example in request.examples))
+    record.warnings = data_warnings(label_counts(request.examples))
     return _submit(record, max_queued)
 
 

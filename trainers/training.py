@@ -1,5 +1,7 @@
 """Train one SetFit classifier: examples + options → trained model + honest metrics.
 
+Single-label (one label per text, or none of them: `label: null` examples are a class of their
+own) or multi-label (a set of labels per text: a one-vs-rest head and a threshold per label).
 Two ways to train, both scored on the same evaluation split:
 - `train_head`: the base model's body stays frozen; only the logistic-regression head is fitted
   on its embeddings (seconds);
@@ -26,18 +28,30 @@ from transformers import TrainerCallback
 
 from fewshot.base_models import BaseModelSource, load_failure_message
 from fewshot.serving.backends import MAX_CALIBRATION_TEXTS
-from fewshot.serving.labels import best_labels, column_labels
+from fewshot.serving.decisions import DEFAULT_THRESHOLD
+from fewshot.serving.labels import column_labels
 from fewshot.store import CALIBRATION_TEXTS_FILE
 from trainers.errors import TrainingFailed
 from trainers.heads import save_safe_head
-from trainers.holdout import Evaluation, choose_holdout_fraction, evaluate, stratified_split
+from trainers.holdout import (
+    DEFAULT_ABSTENTION_COVERAGE,
+    Abstention,
+    Evaluation,
+    Target,
+    choose_holdout_fraction,
+    keep_every_label_in_training,
+    multi_label_strata,
+    stratified_split,
+    target_labels,
+)
+from trainers.thresholds import evaluate_multi_label, evaluate_single_label, untested_abstention
 
 logger = logging.getLogger("fewshot.training")
 
 ProgressCallback = Callable[[int, int], None]
 """Called with (steps done, total steps) while the body is fine-tuned."""
 
-LabelledText = tuple[str, str]
+LabelledText = tuple[str, Target]
 
 
 @dataclass(frozen=True)
@@ -54,7 +68,10 @@ class TrainingOptions:
     """Fine-tuning time after which training stops with TrainingFailed (MAX_TRAINING_SECONDS)."""
     class_weight: str | None = "balanced"
     """The head's class weights: "balanced" weighs each label by the inverse of its share, so a
-    label with few examples is not drowned by a frequent one (identical to none when balanced)."""
+    label with few examples is not drowned by a frequent one (identical to none when balanced).
+    Multi-label: each label's one-vs-rest classifier weighs its positives against its negatives."""
+    abstention_coverage: float = DEFAULT_ABSTENTION_COVERAGE
+    """Single-label: the share of in-scope texts the abstention threshold keeps (trainers/thresholds.py)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +81,9 @@ class Split:
     train: list[LabelledText]
     evaluation: list[LabelledText]
     labels: list[str]
-    """Every training label, sorted: the head's classes."""
+    """Every training label, sorted: the head's classes (a single-label head has one more, "none of
+    these", when the examples include `label: null` ones)."""
+    multi_label: bool = False
     separate_evaluation: bool = False
     """The evaluation examples were sent apart from the training ones (eval_examples)."""
 
@@ -73,16 +92,33 @@ class Split:
         """Examples received for training (a hold-out taken from them included)."""
         return len(self.train) + (0 if self.separate_evaluation else len(self.evaluation))
 
+    @property
+    def none_of_these_examples(self) -> int:
+        """Single-label training examples with `label: null`: the head learns them as a class of their own."""
+        return 0 if self.multi_label else sum(target is None for _, target in self.train)
+
+    @property
+    def refuses(self) -> bool:
+        return self.none_of_these_examples > 0
+
 
 def split_examples(examples: Sequence[LabelledText], holdout_fraction: float | None, seed: int,
                    eval_examples: Sequence[LabelledText] | None = None) -> Split:
-    """Train on everything and score on `eval_examples` when given; else hold out a stratified share."""
-    labels = sorted({label for _, label in examples})
+    """Train on everything and score on `eval_examples` when given; else hold out a stratified share
+    (multi-label: by each example's rarest label, every label kept in training)."""
+    multi_label = isinstance(examples[0][1], tuple)
+    counts = Counter(label for _, target in examples for label in target_labels(target))
+    labels = sorted(counts)
     if eval_examples:
-        return Split(list(examples), list(eval_examples), labels, separate_evaluation=True)
-    fraction = choose_holdout_fraction(Counter(label for _, label in examples), holdout_fraction)
-    train, holdout = stratified_split(list(examples), [label for _, label in examples], fraction, seed)
-    return Split(train, holdout, labels)
+        return Split(list(examples), list(eval_examples), labels, multi_label, separate_evaluation=True)
+    fraction = choose_holdout_fraction(counts, holdout_fraction)
+    targets = [target for _, target in examples]
+    # "" (no label may be blank) is the stratum of `label: null` and `labels: []` examples.
+    strata = multi_label_strata(targets) if multi_label else [target or "" for target in targets]  # type: ignore[misc]
+    train, holdout = stratified_split(list(examples), strata, fraction, seed)
+    if multi_label:
+        train, holdout = keep_every_label_in_training(train, holdout, lambda example: target_labels(example[1]))
+    return Split(train, holdout, labels, multi_label)
 
 
 @dataclass
@@ -92,6 +128,11 @@ class TrainedClassifier:
     strategy: str
     """"head" (frozen body) or "setfit" (fine-tuned body)."""
     evaluation: Evaluation | None
+    multi_label: bool
+    thresholds: dict[str, float] | None
+    """Multi-label: each label's threshold (learned, or the default without evaluation examples)."""
+    abstention: Abstention | None
+    """Single-label: the abstention threshold and its metrics."""
     num_examples: int
     training_duration_seconds: float
     calibration_texts: list[str]
@@ -142,43 +183,67 @@ class _ReportProgress(TrainerCallback):
         self._report(state.global_step, state.max_steps)
 
 
-def load_base_model(source: BaseModelSource, labels: list[str], hf_token: str | None,
-                    trust_remote_code: bool = False, class_weight: str | None = None) -> SetFitModel:
+def load_base_model(source: BaseModelSource, labels: list[str | None], hf_token: str | None,
+                    trust_remote_code: bool = False, class_weight: str | None = None,
+                    multi_label: bool = False) -> SetFitModel:
     try:
+        # One-vs-rest: one binary classifier per label, each giving that label's own probability,
+        # which a per-label threshold then decides on (trainers/thresholds.py); SetFit's other two
+        # strategies condition labels on each other (classifier-chain) or are one-vs-rest again
+        # in another shape (multi-output: per-label lists of two columns).
         return SetFitModel.from_pretrained(source.location, labels=labels, token=hf_token,
                                            trust_remote_code=trust_remote_code,
+                                           multi_target_strategy="one-vs-rest" if multi_label else None,
                                            head_params={"class_weight": class_weight})
     except Exception as error:  # every loader failure means the same thing to the user
         raise TrainingFailed(load_failure_message(source, error)) from error
 
 
 def _load(split: Split, options: TrainingOptions) -> SetFitModel:
-    return load_base_model(options.base_model, split.labels, options.hf_token, options.trust_remote_code,
-                           options.class_weight)
+    # The "none of these" class is None in SetFit's labels too: SetFit's own predict answers None for it.
+    labels: list[str | None] = [*split.labels, None] if split.refuses else list(split.labels)
+    return load_base_model(options.base_model, labels, options.hf_token, options.trust_remote_code,
+                           options.class_weight, split.multi_label)
 
 
-def _label_ids(split: Split, pairs: Sequence[LabelledText]) -> list[int]:
+def _targets(split: Split, pairs: Sequence[LabelledText]) -> list[int] | list[list[int]]:
+    """What the head is fitted on: class ids (None: the "none of these" class, after the labels),
+    or one 0/1 row per text over the labels (multi-label)."""
+    if split.multi_label:
+        return [[int(label in target) for label in split.labels] for _, target in pairs]  # type: ignore[operator]
     ids = {label: index for index, label in enumerate(split.labels)}
-    return [ids[label] for _, label in pairs]
+    return [len(split.labels) if target is None else ids[target] for _, target in pairs]  # type: ignore[index]
 
 
-def _evaluate(model: SetFitModel, split: Split) -> Evaluation | None:
+def _evaluate(model: SetFitModel, split: Split, coverage: float) -> Evaluation | None:
     if not split.evaluation:
         return None
-    probabilities = model.predict_proba([text for text, _ in split.evaluation], as_numpy=True,
-                                        show_progress_bar=False)
-    predicted, _ = best_labels(np.asarray(probabilities), column_labels(model, split.labels))
-    return evaluate([label for _, label in split.evaluation], predicted, split.labels)
+    probabilities = np.asarray(model.predict_proba([text for text, _ in split.evaluation], as_numpy=True,
+                                                   show_progress_bar=False))
+    columns = column_labels(model, split.labels, refuses=split.refuses)
+    expected = [target for _, target in split.evaluation]
+    if split.multi_label:
+        return evaluate_multi_label(probabilities, columns, expected, split.labels)  # type: ignore[arg-type]
+    return evaluate_single_label(probabilities, columns, expected, split.labels, coverage,  # type: ignore[arg-type]
+                                 split.none_of_these_examples)
 
 
-def _finish(model: SetFitModel, split: Split, strategy: str, started: float) -> TrainedClassifier:
+def _finish(model: SetFitModel, split: Split, strategy: str, started: float, coverage: float) -> TrainedClassifier:
     duration = time.perf_counter() - started
-    evaluation = _evaluate(model, split)
+    evaluation = _evaluate(model, split, coverage)
     logger.info("%s: trained on %d examples in %.1fs; accuracy %s on %d evaluation examples", strategy,
                 len(split.train), duration, evaluation and round(evaluation.accuracy, 4), len(split.evaluation))
     texts = [text for text, _ in split.train]
     every = max(1, len(texts) // MAX_CALIBRATION_TEXTS)  # spread over the examples, not the first labels only
+    if split.multi_label:
+        thresholds = evaluation.thresholds if evaluation else {label: DEFAULT_THRESHOLD for label in split.labels}
+        abstention = None
+    else:
+        thresholds = None
+        abstention = evaluation.abstention if evaluation else untested_abstention(coverage,
+                                                                                  split.none_of_these_examples)
     return TrainedClassifier(model=model, labels=split.labels, strategy=strategy, evaluation=evaluation,
+                             multi_label=split.multi_label, thresholds=thresholds, abstention=abstention,
                              num_examples=split.num_examples, training_duration_seconds=duration,
                              calibration_texts=texts[::every][:MAX_CALIBRATION_TEXTS])
 
@@ -188,9 +253,9 @@ def train_head(split: Split, options: TrainingOptions) -> TrainedClassifier:
     model = _load(split, options)
     logger.info("fitting a head on the frozen body of %s on %s", options.base_model.requested, model.device)
     started = time.perf_counter()
-    model.fit([text for text, _ in split.train], _label_ids(split, split.train), num_epochs=1,
+    model.fit([text for text, _ in split.train], _targets(split, split.train), num_epochs=1,
               show_progress_bar=False)
-    return _finish(model, split, "head", started)
+    return _finish(model, split, "head", started, options.abstention_coverage)
 
 
 def fine_tune(split: Split, options: TrainingOptions, progress: ProgressCallback | None = None) -> TrainedClassifier:
@@ -214,7 +279,7 @@ def fine_tune(split: Split, options: TrainingOptions, progress: ProgressCallback
             model=model,
             args=arguments,
             train_dataset=Dataset.from_dict({"text": [text for text, _ in split.train],
-                                             "label": _label_ids(split, split.train)}),
+                                             "label": _targets(split, split.train)}),
             # SetFit's default metric downloads from the Hub; we score the evaluation split ourselves.
             metric=lambda predicted, expected: {"accuracy": float(np.mean(np.asarray(predicted) == expected))},
             callbacks=[
@@ -223,6 +288,6 @@ def fine_tune(split: Split, options: TrainingOptions, progress: ProgressCallback
             ] or None,
         )
         trainer.train()
-    return _finish(model, split, "setfit", started)
+    return _finish(model, split, "setfit", started, options.abstention_coverage)
 
 

@@ -29,7 +29,7 @@ from fewshot.base_models import base_model_problem, is_local_path
 from fewshot.serving.items import LabelScore, TextItem
 from fewshot.settings import get_settings
 from fewshot.timestamps import UtcTimestamp
-from trainers.holdout import LabelMetrics
+from trainers.holdout import DEFAULT_ABSTENTION_COVERAGE, Abstention, LabelMetrics, Target
 from trainers.jobs import JobKind, JobStatus, StrategyComparison
 
 # Request limits are settings (README, "Settings"); read once, when the schemas are built.
@@ -105,16 +105,72 @@ BaseModelName = Annotated[
 ]
 
 
+def _distinct(values: list[str] | None) -> list[str] | None:
+    if values is not None:
+        repeated = sorted(value for value, n in Counter(values).items() if n > 1)
+        if repeated:
+            raise ValueError(f"must be distinct; repeated: {', '.join(repeated[:10])}")
+    return values
+
+
 class Example(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["label"]}, {"required": ["labels"]}]})
+
     text: NonBlankText
-    label: NonBlankText
+    label: NonBlankText | None = Field(default=None, description=(
+        "Its label. null: the text belongs to none of the labels (teaches a model what to refuse)."))
+    labels: Annotated[list[NonBlankText], AfterValidator(_distinct)] | None = Field(
+        default=None, max_length=LIMITS.max_labels, description=(
+            "Instead of `label`, for a multi-label model: every label of the text (distinct; [] for none)."))
+
+    @model_validator(mode="after")
+    def _label_or_labels(self) -> Example:
+        sent = {"label", "labels"} & self.model_fields_set
+        if sent == {"label", "labels"} and self.labels is not None:
+            raise ValueError("send `label` (one label, or null) or `labels` (a list, multi-label), not both")
+        if not sent:
+            raise ValueError("label: field required (one label, or null for none of them; or `labels`, a list, for "
+                             "a multi-label model)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _one_form(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Stored in the job record and validated again by the trainer: only the form it was sent in.
+        data = serialize(self)
+        data.pop("label" if self.labels is not None else "labels", None)
+        return data
+
+    @property
+    def is_multi_label(self) -> bool:
+        return self.labels is not None
+
+    @property
+    def target(self) -> Target:
+        """What the trainers fit and score: the label, None, or the labels as a tuple."""
+        return tuple(self.labels) if self.labels is not None else self.label
+
+    @property
+    def named_labels(self) -> list[str]:
+        """The labels it names (none for a `label: null` example)."""
+        return list(self.labels) if self.labels is not None else [] if self.label is None else [self.label]
+
+
+def label_counts(examples: list[Example]) -> Counter[str]:
+    """Examples of each label (multi-label: examples having it); `label: null` ones are not counted."""
+    return Counter(label for example in examples for label in example.named_labels)
 
 
 def _labels_among(evaluation: list[Example], known: set[str], whose: str) -> None:
     """Evaluation examples (eval_examples) may only have labels the model knows."""
-    unknown = sorted({example.label for example in evaluation} - known)
+    unknown = sorted(set(label_counts(evaluation)) - known)
     if unknown:
         raise ValueError(f"labels must be among {whose}; unknown: {', '.join(unknown[:10])}")
+
+
+def _one_form(examples: list[Example], multi_label: bool, rule: str) -> None:
+    mixed = [i for i, example in enumerate(examples) if example.is_multi_label != multi_label]
+    if mixed:
+        raise ValueError(f"{rule} (see item {mixed[0]})")
 
 
 class TrainRequest(BaseModel):
@@ -136,8 +192,10 @@ class TrainRequest(BaseModel):
         description="Hugging Face id or local sentence-transformers directory; "
         "defaults to the DEFAULT_BASE_MODEL setting.",
     )
-    examples: list[Example] = Field(min_length=1, max_length=LIMITS.max_train_examples,
-                                    description="Labelled examples, at least 2 labels.")
+    examples: list[Example] = Field(
+        min_length=1, max_length=LIMITS.max_train_examples,
+        description="Labelled examples, at least 2 labels. Each has `label` (null: none of the labels), or each has "
+        "`labels` (a list, possibly empty): then a multi-label model is trained.")
     num_iterations: int = Field(default=20, gt=0, le=LIMITS.max_num_iterations,
                                 description="SetFit pair-generation iterations.")
     learning_rate: float = Field(default=2e-5, gt=0, le=1, description="Learning rate of the SetFit body.")
@@ -159,16 +217,23 @@ class TrainRequest(BaseModel):
     )
     eval_examples: list[Example] | None = Field(
         default=None, min_length=1, max_length=LIMITS.max_train_examples,
-        description="Your own evaluation examples (labels among the training labels): scored instead of a "
-        "hold-out, and all of `examples` is trained on.",
+        description="Your own evaluation examples (labels among the training labels, in the same form; `label: "
+        "null` ones measure refusals): scored instead of a hold-out, and all of `examples` is trained on.",
     )
+
+    abstention_coverage: float | None = Field(
+        default=None, gt=0, le=1,
+        description=f"Single-label: the share of in-scope texts the learned abstention threshold keeps "
+        f"(default {DEFAULT_ABSTENTION_COVERAGE}); predictions with `abstain: true` refuse the texts below it.")
 
     @field_validator("examples")
     @classmethod
     def _at_least_two_labels(cls, examples: list[Example]) -> list[Example]:
-        labels = len({example.label for example in examples})
+        _one_form(examples, examples[0].is_multi_label, "must all give `label` (one label, or null for none of them) "
+                  "or all give `labels` (a list: a multi-label model), not both forms")
+        labels = len(label_counts(examples))
         if labels < 2:
-            raise ValueError("must contain at least 2 distinct labels")
+            raise ValueError("must contain at least 2 distinct labels (besides `label: null` examples)")
         if labels > LIMITS.max_labels:
             raise ValueError(f"must contain at most {LIMITS.max_labels} distinct labels (MAX_LABELS), not {labels}")
         return examples
@@ -185,7 +250,7 @@ class TrainRequest(BaseModel):
     def _every_label_can_spare_one(cls, fraction: float | None, info: ValidationInfo) -> float | None:
         examples = info.data.get("examples")
         if fraction and examples:
-            counts = Counter(example.label for example in examples)
+            counts = label_counts(examples)
             too_few = sorted(label for label, n in counts.items() if n < 2)
             if too_few:
                 raise ValueError(
@@ -200,10 +265,28 @@ class TrainRequest(BaseModel):
                                      info: ValidationInfo) -> list[Example] | None:
         examples = info.data.get("examples")
         if evaluation and examples:
-            _labels_among(evaluation, {e.label for e in examples}, "the training examples' labels")
+            multi_label = examples[0].is_multi_label
+            _one_form(evaluation, multi_label, "must give `labels` (a list), as the training examples do" if multi_label
+                      else "must give `label` (one label, or null), as the training examples do")
+            _labels_among(evaluation, set(label_counts(examples)), "the training examples' labels")
             if info.data.get("holdout_fraction"):
                 raise ValueError("cannot be combined with holdout_fraction > 0: send one or the other")
         return evaluation
+
+    @model_validator(mode="after")
+    def _coverage_is_single_label(self) -> TrainRequest:
+        if self.abstention_coverage is not None and self.is_multi_label:
+            raise ValueError("abstention_coverage: is for single-label models; a multi-label model learns a "
+                             "threshold per label instead (and answers `labels: []` when none reaches it)")
+        return self
+
+    @property
+    def is_multi_label(self) -> bool:
+        return self.examples[0].is_multi_label
+
+    @property
+    def coverage(self) -> float:
+        return self.abstention_coverage if self.abstention_coverage is not None else DEFAULT_ABSTENTION_COVERAGE
 
 
 MAX_EMBEDDING_DIMENSIONS = 65_536
@@ -255,19 +338,18 @@ class ImportRequest(BaseModel):
     @field_validator("labels")
     @classmethod
     def _distinct_labels(cls, labels: list[str] | None) -> list[str] | None:
-        if labels is not None:
-            repeated = sorted(label for label, n in Counter(labels).items() if n > 1)
-            if repeated:
-                raise ValueError(f"must be distinct; repeated: {', '.join(repeated[:10])}")
-        return labels
+        return _distinct(labels)
 
     @field_validator("eval_examples")
     @classmethod
     def _evaluation_labels_are_named(cls, evaluation: list[Example] | None,
                                      info: ValidationInfo) -> list[Example] | None:
-        labels = info.data.get("labels")
-        if evaluation and labels:
-            _labels_among(evaluation, set(labels), "`labels`")
+        if evaluation:
+            _one_form(evaluation, False, "must give `label` (one label, or null for none of them): imported models "
+                                         "are single-label")
+            labels = info.data.get("labels")
+            if labels:
+                _labels_among(evaluation, set(labels), "`labels`")
         return evaluation
 
 
@@ -329,7 +411,20 @@ class ModelView(BaseModel):
     tag: str = Field(description="name:version: pins this version in predict and embeddings.")
     base_model: str = Field(description="The base model it was trained from; for an imported version, its source.")
     created_at: UtcTimestamp
-    accuracy: float | None = Field(description="Accuracy on the evaluation examples; null without them.")
+    task: Literal["single_label", "multi_label"] = Field(
+        default="single_label", description="single_label: one label per text; multi_label: a set of labels.")
+    accuracy: float | None = Field(description=(
+        "Accuracy on the evaluation examples (multi-label: subset accuracy, the share of texts whose predicted "
+        "label set is exactly right); null without them."))
+    micro_f1: float | None = Field(default=None, description="Multi-label: F1 over every (text, label) decision.")
+    macro_f1: float | None = Field(default=None, description=(
+        "Multi-label: the mean of the per-label F1 over the labels with evaluation examples."))
+    thresholds: dict[str, float] | None = Field(default=None, description=(
+        "Multi-label: each label's threshold, learned to maximise its F1 on the evaluation examples "
+        "(0.5 for a label without positive evaluation examples)."))
+    abstention: Abstention | None = Field(default=None, description=(
+        "Single-label: the learned abstention threshold (`abstain: true` in predict) and what abstaining did "
+        "on the evaluation examples."))
     training_duration_seconds: float | None = Field(description="Null for an imported version.")
     num_examples: int | None = Field(description="Examples received, hold-out included; null for an imported version.")
     eval_num_examples: int = Field(description="Evaluation examples accuracy was measured on.")
@@ -380,24 +475,41 @@ class TextsRequest(BaseModel):
 class PredictRequest(TextsRequest):
     top_k: int | None = Field(default=None, ge=1, le=LIMITS.max_labels,
                               description="Also return the k most probable labels of each text, in `scores`.")
+    threshold: float | None = Field(default=None, ge=0, le=1, description=(
+        "Multi-label: predict the labels whose probability reaches this, instead of each label's learned threshold. "
+        "Single-label: abstain below this instead of the learned abstention threshold (implies `abstain`)."))
+    abstain: bool = Field(default=False, description=(
+        "Single-label: answer `label: null`, `abstained: true` for a text whose most probable label is below the "
+        "version's learned abstention threshold (its `abstention.threshold`): it is none of the labels. Versions "
+        "trained with `label: null` examples always abstain."))
 
     def items(self) -> list[TextItem]:
-        return [TextItem(model_name=self.model_name, text=text, top_k=self.top_k) for text in self.texts]
+        return [TextItem(model_name=self.model_name, text=text, top_k=self.top_k, threshold=self.threshold,
+                         abstain=self.abstain) for text in self.texts]
 
 
 class Prediction(BaseModel):
     text: str
-    label: str
-    score: float = Field(description="Probability of the predicted label.")
-    scores: list[LabelScore] | None = Field(default=None, description="With `top_k`: the top-k labels, most "
-                                                                      "probable first (absent without it).")
+    label: str | None = Field(description=(
+        "The most probable label; null where the version abstained (the text is none of its labels)."))
+    score: float = Field(description="Probability of the most probable label (also where it abstained).")
+    labels: list[str] | None = Field(default=None, description=(
+        "Multi-label models only: every label whose probability reaches its threshold, most probable first; "
+        "may be empty."))
+    abstained: bool | None = Field(default=None, description=(
+        "Present where abstention applied (`abstain`, `threshold`, or a version trained with none-of-these "
+        "examples): whether it refused the text."))
+    scores: list[LabelScore] | None = Field(default=None, description=(
+        "The top_k labels, most probable first; every label for a multi-label model or an abstained answer "
+        "(top_k of them when given). Absent otherwise."))
 
     @model_serializer(mode="wrap")
-    def _without_absent_scores(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Without top_k the prediction keeps its original shape: no `scores` key at all.
+    def _without_absent_fields(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A single-label prediction keeps its original shape: no `scores`, `labels` or `abstained` keys.
         data = serialize(self)
-        if data.get("scores") is None:
-            data.pop("scores", None)
+        for key in ("scores", "labels", "abstained"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
 

@@ -30,7 +30,12 @@ def model_view(stored: StoredModel) -> ModelView:
         tag=stored.tag,
         base_model=meta["base_model"],
         created_at=meta["created_at"],
+        task=meta.get("task", "single_label"),  # versions from before multi-label
         accuracy=meta.get("accuracy"),
+        micro_f1=meta.get("micro_f1"),
+        macro_f1=meta.get("macro_f1"),
+        thresholds=meta.get("thresholds"),
+        abstention=meta.get("abstention"),
         training_duration_seconds=meta.get("training_duration_seconds"),  # null: imported
         num_examples=meta.get("num_examples"),
         eval_num_examples=meta["eval_num_examples"],

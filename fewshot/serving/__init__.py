@@ -8,6 +8,8 @@ them, and how their outputs become labels and vectors. No HTTP.
 - `model_cache`: the loaded versions, kept current with the store, least recently used unloaded.
 - `engine`: a batch of items in, results in batch order out.
 - `labels`: probability columns back to the user's label strings (the trainer scores with it too).
+- `decisions`: probabilities to answers: the best label, a multi-label set over learned thresholds,
+  or an abstention (the trainer scores with the same rules).
 
 May import: `fewshot.store`, `fewshot.settings`, torch, SetFit, numpy. Never `fewshot.api`,
 FastAPI or Starlette (enforced by the import contracts in pyproject.toml). `items`, `coalesce`,

@@ -15,8 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from fewshot.serving.batching import positions_by_model
-from fewshot.serving.items import ItemEmbedding, ItemPrediction, LabelScore, TextItem
-from fewshot.serving.labels import best_labels, top_labels
+from fewshot.serving.items import ItemEmbedding, ItemPrediction, TextItem
 from fewshot.serving.model_cache import ModelCache
 from fewshot.serving.model_loading import LoadedModel
 
@@ -43,14 +42,7 @@ def _per_model(cache: ModelCache, items: Sequence[TextItem], missing: Result,
 
 def predict_items(cache: ModelCache, items: Sequence[TextItem]) -> list[ItemPrediction]:
     def run(loaded: LoadedModel, group: list[TextItem]) -> list[ItemPrediction]:
-        probabilities = loaded.predict_proba([item.text for item in group])
-        labels, scores = best_labels(probabilities, loaded.column_labels)
-        # Requests in one batch may ask for different k: rank once for the largest, cut per item.
-        ranked = top_labels(probabilities, loaded.column_labels, max(item.top_k or 0 for item in group))
-        return [ItemPrediction(label=label, score=score, scores=[LabelScore(label=name, score=probability)
-                                                                 for name, probability in row[:item.top_k]]
-                               if item.top_k else None)
-                for label, score, row, item in zip(labels, scores, ranked, group, strict=True)]
+        return loaded.decisions.answer(loaded.predict_proba([item.text for item in group]), group)
 
     return _per_model(cache, items, ItemPrediction(found=False), run)
 

@@ -22,15 +22,25 @@ class TextItem(BaseModel):
     """A model reference: `name` or `name:version`."""
     text: str
     top_k: int | None = None
+    threshold: float | None = None
+    """Predict: replaces the version's learned thresholds (multi-label) or abstention threshold."""
+    abstain: bool = False
+    """Predict, single-label: answer no label where the best one's probability is below the threshold."""
     count_tokens: bool = False
     """Embeddings: also say how many tokens the model read (OpenAI's `usage`)."""
 
 
 class ItemPrediction(BaseModel):
     found: bool = True
-    label: str = ""
+    error: str | None = None
+    """The item asked for what its model cannot do (e.g. `abstain` of a multi-label model): a 400."""
+    label: str | None = ""
     score: float = 0.0
     scores: list[LabelScore] | None = None
+    labels: list[str] | None = None
+    """Multi-label: every label whose probability reaches its threshold."""
+    abstained: bool | None = None
+    """Set where abstention applied (asked for, or a version that refuses)."""
 
 
 class ItemEmbedding(BaseModel):

@@ -7,18 +7,20 @@ from typing import Any
 import numpy as np
 
 
-def column_labels(model: Any, labels: list[str]) -> list[str]:
+def column_labels(model: Any, labels: list[str], refuses: bool = False) -> list[str | None]:
     """The label of each `predict_proba` column, in column order.
 
-    The head is trained on label indices (`labels` is the sorted label list); sklearn heads order
-    their columns by `classes_`, the differentiable head by index.
+    The head is trained on label indices (`labels` is the sorted label list; a version trained with
+    "none of these" examples has one more class, index len(labels), whose column is None); sklearn
+    heads order their columns by `classes_`, the differentiable head by index.
     """
+    named: list[str | None] = [*labels, None] if refuses else list(labels)
     classes = getattr(model.model_head, "classes_", None)
-    column_ids = [int(c) for c in classes] if classes is not None else list(range(len(labels)))
-    return [labels[i] for i in column_ids]
+    column_ids = [int(c) for c in classes] if classes is not None else list(range(len(named)))
+    return [named[i] for i in column_ids]
 
 
-def best_labels(probabilities: np.ndarray, columns: list[str]) -> tuple[list[str], list[float]]:
+def best_labels(probabilities: np.ndarray, columns: list[str | None]) -> tuple[list[str | None], list[float]]:
     """The most probable label of each row and its probability."""
     best = probabilities.argmax(axis=1)
     scores = probabilities[np.arange(len(best)), best]

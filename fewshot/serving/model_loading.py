@@ -19,6 +19,7 @@ from fewshot.backend_cache import ServingBackend
 from fewshot.serving import backends
 from fewshot.serving.backends import BackendChoice
 from fewshot.serving.batching import plan_sub_batches
+from fewshot.serving.decisions import DecisionRule
 from fewshot.serving.labels import column_labels
 
 logger = logging.getLogger("fewshot.inference")
@@ -82,8 +83,8 @@ class LoadedModel:
     version: str
     model: SetFitModel
     labels: list[str]
-    column_labels: list[str]
-    """The label of each `predict_proba` column, in column order."""
+    decisions: DecisionRule
+    """Its probabilities' columns and thresholds: how they become answers."""
     max_batch_tokens: int
     """Padded tokens per forward pass (see fewshot.serving.batching)."""
     backend: ServingBackend
@@ -108,8 +109,9 @@ class LoadedModel:
                     runtime.device, serving.backend if serving.backend != backends.TORCH
                     else str(runtime.dtype).removeprefix("torch."),
                     f"; torch until its {serving.requested} export is made" if serving.exporting else "")
-        return cls(stored.name, stored.version, model, stored.labels, column_labels(model, stored.labels),
-                   runtime.max_batch_tokens, serving)
+        columns = column_labels(model, stored.labels, refuses=stored.refuses)
+        return cls(stored.name, stored.version, model, stored.labels,
+                   DecisionRule.from_metadata(stored.tag, stored.metadata, columns), runtime.max_batch_tokens, serving)
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens per text as the forward pass will see them (truncated to the model's maximum)."""
