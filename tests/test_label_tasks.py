@@ -13,10 +13,12 @@ from fewshot.serving.decisions import DecisionRule, multi_label_sets, single_lab
 from fewshot.serving.items import TextItem
 from trainers.holdout import keep_every_label_in_training, multi_label_strata, stratified_split
 from trainers.thresholds import (
+    SHRINKAGE,
     conformal_threshold,
     evaluate_multi_label,
     evaluate_single_label,
     f1_threshold,
+    f1_thresholds,
     multi_label_metrics,
 )
 
@@ -101,6 +103,22 @@ def test_f1_threshold_falls_between_what_it_accepts_and_rejects() -> None:
     assert f1_threshold(probabilities, np.asarray([1, 0, 1, 0, 0, 0], dtype=bool)) == pytest.approx(0.325)
     assert f1_threshold(probabilities, np.zeros(6, dtype=bool)) == 0.5  # nothing to learn from
     assert f1_threshold(np.asarray([0.4, 0.4, 0.1]), np.asarray([1, 0, 0], dtype=bool)) == pytest.approx(0.25)
+
+
+def test_a_labels_threshold_is_shrunk_toward_the_shared_one_the_fewer_positives_it_has() -> None:
+    rng = np.random.default_rng(2)
+    many = rng.random(100) < 0.5
+    probabilities = np.column_stack([np.where(many, 0.8, 0.2) + rng.normal(0, 0.02, 100),  # 50 positives
+                                     np.r_[0.95, np.full(99, 0.1)],  # one positive, far above the rest
+                                     np.full(100, 0.3)])  # no positive
+    targets = np.column_stack([many, np.r_[True, np.zeros(99, dtype=bool)], np.zeros(100, dtype=bool)])
+    shared = f1_threshold(probabilities.ravel(), targets.ravel())
+    own = f1_threshold(probabilities[:, 1], targets[:, 1])
+    thresholds = f1_thresholds(probabilities, targets)
+    assert abs(thresholds[0] - f1_threshold(probabilities[:, 0], many)) < 0.05 * abs(thresholds[0] - shared) + 0.01
+    assert thresholds[1] == pytest.approx((own + SHRINKAGE * shared) / (1 + SHRINKAGE))
+    assert thresholds[2] == pytest.approx(shared)
+    assert f1_thresholds(probabilities, np.zeros_like(targets)).tolist() == [0.5, 0.5, 0.5]
 
 
 def test_conformal_threshold_keeps_the_coverage_of_in_scope_texts() -> None:

@@ -420,8 +420,9 @@ class ModelView(BaseModel):
     macro_f1: float | None = Field(default=None, description=(
         "Multi-label: the mean of the per-label F1 over the labels with evaluation examples."))
     thresholds: dict[str, float] | None = Field(default=None, description=(
-        "Multi-label: each label's threshold, learned to maximise its F1 on the evaluation examples "
-        "(0.5 for a label without positive evaluation examples)."))
+        "Multi-label: each label's threshold, learned on the evaluation examples: the one maximising its F1, shrunk "
+        "toward the one maximising F1 over all labels the fewer positive examples it has (that one alone for a "
+        "label without any; 0.5 when no label has any)."))
     abstention: Abstention | None = Field(default=None, description=(
         "Single-label: the learned abstention threshold (`abstain: true` in predict) and what abstaining did "
         "on the evaluation examples."))
