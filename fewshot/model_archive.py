@@ -145,7 +145,9 @@ def model_card(stored: StoredModel) -> str:
     lines += _decision_lines(meta)
     comparison = meta.get("comparison")
     if comparison:
-        head, tuned = _number(comparison.get("head_accuracy")), _number(comparison.get("setfit_accuracy"))
-        lines += ["", f"Strategy auto: {comparison.get('reason')} (accuracy: head {head}, fine-tuned {tuned})."]
+        metric = comparison.get("metric", "accuracy")
+        head, tuned = _number(comparison.get(f"head_{metric}")), _number(comparison.get(f"setfit_{metric}"))
+        lines += ["", f"Strategy auto: {comparison.get('reason')} ({metric.replace('_', ' ')}: head {head}, "
+                      f"fine-tuned {tuned})."]
     return "\n".join(lines) + "\n"
 

@@ -76,8 +76,9 @@ def test_auto_keeps_fine_tuning_only_when_it_beats_the_head() -> None:
 
     from trainers.run import compare
 
-    def trained(accuracy: float | None, seconds: float) -> SimpleNamespace:
-        return SimpleNamespace(accuracy=accuracy, training_duration_seconds=seconds)
+    def trained(accuracy: float | None, seconds: float, micro_f1: float | None = None) -> SimpleNamespace:
+        return SimpleNamespace(accuracy=accuracy, training_duration_seconds=seconds, micro_f1=micro_f1,
+                               multi_label=micro_f1 is not None)
 
     assert compare(trained(0.8, 1.0), trained(0.9, 30.0)).winner == "setfit"
     tie = compare(trained(0.8, 1.0), trained(0.8, 30.0))
@@ -85,3 +86,7 @@ def test_auto_keeps_fine_tuning_only_when_it_beats_the_head() -> None:
     assert compare(trained(0.9, 1.0), trained(0.7, 30.0)).winner == "head"
     blind = compare(trained(None, 1.0), trained(None, 30.0))
     assert blind.winner == "setfit" and "no evaluation examples" in blind.reason
+    # Multi-label: micro F1 decides, not subset accuracy (0 for both on a few texts and many labels).
+    multi = compare(trained(0.0, 1.0, micro_f1=0.31), trained(0.0, 30.0, micro_f1=0.35))
+    assert multi.winner == "setfit" and multi.metric == "micro_f1" and "(micro F1)" in multi.reason
+    assert (multi.head_micro_f1, multi.setfit_micro_f1) == (0.31, 0.35)

@@ -35,6 +35,11 @@ class StrategyComparison(BaseModel):
     reason: str
     head_accuracy: float | None = None
     setfit_accuracy: float | None = None
+    metric: Literal["accuracy", "micro_f1"] = "accuracy"
+    """What decided: accuracy, or micro F1 for multi-label models (on a few evaluation texts and many
+    labels, both models' subset accuracy is mostly 0: a tie every time)."""
+    head_micro_f1: float | None = None
+    setfit_micro_f1: float | None = None
     head_training_seconds: float
     setfit_training_seconds: float
 

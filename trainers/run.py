@@ -43,15 +43,20 @@ class JobOutcome:
 
 
 def compare(head: TrainedClassifier, tuned: TrainedClassifier) -> StrategyComparison:
-    """Fine-tuning wins only by beating the head on the evaluation split; without one it wins by default."""
-    if head.accuracy is None or tuned.accuracy is None:
+    """Fine-tuning wins only by beating the head on the evaluation split (accuracy; micro F1 for a
+    multi-label model); without one it wins by default."""
+    metric = "micro_f1" if head.multi_label else "accuracy"
+    head_score, tuned_score = getattr(head, metric), getattr(tuned, metric)
+    described = "micro F1" if head.multi_label else "accuracy"
+    if head_score is None or tuned_score is None:
         winner, reason = "setfit", "no evaluation examples to compare on: kept the fine-tuned model (SetFit's default)"
-    elif tuned.accuracy > head.accuracy:
-        winner, reason = "setfit", "fine-tuning beat the head on the evaluation examples"
+    elif tuned_score > head_score:
+        winner, reason = "setfit", f"fine-tuning beat the head on the evaluation examples ({described})"
     else:
-        winner, reason = "head", "fine-tuning did not beat the head on the evaluation examples"
+        winner, reason = "head", f"fine-tuning did not beat the head on the evaluation examples ({described})"
     return StrategyComparison(winner=winner, reason=reason, head_accuracy=head.accuracy,
-                              setfit_accuracy=tuned.accuracy,
+                              setfit_accuracy=tuned.accuracy, metric=metric, head_micro_f1=head.micro_f1,
+                              setfit_micro_f1=tuned.micro_f1,
                               head_training_seconds=round(head.training_duration_seconds, 3),
                               setfit_training_seconds=round(tuned.training_duration_seconds, 3))
 

@@ -139,8 +139,12 @@ def train_model(job_id: str) -> None:
 def describe_outcome(version: str, comparison: StrategyComparison) -> str:
     """strategy auto, once it has finished: which version serves, and why."""
     kept = "the fine-tuned" if comparison.winner == "setfit" else "the head-only"
-    return (f"{kept} version {version} is served: {comparison.reason} (accuracy: head {comparison.head_accuracy}, "
-            f"fine-tuned {comparison.setfit_accuracy})")
+    if comparison.metric == "micro_f1":
+        head, tuned = comparison.head_micro_f1, comparison.setfit_micro_f1
+    else:
+        head, tuned = comparison.head_accuracy, comparison.setfit_accuracy
+    return (f"{kept} version {version} is served: {comparison.reason} ({comparison.metric.replace('_', ' ')}: "
+            f"head {head}, fine-tuned {tuned})")
 
 
 def _serving_early(job_id: str, version: str, strategy: str) -> None:

@@ -143,6 +143,10 @@ class TrainedClassifier:
         return self.evaluation.accuracy if self.evaluation else None
 
     @property
+    def micro_f1(self) -> float | None:
+        return self.evaluation.micro_f1 if self.evaluation else None
+
+    @property
     def eval_num_examples(self) -> int:
         return self.evaluation.num_examples if self.evaluation else 0
 
