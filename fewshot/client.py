@@ -71,9 +71,10 @@ class FewshotClient:
     def close(self) -> None:
         self._bento.close()
 
-    def train(self, model_name: str, examples: Sequence[dict[str, str]], **options: Any) -> TrainAccepted:
-        """Queue a training job. `options`: base_model, strategy, num_iterations, learning_rate, batch_size,
-        holdout_fraction, eval_examples."""
+    def train(self, model_name: str, examples: Sequence[dict[str, Any]], **options: Any) -> TrainAccepted:
+        """Queue a training job. `examples`: `{"text", "label"}` (label None: none of the labels) or
+        `{"text", "labels"}` (multi-label). `options`: base_model, strategy, num_iterations, learning_rate,
+        batch_size, holdout_fraction, eval_examples, abstention_coverage."""
         body = {"model_name": model_name, "examples": list(examples), **options}
         return TrainAccepted.model_validate(self._post("train", body))
 
@@ -148,9 +149,12 @@ class FewshotClient:
                 raise TimeoutError(f"training job {job_id} still {job.status} after {timeout}s")
             time.sleep(poll_seconds)
 
-    def predict(self, model_name: str, texts: Sequence[str], top_k: int | None = None) -> PredictResponse:
-        """`model_name` may pin a version (`name:version`); with `top_k` each prediction has `scores`."""
-        body = {"model_name": model_name, "texts": list(texts), **({"top_k": top_k} if top_k else {})}
+    def predict(self, model_name: str, texts: Sequence[str], top_k: int | None = None,
+                threshold: float | None = None, abstain: bool = False) -> PredictResponse:
+        """`model_name` may pin a version (`name:version`); with `top_k` each prediction has `scores`;
+        `threshold` and `abstain` as in POST /v1/predict (multi-label thresholds, abstention)."""
+        options = {"top_k": top_k, "threshold": threshold, "abstain": abstain or None}
+        body = {"model_name": model_name, "texts": list(texts), **{k: v for k, v in options.items() if v is not None}}
         return PredictResponse.model_validate(self._post("predict", body))
 
     def embeddings(self, model_name: str, texts: Sequence[str]) -> EmbeddingsResponse:

@@ -141,7 +141,9 @@ def test_a_multi_label_model_serves_embeddings_pins_and_downloads_unchanged(clie
 def test_auto_and_setfit_strategies_train_multi_label_models(client: httpx.Client) -> None:
     job = train(client, {"model_name": "topics-auto", "examples": MULTI_LABEL_EXAMPLES, "strategy": "auto",
                          "num_iterations": 1, "eval_examples": MULTI_LABEL_EVALUATION})
-    assert job["comparison"] is not None and job["comparison"]["winner"] in ("head", "setfit")
+    comparison = job["comparison"]
+    assert comparison is not None and comparison["winner"] in ("head", "setfit") and comparison["metric"] == "micro_f1"
+    assert (comparison["winner"] == "setfit") == (comparison["setfit_micro_f1"] > comparison["head_micro_f1"])
     versions = client.get("/v1/models").json()["models"]
     listed = next(model for model in versions if model["model_name"] == "topics-auto")["versions"]
     assert {version["strategy"] for version in listed} <= {"head", "setfit"}
@@ -181,6 +183,18 @@ def test_a_model_trained_with_none_of_these_examples_always_refuses_foreign_text
     assert (foreign["label"], foreign["abstained"]) == (None, True)
     assert (in_scope["label"], in_scope["abstained"]) == ("exchange_rate", False)
     assert all(s["label"] is not None for s in foreign["scores"])  # "none of these" is not a label
+
+
+def test_the_python_client_reads_label_sets_and_abstentions(server: LiveServer, topics: dict, intents: dict) -> None:
+    from fewshot.client import FewshotClient
+
+    with FewshotClient(server.url) as api:
+        both = api.predict("topics", [BOTH]).predictions[0]
+        assert both.labels is not None and sorted(both.labels) == [BILLING, SHIPPING]
+        foreign = api.predict("intents", [FOREIGN], abstain=True).predictions[0]
+        assert foreign.label is None and foreign.abstained is True
+        model = api.model("topics")
+        assert model.task == "multi_label" and model.thresholds == topics["thresholds"]
 
 
 @pytest.mark.parametrize(("body", "message"), [
