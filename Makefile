@@ -13,7 +13,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-quality bench-time-to-model image dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-quality bench-label-tasks bench-time-to-model image dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +87,13 @@ bench-time-to-model: install-test
 QUALITY_ARGS ?=
 bench-quality: install-test
 	$(BIN)/python -m bench.quality $(QUALITY_ARGS)
+
+## Label-task benchmark (not part of the tests; ~15 min on 2 CPU cores): multi-label on GoEmotions
+## against the SetFit library's fixed 0.5, and "none of these" on the Banking77-OOS protocol, from
+## ../shared/data; writes bench/results/label-tasks-<time>.*
+LABEL_TASKS_ARGS ?=
+bench-label-tasks: install-test
+	$(BIN)/python -m bench.label_tasks $(LABEL_TASKS_ARGS)
 
 ## The CUDA image (needs a Docker engine): bento, then `docker build` through BentoML.
 ## BentoML 1.4.40 resolves our Dockerfile template only under the working directory

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import random
 import statistics
 import tempfile
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.report_files import write_report
+from bench.report_files import in_process_machine, write_report
 from fewshot.base_models import resolve_base_model
 from fewshot.serving.labels import best_labels, column_labels
 from harness.fixtures import BASE_MODEL
@@ -289,8 +288,7 @@ def main() -> None:
     report = {
         "finished_at": finished.isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - started,
-        "setup": {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-                             f"{'CUDA' if torch.cuda.is_available() else 'CPU'}",
+        "setup": {"machine": in_process_machine(),
                   "base_model": args.base_model, "shots": args.shots, "max_labels": args.max_labels,
                   "test_per_label": args.test_per_label, "seeds": seeds, "num_iterations": args.num_iterations,
                   "batch_size": args.batch_size, "learning_rate": args.learning_rate, "backends": variants},

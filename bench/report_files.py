@@ -8,6 +8,16 @@ from pathlib import Path
 from typing import Any
 
 
+def in_process_machine() -> str:
+    """The machine an in-process benchmark (training, scoring) ran on, for its report's setup."""
+    import platform
+
+    import torch
+
+    return (f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+            f"{'CUDA' if torch.cuda.is_available() else 'CPU'}")
+
+
 def write_report(directory: Path, kind: str, when: datetime, report: dict[str, Any], markdown: str) -> Path:
     """Write the report as JSON and its Markdown summary; returns the common path without suffix."""
     directory.mkdir(parents=True, exist_ok=True)
