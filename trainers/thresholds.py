@@ -5,9 +5,10 @@
   to how few positive examples the label has: (n × its own + SHRINKAGE × shared) / (n + SHRINKAGE).
   A few-shot hold-out has one or two positives per label, and a threshold set on two texts is
   noise: on GoEmotions (28 labels, 8 texts per label, a 20% hold-out: about 2 positives per
-  label), per-label thresholds alone predicted 5 labels per text with micro F1 0.13-0.19 on the
-  test texts; shrunk, 1.4-2.2 labels per text and 0.17-0.25 (bench/label_tasks.py). With many
-  positives a label's own threshold dominates; with none, the shared one is used.
+  label; truth 1.2 labels per text), per-label thresholds alone predicted 5.6 labels per text,
+  micro F1 0.162 (head) and 0.195 (fine-tuned) on the test texts; shrunk, 1.8 and 2.5 labels per
+  text, 0.217 and 0.255 (bench/results/label-tasks-20261202T023029Z). With many positives a
+  label's own threshold dominates; with none, the shared one is used.
 - Single-label abstention: the lowest top probability that keeps a chosen share (coverage) of the
   in-scope evaluation texts, as split-conformal prediction sets it. With n in-scope scores, the
   threshold is the k-th lowest, k = n + 1 - ceil((n + 1) × coverage); for a new in-scope text
