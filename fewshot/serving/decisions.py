@@ -20,7 +20,8 @@ Task = Literal["single_label", "multi_label"]
 SINGLE_LABEL: Task = "single_label"
 MULTI_LABEL: Task = "multi_label"
 DEFAULT_THRESHOLD = 0.5
-"""A multi-label version's threshold for a label it could not learn one for (no positive evaluation example)."""
+"""A multi-label version's thresholds when nothing could be learned (no evaluation examples, or
+none with any label: trainers/thresholds.py), and SetFit's own."""
 
 Column = str | None
 """A probability column's label; None is the "none of these" column of a single-label version
