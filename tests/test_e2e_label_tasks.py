@@ -99,7 +99,7 @@ def test_a_multi_label_model_stores_its_learned_thresholds_and_honest_metrics(to
     assert topics["eval_source"] == "eval_examples" and topics["eval_num_examples"] == 4
     assert 0 <= topics["accuracy"] <= 1 and 0 < topics["micro_f1"] <= 1 and 0 < topics["macro_f1"] <= 1
     assert {label: scores["support"] for label, scores in topics["label_metrics"].items()} == {BILLING: 2, SHIPPING: 2}
-    assert topics["abstention"] is None
+    assert topics["abstention"] is None and topics["confusion_matrix"] is None  # per label: label_metrics
 
 
 def test_a_multi_label_model_predicts_every_label_of_a_text_and_none_for_a_foreign_one(
@@ -159,6 +159,11 @@ def test_a_single_label_version_learns_an_abstention_threshold(intents: dict) ->
     assert 0 < abstention["threshold"] < 1
     assert 0 < abstention["in_scope_kept"] <= 1 and abstention["out_of_scope_examples"] == 0
     assert abstention["out_of_scope_refused"] is None
+    confusion = intents["confusion_matrix"]  # true label × answer, on the evaluation examples
+    assert confusion["labels"] == intents["labels"] and not confusion["none_of_these"]
+    assert sum(map(sum, confusion["counts"])) == intents["eval_num_examples"]
+    right = sum(confusion["counts"][i][i] for i in range(len(confusion["labels"])))
+    assert right / intents["eval_num_examples"] == pytest.approx(intents["accuracy"])
 
 
 def test_abstain_refuses_a_foreign_text_and_keeps_an_in_scope_one(client: httpx.Client, intents: dict) -> None:
@@ -179,6 +184,8 @@ def test_a_model_trained_with_none_of_these_examples_always_refuses_foreign_text
     assert abstention["none_of_these_examples"] == 4 and abstention["out_of_scope_examples"] == 2
     assert abstention["out_of_scope_refused"] is not None and abstention["in_scope_accuracy"] is not None
     assert refusing["labels"] == ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
+    confusion = refusing["confusion_matrix"]
+    assert confusion["none_of_these"] and len(confusion["counts"]) == 5 and sum(confusion["counts"][-1]) == 2
     foreign, in_scope = predict(client, {"model_name": "refusing", "texts": [FOREIGN, IN_SCOPE]})
     assert (foreign["label"], foreign["abstained"]) == (None, True)
     assert (in_scope["label"], in_scope["abstained"]) == ("exchange_rate", False)

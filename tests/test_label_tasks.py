@@ -11,7 +11,7 @@ from fewshot.api.errors import describe_validation_errors
 from fewshot.api.schemas import ImportRequest, PredictRequest, TrainRequest, label_counts
 from fewshot.serving.decisions import DecisionRule, multi_label_sets, single_label_answers
 from fewshot.serving.items import TextItem
-from trainers.holdout import keep_every_label_in_training, multi_label_strata, stratified_split
+from trainers.holdout import confusion_matrix, keep_every_label_in_training, multi_label_strata, stratified_split
 from trainers.thresholds import (
     SHRINKAGE,
     conformal_threshold,
@@ -206,6 +206,17 @@ def test_abstention_metrics_on_in_scope_and_out_of_scope_texts() -> None:
     assert abstention.out_of_scope_examples == 40 and abstention.out_of_scope_refused is not None
     assert abstention.out_of_scope_refused > 0.5
     assert evaluation.accuracy <= 0.6  # plain accuracy: every foreign text gets a label, wrongly
+
+
+def test_the_confusion_matrix_counts_true_labels_by_answer_with_none_last_when_it_occurs() -> None:
+    plain = confusion_matrix(["a", "a", "b"], ["a", "b", "b"], ["a", "b"])
+    assert (plain.labels, plain.counts, plain.none_of_these) == (["a", "b"], [[1, 1], [0, 1]], False)
+    refusals = confusion_matrix(["a", None, None, "b"], ["a", None, "b", None], ["a", "b"])
+    assert refusals.none_of_these and refusals.counts == [[1, 0, 0], [0, 0, 1], [0, 1, 1]]
+    probabilities = np.asarray([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.6, 0.1]])
+    evaluation = evaluate_single_label(probabilities, ["a", "b", None], ["a", None, "a"], ["a", "b"], 0.95, 2)
+    assert evaluation.confusion == refusals.model_copy(update={"counts": [[1, 1, 0], [0, 0, 0], [0, 0, 1]]})
+    assert evaluation.abstention is not None  # the confusion matrix comes with the abstention metrics
 
 
 def test_a_multi_label_hold_out_keeps_every_label_in_training() -> None:

@@ -122,6 +122,29 @@ class LabelMetrics(BaseModel):
     support: int = Field(description="Evaluation examples of this label.")
 
 
+class ConfusionMatrix(BaseModel):
+    """A single-label version's answers on its evaluation examples, by true label (rows) and answer
+    (columns), both in `labels` order: counts[i][j] texts of labels[i] were answered labels[j]."""
+
+    labels: list[str]
+    counts: list[list[int]]
+    none_of_these: bool = Field(default=False, description=(
+        "One more row and column, last: texts of none of the labels (`label: null` evaluation examples) and "
+        "answers of none (the version's none-of-these class)."))
+
+
+def confusion_matrix(expected: Sequence[str | None], predicted: Sequence[str | None],
+                     labels: Sequence[str]) -> ConfusionMatrix:
+    """Counts of (expected, predicted) pairs; None gets the last row and column when it occurs."""
+    with_none = None in expected or None in predicted
+    order: list[str | None] = [*labels, None] if with_none else list(labels)
+    index = {label: position for position, label in enumerate(order)}
+    counts = [[0] * len(order) for _ in order]
+    for truth, answer in zip(expected, predicted, strict=True):
+        counts[index[truth]][index[answer]] += 1
+    return ConfusionMatrix(labels=list(labels), counts=counts, none_of_these=with_none)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     accuracy: float
@@ -134,6 +157,8 @@ class Evaluation:
     """Multi-label: each label's learned threshold."""
     abstention: Abstention | None = None
     """Single-label: the abstention threshold and its metrics."""
+    confusion: ConfusionMatrix | None = None
+    """Single-label: true label × answer counts (the most probable answer, as `accuracy`)."""
 
 
 def evaluate(expected: Sequence[str | None], predicted: Sequence[str | None], labels: Sequence[str]) -> Evaluation:
@@ -152,7 +177,7 @@ def evaluate(expected: Sequence[str | None], predicted: Sequence[str | None], la
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_label[label] = LabelMetrics(precision=round(precision, 4), recall=round(recall, 4), f1=round(f1, 4),
                                          support=support)
-    return Evaluation(score, len(expected), per_label)
+    return Evaluation(score, len(expected), per_label, confusion=confusion_matrix(expected, predicted, labels))
 
 
 FEW_EXAMPLES = 3

@@ -232,6 +232,7 @@ def import_metadata(record: JobRecord, request: ImportRequest, imported: Importe
                        untested_abstention(DEFAULT_ABSTENTION_COVERAGE, none_of_these_examples=0)).model_dump(),
         "label_metrics": {label: scores.model_dump() for label, scores in evaluation.per_label.items()}
         if evaluation else None,
+        "confusion_matrix": evaluation.confusion.model_dump() if evaluation and evaluation.confusion else None,
         "eval_source": "eval_examples" if evaluation else None,
         "eval_num_examples": evaluation.num_examples if evaluation else 0,
         "labels": imported.labels,

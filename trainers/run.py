@@ -130,6 +130,7 @@ def model_metadata(record: JobRecord, request: TrainRequest, base_model: str, tr
         "macro_f1": evaluation.macro_f1 if evaluation else None,
         "thresholds": trained.thresholds,
         "abstention": trained.abstention.model_dump() if trained.abstention else None,
+        "confusion_matrix": evaluation.confusion.model_dump() if evaluation and evaluation.confusion else None,
         "label_metrics": {label: scores.model_dump() for label, scores in evaluation.per_label.items()}
         if evaluation else None,
         "eval_source": None if evaluation is None else "eval_examples" if split.separate_evaluation else "holdout",

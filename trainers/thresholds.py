@@ -23,6 +23,7 @@ thresholds would report F1 and coverage that new texts do not get.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -156,7 +157,7 @@ def evaluate_single_label(probabilities: np.ndarray, columns: Sequence[Column], 
         in_scope_accuracy=_share(sum(answered[i] == expected[i] for i in kept), len(kept)),
         out_of_scope_examples=len(out_of_scope),
         out_of_scope_refused=_share(sum(answered[i] is None for i in out_of_scope), len(out_of_scope)))
-    return Evaluation(evaluation.accuracy, evaluation.num_examples, evaluation.per_label, abstention=abstention)
+    return dataclasses.replace(evaluation, abstention=abstention)
 
 
 def untested_abstention(coverage: float, none_of_these_examples: int) -> Abstention:

@@ -29,7 +29,7 @@ from fewshot.base_models import base_model_problem, is_local_path
 from fewshot.serving.items import LabelScore, TextItem
 from fewshot.settings import get_settings
 from fewshot.timestamps import UtcTimestamp
-from trainers.holdout import DEFAULT_ABSTENTION_COVERAGE, Abstention, LabelMetrics, Target
+from trainers.holdout import DEFAULT_ABSTENTION_COVERAGE, Abstention, ConfusionMatrix, LabelMetrics, Target
 from trainers.jobs import JobKind, JobStatus, StrategyComparison
 
 # Request limits are settings (README, "Settings"); read once, when the schemas are built.
@@ -439,6 +439,10 @@ class ModelView(BaseModel):
         default=None, description="Per label, on the evaluation examples; null without them.")
     eval_source: Literal["holdout", "eval_examples"] | None = Field(
         default=None, description="Where the evaluation examples came from.")
+    confusion_matrix: ConfusionMatrix | None = Field(default=None, description=(
+        "Single-label: the evaluation examples by true label (rows) and answer (columns), the answers `accuracy` "
+        "scored; null without evaluation examples, for a multi-label version (see `label_metrics`), or a version "
+        "trained before it was kept."))
     comparison: StrategyComparison | None = Field(
         default=None, description="strategy auto, on the fine-tuned version it registered: both scores.")
     backend: ServingBackend | None = Field(

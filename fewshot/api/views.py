@@ -44,6 +44,7 @@ def model_view(stored: StoredModel) -> ModelView:
         strategy=meta.get("strategy", "setfit"),  # versions from before strategies were fine-tuned
         label_metrics=meta.get("label_metrics"),
         eval_source=meta.get("eval_source"),
+        confusion_matrix=meta.get("confusion_matrix"),
         comparison=meta.get("comparison"),
         source=meta.get("source"),
         revision=meta.get("revision"),
