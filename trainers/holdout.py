@@ -6,7 +6,7 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -121,6 +121,14 @@ class LabelMetrics(BaseModel):
     f1: float
     support: int = Field(description="Evaluation examples of this label.")
 
+    @classmethod
+    def of(cls, true_positives: int, predicted: int, support: int) -> LabelMetrics:
+        """From counts; 0 where undefined, as sklearn's zero_division=0."""
+        precision = true_positives / predicted if predicted else 0.0
+        recall = true_positives / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return cls(precision=round(precision, 4), recall=round(recall, 4), f1=round(f1, 4), support=support)
+
 
 class ConfusionMatrix(BaseModel):
     """A single-label version's answers on its evaluation examples, by true label (rows) and answer
@@ -161,22 +169,31 @@ class Evaluation:
     """Single-label: true label × answer counts (the most probable answer, as `accuracy`)."""
 
 
+def evaluation_metadata(evaluation: Evaluation | None) -> dict[str, Any]:
+    """What a version's metadata keeps of its evaluation (nulls, and 0 examples, without one); the
+    learned thresholds are the caller's: a version has them with or without evaluation examples."""
+    return {
+        "accuracy": evaluation.accuracy if evaluation else None,
+        "micro_f1": evaluation.micro_f1 if evaluation else None,
+        "macro_f1": evaluation.macro_f1 if evaluation else None,
+        "label_metrics": {label: scores.model_dump() for label, scores in evaluation.per_label.items()}
+        if evaluation else None,
+        "confusion_matrix": evaluation.confusion.model_dump() if evaluation and evaluation.confusion else None,
+        "eval_num_examples": evaluation.num_examples if evaluation else 0,
+    }
+
+
 def evaluate(expected: Sequence[str | None], predicted: Sequence[str | None], labels: Sequence[str]) -> Evaluation:
     """Accuracy and each label's precision, recall and F1 (0 where undefined, as sklearn's zero_division=0).
     None (none of these) is an answer like a label, right where expected, but has no metrics of its own."""
     score = accuracy(expected, predicted)
     if score is None:
         raise ValueError("nothing to evaluate")
-    per_label = {}
-    for label in labels:
-        true_positives = sum(e == p == label for e, p in zip(expected, predicted, strict=True))
-        predicted_as = sum(p == label for p in predicted)
-        support = sum(e == label for e in expected)
-        precision = true_positives / predicted_as if predicted_as else 0.0
-        recall = true_positives / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_label[label] = LabelMetrics(precision=round(precision, 4), recall=round(recall, 4), f1=round(f1, 4),
-                                         support=support)
+    per_label = {label: LabelMetrics.of(true_positives=sum(e == p == label for e, p in zip(expected, predicted,
+                                                                                         strict=True)),
+                                        predicted=sum(p == label for p in predicted),
+                                        support=sum(e == label for e in expected))
+                 for label in labels}
     return Evaluation(score, len(expected), per_label, confusion=confusion_matrix(expected, predicted, labels))
 
 

@@ -26,7 +26,7 @@ from fewshot.settings import Settings
 from fewshot.timestamps import utc_now
 from trainers.errors import TrainingFailed
 from trainers.heads import PICKLED_HEAD_FILE, UnsafeHead, has_safe_head, load_safe_head
-from trainers.holdout import DEFAULT_ABSTENTION_COVERAGE, Evaluation
+from trainers.holdout import DEFAULT_ABSTENTION_COVERAGE, Evaluation, evaluation_metadata
 from trainers.jobs import JobRecord
 from trainers.run import JobOutcome, prune_old_versions
 from trainers.thresholds import evaluate_single_label, untested_abstention
@@ -227,14 +227,10 @@ def import_metadata(record: JobRecord, request: ImportRequest, imported: Importe
         "created_at": utc_now().isoformat(),
         "strategy": "imported",
         "task": "single_label",
-        "accuracy": evaluation.accuracy if evaluation else None,
+        **evaluation_metadata(evaluation),
         "abstention": (evaluation.abstention if evaluation else
                        untested_abstention(DEFAULT_ABSTENTION_COVERAGE, none_of_these_examples=0)).model_dump(),
-        "label_metrics": {label: scores.model_dump() for label, scores in evaluation.per_label.items()}
-        if evaluation else None,
-        "confusion_matrix": evaluation.confusion.model_dump() if evaluation and evaluation.confusion else None,
         "eval_source": "eval_examples" if evaluation else None,
-        "eval_num_examples": evaluation.num_examples if evaluation else 0,
         "labels": imported.labels,
         "job_id": record.job_id,
     }

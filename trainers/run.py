@@ -21,6 +21,7 @@ from fewshot.api.schemas import TrainRequest
 from fewshot.base_models import resolve_base_model
 from fewshot.settings import Settings
 from fewshot.timestamps import utc_now
+from trainers.holdout import evaluation_metadata
 from trainers.jobs import JobRecord, StrategyComparison
 from trainers.training import (
     ProgressCallback,
@@ -125,19 +126,13 @@ def model_metadata(record: JobRecord, request: TrainRequest, base_model: str, tr
         "created_at": utc_now().isoformat(),
         "strategy": trained.strategy,
         "task": "multi_label" if trained.multi_label else "single_label",
-        "accuracy": trained.accuracy,
-        "micro_f1": evaluation.micro_f1 if evaluation else None,
-        "macro_f1": evaluation.macro_f1 if evaluation else None,
+        **evaluation_metadata(evaluation),
         "thresholds": trained.thresholds,
         "abstention": trained.abstention.model_dump() if trained.abstention else None,
-        "confusion_matrix": evaluation.confusion.model_dump() if evaluation and evaluation.confusion else None,
-        "label_metrics": {label: scores.model_dump() for label, scores in evaluation.per_label.items()}
-        if evaluation else None,
         "eval_source": None if evaluation is None else "eval_examples" if split.separate_evaluation else "holdout",
         "comparison": comparison.model_dump() if comparison else None,
         "training_duration_seconds": round(trained.training_duration_seconds, 3),
         "num_examples": trained.num_examples,
-        "eval_num_examples": trained.eval_num_examples,
         "labels": trained.labels,
         "job_id": record.job_id,
         "num_iterations": request.num_iterations,

@@ -114,20 +114,13 @@ def multi_label_metrics(expected: Sequence[Sequence[str]], predicted: Sequence[S
         predicted_as = sum(label in p for p in predicted)
         support = sum(label in e for e in expected)
         totals += (true_positives, predicted_as, support)
-        per_label[label] = _label_metrics(true_positives, predicted_as, support)
+        per_label[label] = LabelMetrics.of(true_positives, predicted_as, support)
         if support:
             supported.append(2 * true_positives / (predicted_as + support))
     micro = 2 * totals[0] / (totals[1] + totals[2]) if totals[1] + totals[2] else 0.0
     exact = sum(set(e) == set(p) for e, p in zip(expected, predicted, strict=True)) / len(expected)
     return Evaluation(accuracy=exact, num_examples=len(expected), per_label=per_label, micro_f1=round(float(micro), 4),
                       macro_f1=round(float(np.mean(supported)), 4) if supported else None, thresholds=thresholds)
-
-
-def _label_metrics(true_positives: int, predicted: int, support: int) -> LabelMetrics:
-    precision = true_positives / predicted if predicted else 0.0
-    recall = true_positives / support if support else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return LabelMetrics(precision=round(precision, 4), recall=round(recall, 4), f1=round(f1, 4), support=support)
 
 
 def evaluate_single_label(probabilities: np.ndarray, columns: Sequence[Column], expected: Sequence[str | None],

@@ -146,10 +146,6 @@ class TrainedClassifier:
     def micro_f1(self) -> float | None:
         return self.evaluation.micro_f1 if self.evaluation else None
 
-    @property
-    def eval_num_examples(self) -> int:
-        return self.evaluation.num_examples if self.evaluation else 0
-
     def save(self, directory: Path) -> None:
         save_classifier(self.model, directory, self.calibration_texts)
 
