@@ -2,6 +2,7 @@
 
 - `api/`: the HTTP contract (schemas, the one error shape, auth, views). No torch.
 - `serving/`: the inference engine (model loading and cache, batching, labels). No HTTP.
+- `pages/`: what a browser opens: the API docs at `/` and the console at `/console` (static files).
 - `bentoml_fixes/`: every workaround for BentoML 1.4.40 and Starlette, applied by `install()`.
 - shared: `store.py` (the BentoML model store), `settings.py` (every setting), `base_models.py`
   (where a base model comes from), `metrics.py` (Prometheus), `timestamps.py` (time as written
@@ -10,3 +11,5 @@
 The services are wired in service.py; training, the queue and job records live in trainers/.
 The allowed imports between them are contracts in pyproject.toml, checked by `lint-imports`.
 """
+
+__version__ = "0.1.0"

@@ -8,10 +8,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fewshot.api.asgi import HTTPMiddleware
 from fewshot.api.errors import send_unauthorized
+from fewshot.pages import ASSET_PREFIX, PAGE_PATHS
 
-# Open without a key: our health check, BentoML's probes, and the interactive docs with their assets.
-OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", "/healthz", "/", "/docs.json", "/schema.json"})
-OPEN_PREFIXES = ("/static_content/",)
+# Open without a key: our health check, BentoML's probes, the interactive docs and the console with
+# their assets (pages without data: the console asks for the key and sends it with each API call).
+OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", "/healthz", "/docs.json", "/schema.json"}) | PAGE_PATHS
+OPEN_PREFIXES = ("/static_content/", ASSET_PREFIX)
 
 
 def is_open_path(path: str) -> bool:

@@ -9,6 +9,7 @@ Each module names what it works around and the upstream issue where there is one
 - `readiness`: /readyz asks the dependency services with a deadline.
 - `worker_logging`: our loggers in BentoML's workers; rejected requests logged without tracebacks.
 - `openapi_document`: /docs.json describes what the service really answers (bentoml#4232).
+- `own_pages`: our docs page at `/` (BentoML's has a Google Tag Manager script) and the console.
 - `error_shape`: every 4xx/5xx body rewritten into our one error shape (bentoml#4232).
 - `json_only`: POST bodies other than JSON are a 415, not a parser's 500.
 - `allow_header`: a 405's Allow lists every method of the path.
@@ -19,7 +20,7 @@ Each module names what it works around and the upstream issue where there is one
 `install()` applies the process-wide ones, once, from service.py, after checking that the
 installed BentoML is the version they were written for. The per-call ones (`dependency_clients`,
 `readiness`) are used where the gateway makes those calls. May import: `fewshot.api` (the error
-shape, the middleware plumbing), `fewshot.settings`, BentoML's and Starlette's internals. Never torch.
+shape, the middleware plumbing), `fewshot.pages`, `fewshot.settings`, BentoML's and Starlette's internals. Never torch.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ def install(gateway: Any, app: Any, settings: Settings, job_counts: Callable[[],
         declared_alternative_bodies,
         declared_operations,
     )
+    from fewshot.bentoml_fixes.own_pages import OwnPagesMiddleware
     from fewshot.bentoml_fixes.serve_cli import reexec_with_bentoml_environment
     from fewshot.bentoml_fixes.worker_logging import use_bentoml_log_handlers
+    from fewshot.pages import pages_app
 
     check_bentoml_version()
     reexec_with_bentoml_environment(settings)  # returns only when no re-exec was needed
@@ -73,6 +76,7 @@ def install(gateway: Any, app: Any, settings: Settings, job_counts: Callable[[],
     # Starlette runs middlewares in the order added, outermost first: these run behind the API-key
     # check, which service.py adds before calling this.
     gateway.add_asgi_middleware(JobGaugesMiddleware, counts=job_counts)
+    gateway.add_asgi_middleware(OwnPagesMiddleware, pages=pages_app())
     gateway.add_asgi_middleware(OpenAPIDocumentMiddleware, build=lambda: correct_document(
         gateway.openapi_spec.asdict(), declared_operations(gateway), declared_alternative_bodies(gateway)))
     gateway.add_asgi_middleware(JSONBodyOnlyMiddleware, paths=[method.route for method in gateway.apis.values()])

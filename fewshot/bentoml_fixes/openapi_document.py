@@ -2,8 +2,9 @@
 
 Upstream: BentoML 1.4.40 generates it from the services and the mounted FastAPI app, but documents
 only 200/400/404/500 with error schemas it does not send (bentoml#4232), no 202, no 401 and no
-security scheme, and writes Pydantic's JSON Schema 2020-12 bounds into an OpenAPI 3.0 document.
-We fix that up once and serve the result (so "Authorize" works in the Swagger UI at /), with the
+security scheme, writes Pydantic's JSON Schema 2020-12 bounds into an OpenAPI 3.0 document, and
+fills `info` with its own boilerplate (name:dev, version "None", badge images from the internet,
+BentoML's contact). We fix that up once and serve the result (so "Authorize" works in the Swagger UI at /), with the
 statuses each route declares beside itself (`fewshot.api.errors.responds`). A schemathesis run in
 the tests holds the document to the truth.
 """
@@ -23,6 +24,7 @@ from fewshot.api.asgi import HTTPMiddleware, send_json
 from fewshot.api.auth import is_open_path
 from fewshot.api.errors import STATUS_DESCRIPTIONS, declared_alternatives, declared_statuses
 from fewshot.api.schemas import MODEL_REFERENCE_SCHEMA, ErrorResponse
+from fewshot.pages import openapi_info
 
 logger = logging.getLogger("fewshot.openapi")
 
@@ -32,6 +34,9 @@ SECURITY_SCHEMES = {
     "BearerAuth": {"type": "http", "scheme": "bearer"},
 }
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
+# BentoML's two tags keep their names (its operations carry them) but say what ours hold.
+TAG_DESCRIPTIONS = {"Service APIs": "Training, prediction and embeddings.",
+                    "Infrastructure": "Liveness and readiness probes, Prometheus metrics."}
 
 
 Operation = tuple[str, str]
@@ -127,13 +132,16 @@ def _document_path_parameter(spec: dict[str, Any], name: str, schema: dict[str, 
 
 def correct_document(spec: dict[str, Any], declared: dict[Operation, tuple[int, tuple[int, ...]]],
                      alternatives: dict[Operation, tuple[type[BaseModel], ...]] | None = None) -> dict[str, Any]:
-    """Our error schema, the API-key schemes, 401 on protected routes, and the real success codes.
+    """Our `info`, error schema, the API-key schemes, 401 on protected routes, and the real success codes.
 
     `declared` maps a BentoML API's operation to its success status (e.g. 202 for train) and the
     error statuses it can return besides 401 and 500 (see `declared_operations`); the FastAPI
     routes' own declarations (`responses=`, with our error schema) are kept as they are.
     """
     spec = copy.deepcopy(spec)
+    spec["info"] = openapi_info()
+    for tag in spec.get("tags", []):
+        tag["description"] = TAG_DESCRIPTIONS.get(tag.get("name"), tag.get("description"))
     for (path, method), bodies in (alternatives or {}).items():
         operation = spec.get("paths", {}).get(path, {}).get(method)
         if operation is not None:
