@@ -38,10 +38,12 @@ serve: install
 
 ## Lint, the import contracts (pyproject.toml: the layering), then the whole test suite (unit + end-to-end against real servers, embedded and Redis
 ## mode). Debian packages the tests use, installed here when missing: redis-server (Redis-mode
-## tests start a real one) and docker-compose (validates docker-compose.yml; no engine needed).
+## tests start a real one), docker-compose (validates docker-compose.yml; no engine needed) and
+## chromium (the console's browser tests drive it with Playwright; no browser download).
 test: install-test
 	command -v redis-server >/dev/null || { $(call APT_INSTALL,redis-server); }
 	command -v docker-compose >/dev/null || { $(call APT_INSTALL,docker-compose); }
+	command -v chromium >/dev/null || { $(call APT_INSTALL,chromium); }
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest

@@ -1,0 +1,743 @@
+// The fewshot console: one page over the public /v1 API, nothing else. No framework and no build
+// step; every element is built with `el` (text set as text, never parsed as HTML: model names,
+// labels and texts come from users). The API key lives in this tab's sessionStorage only and goes
+// out as the X-API-Key header, never in a URL. The API's own error messages are shown as they are.
+"use strict";
+
+const KEY_STORAGE = "fewshot.apiKey";
+const POLL_ACTIVE_MS = 1000; // a running job's progress, fetched from GET /v1/jobs/{job_id}
+const POLL_LIST_MS = 10000; // the job list, while the Jobs screen is open (jobs queued elsewhere)
+const SCREENS = ["models", "jobs", "try", "train"];
+const ACTIVE = new Set(["pending", "running"]);
+const MAX_ROW_ERRORS = 10;
+
+const state = {
+  models: [], // GET /v1/models: [{model_name, versions: [newest first]}]
+  model: null, // the model name shown
+  version: null, // the version shown (model_version)
+  jobs: [], // GET /v1/jobs, newest first
+  examples: null, // the parsed CSV, ready to train on
+  newJob: null, // the job just submitted from the Train screen
+};
+
+// ---------------------------------------------------------------------------------------- DOM
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const $ = (id) => document.getElementById(id);
+
+function fixed(value, digits = 3) {
+  return value === null || value === undefined ? "—" : Number(value).toFixed(digits);
+}
+
+function percent(value) {
+  return value === null || value === undefined ? "—" : `${Math.round(value * 100)}%`;
+}
+
+function when(timestamp) {
+  if (!timestamp) return "—";
+  const date = new Date(timestamp);
+  return Number.isNaN(date.getTime()) ? timestamp : date.toLocaleString();
+}
+
+/** A bar for a value in [0, 1], with the number written beside it (the bar alone says too little). */
+function meter(value, kind = "", label = "") {
+  const fill = el("div", { class: "fill" });
+  fill.style.width = `${Math.max(0, Math.min(1, value ?? 0)) * 100}%`;
+  return el("div", { class: `meter ${kind}`, role: "img", "aria-label": `${label} ${fixed(value)}`.trim() },
+    el("div", { class: "track" }, fill), el("span", { class: "value", "aria-hidden": "true" }, fixed(value)));
+}
+
+function notify(message, isError = false) {
+  const box = $("notice");
+  box.replaceChildren(el("div", { class: isError ? "error" : "" }, message));
+}
+
+function clearNotice() {
+  $("notice").replaceChildren();
+}
+
+// ---------------------------------------------------------------------------------------- API
+
+class ApiError extends Error {
+  constructor(status, message, body) {
+    super(message);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+/** One call to the API (a path relative to the console, e.g. "v1/models"); the parsed JSON body,
+ * or an ApiError carrying the API's own `error` message. A 401 asks for the key. */
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  if (key) headers["X-API-Key"] = key;
+  const init = { method, headers, cache: "no-store" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (failure) {
+    throw new ApiError(0, `the server did not answer (${failure.message})`, null);
+  }
+  const text = await response.text();
+  let payload = null;
+  try {
+    payload = text ? JSON.parse(text) : null;
+  } catch {
+    payload = null;
+  }
+  if (!response.ok) {
+    const message = payload && typeof payload.error === "string"
+      ? payload.error : `HTTP ${response.status} ${response.statusText}`.trim();
+    if (response.status === 401) askForKey(message);
+    throw new ApiError(response.status, message, payload);
+  }
+  return payload;
+}
+
+/** The API's message for a failed call, for the screen's error box. */
+function failureText(failure) {
+  if (failure instanceof ApiError) {
+    return failure.status ? `${failure.message} (HTTP ${failure.status})` : failure.message;
+  }
+  return String(failure);
+}
+
+// ---------------------------------------------------------------------------------------- the key
+
+function askForKey(message) {
+  const dialog = $("key-dialog");
+  const refused = sessionStorage.getItem(KEY_STORAGE) !== null;
+  sessionStorage.removeItem(KEY_STORAGE); // wrong or revoked: not sent again
+  $("forget-key").hidden = true;
+  $("key-error").textContent = !message ? ""
+    : refused ? `The server refused this key: ${message}` : `The server answered: ${message}`;
+  if (!dialog.open) {
+    $("key-input").value = "";
+    dialog.showModal();
+  }
+  $("key-input").focus();
+}
+
+function setUpKey() {
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("key-input").value.trim();
+    if (!key) {
+      $("key-error").textContent = "Type the API key the server was started with (API_KEY).";
+      return;
+    }
+    sessionStorage.setItem(KEY_STORAGE, key);
+    $("key-dialog").close();
+    $("forget-key").hidden = false;
+    start();
+  });
+  // Escape would leave a console that can do nothing: the dialog stays until a key is given.
+  $("key-dialog").addEventListener("cancel", (event) => event.preventDefault());
+  $("forget-key").hidden = !sessionStorage.getItem(KEY_STORAGE);
+  $("forget-key").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORAGE);
+    $("forget-key").hidden = true;
+    askForKey("");
+  });
+}
+
+// ---------------------------------------------------------------------------------------- screens
+
+function currentScreen() {
+  const wanted = location.hash.replace("#", "");
+  return SCREENS.includes(wanted) ? wanted : "models";
+}
+
+function showScreen(focus = true) {
+  const screen = currentScreen();
+  for (const name of SCREENS) $(`screen-${name}`).hidden = name !== screen;
+  for (const link of document.querySelectorAll("nav a[data-screen]")) {
+    if (link.dataset.screen === screen) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (focus) $(`${screen}-title`).focus();
+  if (screen === "jobs") refreshJobs();
+}
+
+// ---------------------------------------------------------------------------------------- models
+
+async function refreshModels() {
+  try {
+    state.models = (await api("GET", "v1/models")).models;
+  } catch (failure) {
+    if (failure.status !== 401) notify(`Could not list the models: ${failureText(failure)}`, true);
+    return false;
+  }
+  if (!state.models.some((model) => model.model_name === state.model)) {
+    state.model = state.models.length ? state.models[0].model_name : null;
+    state.version = null;
+  }
+  renderModelList();
+  renderModel();
+  fillTryModels();
+  return true;
+}
+
+function shownModel() {
+  return state.models.find((model) => model.model_name === state.model) || null;
+}
+
+function headline(version) {
+  // A multi-label version is scored by micro F1 (its subset accuracy is harsh on a few texts).
+  return version.task === "multi_label"
+    ? { name: "micro F1", value: version.micro_f1 } : { name: "accuracy", value: version.accuracy };
+}
+
+function renderModelList() {
+  const list = $("model-list");
+  if (!state.models.length) {
+    list.replaceChildren(el("li", { class: "muted" }, "No models yet: train one on the Train screen."));
+    return;
+  }
+  list.replaceChildren(...state.models.map((model) => {
+    const newest = model.versions[0];
+    const score = headline(newest);
+    return el("li", {},
+      el("button", {
+        type: "button", "aria-pressed": String(model.model_name === state.model), "data-model": model.model_name,
+        onclick: () => {
+          state.model = model.model_name;
+          state.version = null;
+          renderModelList();
+          renderModel();
+        },
+      },
+      el("span", { class: "name" }, model.model_name),
+      el("span", { class: "facts" },
+        `${model.versions.length} version${model.versions.length === 1 ? "" : "s"} · ${score.name} ${fixed(score.value)}`)));
+  }));
+}
+
+function renderModel() {
+  const detail = $("model-detail");
+  const model = shownModel();
+  if (!model) {
+    detail.replaceChildren();
+    return;
+  }
+  const versions = model.versions;
+  if (!versions.some((version) => version.model_version === state.version)) state.version = versions[0].model_version;
+  const shown = versions.find((version) => version.model_version === state.version);
+  detail.replaceChildren(
+    el("div", { class: "panel" },
+      el("h2", {}, model.model_name),
+      versionTable(model),
+      versions.length > 1 ? compareForm(model) : null,
+      el("div", { id: "comparison" })),
+    el("div", { class: "panel", id: "version-detail", style: null }, versionDetail(shown)));
+}
+
+function versionTable(model) {
+  const rows = model.versions.map((version, index) => {
+    const score = headline(version);
+    return el("tr", { class: version.model_version === state.version ? "selected" : "", "data-version": version.model_version },
+      el("td", {}, el("code", {}, version.model_version), " ",
+        index === 0 ? el("span", { class: "badge served", title: `${model.model_name} serves this version` }, "served") : null),
+      el("td", {}, when(version.created_at)),
+      el("td", {}, version.strategy),
+      el("td", { class: "number" }, version.num_examples ?? "—"),
+      el("td", { class: "number" }, version.eval_num_examples),
+      el("td", { class: "number", title: score.name }, fixed(score.value)),
+      el("td", {}, el("div", { class: "actions" },
+        el("button", {
+          type: "button", "aria-label": `Show version ${version.model_version}`,
+          onclick: () => {
+            state.version = version.model_version;
+            renderModel();
+            $("version-detail").querySelector("h3")?.focus();
+          },
+        }, "Show"),
+        el("button", {
+          type: "button", class: "danger", "aria-label": `Delete version ${version.model_version}`,
+          onclick: () => confirmDelete(version),
+        }, "Delete"))));
+  });
+  return el("table", { class: "versions" },
+    el("thead", {}, el("tr", {},
+      el("th", {}, "Version"), el("th", {}, "Created"), el("th", {}, "Strategy"),
+      el("th", { class: "number" }, "Examples"), el("th", { class: "number" }, "Evaluated on"),
+      el("th", { class: "number" }, "Accuracy"), el("th", {}, el("span", { class: "visually-hidden" }, "Actions")))),
+    el("tbody", {}, rows));
+}
+
+function versionDetail(version) {
+  const score = headline(version);
+  const children = [
+    el("h3", { tabindex: "-1" }, `Version ${version.model_version}`),
+    el("div", { class: "facts-line" },
+      el("span", {}, `${score.name} `, el("b", {}, fixed(score.value))),
+      version.macro_f1 !== null && version.macro_f1 !== undefined
+        ? el("span", {}, "macro F1 ", el("b", {}, fixed(version.macro_f1))) : null,
+      el("span", {}, "evaluated on ", el("b", {}, version.eval_num_examples),
+        version.eval_source ? ` (${version.eval_source === "holdout" ? "held-out examples" : "eval_examples"})` : ""),
+      el("span", {}, "task ", el("b", {}, version.task.replace("_", "-"))),
+      el("span", {}, "base model ", el("b", {}, version.base_model)),
+      version.training_duration_seconds !== null && version.training_duration_seconds !== undefined
+        ? el("span", {}, "trained in ", el("b", {}, `${version.training_duration_seconds.toFixed(1)} s`)) : null,
+      el("span", {}, "tag ", el("code", {}, version.tag))),
+  ];
+  children.push(el("h3", {}, "Precision, recall and F1 per label"));
+  children.push(labelMetricsTable(version));
+  children.push(el("h3", {}, "Confusion matrix"));
+  children.push(confusionMatrix(version));
+  if (version.abstention && version.abstention.threshold !== null) {
+    const abstention = version.abstention;
+    children.push(el("h3", {}, "None of these"));
+    children.push(el("p", {},
+      `With abstain, a text whose top probability is under ${fixed(abstention.threshold)} gets no label: set to keep `
+      + `${percent(abstention.coverage)} of in-scope texts; on the evaluation examples it kept ${percent(abstention.in_scope_kept)}`
+      + (abstention.out_of_scope_examples ? ` and refused ${percent(abstention.out_of_scope_refused)} of ${abstention.out_of_scope_examples} none-of-these texts.` : ".")));
+  }
+  return children;
+}
+
+function labelMetricsTable(version) {
+  const metrics = version.label_metrics;
+  if (!metrics) {
+    return el("p", { class: "muted" }, "No per-label scores: this version had no evaluation examples "
+      + "(train with at least 4 examples per label, or with eval_examples).");
+  }
+  const thresholds = version.thresholds;
+  const rows = Object.entries(metrics).map(([label, scores]) => el("tr", { "data-label": label },
+    el("th", { scope: "row" }, label),
+    el("td", {}, meter(scores.precision, "precision", `${label} precision`)),
+    el("td", {}, meter(scores.recall, "recall", `${label} recall`)),
+    el("td", {}, meter(scores.f1, "f1", `${label} F1`)),
+    el("td", { class: "number" }, scores.support),
+    thresholds ? el("td", { class: "number" }, fixed(thresholds[label])) : null));
+  return el("table", { class: "label-metrics" },
+    el("thead", {}, el("tr", {}, el("th", {}, "Label"), el("th", {}, "Precision"), el("th", {}, "Recall"),
+      el("th", {}, "F1"), el("th", { class: "number" }, "Support"),
+      thresholds ? el("th", { class: "number" }, "Threshold") : null)),
+    el("tbody", {}, rows));
+}
+
+function confusionMatrix(version) {
+  const matrix = version.confusion_matrix;
+  if (!matrix) {
+    const why = version.task === "multi_label"
+      ? "a multi-label version has no single answer per text: its per-label scores above say what it gets right."
+      : "this version has none (no evaluation examples, or it was trained before versions kept one).";
+    return el("p", { class: "muted" }, `No confusion matrix: ${why}`);
+  }
+  const names = matrix.none_of_these ? [...matrix.labels, "(none of these)"] : matrix.labels;
+  const header = el("tr", {}, el("th", { scope: "col" }, el("span", { class: "muted" }, "true ↓ answered →")),
+    names.map((name) => el("th", { scope: "col", class: "column", title: name }, name)));
+  const rows = matrix.counts.map((row, i) => {
+    const total = row.reduce((sum, count) => sum + count, 0);
+    return el("tr", {}, el("th", { scope: "row" }, names[i]), row.map((count, j) => {
+      const share = total ? count / total : 0;
+      const cell = el("td", {
+        class: `${i === j ? "correct" : ""} ${share > 0.55 ? "dark" : ""}`.trim(),
+        title: `${count} of ${total} ${names[i]} texts answered ${names[j]}`,
+        "data-count": count,
+      }, count);
+      // The heat: the share of the true label's texts in this cell (rows compare even when labels differ in size).
+      cell.style.backgroundColor = `rgba(31, 78, 121, ${(0.06 + 0.9 * share).toFixed(3)})`;
+      if (!count) cell.style.backgroundColor = "#f4f6f9";
+      return cell;
+    }));
+  });
+  return el("div", { class: "matrix-wrap" },
+    el("table", { class: "matrix", "aria-label": "Confusion matrix: rows are true labels, columns the answers" },
+      el("thead", {}, header), el("tbody", {}, rows)),
+    el("p", { class: "legend" }, `Counts of the ${version.eval_num_examples} evaluation examples; colour: the share `
+      + "of the row's texts; outlined: answered right."));
+}
+
+function compareForm(model) {
+  const options = (selected) => model.versions.map((version, index) => el("option", {
+    value: version.model_version, selected: version.model_version === selected,
+  }, `${version.model_version}${index === 0 ? " (served)" : ""}`));
+  const older = el("select", { id: "compare-a", "aria-label": "Earlier version" }, options(model.versions[1].model_version));
+  const newer = el("select", { id: "compare-b", "aria-label": "Later version" }, options(model.versions[0].model_version));
+  return el("form", {
+    class: "compare-form", novalidate: true,
+    onsubmit: (event) => {
+      event.preventDefault();
+      const find = (id) => model.versions.find((version) => version.model_version === $(id).value);
+      $("comparison").replaceChildren(comparison(find("compare-a"), find("compare-b")));
+    },
+  }, el("span", {}, "Compare"), older, el("span", {}, "with"), newer, el("button", { type: "submit" }, "Compare"));
+}
+
+function delta(before, after) {
+  if (before === null || before === undefined || after === null || after === undefined) {
+    return el("td", { class: "number delta" }, "—");
+  }
+  const change = after - before;
+  const sign = change > 0 ? "+" : change < 0 ? "−" : "±";
+  return el("td", { class: `number delta ${change > 0 ? "up" : change < 0 ? "down" : ""}`, "data-delta": change.toFixed(6) },
+    `${sign}${Math.abs(change).toFixed(3)}`);
+}
+
+function comparison(a, b) {
+  const scoreA = headline(a);
+  const scoreB = headline(b);
+  const labels = [...new Set([...Object.keys(a.label_metrics || {}), ...Object.keys(b.label_metrics || {})])];
+  const f1 = (version, label) => version.label_metrics?.[label]?.f1;
+  const rows = [
+    el("tr", { "data-metric": "score" }, el("th", { scope: "row" }, scoreB.name),
+      el("td", { class: "number" }, fixed(scoreA.value)), el("td", { class: "number" }, fixed(scoreB.value)),
+      delta(scoreA.value, scoreB.value)),
+    ...labels.map((label) => el("tr", { "data-label": label }, el("th", { scope: "row" }, `F1 ${label}`),
+      el("td", { class: "number" }, fixed(f1(a, label))), el("td", { class: "number" }, fixed(f1(b, label))),
+      delta(f1(a, label), f1(b, label)))),
+  ];
+  return el("table", { class: "comparison" },
+    el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", { class: "number" }, a.model_version),
+      el("th", { class: "number" }, b.model_version), el("th", { class: "number" }, "change"))),
+    el("tbody", {}, rows));
+}
+
+// ----------------------------------------------------------------------------- confirm and delete
+
+function askToConfirm(title, text, action) {
+  const dialog = $("confirm-dialog");
+  $("confirm-title").textContent = title;
+  $("confirm-text").textContent = text;
+  $("confirm-form").onsubmit = async (event) => {
+    event.preventDefault();
+    dialog.close();
+    await action();
+  };
+  $("confirm-cancel").onclick = () => dialog.close();
+  dialog.showModal();
+  $("confirm-cancel").focus(); // the safe choice first: Enter on an unread dialog deletes nothing
+}
+
+function confirmDelete(version) {
+  const served = shownModel()?.versions[0]?.model_version === version.model_version;
+  askToConfirm(`Delete ${version.tag}?`,
+    `The version and its files are removed from the model store; this cannot be undone.${served
+      ? ` It is the version ${version.model_name} serves: the name then serves the previous version, if any.` : ""}`,
+    async () => {
+      try {
+        const answer = await api("DELETE", `v1/models/${encodeURIComponent(version.tag)}`);
+        notify(`Deleted ${answer.deleted.join(", ")}.`);
+        state.version = null;
+      } catch (failure) {
+        notify(`Could not delete ${version.tag}: ${failureText(failure)}`, true);
+      }
+      await refreshModels();
+    });
+}
+
+// ---------------------------------------------------------------------------------------- jobs
+
+async function refreshJobs() {
+  try {
+    state.jobs = (await api("GET", "v1/jobs?limit=50")).jobs;
+  } catch (failure) {
+    if (failure.status !== 401) notify(`Could not list the jobs: ${failureText(failure)}`, true);
+    return;
+  }
+  renderJobs();
+}
+
+function progressCell(job) {
+  if (job.status === "pending") return el("span", { class: "muted" }, "queued");
+  if (job.status === "completed") return el("progress", { max: "1", value: "1", "aria-label": "done" });
+  if (job.status !== "running") return el("span", { class: "muted" }, "—");
+  const steps = job.total_steps ? ` · step ${job.step ?? 0} of ${job.total_steps}` : "";
+  const bar = job.progress === null || job.progress === undefined
+    ? el("progress", { "aria-label": "running" }) // indeterminate: no step count yet
+    : el("progress", { max: "1", value: String(job.progress), "aria-label": `${percent(job.progress)} done` });
+  return el("span", {}, bar, " ", job.progress === null || job.progress === undefined ? "" : percent(job.progress), steps);
+}
+
+function jobRow(job) {
+  const cancellable = ACTIVE.has(job.status) && !job.cancel_requested;
+  const outcome = job.status === "completed" && job.model_version
+    ? el("button", {
+      type: "button", class: "link",
+      onclick: () => {
+        state.model = job.model_name;
+        state.version = job.model_version;
+        location.hash = "#models";
+        refreshModels();
+      },
+    }, `version ${job.model_version}`)
+    : job.error || job.note || (job.cancel_requested && job.status === "running" ? "cancelling…" : "");
+  return el("tr", { "data-job-id": job.job_id, class: job.job_id === state.newJob ? "new" : "" },
+    el("td", { title: job.job_id }, el("code", {}, job.job_id.slice(0, 8))),
+    el("td", {}, job.kind),
+    el("td", {}, job.model_name),
+    el("td", {}, el("span", { class: `badge status ${job.status}` }, job.status)),
+    el("td", { class: "progress" }, progressCell(job)),
+    el("td", {}, when(job.created_at)),
+    el("td", { class: job.status === "failed" ? "error-text" : "" }, outcome,
+      job.warnings?.length ? el("div", { class: "muted" }, job.warnings.join(" ")) : null),
+    el("td", {}, cancellable ? el("button", {
+      type: "button", class: "danger", "aria-label": `Cancel job ${job.job_id}`, onclick: () => cancelJob(job),
+    }, "Cancel") : null));
+}
+
+function renderJobs() {
+  $("job-table").tBodies[0].replaceChildren(...state.jobs.map(jobRow));
+  $("jobs-empty").hidden = state.jobs.length > 0;
+}
+
+function updateJob(job) {
+  const index = state.jobs.findIndex((known) => known.job_id === job.job_id);
+  const before = index >= 0 ? state.jobs[index] : null;
+  if (index >= 0) state.jobs[index] = job;
+  else state.jobs.unshift(job);
+  renderJobs();
+  if (before && before.status !== "completed" && job.status === "completed") {
+    notify(`${job.model_name}: version ${job.model_version} is trained and served.`);
+    refreshModels();
+  }
+}
+
+async function cancelJob(job) {
+  try {
+    updateJob(await api("POST", `v1/jobs/${encodeURIComponent(job.job_id)}/cancel`));
+  } catch (failure) {
+    notify(`Could not cancel job ${job.job_id}: ${failureText(failure)}`, true);
+  }
+}
+
+/** While jobs are pending or running, each is polled at its own route; the list now and then. */
+async function pollJobs() {
+  const active = state.jobs.filter((job) => ACTIVE.has(job.status));
+  for (const job of active) {
+    try {
+      updateJob(await api("GET", `v1/jobs/${encodeURIComponent(job.job_id)}`));
+    } catch (failure) {
+      if (failure.status === 404) state.jobs = state.jobs.filter((known) => known.job_id !== job.job_id);
+    }
+  }
+  const now = Date.now();
+  if (currentScreen() === "jobs" && now - (pollJobs.listedAt || 0) > POLL_LIST_MS) {
+    pollJobs.listedAt = now;
+    await refreshJobs();
+  }
+  setTimeout(pollJobs, POLL_ACTIVE_MS);
+}
+
+// ---------------------------------------------------------------------------------------- try it
+
+function fillTryModels() {
+  const select = $("try-model");
+  const chosen = select.value;
+  select.replaceChildren(...state.models.map((model) => el("optgroup", { label: model.model_name },
+    el("option", { value: model.model_name }, `${model.model_name} (served version)`),
+    model.versions.map((version) => el("option", { value: version.tag }, version.tag)))));
+  if (chosen && [...select.options].some((option) => option.value === chosen)) select.value = chosen;
+}
+
+async function predict(event) {
+  event.preventDefault();
+  const error = $("try-error");
+  error.textContent = "";
+  const texts = $("try-texts").value.split("\n").map((text) => text.trim()).filter(Boolean);
+  if (!$("try-model").value) {
+    error.textContent = "No model to ask: train one first.";
+    return;
+  }
+  if (!texts.length) {
+    error.textContent = "Type at least one text.";
+    return;
+  }
+  const body = { model_name: $("try-model").value, texts };
+  const topK = $("try-top-k").value.trim();
+  if (topK) body.top_k = Number(topK);
+  try {
+    const answer = await api("POST", "v1/predict", body);
+    $("try-results").replaceChildren(...answer.predictions.map(predictionCard));
+  } catch (failure) {
+    error.textContent = failureText(failure);
+    $("try-results").replaceChildren();
+  }
+}
+
+function predictionCard(prediction) {
+  const answer = prediction.labels
+    ? (prediction.labels.length ? prediction.labels.join(", ") : "no label over its threshold")
+    : prediction.label === null ? "none of these (abstained)" : prediction.label;
+  const scores = prediction.scores || [{ label: prediction.label, score: prediction.score }];
+  return el("div", { class: "prediction panel" },
+    el("div", { class: "text" }, `“${prediction.text}”`),
+    el("div", { class: "answer" }, "answer: ", el("b", { class: "label" }, answer)),
+    el("table", { class: "scores" }, el("tbody", {}, scores.map((entry) => el("tr", { "data-label": entry.label ?? "" },
+      el("th", { scope: "row" }, entry.label ?? "(none of these)"),
+      el("td", {}, meter(entry.score, "", `${entry.label} probability`)))))));
+}
+
+// ---------------------------------------------------------------------------------------- train
+
+/** RFC 4180 CSV: quoted fields may hold commas, quotes ("") and line breaks. Rows of fields, or
+ * throws with the row where a quote is left open. */
+function parseCsv(text) {
+  const rows = [];
+  let row = [];
+  let field = "";
+  let quoted = false;
+  let i = 0;
+  if (text.charCodeAt(0) === 0xfeff) i = 1; // a byte-order mark, as spreadsheet programs write
+  for (; i < text.length; i++) {
+    const char = text[i];
+    if (quoted) {
+      if (char === '"' && text[i + 1] === '"') {
+        field += '"';
+        i++;
+      } else if (char === '"') quoted = false;
+      else field += char;
+    } else if (char === '"' && field === "") quoted = true;
+    else if (char === ",") {
+      row.push(field);
+      field = "";
+    } else if (char === "\n" || char === "\r") {
+      if (char === "\r" && text[i + 1] === "\n") i++;
+      row.push(field);
+      rows.push(row);
+      row = [];
+      field = "";
+    } else field += char;
+  }
+  if (quoted) throw new Error(`row ${rows.length + 1}: a quoted field is not closed (a " is missing)`);
+  if (field !== "" || row.length) {
+    row.push(field);
+    rows.push(row);
+  }
+  return rows.filter((fields) => fields.length > 1 || fields[0].trim() !== "");
+}
+
+/** The file's examples, or every problem found, each naming the row (the header is row 1). */
+function examplesFromCsv(text) {
+  let rows;
+  try {
+    rows = parseCsv(text);
+  } catch (failure) {
+    return { problems: [failure.message] };
+  }
+  if (!rows.length) return { problems: ["the file is empty: it needs a header row text,label and one row per example"] };
+  const header = rows[0].map((name) => name.trim().toLowerCase());
+  const missing = ["text", "label"].filter((name) => !header.includes(name));
+  if (missing.length) {
+    return {
+      problems: [`missing column${missing.length > 1 ? "s" : ""} ${missing.map((name) => `"${name}"`).join(" and ")}: `
+        + `the header row is "${rows[0].join(",")}"; the first row must name the columns text and label`],
+    };
+  }
+  const textColumn = header.indexOf("text");
+  const labelColumn = header.indexOf("label");
+  const problems = [];
+  const examples = [];
+  rows.slice(1).forEach((fields, index) => {
+    const rowNumber = index + 2;
+    const text = (fields[textColumn] ?? "").trim();
+    const label = (fields[labelColumn] ?? "").trim();
+    if (!text) problems.push(`row ${rowNumber}: empty text`);
+    if (!label) problems.push(`row ${rowNumber}: empty label`);
+    if (text && label) examples.push({ text, label });
+  });
+  if (!problems.length && !examples.length) problems.push("no examples: the file has a header row and nothing under it");
+  const counts = new Map();
+  for (const example of examples) counts.set(example.label, (counts.get(example.label) || 0) + 1);
+  if (!problems.length && counts.size < 2) {
+    problems.push(`only one label ("${[...counts.keys()][0]}") in ${examples.length} examples: a classifier needs `
+      + "examples of at least two labels");
+  }
+  if (problems.length > MAX_ROW_ERRORS) {
+    const more = problems.length - MAX_ROW_ERRORS;
+    problems.splice(MAX_ROW_ERRORS, more, `… and ${more} more`);
+  }
+  return problems.length ? { problems } : { examples, counts };
+}
+
+function modelNameFromFile(fileName) {
+  return fileName.replace(/\.[^.]*$/, "").toLowerCase().replace(/[^-._a-z0-9]+/g, "-")
+    .replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, "").slice(0, 63);
+}
+
+async function readTrainingFile() {
+  const file = $("train-file").files[0];
+  state.examples = null;
+  $("train-error").textContent = "";
+  $("train-summary").textContent = "";
+  if (!file) return;
+  const parsed = examplesFromCsv(await file.text());
+  if (parsed.problems) {
+    $("train-error").textContent = `${file.name}:\n${parsed.problems.join("\n")}`;
+    return;
+  }
+  state.examples = parsed.examples;
+  const labels = [...parsed.counts.entries()].map(([label, count]) => `${label} (${count})`).join(", ");
+  $("train-summary").textContent = `${parsed.examples.length} examples, ${parsed.counts.size} labels: ${labels}`;
+  if (!$("train-name").value.trim()) $("train-name").value = modelNameFromFile(file.name);
+}
+
+async function train(event) {
+  event.preventDefault();
+  const error = $("train-error");
+  if (!$("train-file").files[0]) {
+    error.textContent = "Choose a CSV file of examples (columns text and label).";
+    return;
+  }
+  if (!state.examples) return; // the file's problems are on screen already
+  const body = { model_name: $("train-name").value.trim(), examples: state.examples, strategy: $("train-strategy").value };
+  const base = $("train-base").value.trim();
+  if (base) body.base_model = base;
+  const iterations = $("train-iterations").value.trim();
+  if (iterations) body.num_iterations = Number(iterations);
+  error.textContent = "";
+  try {
+    const accepted = await api("POST", "v1/train", body);
+    state.newJob = accepted.job_id;
+    notify(`Training ${accepted.model_name}: job ${accepted.job_id} is ${accepted.status}.`
+      + (accepted.warnings.length ? ` ${accepted.warnings.join(" ")}` : ""));
+    updateJob(accepted);
+    location.hash = "#jobs";
+  } catch (failure) {
+    error.textContent = failureText(failure); // the API's message names the field and the rule
+  }
+}
+
+// ---------------------------------------------------------------------------------------- start
+
+async function start() {
+  if (await refreshModels()) {
+    clearNotice();
+    await refreshJobs();
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setUpKey();
+  $("try-form").addEventListener("submit", predict);
+  $("try-texts").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("try-form").requestSubmit();
+  });
+  $("train-file").addEventListener("change", readTrainingFile);
+  $("train-form").addEventListener("submit", train);
+  window.addEventListener("hashchange", () => showScreen());
+  showScreen(false);
+  start();
+  setTimeout(pollJobs, POLL_ACTIVE_MS);
+});
