@@ -74,12 +74,16 @@ def test_metrics_take_the_key_as_a_bearer_token_like_prometheus_or_as_x_api_key(
         assert response.status_code == 200 and "fewshot_request_total" in response.text, headers
 
 
-def test_swagger_ui_assets_are_open(server: LiveServer) -> None:
-    page = httpx.get(f"{server.url}/").text
-    assets = re.findall(r'(?:src|href)="\.?(/static_content/[^"]+)"', page)
-    assert assets, page[:2000]
-    for asset in assets:
-        assert httpx.get(f"{server.url}{asset}").status_code == 200, asset
+def test_the_pages_and_their_assets_are_open(server: LiveServer) -> None:
+    """The docs page (Swagger UI's assets included) and the console load without a key; the console
+    then asks for it."""
+    for page_path in ("/", "/console"):
+        page = httpx.get(f"{server.url}{page_path}")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page_path
+        assets = re.findall(r'(?:src|href)="((?:static_content|assets)/[^"]+)"', page.text)
+        assert any(asset.endswith(".js") for asset in assets), page.text[:2000]
+        for asset in assets:
+            assert httpx.get(f"{server.url}/{asset}").status_code == 200, asset
 
 
 def test_bentoml_client_with_token_gets_through(server: LiveServer) -> None:

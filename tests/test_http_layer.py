@@ -38,11 +38,12 @@ def test_presented_key_accepts_header_or_bearer() -> None:
     assert presented_key([]) is None
 
 
-def test_only_health_probes_and_docs_are_open() -> None:
+def test_only_health_probes_docs_and_the_consoles_page_are_open() -> None:
     for path in ("/health", "/livez", "/readyz", "/healthz", "/", "/docs.json", "/schema.json",
-                 "/static_content/swagger-ui.css"):
+                 "/static_content/swagger-ui.css", "/console", "/assets/console.js"):
         assert is_open_path(path), path
-    for path in ("/metrics", "/v1/train", "/v1/predict", "/v1/jobs/x", "/v1/models/m", "/health/x"):
+    for path in ("/metrics", "/v1/train", "/v1/predict", "/v1/jobs/x", "/v1/models/m", "/health/x", "/consoles",
+                 "/console/v1/models"):
         assert not is_open_path(path), path
 
 

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from fewshot.pages import description
 from harness.live_server import PROJECT_ROOT
 
 
@@ -95,7 +96,7 @@ from bentoml._internal.container import construct_containerfile
 bento = bentoml.get("fewshot:latest")
 with construct_containerfile(bento, enable_buildkit=True) as (context, dockerfile):
     files = sorted(os.path.relpath(os.path.join(d, f), context) for d, _, fs in os.walk(context) for f in fs)
-    print(json.dumps({"dockerfile": open(os.path.join(context, dockerfile)).read(), "files": files,
+    print(json.dumps({"dockerfile": open(os.path.join(context, dockerfile)).read(), "files": files, "doc": bento.doc,
                       "requirements": open(os.path.join(context, "env/python/requirements.txt")).read()}))
 """
 
@@ -145,12 +146,20 @@ def test_python_can_install_packages(image: dict) -> None:
 def test_the_image_holds_the_code_and_its_dependencies(image: dict) -> None:
     files = set(image["files"])
     for path in ("src/service.py", "src/configuration.yaml", "src/fewshot/settings.py", "src/trainers/consumer.py",
-                 "src/trainers/tasks.py", "env/docker/entrypoint.sh", "env/python/install.sh"):
+                 "src/trainers/tasks.py", "env/docker/entrypoint.sh", "env/python/install.sh",
+                 # the pages (fewshot/pages): HTML, the API description, the console's script and styles
+                 "src/fewshot/pages/console.html", "src/fewshot/pages/docs.html", "src/fewshot/pages/description.md",
+                 "src/fewshot/pages/assets/console.js", "src/fewshot/pages/assets/console.css"):
         assert path in files, path
     assert not any(path.startswith(("src/tests/", "src/bench/")) for path in files)
     requirements = image["requirements"]
     for package in ("bentoml==", "setfit==", "sentence-transformers==", "huey==", "redis", "torch"):
         assert package in requirements, package
+
+
+def test_the_bentos_description_is_the_apis(image: dict) -> None:
+    """One text: the bento's description (bentofile.yaml), the OpenAPI info and the docs page."""
+    assert image["doc"].strip() == description()
 
 
 def test_it_serves_on_port_8000_with_state_outside_the_code(image: dict) -> None:

@@ -43,6 +43,10 @@ function fixed(value, digits = 3) {
   return value === null || value === undefined ? "—" : Number(value).toFixed(digits);
 }
 
+function capitalized(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
 function percent(value) {
   return value === null || value === undefined ? "—" : `${Math.round(value * 100)}%`;
 }
@@ -280,7 +284,8 @@ function versionTable(model) {
     el("thead", {}, el("tr", {},
       el("th", {}, "Version"), el("th", {}, "Created"), el("th", {}, "Strategy"),
       el("th", { class: "number" }, "Examples"), el("th", { class: "number" }, "Evaluated on"),
-      el("th", { class: "number" }, "Accuracy"), el("th", {}, el("span", { class: "visually-hidden" }, "Actions")))),
+      el("th", { class: "number" }, capitalized(headline(model.versions[0]).name)),
+      el("th", {}, el("span", { class: "visually-hidden" }, "Actions")))),
     el("tbody", {}, rows));
 }
 
@@ -391,7 +396,8 @@ function delta(before, after) {
   }
   const change = after - before;
   const sign = change > 0 ? "+" : change < 0 ? "−" : "±";
-  return el("td", { class: `number delta ${change > 0 ? "up" : change < 0 ? "down" : ""}`, "data-delta": change.toFixed(6) },
+  const direction = change > 0 ? " up" : change < 0 ? " down" : "";
+  return el("td", { class: `number delta${direction}`, "data-delta": change.toFixed(6) },
     `${sign}${Math.abs(change).toFixed(3)}`);
 }
 

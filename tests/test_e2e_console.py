@@ -1,0 +1,362 @@
+"""End to end in a real browser: the console at /console and the API docs at /, in headless Chromium
+(Debian's) driven by Playwright, against a live `bentoml serve` with an API key and its trainer,
+with models really trained. Every page is checked to request nothing outside the service's origin
+and to raise no JavaScript error or Content-Security-Policy violation; each screen's screenshot is
+written to build/screenshots/."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, expect
+
+from fewshot import __version__
+from fewshot.api.errors import UNAUTHORIZED_MESSAGE
+from fewshot.pages import description
+from harness.browser import RecordedPage, chromium
+from harness.fixtures import BASE_MODEL, read_examples
+from harness.live_server import LiveServer, listed_versions, wait_for_job
+
+pytestmark = pytest.mark.e2e
+
+KEY = "console-test-key"
+MODEL = "intents"
+LONG = 300_000  # ms: a training job on two CPU cores
+
+
+@pytest.fixture(scope="module")
+def server(live_server_factory) -> LiveServer:
+    return live_server_factory("console", API_KEY=KEY)
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> httpx.Client:
+    return server.client(**{"X-API-Key": KEY})
+
+
+def train(client: httpx.Client, model_name: str, examples: list[dict], **options) -> dict:
+    response = client.post("/v1/train", json={"model_name": model_name, "base_model": BASE_MODEL,
+                                              "strategy": "head", "examples": examples, **options})
+    assert response.status_code == 202, response.text
+    job = wait_for_job(client, response.json()["job_id"], {"completed", "failed"})
+    assert job["status"] == "completed", job
+    return job
+
+
+@pytest.fixture(scope="module")
+def versions(client: httpx.Client, train_examples: list[dict], test_examples: list[dict]) -> list[dict]:
+    """Two versions of MODEL, newest first, scored on the same 20 evaluation texts: from 2 examples
+    per label (it confuses some), then from all 8."""
+    labels = sorted({example["label"] for example in train_examples})
+    few = [example for label in labels for example in [e for e in train_examples if e["label"] == label][:2]]
+    train(client, MODEL, few, eval_examples=test_examples)
+    train(client, MODEL, train_examples, eval_examples=test_examples)
+    return listed_versions(client, MODEL)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def page(browser: Browser, server: LiveServer) -> Iterator[RecordedPage]:
+    recorded = RecordedPage.open(browser, server.url)
+    yield recorded
+    try:
+        assert recorded.off_origin() == [], "requests that left the service's origin"
+        assert recorded.errors == []
+    finally:
+        recorded.close()
+
+
+def open_console(page: RecordedPage, screen: str = "models") -> None:
+    """The console with the key typed into its dialog, as a user does on first visit."""
+    page.page.goto(f"{page.origin}/console#{screen}")
+    expect(page.page.locator("#key-dialog")).to_be_visible()
+    page.page.fill("#key-input", KEY)
+    page.page.press("#key-input", "Enter")
+    expect(page.page.locator("#key-dialog")).to_be_hidden()
+
+
+def csv_file(rows: list[list[str]], name: str = "examples.csv") -> dict:
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    return {"name": name, "mimeType": "text/csv", "buffer": out.getvalue().encode()}
+
+
+# ------------------------------------------------------------------------------------ docs at /
+
+def test_docs_page_is_ours_and_calls_no_one_else(page: RecordedPage, server: LiveServer) -> None:
+    page.page.goto(f"{server.url}/")
+    info = page.page.locator(".swagger-ui .info")
+    expect(info.locator(".title")).to_contain_text("fewshot")
+    expect(info.locator(".title")).to_contain_text(__version__)
+    first_sentence = description().split(":")[0]  # "Few-shot text classification you host yourself"
+    expect(info).to_contain_text(first_sentence)
+    assert page.page.title() == f"fewshot {__version__} · API"
+    html = page.page.content()
+    for boilerplate in ("BentoML Prediction Service", "googletagmanager", "created with BentoML", "join-slack"):
+        assert boilerplate not in html
+    expect(page.page.locator(".opblock-summary-path", has_text="/v1/predict").first).to_be_visible()
+    page.screenshot("docs")
+    expect(info.get_by_role("link", name="the console")).to_have_attribute("href", "console")  # the description's
+    page.page.get_by_role("navigation", name="Pages").get_by_role("link", name="Console").click()
+    expect(page.page.locator("#key-dialog")).to_be_visible()
+    assert page.page.url == f"{server.url}/console"
+
+
+def test_openapi_info_says_what_the_docs_page_says(server: LiveServer) -> None:
+    info = httpx.get(f"{server.url}/docs.json").json()["info"]
+    assert info["title"] == "fewshot" and info["version"] == __version__
+    assert info["description"] == description()
+    assert "contact" not in info  # BentoML's team, not ours
+
+
+# ------------------------------------------------------------------------------------- the key
+
+def test_a_wrong_key_shows_the_apis_401_message(page: RecordedPage, server: LiveServer) -> None:
+    refused = httpx.get(f"{server.url}/v1/models", headers={"X-API-Key": "wrong"})
+    assert refused.status_code == 401 and refused.json()["error"] == UNAUTHORIZED_MESSAGE
+    page.page.goto(f"{server.url}/console")
+    expect(page.page.locator("#key-dialog")).to_be_visible()
+    page.page.fill("#key-input", "wrong")
+    page.page.press("#key-input", "Enter")
+    expect(page.page.locator("#key-error")).to_have_text(f"The server refused this key: {UNAUTHORIZED_MESSAGE}")
+    expect(page.page.locator("#key-dialog")).to_be_visible()
+    page.screenshot("key-refused")
+    assert page.page.evaluate("sessionStorage.getItem('fewshot.apiKey')") is None  # a refused key is not kept
+
+
+def test_the_key_is_asked_once_kept_in_the_tab_and_never_in_a_url(page: RecordedPage, versions: list[dict]) -> None:
+    open_console(page)
+    expect(page.page.locator("#model-list")).to_contain_text(MODEL)
+    assert page.page.evaluate("sessionStorage.getItem('fewshot.apiKey')") == KEY
+    page.page.reload()  # same tab: no second question
+    expect(page.page.locator("#model-list")).to_contain_text(MODEL)
+    expect(page.page.locator("#key-dialog")).to_be_hidden()
+    assert not [url for url in page.requests if KEY in url]
+    page.page.get_by_role("button", name="Forget API key").click()
+    expect(page.page.locator("#key-dialog")).to_be_visible()
+    assert page.page.evaluate("sessionStorage.getItem('fewshot.apiKey')") is None
+
+
+# ----------------------------------------------------------------------------------------- models
+
+def test_models_screen_shows_versions_label_bars_and_the_confusion_matrix(
+        page: RecordedPage, versions: list[dict]) -> None:
+    open_console(page)
+    newest = versions[0]
+    rows = page.page.locator("table.versions tbody tr")
+    expect(rows).to_have_count(len(versions))
+    expect(rows.first).to_contain_text(newest["model_version"])
+    expect(rows.first.locator(".badge.served")).to_be_visible()
+    expect(rows.nth(1).locator(".badge.served")).to_have_count(0)
+    expect(page.page.locator("#version-detail h3").first).to_have_text(f"Version {newest['model_version']}")
+    # One row of bars per label, each bar's number the API's.
+    metrics = newest["label_metrics"]
+    bars = page.page.locator("table.label-metrics tbody tr")
+    expect(bars).to_have_count(len(metrics))
+    for label, scores in metrics.items():
+        row = page.page.locator(f'table.label-metrics tr[data-label="{label}"]')
+        for kind in ("precision", "recall", "f1"):
+            expect(row.locator(f".meter.{kind}")).to_have_attribute(
+                "aria-label", f"{label} {'F1' if kind == 'f1' else kind} {scores[kind]:.3f}")
+    # The heat map holds the API's counts, true label by answer.
+    matrix = newest["confusion_matrix"]
+    cells = page.page.locator("table.matrix tbody tr")
+    expect(cells).to_have_count(len(matrix["labels"]))
+    shown = [[int(count) for count in row.locator("td").evaluate_all("cells => cells.map(c => c.dataset.count)")]
+             for row in cells.all()]
+    assert shown == matrix["counts"]
+    assert sum(map(sum, shown)) == newest["eval_num_examples"]
+    page.screenshot("models")
+
+
+def test_two_versions_side_by_side(page: RecordedPage, versions: list[dict]) -> None:
+    open_console(page)
+    newer, older = versions[0], versions[1]
+    expect(page.page.locator("#compare-a")).to_have_value(older["model_version"])
+    expect(page.page.locator("#compare-b")).to_have_value(newer["model_version"])
+    page.page.get_by_role("button", name="Compare", exact=True).click()
+    table = page.page.locator("table.comparison")
+    expect(table.locator("thead")).to_contain_text(older["model_version"])
+    accuracy = table.locator('tr[data-metric="score"] td.delta')
+    expect(accuracy).to_have_attribute("data-delta", f"{newer['accuracy'] - older['accuracy']:.6f}")
+    changes = {label: scores["f1"] - older["label_metrics"][label]["f1"]
+               for label, scores in newer["label_metrics"].items()}
+    for label, change in changes.items():
+        expect(table.locator(f'tr[data-label="{label}"] td.delta')).to_have_attribute("data-delta", f"{change:.6f}")
+        expect(table.locator(f'tr[data-label="{label}"] td.delta')).to_have_class(
+            "number delta up" if change > 0 else "number delta down" if change < 0 else "number delta")
+    assert any(changes.values()), "the two versions should differ somewhere, or this shows nothing"
+    page.screenshot("models-compare")
+
+
+def test_a_version_is_deleted_only_after_confirmation(page: RecordedPage, client: httpx.Client) -> None:
+    job = train(client, "disposable", read_examples("banking77_train_4labels.csv")[:16])
+    tag = f"disposable:{job['model_version']}"
+    open_console(page)
+    page.page.locator('#model-list button[data-model="disposable"]').click()
+    delete = page.page.get_by_role("button", name=f"Delete version {job['model_version']}")
+    delete.click()
+    dialog = page.page.locator("#confirm-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text(tag)
+    page.screenshot("delete-confirmation")
+    page.page.keyboard.press("Escape")  # keyboard: Escape cancels, nothing is deleted
+    expect(dialog).to_be_hidden()
+    assert client.get(f"/v1/models/{tag}").status_code == 200
+    delete.click()
+    dialog.get_by_role("button", name="Delete").click()
+    expect(page.page.locator("#notice")).to_contain_text(f"Deleted {tag}")
+    assert client.get(f"/v1/models/{tag}").status_code == 404
+    expect(page.page.locator('#model-list button[data-model="disposable"]')).to_have_count(0)
+
+
+# ----------------------------------------------------------------------------------------- try it
+
+def test_try_it_shows_the_labels_with_probability_bars(page: RecordedPage, client: httpx.Client,
+                                                       versions: list[dict]) -> None:
+    texts = ["my card still has not arrived", "what exchange rate do you use"]
+    expected = client.post("/v1/predict", json={"model_name": MODEL, "texts": texts, "top_k": 2}).json()
+    open_console(page, "try")
+    page.page.select_option("#try-model", MODEL)
+    page.page.fill("#try-texts", "\n".join(texts))
+    page.page.fill("#try-top-k", "2")
+    page.page.press("#try-texts", "Control+Enter")  # the keyboard shortcut
+    cards = page.page.locator(".prediction")
+    expect(cards).to_have_count(2)
+    for card, prediction in zip(cards.all(), expected["predictions"], strict=True):
+        expect(card.locator(".answer .label")).to_have_text(prediction["label"])
+        bars = card.locator("table.scores tbody tr")
+        expect(bars).to_have_count(2)
+        for bar, score in zip(bars.all(), prediction["scores"], strict=True):
+            expect(bar.locator("th")).to_have_text(score["label"])
+            expect(bar.locator(".meter .value")).to_have_text(f"{score['score']:.3f}")
+    page.screenshot("try-it")
+
+
+def test_try_it_shows_the_apis_error(page: RecordedPage, versions: list[dict]) -> None:
+    open_console(page, "try")
+    page.page.fill("#try-texts", "hello")
+    page.page.fill("#try-top-k", "100000")
+    page.page.get_by_role("button", name="Predict").click()
+    expect(page.page.locator("#try-error")).to_contain_text("top_k")
+    expect(page.page.locator("#try-error")).to_contain_text("(HTTP 400)")
+
+
+# ----------------------------------------------------------------------------------- jobs, train
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([["text", "category"], ["hello", "a"]], 'missing column "label"'),
+    ([["text", "label"], ["card arrived?", "card"], ["", "rate"], ["rate today?", "rate"]], "row 3: empty text"),
+    ([["text", "label"], ["card arrived?", "card"], ["where is my card", "card"]], 'only one label ("card")'),
+    ([], "the file is empty"),
+])
+def test_a_bad_csv_is_named_before_anything_is_sent(page: RecordedPage, rows: list[list[str]], message: str) -> None:
+    open_console(page, "train")
+    page.page.set_input_files("#train-file", files=[csv_file(rows, "bad.csv")])
+    expect(page.page.locator("#train-error")).to_contain_text(message)
+    sent = len(page.requests)
+    page.page.get_by_role("button", name="Train").click()
+    expect(page.page.locator("#train-error")).to_contain_text(message)
+    assert not [url for url in page.requests[sent:] if url.endswith("/v1/train")]
+    if "missing column" in message:
+        page.screenshot("train-bad-file")
+
+
+def test_the_apis_own_message_for_a_refused_training(page: RecordedPage) -> None:
+    open_console(page, "train")
+    page.page.set_input_files("#train-file", files=[csv_file(
+        [["text", "label"], ["card arrived?", "card"], ["rate today?", "rate"]])])
+    page.page.fill("#train-name", "Not A Valid Name!")
+    page.page.get_by_role("button", name="Train").click()
+    expect(page.page.locator("#train-error")).to_contain_text("model_name")
+    expect(page.page.locator("#train-error")).to_contain_text("(HTTP 400)")
+
+
+def test_a_csv_upload_trains_a_model_whose_job_completes_on_screen(
+        page: RecordedPage, client: httpx.Client, train_examples: list[dict]) -> None:
+    open_console(page, "train")
+    rows = [["label", "text"]] + [[example["label"], example["text"]] for example in train_examples]  # any column order
+    page.page.set_input_files("#train-file", files=[csv_file(rows, "Banking Intents.csv")])
+    expect(page.page.locator("#train-summary")).to_contain_text(f"{len(train_examples)} examples, 4 labels")
+    expect(page.page.locator("#train-name")).to_have_value("banking-intents")  # from the file's name
+    page.page.fill("#train-base", BASE_MODEL)
+    page.page.select_option("#train-strategy", "head")
+    page.screenshot("train")
+    page.page.get_by_role("button", name="Train").click()
+    expect(page.page.locator("#screen-jobs")).to_be_visible()
+    row = page.page.locator("#job-table tbody tr.new")
+    expect(row).to_have_count(1)
+    expect(row.locator(".badge.status")).to_have_text("completed", timeout=LONG)
+    expect(row.locator("progress")).to_have_attribute("value", "1")
+    job = client.get(f"/v1/jobs/{row.get_attribute('data-job-id')}").json()
+    assert job["status"] == "completed" and job["model_name"] == "banking-intents"
+    page.screenshot("jobs")
+    row.get_by_role("button", name=f"version {job['model_version']}").click()  # to the new version
+    expect(page.page.locator("#version-detail h3").first).to_have_text(f"Version {job['model_version']}")
+
+
+def test_a_running_job_shows_its_progress_and_can_be_cancelled(
+        page: RecordedPage, client: httpx.Client, train_examples: list[dict]) -> None:
+    # Fine-tuning with many iterations: long enough to be seen running, and to be cancelled.
+    accepted = client.post("/v1/train", json={"model_name": "long-one", "base_model": BASE_MODEL,
+                                              "strategy": "setfit", "examples": train_examples,
+                                              "num_iterations": 40}).json()
+    wait_for_job(client, accepted["job_id"], {"running"})
+    open_console(page, "jobs")
+    row = page.page.locator(f'#job-table tr[data-job-id="{accepted["job_id"]}"]')
+    expect(row.locator(".badge.status")).to_have_text("running")
+    expect(row.locator("td.progress")).to_contain_text("step", timeout=LONG)  # live: fine-tuning steps counted
+    first = row.locator("progress").get_attribute("value")
+    expect(row.locator("progress")).not_to_have_attribute("value", first, timeout=LONG)  # it moves
+    page.screenshot("jobs-running")
+    row.get_by_role("button", name=f"Cancel job {accepted['job_id']}").click()
+    expect(row.locator(".badge.status")).to_have_text("cancelled", timeout=LONG)
+    assert client.get(f"/v1/jobs/{accepted['job_id']}").json()["status"] == "cancelled"
+
+
+def test_a_failed_job_shows_its_error(page: RecordedPage, client: httpx.Client) -> None:
+    # A Hub id that cannot be downloaded (the test server is offline): the job fails in its trainer.
+    accepted = client.post("/v1/train", json={"model_name": "doomed", "base_model": "no-such-org/no-such-model",
+                                              "strategy": "head", "examples": [
+                                                  {"text": "card arrived?", "label": "card"},
+                                                  {"text": "rate today?", "label": "rate"}]}).json()
+    job = wait_for_job(client, accepted["job_id"], {"failed", "completed"})
+    assert job["status"] == "failed" and job["error"], job
+    open_console(page, "jobs")
+    row = page.page.locator(f'#job-table tr[data-job-id="{accepted["job_id"]}"]')
+    expect(row.locator(".badge.status")).to_have_text("failed")
+    expect(row.locator("td.error-text")).to_contain_text(job["error"])
+    expect(row.get_by_role("button", name=f"Cancel job {accepted['job_id']}")).to_have_count(0)
+
+
+# --------------------------------------------------------------------------------------- keyboard
+
+def focus_by_tab(page: RecordedPage, text: str, backwards: bool = False) -> None:
+    for _ in range(15):
+        page.page.keyboard.press("Shift+Tab" if backwards else "Tab")
+        if page.page.evaluate("document.activeElement.textContent.trim()") == text:
+            return
+    pytest.fail(f"the keyboard never reached {text!r}")
+
+
+def test_the_screens_are_reached_with_the_keyboard(page: RecordedPage, versions: list[dict]) -> None:
+    open_console(page)
+    focus_by_tab(page, "Jobs")
+    page.page.keyboard.press("Enter")
+    expect(page.page.locator("#screen-jobs")).to_be_visible()
+    assert page.page.evaluate("document.activeElement.id") == "jobs-title"  # focus moves to the screen
+    focus_by_tab(page, "Models", backwards=True)
+    page.page.keyboard.press("Enter")
+    expect(page.page.locator("#screen-models")).to_be_visible()
+    focus_by_tab(page, "Show")  # the versions' buttons are next in line
+    page.page.keyboard.press("Enter")
+    expect(page.page.locator("#version-detail h3").first).to_be_focused()
