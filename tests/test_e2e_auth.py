@@ -84,6 +84,9 @@ def test_the_pages_and_their_assets_are_open(server: LiveServer) -> None:
         assert any(asset.endswith(".js") for asset in assets), page.text[:2000]
         for asset in assets:
             assert httpx.get(f"{server.url}/{asset}").status_code == 200, asset
+    for method, path, status in (("GET", "/assets/missing.js", 404), ("POST", "/console", 405)):
+        response = httpx.request(method, f"{server.url}{path}")
+        assert response.status_code == status and set(response.json()) == {"error", "detail"}, response.text
 
 
 def test_bentoml_client_with_token_gets_through(server: LiveServer) -> None:

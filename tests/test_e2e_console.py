@@ -242,6 +242,18 @@ def test_try_it_shows_the_labels_with_probability_bars(page: RecordedPage, clien
     page.screenshot("try-it")
 
 
+def test_try_it_abstains_when_asked(page: RecordedPage, client: httpx.Client, versions: list[dict]) -> None:
+    texts = ["the recipe needs two cups of flour", "my card still has not arrived"]
+    expected = client.post("/v1/predict", json={"model_name": MODEL, "texts": texts, "abstain": True}).json()
+    assert expected["predictions"][0]["abstained"] and not expected["predictions"][1]["abstained"]
+    open_console(page, "try")
+    page.page.fill("#try-texts", "\n".join(texts))
+    page.page.check("#try-abstain")
+    page.page.get_by_role("button", name="Predict").click()
+    answers = page.page.locator(".prediction .answer .label")
+    expect(answers).to_have_text(["none of these (abstained)", expected["predictions"][1]["label"]])
+
+
 def test_try_it_shows_the_apis_error(page: RecordedPage, versions: list[dict]) -> None:
     open_console(page, "try")
     page.page.fill("#try-texts", "hello")

@@ -76,11 +76,11 @@ def install(gateway: Any, app: Any, settings: Settings, job_counts: Callable[[],
     # Starlette runs middlewares in the order added, outermost first: these run behind the API-key
     # check, which service.py adds before calling this.
     gateway.add_asgi_middleware(JobGaugesMiddleware, counts=job_counts)
-    gateway.add_asgi_middleware(OwnPagesMiddleware, pages=pages_app())
     gateway.add_asgi_middleware(OpenAPIDocumentMiddleware, build=lambda: correct_document(
         gateway.openapi_spec.asdict(), declared_operations(gateway), declared_alternative_bodies(gateway)))
     gateway.add_asgi_middleware(JSONBodyOnlyMiddleware, paths=[method.route for method in gateway.apis.values()])
     gateway.add_asgi_middleware(ErrorShapeMiddleware)
+    gateway.add_asgi_middleware(OwnPagesMiddleware, pages=pages_app())  # its 404 and 405 in our error shape
     gateway.add_asgi_middleware(AllowHeaderMiddleware, paths=lambda: {  # FastAPI's routes and BentoML's (POST)
         **app.openapi()["paths"], **{method.route: ["post"] for method in gateway.apis.values()}})
     gateway.add_asgi_middleware(DirectDispatchMiddleware, routes=direct_routes(gateway))  # innermost of ours

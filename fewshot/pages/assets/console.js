@@ -573,12 +573,32 @@ async function predict(event) {
   const body = { model_name: $("try-model").value, texts };
   const topK = $("try-top-k").value.trim();
   if (topK) body.top_k = Number(topK);
+  if ($("try-abstain").checked) body.abstain = true;
+  await busy(event.target, "Predicting…", async () => {
+    try {
+      const answer = await api("POST", "v1/predict", body);
+      $("try-results").replaceChildren(...answer.predictions.map(predictionCard));
+    } catch (failure) {
+      error.textContent = failureText(failure);
+      $("try-results").replaceChildren();
+    }
+  });
+}
+
+/** Runs `work` with the form's submit button disabled and saying what is happening (a model's
+ * first prediction loads it: seconds). */
+async function busy(form, saying, work) {
+  const button = form.querySelector("button[type=submit]");
+  const label = button.textContent;
+  button.disabled = true;
+  button.textContent = saying;
+  form.setAttribute("aria-busy", "true");
   try {
-    const answer = await api("POST", "v1/predict", body);
-    $("try-results").replaceChildren(...answer.predictions.map(predictionCard));
-  } catch (failure) {
-    error.textContent = failureText(failure);
-    $("try-results").replaceChildren();
+    await work();
+  } finally {
+    button.disabled = false;
+    button.textContent = label;
+    form.removeAttribute("aria-busy");
   }
 }
 
@@ -713,16 +733,18 @@ async function train(event) {
   const iterations = $("train-iterations").value.trim();
   if (iterations) body.num_iterations = Number(iterations);
   error.textContent = "";
-  try {
-    const accepted = await api("POST", "v1/train", body);
-    state.newJob = accepted.job_id;
-    notify(`Training ${accepted.model_name}: job ${accepted.job_id} is ${accepted.status}.`
-      + (accepted.warnings.length ? ` ${accepted.warnings.join(" ")}` : ""));
-    updateJob(accepted);
-    location.hash = "#jobs";
-  } catch (failure) {
-    error.textContent = failureText(failure); // the API's message names the field and the rule
-  }
+  await busy(event.target, "Sending…", async () => {
+    try {
+      const accepted = await api("POST", "v1/train", body);
+      state.newJob = accepted.job_id;
+      notify(`Training ${accepted.model_name}: job ${accepted.job_id} is ${accepted.status}.`
+        + (accepted.warnings.length ? ` ${accepted.warnings.join(" ")}` : ""));
+      updateJob(accepted);
+      location.hash = "#jobs";
+    } catch (failure) {
+      error.textContent = failureText(failure); // the API's message names the field and the rule
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------- start
