@@ -14,22 +14,15 @@ import io
 import tarfile
 import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fewshot import __version__
 from fewshot.store import CALIBRATION_TEXTS_FILE, MODEL_INFO_FILE, StoredModel
 
 ARCHIVE_MEDIA_TYPE = "application/gzip"
 MODEL_CARD_FILE = "README.md"
 LEFT_IN_THE_STORE = frozenset({MODEL_INFO_FILE, CALIBRATION_TEXTS_FILE, MODEL_CARD_FILE})
-
-
-def service_version() -> str:
-    try:
-        return version("fewshot")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
 
 
 def archive_name(stored: StoredModel) -> str:
@@ -90,6 +83,18 @@ def _decision_lines(meta: dict[str, Any]) -> list[str]:
     return ["", "## Abstention", "", *lines] if lines else []
 
 
+def _confusion_lines(meta: dict[str, Any]) -> list[str]:
+    """The single-label confusion matrix (the metadata's counts) as a table: true labels by row."""
+    matrix = meta.get("confusion_matrix")
+    if not matrix:
+        return []
+    names = [f"`{label}`" for label in matrix["labels"]] + (["none of these"] if matrix.get("none_of_these") else [])
+    return ["", "Confusion matrix of the same examples (rows: the true label; columns: the answer):", "",
+            f"| true \\ answer | {' | '.join(names)} |", f"|---|{'---|' * len(names)}",
+            *(f"| {name} | {' | '.join(str(count) for count in row)} |"
+              for name, row in zip(names, matrix["counts"], strict=True))]
+
+
 def model_card(stored: StoredModel) -> str:
     """Markdown with Hugging Face's front matter: what the version is, how it was made, how it scored."""
     meta = stored.metadata
@@ -100,7 +105,7 @@ def model_card(stored: StoredModel) -> str:
     if not imported and meta.get("base_model"):
         front.append(f"base_model: {meta['base_model']}")
     lines = [*front, "---", "", f"# {stored.tag}", "",
-             f"A SetFit text classifier with {len(labels)} labels, exported by fewshot {service_version()} "
+             f"A SetFit text classifier with {len(labels)} labels, exported by fewshot {__version__} "
              f"(a self-hosted service for few-shot classification).", "",
              "## Use it", "", "```python", "from setfit import SetFitModel", "",
              f'model = SetFitModel.from_pretrained("{stored.name}-{stored.version}")  # this directory',
@@ -142,6 +147,7 @@ def model_card(stored: StoredModel) -> str:
         for label, scores in (meta.get("label_metrics") or {}).items():
             lines.append(f"| `{label}` | {_number(scores.get('precision'))} | {_number(scores.get('recall'))} | "
                          f"{_number(scores.get('f1'))} | {scores.get('support')} |")
+        lines += _confusion_lines(meta)
     lines += _decision_lines(meta)
     comparison = meta.get("comparison")
     if comparison:

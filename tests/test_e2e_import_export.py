@@ -101,6 +101,10 @@ def test_the_model_card_holds_the_training_metadata(exported: Path, trained: dic
     for label in trained["labels"]:
         assert f"| `{label}` |" in card
     assert trained["created_at"][:19] in card and "fewshot 0.1.0" in card
+    matrix = trained["confusion_matrix"]
+    assert "Confusion matrix of the same examples" in card
+    for label, row in zip(matrix["labels"], matrix["counts"], strict=True):
+        assert f"| `{label}` | {' | '.join(map(str, row))} |" in card
 
 
 def test_plain_setfit_loads_the_download_in_a_fresh_process_with_identical_labels(

@@ -161,8 +161,13 @@ def test_the_model_card_says_how_the_version_was_made_and_scored(tmp_path: Path)
                 "training_duration_seconds": 12.5, "accuracy": 0.875, "eval_source": "holdout",
                 "eval_num_examples": 8, "created_at": "2026-12-01T10:00:00+00:00", "num_iterations": 20,
                 "label_metrics": {name: {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}
-                                  for name in NAMES}}
+                                  for name in NAMES},
+                "confusion_matrix": {"labels": NAMES, "counts": [[1, 1, 0], [0, 2, 0], [0, 0, 2]],
+                                     "none_of_these": False}}
     card = model_card(StoredModel("intents", "abc", tmp_path, metadata))
+    names = " | ".join(f"`{name}`" for name in NAMES)
+    assert (f"| true \\ answer | {names} |\n|---|---|---|---|\n| `{NAMES[0]}` | 1 | 1 | 0 |\n"
+            f"| `{NAMES[1]}` | 0 | 2 | 0 |\n| `{NAMES[2]}` | 0 | 0 | 2 |") in card
     assert card.startswith("---\nlibrary_name: setfit\n") and f"base_model: {BASE_MODEL}" in card
     assert "# intents:abc" in card and "Accuracy **0.8750** on 8 examples: a stratified hold-out" in card
     assert "| `card_arrival` | 1.0000 | 0.5000 | 0.6667 | 2 |" in card and "| training examples | 32 |" in card

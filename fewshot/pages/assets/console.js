@@ -7,6 +7,7 @@
 const KEY_STORAGE = "fewshot.apiKey";
 const POLL_ACTIVE_MS = 1000; // a running job's progress, fetched from GET /v1/jobs/{job_id}
 const POLL_LIST_MS = 10000; // the job list, while the Jobs screen is open (jobs queued elsewhere)
+const MAX_POLLED_JOBS = 10; // the newest active ones; a long queue's others move with the list
 const SCREENS = ["models", "jobs", "try", "train"];
 const ACTIVE = new Set(["pending", "running"]);
 const MAX_ROW_ERRORS = 10;
@@ -18,6 +19,7 @@ const state = {
   jobs: [], // GET /v1/jobs, newest first
   examples: null, // the parsed CSV, ready to train on
   newJob: null, // the job just submitted from the Train screen
+  jobsListedAt: 0, // when the job list was last fetched by the poller (ms)
 };
 
 // ---------------------------------------------------------------------------------------- DOM
@@ -252,7 +254,7 @@ function renderModel() {
       versionTable(model),
       versions.length > 1 ? compareForm(model) : null,
       el("div", { id: "comparison" })),
-    el("div", { class: "panel", id: "version-detail", style: null }, versionDetail(shown)));
+    el("div", { class: "panel", id: "version-detail" }, versionDetail(shown)));
 }
 
 function versionTable(model) {
@@ -530,7 +532,7 @@ async function cancelJob(job) {
 
 /** While jobs are pending or running, each is polled at its own route; the list now and then. */
 async function pollJobs() {
-  const active = state.jobs.filter((job) => ACTIVE.has(job.status));
+  const active = state.jobs.filter((job) => ACTIVE.has(job.status)).slice(0, MAX_POLLED_JOBS);
   for (const job of active) {
     try {
       updateJob(await api("GET", `v1/jobs/${encodeURIComponent(job.job_id)}`));
@@ -539,8 +541,8 @@ async function pollJobs() {
     }
   }
   const now = Date.now();
-  if (currentScreen() === "jobs" && now - (pollJobs.listedAt || 0) > POLL_LIST_MS) {
-    pollJobs.listedAt = now;
+  if (currentScreen() === "jobs" && now - state.jobsListedAt > POLL_LIST_MS) {
+    state.jobsListedAt = now;
     await refreshJobs();
   }
   setTimeout(pollJobs, POLL_ACTIVE_MS);
