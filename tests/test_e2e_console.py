@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -64,15 +65,23 @@ def browser() -> Iterator[Browser]:
         yield launched
 
 
-@pytest.fixture
-def page(browser: Browser, server: LiveServer) -> Iterator[RecordedPage]:
-    recorded = RecordedPage.open(browser, server.url)
-    yield recorded
+@contextmanager
+def checked_page(browser: Browser, origin: str) -> Iterator[RecordedPage]:
+    """A fresh page; once the test is done with it, it must have requested nothing outside the
+    service's origin and met no script error or CSP violation."""
+    recorded = RecordedPage.open(browser, origin)
     try:
+        yield recorded
         assert recorded.off_origin() == [], "requests that left the service's origin"
         assert recorded.errors == []
     finally:
         recorded.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: LiveServer) -> Iterator[RecordedPage]:
+    with checked_page(browser, server.url) as recorded:
+        yield recorded
 
 
 def open_console(page: RecordedPage, screen: str = "models") -> None:
@@ -348,6 +357,34 @@ def test_a_failed_job_shows_its_error(page: RecordedPage, client: httpx.Client) 
     expect(row.locator(".badge.status")).to_have_text("failed")
     expect(row.locator("td.error-text")).to_contain_text(job["error"])
     expect(row.get_by_role("button", name=f"Cancel job {accepted['job_id']}")).to_have_count(0)
+
+
+@pytest.fixture(scope="module")
+def open_server(live_server_factory) -> LiveServer:
+    """No API key and no trainer: every accepted job stays pending."""
+    return live_server_factory("console-open", EMBEDDED_TRAINER="false", MAX_QUEUED_JOBS="100")
+
+
+def test_without_a_key_nothing_is_asked_and_older_jobs_page_in(browser: Browser, open_server: LiveServer) -> None:
+    client = open_server.client()
+    examples = [{"text": "card arrived?", "label": "card"}, {"text": "rate today?", "label": "rate"}]
+    for n in range(52):  # one page (50) and two more
+        response = client.post("/v1/train", json={"model_name": f"queued-{n}", "examples": examples})
+        assert response.status_code == 202, response.text
+    with checked_page(browser, open_server.url) as page:
+        page.page.goto(f"{open_server.url}/console#jobs")
+        rows = page.page.locator("#job-table tbody tr")
+        expect(rows).to_have_count(50)
+        expect(rows.first).to_contain_text("queued-51")
+        expect(page.page.locator("#key-dialog")).to_be_hidden()
+        expect(page.page.get_by_role("button", name="Forget API key")).to_be_hidden()
+        older = page.page.get_by_role("button", name="Show older jobs")
+        older.click()
+        expect(rows).to_have_count(52)
+        expect(rows.last).to_contain_text("queued-0")
+        expect(older).to_be_hidden()  # no page after these
+        page.page.get_by_role("navigation", name="Screens").get_by_role("link", name="Models").click()
+        expect(page.page.locator("#model-list")).to_contain_text("No models yet")
 
 
 # --------------------------------------------------------------------------------------- keyboard

@@ -7,6 +7,7 @@
 const KEY_STORAGE = "fewshot.apiKey";
 const POLL_ACTIVE_MS = 1000; // a running job's progress, fetched from GET /v1/jobs/{job_id}
 const POLL_LIST_MS = 10000; // the job list, while the Jobs screen is open (jobs queued elsewhere)
+const JOBS_PAGE = 50; // jobs per page of GET /v1/jobs
 const MAX_POLLED_JOBS = 10; // the newest active ones; a long queue's others move with the list
 const SCREENS = ["models", "jobs", "try", "train"];
 const ACTIVE = new Set(["pending", "running"]);
@@ -16,7 +17,9 @@ const state = {
   models: [], // GET /v1/models: [{model_name, versions: [newest first]}]
   model: null, // the model name shown
   version: null, // the version shown (model_version)
-  jobs: [], // GET /v1/jobs, newest first
+  jobs: [], // GET /v1/jobs: its first page, newest first, refreshed
+  olderJobs: [], // the pages after it that "Show older jobs" fetched, kept across refreshes
+  olderCursor: null, // next_cursor for the next older page; null: no more
   examples: null, // the parsed CSV, ready to train on
   newJob: null, // the job just submitted from the Train screen
   jobsListedAt: 0, // when the job list was last fetched by the poller (ms)
@@ -458,13 +461,33 @@ function confirmDelete(version) {
 // ---------------------------------------------------------------------------------------- jobs
 
 async function refreshJobs() {
+  let page;
   try {
-    state.jobs = (await api("GET", "v1/jobs?limit=50")).jobs;
+    page = await api("GET", `v1/jobs?limit=${JOBS_PAGE}`);
   } catch (failure) {
     if (failure.status !== 401) notify(`Could not list the jobs: ${failureText(failure)}`, true);
     return;
   }
+  state.jobs = page.jobs;
+  if (!state.olderJobs.length) state.olderCursor = page.next_cursor;
   renderJobs();
+}
+
+async function showOlderJobs() {
+  try {
+    const page = await api("GET", `v1/jobs?limit=${JOBS_PAGE}&cursor=${encodeURIComponent(state.olderCursor)}`);
+    state.olderJobs.push(...page.jobs);
+    state.olderCursor = page.next_cursor;
+  } catch (failure) {
+    notify(`Could not list older jobs: ${failureText(failure)}`, true);
+  }
+  renderJobs();
+}
+
+/** The jobs on screen: the first page, then the older pages fetched (a job that moved is shown once). */
+function shownJobs() {
+  const first = new Set(state.jobs.map((job) => job.job_id));
+  return [...state.jobs, ...state.olderJobs.filter((job) => !first.has(job.job_id))];
 }
 
 function progressCell(job) {
@@ -506,15 +529,18 @@ function jobRow(job) {
 }
 
 function renderJobs() {
-  $("job-table").tBodies[0].replaceChildren(...state.jobs.map(jobRow));
-  $("jobs-empty").hidden = state.jobs.length > 0;
+  const jobs = shownJobs();
+  $("job-table").tBodies[0].replaceChildren(...jobs.map(jobRow));
+  $("jobs-empty").hidden = jobs.length > 0;
+  $("jobs-older").hidden = !state.olderCursor;
 }
 
 function updateJob(job) {
-  const index = state.jobs.findIndex((known) => known.job_id === job.job_id);
-  const before = index >= 0 ? state.jobs[index] : null;
-  if (index >= 0) state.jobs[index] = job;
-  else state.jobs.unshift(job);
+  const before = shownJobs().find((known) => known.job_id === job.job_id) || null;
+  const replace = (jobs) => jobs.map((known) => (known.job_id === job.job_id ? job : known));
+  state.jobs = replace(state.jobs);
+  state.olderJobs = replace(state.olderJobs);
+  if (!before) state.jobs.unshift(job);
   renderJobs();
   if (before && before.status !== "completed" && job.status === "completed") {
     notify(`${job.model_name}: version ${job.model_version} is trained and served.`);
@@ -532,12 +558,15 @@ async function cancelJob(job) {
 
 /** While jobs are pending or running, each is polled at its own route; the list now and then. */
 async function pollJobs() {
-  const active = state.jobs.filter((job) => ACTIVE.has(job.status)).slice(0, MAX_POLLED_JOBS);
+  const active = shownJobs().filter((job) => ACTIVE.has(job.status)).slice(0, MAX_POLLED_JOBS);
   for (const job of active) {
     try {
       updateJob(await api("GET", `v1/jobs/${encodeURIComponent(job.job_id)}`));
     } catch (failure) {
-      if (failure.status === 404) state.jobs = state.jobs.filter((known) => known.job_id !== job.job_id);
+      if (failure.status === 404) { // expired (JOB_RETENTION_DAYS): gone from the list too
+        state.jobs = state.jobs.filter((known) => known.job_id !== job.job_id);
+        state.olderJobs = state.olderJobs.filter((known) => known.job_id !== job.job_id);
+      }
     }
   }
   const now = Date.now();
@@ -766,6 +795,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("train-file").addEventListener("change", readTrainingFile);
   $("train-form").addEventListener("submit", train);
+  $("jobs-older").addEventListener("click", showOlderJobs);
   window.addEventListener("hashchange", () => showScreen());
   showScreen(false);
   start();
