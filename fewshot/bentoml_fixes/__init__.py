@@ -20,7 +20,8 @@ Each module names what it works around and the upstream issue where there is one
 `install()` applies the process-wide ones, once, from service.py, after checking that the
 installed BentoML is the version they were written for. The per-call ones (`dependency_clients`,
 `readiness`) are used where the gateway makes those calls. May import: `fewshot.api` (the error
-shape, the middleware plumbing), `fewshot.pages`, `fewshot.settings`, BentoML's and Starlette's internals. Never torch.
+shape, the middleware plumbing), `fewshot.pages`, `fewshot.settings`, BentoML's and Starlette's
+internals. Never torch.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Upstream: BentoML 1.4.40 generates it from the services and the mounted FastAPI 
 only 200/400/404/500 with error schemas it does not send (bentoml#4232), no 202, no 401 and no
 security scheme, writes Pydantic's JSON Schema 2020-12 bounds into an OpenAPI 3.0 document, and
 fills `info` with its own boilerplate (name:dev, version "None", badge images from the internet,
-BentoML's contact). We fix that up once and serve the result (so "Authorize" works in the Swagger UI at /), with the
-statuses each route declares beside itself (`fewshot.api.errors.responds`). A schemathesis run in
+BentoML's contact). We fix that up once and serve the result (so "Authorize" works in the Swagger UI
+at /), with the statuses each route declares beside itself (`fewshot.api.errors.responds`). A schemathesis run in
 the tests holds the document to the truth.
 """
 
