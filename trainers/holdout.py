@@ -189,12 +189,14 @@ def evaluate(expected: Sequence[str | None], predicted: Sequence[str | None], la
     score = accuracy(expected, predicted)
     if score is None:
         raise ValueError("nothing to evaluate")
-    per_label = {label: LabelMetrics.of(true_positives=sum(e == p == label for e, p in zip(expected, predicted,
-                                                                                         strict=True)),
-                                        predicted=sum(p == label for p in predicted),
-                                        support=sum(e == label for e in expected))
-                 for label in labels}
-    return Evaluation(score, len(expected), per_label, confusion=confusion_matrix(expected, predicted, labels))
+    # Every label's counts are in the confusion matrix: right answers on the diagonal, its answers down
+    # its column, its texts along its row (the none-of-these row and column included in both).
+    confusion = confusion_matrix(expected, predicted, labels)
+    per_label = {label: LabelMetrics.of(true_positives=confusion.counts[i][i],
+                                        predicted=sum(row[i] for row in confusion.counts),
+                                        support=sum(confusion.counts[i]))
+                 for i, label in enumerate(labels)}
+    return Evaluation(score, len(expected), per_label, confusion=confusion)
 
 
 FEW_EXAMPLES = 3

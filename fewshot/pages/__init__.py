@@ -2,9 +2,9 @@
 
 Both are plain HTML here (`docs.html`, `console.html`) with their CSS and JavaScript in `assets/`,
 served at /assets/ (no build step, no framework, nothing fetched from another origin: no CDN, web
-font, image or tracker). The docs page is Swagger
-UI from the assets BentoML already serves under /static_content; the console calls only the
-public /v1 routes, with the API key the user typed (kept in the tab's sessionStorage).
+font, image or tracker). The docs page is Swagger UI from the assets BentoML already serves under
+/static_content; the console calls only the public /v1 routes, with the API key the user typed
+(kept in the tab's sessionStorage).
 
 The API's description is written once, in `description.md`: the OpenAPI document's `info` (which
 the docs page shows) and the bento's description (bentofile.yaml) both read it.
