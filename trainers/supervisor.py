@@ -76,7 +76,9 @@ class ChildSupervisor:
                     self._command, preexec_fn=_die_with_parent, env=os.environ.copy())  # noqa: PLW1509
             logger.info("%s started (pid %d)", self._name, process.pid)
             code = process.wait()
-            if self._stopping.is_set():
+            # BentoML's process manager stops a worker's children together with the worker (circus
+            # `stop_children=True`), so on every shutdown the child exits just before stop() is called:
+            # wait for that first, and report only an exit that no shutdown follows.
+            if self._stopping.wait(RESTART_DELAY_SECONDS):
                 return
-            logger.error("%s exited with code %s; restarting in %.0fs", self._name, code, RESTART_DELAY_SECONDS)
-            self._stopping.wait(RESTART_DELAY_SECONDS)
+            logger.error("%s exited with code %s; restarting it", self._name, code)
