@@ -17,6 +17,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from fewshot.pages import description
+from harness.docker_engine import COMPOSE_SETTINGS
 from harness.live_server import PROJECT_ROOT
 
 
@@ -128,19 +129,45 @@ def env_value(dockerfile: str, name: str) -> str | None:
     return values[-1] if values else None
 
 
-def test_the_image_is_cuda_based_and_sees_the_gpu(image: dict) -> None:
+def test_the_base_is_a_build_argument_and_the_gpu_is_visible(image: dict) -> None:
+    """A Debian Python base (torch's wheels carry CUDA; the host's toolkit brings the driver) that
+    BASE_IMAGE replaces, and nothing BuildKit would pull besides it: no `# syntax` frontend image."""
     dockerfile = image["dockerfile"]
-    assert re.search(r"^FROM nvidia/cuda:\S+-runtime-ubuntu\S* ", dockerfile, flags=re.MULTILINE), dockerfile[:500]
-    assert env_value(dockerfile, "NVIDIA_VISIBLE_DEVICES") == "all"  # BentoML's own sets it empty
+    assert re.findall(r"^FROM (.*)", dockerfile, flags=re.MULTILINE) == ["${BASE_IMAGE} AS base-container"]
+    assert env_value(dockerfile, "BASE_IMAGE") == "python:3.11-slim"  # BentoML's for distro debian, Python 3.11
+    assert dockerfile.index("ARG BASE_IMAGE=") < dockerfile.index("FROM ")
+    assert "# syntax" not in dockerfile, dockerfile[:800]
+    assert not re.search(r"^RUN .*apt-get", dockerfile, flags=re.MULTILINE)  # no compilers or curl: no need
+    assert env_value(dockerfile, "NVIDIA_VISIBLE_DEVICES") == "all"
+    assert env_value(dockerfile, "NVIDIA_DRIVER_CAPABILITIES") == "compute,utility"
 
 
-def test_python_can_install_packages(image: dict) -> None:
+def test_every_download_may_trust_a_ca_bundle_that_stays_out_of_the_image(image: dict) -> None:
     dockerfile = image["dockerfile"]
-    uv_copied = dockerfile.index("COPY --from=ghcr.io/astral-sh/uv:")
-    # BentoML's step that would need pip is skipped when uv is present, so uv must come first.
-    assert uv_copied < dockerfile.index("command -v uv")
-    assert uv_copied < dockerfile.index("uv venv")
-    assert "install.sh" in dockerfile
+    runs = re.findall(r"^RUN ((?:.*\\\n)*.*)", dockerfile, flags=re.MULTILINE)
+    downloads = [run for run in runs if re.search(r"pip install|uv pip install|install\.sh", run)]
+    assert len(downloads) == 3, downloads  # uv itself, torch, the requirements
+    for run in downloads:
+        assert run.startswith("--mount=type=secret,id=ca_bundle,target=/run/secrets/ca_bundle "), run
+        assert "export PIP_CERT=/run/secrets/ca_bundle SSL_CERT_FILE=/run/secrets/ca_bundle" in run
+    assert "ca_bundle" not in " ".join(run for run in runs if run not in downloads)
+    assert not re.search(r"^(COPY|ADD|ENV|ARG).*(ca_bundle|ca-bundle|\.pem|\.crt)", dockerfile, flags=re.MULTILINE)
+
+
+def test_torch_is_the_pinned_version_from_pypi_or_the_index_given(image: dict) -> None:
+    dockerfile = image["dockerfile"]
+    torch_step = dockerfile.index("grep -E '^torch==' ./env/python/requirements.txt")
+    assert dockerfile.index("ARG TORCH_INDEX_URL=\n") < torch_step < dockerfile.index("install.sh")
+    assert '${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}' in dockerfile
+    # the version the tests run (the Makefile installs the same line) is the one the image gets
+    pins = [line for line in image["requirements"].splitlines() if line.startswith("torch")]
+    assert pins == [f"torch=={metadata.version('torch').split('+')[0]}"], pins
+
+
+def test_it_reports_its_health(image: dict) -> None:
+    healthcheck = re.search(r"^HEALTHCHECK (.*)\n\s+CMD (.*)", image["dockerfile"], flags=re.MULTILINE)
+    assert healthcheck is not None
+    assert "/readyz" in healthcheck.group(2) and "BENTOML_PORT" in healthcheck.group(2)
 
 
 def test_the_image_holds_the_code_and_its_dependencies(image: dict) -> None:
@@ -170,7 +197,8 @@ def test_it_serves_on_port_8000_with_state_outside_the_code(image: dict) -> None
     # The store on the state volume, not under the image's BentoML home, where the code is.
     assert env_value(dockerfile, "BENTOML_HOME") == "/var/lib/fewshot/bentoml"
     assert env_value(dockerfile, "BENTOML_CONFIG") == "/home/bentoml/bento/src/configuration.yaml"
-    assert "mkdir -p /var/lib/fewshot && chown -R bentoml:bentoml /var/lib/fewshot" in dockerfile
+    # with base-models/ inside: where a local base model is copied (LOCAL_MODEL_DIRS' default)
+    assert "mkdir -p /var/lib/fewshot/base-models && chown -R bentoml:bentoml /var/lib/fewshot" in dockerfile
     tail = dockerfile[dockerfile.rindex("mkdir -p /var/lib/fewshot"):]
     assert "USER bentoml" in tail  # the state directory belongs to the user the server runs as
     assert tail.strip().endswith('ENTRYPOINT [ "/home/bentoml/bento/env/docker/entrypoint.sh" ]')
@@ -180,11 +208,20 @@ def test_the_repository_dockerfile_is_bentomls_with_the_bento_built_in_a_first_s
     # What `docker compose up --build` and Coolify build: must not drift from what containerize builds.
     expected = renderer.repository_dockerfile(image["dockerfile"])
     assert (PROJECT_ROOT / "Dockerfile").read_text() == expected, "Dockerfile is stale: run `make dockerfile`"
-    stages = re.findall(r"^FROM (\S+)", expected, flags=re.MULTILINE)
-    assert stages[0] == "python:3.11-slim" and stages[1].startswith("nvidia/cuda:")
-    assert expected.startswith("# 1.2.1") and "# syntax = docker/dockerfile:" in expected.split("\n\n")[0]
-    # After the first stage nothing is read from the build context: the bento comes from stage 1.
-    final_stage = expected[expected.index("FROM nvidia/cuda:"):]
+    instructions = [line for line in expected.splitlines() if line and not line.startswith((" ", "#"))]
+    assert instructions[0] == "ARG BASE_IMAGE=python:3.11-slim"  # before every FROM, so that all may use it
+    stages = re.findall(r"^FROM (.*)", expected, flags=re.MULTILINE)
+    assert stages == ["scratch AS ca-bundle", "${BASE_IMAGE} AS bento", "${BASE_IMAGE} AS base-container"]
+    # Compose passes no secrets: the bundle is a context file, mounted (never copied) where the secret was.
+    assert "--mount=type=secret" not in expected
+    ca_stage = expected[expected.index("FROM scratch AS ca-bundle"):expected.index("FROM ${BASE_IMAGE} AS bento")]
+    assert f"ARG CA_BUNDLE={renderer.NO_CA_BUNDLE}" in ca_stage and "COPY ${CA_BUNDLE} /ca-bundle.pem" in ca_stage
+    assert (PROJECT_ROOT / renderer.NO_CA_BUNDLE).read_bytes() == b""  # an empty bundle: the base's own CAs
+    mounts = re.findall(r"^RUN (--mount=type=bind,from=ca-bundle,source=/ca-bundle.pem,target=/run/secrets/ca_bundle)",
+                        expected, flags=re.MULTILINE)
+    assert len(mounts) == 4  # the bento stage's pip, then uv, torch and the requirements
+    # After the bento stage nothing is read from the build context: the bento comes from it.
+    final_stage = expected[expected.index("AS base-container"):]
     assert all("--from=" in line for line in re.findall(r"^COPY .*", final_stage, flags=re.MULTILINE))
 
 
@@ -192,49 +229,82 @@ def test_the_docker_build_context_leaves_out_local_state() -> None:
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     for path in (".venv", ".git", "build", "state"):
         assert path in ignored, path
-    for needed in ("docker", "requirements.txt", "service.py", "fewshot", "trainers", "bentofile.yaml"):
+    # ca-bundle.pem: where compose users put CA_BUNDLE (compose builds see only the context)
+    for needed in ("docker", "requirements.txt", "service.py", "fewshot", "trainers", "bentofile.yaml",
+                   "ca-bundle.pem"):
         assert needed not in ignored, needed
 
 
-def compose_config(*arguments: str, **env: str) -> dict:
-    """`docker-compose config` (Debian's docker-compose; `make test` installs it): validated, resolved."""
-    rendered = subprocess.run(["docker-compose", *arguments, "config"], cwd=PROJECT_ROOT, env={**os.environ, **env},
-                              capture_output=True, text=True, timeout=60, check=False)
-    assert rendered.returncode == 0, rendered.stderr
-    return yaml.safe_load(rendered.stdout)
+def compose_commands() -> list[list[str]]:
+    """Debian's docker-compose 1.29 (`make test` installs it) and compose v2 where installed: the file must
+    suit both."""
+    commands = [["docker-compose"]]
+    if subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode == 0:
+        commands.append(["docker", "compose"])
+    return commands
+
+
+def compose_config(*arguments: str, **env: str) -> list[dict]:
+    """`config` by each compose command: validated, resolved."""
+    base = {key: value for key, value in os.environ.items() if key not in COMPOSE_SETTINGS}
+    configs = []
+    for command in compose_commands():
+        rendered = subprocess.run([*command, *arguments, "config"], cwd=PROJECT_ROOT, env={**base, **env},
+                                  capture_output=True, text=True, timeout=60, check=False)
+        assert rendered.returncode == 0, f"{command}: {rendered.stderr}"
+        configs.append(yaml.safe_load(rendered.stdout))
+    return configs
 
 
 def test_the_compose_file_is_valid_and_wires_what_the_readme_says() -> None:
-    config = compose_config(API_KEY="k", HF_TOKEN="t")
-    assert config["services"]["redis"]["profiles"] == ["redis"]  # started only with its profile
-    api, trainer = config["services"]["api"], config["services"]["trainer"]
-    assert [(str(p["published"]), int(p["target"])) for p in api["ports"]] == [("8000", 8000)]
-    for service in (api, trainer):
-        # Built from this repository (docker compose up --build, Coolify), tagged as the image named.
-        assert Path(service["build"]["context"]) == PROJECT_ROOT and service["build"]["dockerfile"] == "Dockerfile"
-        assert service["image"] == "fewshot:latest"
-        environment = service["environment"]
-        assert environment["MODEL_PATH"] == "/var/lib/fewshot"
-        assert environment["BENTOML_HOME"] == "/var/lib/fewshot/bentoml"  # on the volume, not over the code
-        assert environment["API_KEY"] == "k" and environment["HF_TOKEN"] == "t"
-        assert environment["NVIDIA_VISIBLE_DEVICES"] == "all"
-        assert [v.split(":")[1] for v in service["volumes"]] == ["/var/lib/fewshot"]
-        assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
-        assert service["restart"] == "unless-stopped"
-    assert api["environment"]["EMBEDDED_TRAINER"] == "false"
-    assert "/readyz" in " ".join(api["healthcheck"]["test"])
-    assert trainer["working_dir"] == "/home/bentoml/bento/src"
-    assert trainer["command"] == ["python", "-m", "trainers.consumer"] and "entrypoint" not in trainer
-    assert trainer["healthcheck"]["test"] == ["CMD", "python", "-m", "trainers.health"]
-    assert trainer["environment"]["TRAINER_METRICS_PORT"] == "9100" and trainer["expose"] == ["9100"]
+    for config in compose_config(API_KEY="k", HF_TOKEN="t"):
+        # started only with its profile (compose v2 leaves it out; 1.29 lists it with its profile)
+        assert config["services"].get("redis", {"profiles": ["redis"]})["profiles"] == ["redis"]
+        api, trainer = config["services"]["api"], config["services"]["trainer"]
+        assert [(str(p["published"]), int(p["target"])) for p in api["ports"]] == [("8000", 8000)]
+        for service in (api, trainer):
+            # Built from this repository (docker compose up --build, Coolify), tagged as the image named.
+            build = service["build"]
+            assert Path(build["context"]) == PROJECT_ROOT and build["dockerfile"] == "Dockerfile"
+            # the Dockerfile's own defaults (ARG lines), so that an unset variable changes nothing
+            dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
+            for name, value in build["args"].items():
+                assert f"ARG {name}={value}\n" in dockerfile, (name, value)
+            assert service["image"] == "fewshot:latest"
+            environment = service["environment"]
+            assert environment["MODEL_PATH"] == "/var/lib/fewshot"
+            assert environment["BENTOML_HOME"] == "/var/lib/fewshot/bentoml"  # on the volume, not over the code
+            assert environment["API_KEY"] == "k" and environment["HF_TOKEN"] == "t"
+            assert environment["NVIDIA_VISIBLE_DEVICES"] == "all"
+            assert [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in service["volumes"]] == \
+                ["/var/lib/fewshot"]
+            assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+            assert service["restart"] == "unless-stopped"
+        assert api["environment"]["EMBEDDED_TRAINER"] == "false"
+        assert "healthcheck" not in api  # the image's HEALTHCHECK (/readyz)
+        assert trainer["working_dir"] == "/home/bentoml/bento/src"
+        assert trainer["command"] == ["python", "-m", "trainers.consumer"] and "entrypoint" not in trainer
+        assert trainer["healthcheck"]["test"] == ["CMD", "python", "-m", "trainers.health"]
+        assert trainer["environment"]["TRAINER_METRICS_PORT"] == "9100" and trainer["expose"] == ["9100"]
+
+
+def test_build_settings_and_the_device_come_from_the_environment() -> None:
+    env = {"BASE_IMAGE": "debian-python:3.11", "CA_BUNDLE": "ca-bundle.pem", "TORCH_INDEX_URL": "https://example.org/whl",
+           "FEWSHOT_DEVICE": "cpu", "FEWSHOT_IMAGE": "registry.example.org/fewshot:1"}
+    for config in compose_config(**env):
+        for service in (config["services"]["api"], config["services"]["trainer"]):
+            assert service["build"]["args"] == {key: env[key] for key in ("BASE_IMAGE", "CA_BUNDLE", "TORCH_INDEX_URL")}
+            assert service["image"] == "registry.example.org/fewshot:1"
+            assert "deploy" not in service  # no GPU reserved: runs where the engine has no NVIDIA runtime
 
 
 def test_the_redis_profile_adds_a_persistent_redis() -> None:
-    config = compose_config("--profile", "redis", REDIS_URL="redis://redis:6379/0")
-    redis = config["services"]["redis"]
-    assert "--appendonly" in redis["command"] and redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
-    assert [v.split(":")[1] for v in redis["volumes"]] == ["/data"]
-    assert config["services"]["trainer"]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    for config in compose_config("--profile", "redis", REDIS_URL="redis://redis:6379/0"):
+        redis = config["services"]["redis"]
+        assert redis["profiles"] == ["redis"]
+        assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+        assert [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in redis["volumes"]] == ["/data"]
+        assert config["services"]["trainer"]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
 
 
 def test_dockerfile_template_is_the_one_bentofile_names() -> None:
