@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PORT ?= 8000
-# torch goes in first, pinned: 2.13.0 is the verified version (CUDA build on a GPU host's PyPI,
-# CPU build where the machine provides one); an unpinned torch can pull a different multi-GB build.
-TORCH_SPEC ?= torch==2.13.0
+# torch goes in first, pinned in requirements.txt (the verified version, which the image installs too):
+# a CUDA build on a GPU host's PyPI, the CPU build where the machine provides one.
+TORCH_SPEC ?= $(shell grep -E '^torch==' requirements.txt)
 BIN := $(VENV)/bin
 # The benchmarks' peer, Infinity, needs transformers<5: virtualenvs of its own (created on first use).
 INFINITY_VENV ?= bench/.venv-infinity
@@ -13,7 +13,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-quality bench-label-tasks bench-time-to-model image dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,13 +37,19 @@ serve: install
 	$(BIN)/bentoml serve --port $(PORT)
 
 ## Lint, the import contracts (pyproject.toml: the layering), then the whole test suite (unit + end-to-end against real servers, embedded and Redis
-## mode). Debian packages the tests use, installed here when missing: redis-server (Redis-mode
-## tests start a real one), docker-compose (validates docker-compose.yml; no engine needed) and
-## chromium (the console's browser tests drive it with Playwright; no browser download).
+## mode, and the image built and run). Debian packages the tests use, installed here when missing:
+## redis-server (Redis-mode tests start a real one), chromium (the console's browser tests drive it
+## with Playwright; no browser download), docker.io, docker-compose and debootstrap (the image tests
+## start dockerd when none runs, and make stand-in base images where no registry answers), and, where
+## `docker buildx` or `docker compose` is missing, Debian trixie's builds of both as CLI plugins.
 test: install-test
 	command -v redis-server >/dev/null || { $(call APT_INSTALL,redis-server); }
 	command -v docker-compose >/dev/null || { $(call APT_INSTALL,docker-compose); }
 	command -v chromium >/dev/null || { $(call APT_INSTALL,chromium); }
+	command -v dockerd >/dev/null || { $(call APT_INSTALL,docker.io); } || echo "docker.io not installed: the image tests will skip"
+	command -v debootstrap >/dev/null || { $(call APT_INSTALL,debootstrap); } || echo "debootstrap not installed"
+	{ docker buildx version && docker compose version; } >/dev/null 2>&1 || $(SUDO) docker/debian-cli-plugins.sh \
+		|| echo "docker buildx and compose v2 not installed: the compose tests use docker-compose 1.29 only"
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
@@ -97,14 +103,34 @@ LABEL_TASKS_ARGS ?=
 bench-label-tasks: install-test
 	$(BIN)/python -m bench.label_tasks $(LABEL_TASKS_ARGS)
 
-## The CUDA image (needs a Docker engine): bento, then `docker build` through BentoML.
-## BentoML 1.4.40 resolves our Dockerfile template only under the working directory
-## (bentoml#5566), so containerize makes its temporary build context in ./build.
+## The image, fewshot:latest (needs a Docker engine with BuildKit): the bento, then `bentoml containerize`.
+## BASE_IMAGE=... builds on another base (default python:3.11-slim); CA_BUNDLE=/path/ca.pem trusts that
+## bundle for the build's downloads only (a BuildKit secret: in no layer); TORCH_INDEX_URL=... takes torch
+## from that index (e.g. https://download.pytorch.org/whl/cu126 for an NVIDIA driver older than 580).
+## BentoML 1.4.40 resolves our Dockerfile template only under the working directory (bentoml#5566),
+## so containerize makes its temporary build context in ./build.
 IMAGE ?= fewshot:latest
+BASE_IMAGE ?=
+CA_BUNDLE ?=
+TORCH_INDEX_URL ?=
+comma := ,
+CONTAINERIZE_OPTS = $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	$(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)) \
+	$(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(abspath $(CA_BUNDLE)))
 image: install
 	$(BIN)/bentoml build
 	mkdir -p build
-	TMPDIR=$(CURDIR)/build $(BIN)/bentoml containerize fewshot:latest -t $(IMAGE)
+	TMPDIR=$(CURDIR)/build $(BIN)/bentoml containerize fewshot:latest -t $(IMAGE) $(CONTAINERIZE_OPTS)
+
+## Where no image registry answers: stand-ins for the public images the image and the compose file
+## start from, made from Debian's packages with debootstrap (needs root): Debian bookworm's Python 3.11
+## under python:3.11-slim and its Redis 7 under redis:7, or under the names given.
+STANDIN_PYTHON ?= python:3.11-slim
+STANDIN_REDIS ?= redis:7
+standin-images:
+	command -v debootstrap >/dev/null || { $(call APT_INSTALL,debootstrap); }
+	docker/standin-image.sh python $(STANDIN_PYTHON)
+	docker/standin-image.sh redis $(STANDIN_REDIS)
 
 ## ./Dockerfile (what `docker compose up --build` builds): BentoML's containerize Dockerfile with a
 ## first stage that builds the bento from the repository. Rerun after editing bentofile.yaml or

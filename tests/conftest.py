@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from harness.docker_engine import DockerEngine, DockerUnavailable
 from harness.fixtures import read_examples
 from harness.live_server import LiveServer, TrainerProcess
 from harness.redis_server import RedisServer
@@ -72,3 +73,37 @@ def fresh_redis_database(redis_url: str) -> Callable[[], str]:
         return url
 
     return fresh
+
+
+MEASURED: list[str] = []
+"""Lines the tests measured (build times, image sizes, times to ready): printed at the end of the run."""
+
+
+@pytest.fixture(scope="session")
+def measured() -> Callable[[str], None]:
+    """Report a measurement in the run's output (pytest hides a passing test's own prints)."""
+    return MEASURED.append
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if MEASURED:
+        terminalreporter.section("measured")
+        for line in MEASURED:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEngine]:
+    """A Docker engine (started here when none runs) with the base images present; the image tests
+    skip, saying why, where there is none."""
+    engine = None
+    try:
+        engine = DockerEngine.start(tmp_path_factory.mktemp("docker"))
+        engine.ensure_base_images()
+    except DockerUnavailable as reason:
+        if engine is not None:
+            engine.close()
+        pytest.skip(f"no Docker engine: {reason}")
+    MEASURED.append(f"docker engine: {'; '.join(engine.log)}")
+    yield engine
+    engine.close()

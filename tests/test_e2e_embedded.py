@@ -25,7 +25,7 @@ import bentoml
 import httpx
 import pytest
 
-from harness.fixtures import BASE_MODEL
+from harness.fixtures import BASE_MODEL, CLEAR_TEXTS
 from harness.live_server import BENTOML, PROJECT_ROOT, LiveServer, metric, wait_for_job
 from trainers.jobs import RedisJobStore, SqliteJobStore
 
@@ -33,12 +33,6 @@ pytestmark = pytest.mark.e2e
 
 MODEL = "bank"
 HF_TOKEN = "hf_test_token_that_must_never_leak"  # unused offline; must still never be echoed
-CLEAR_TEXTS = {
-    "My card has not arrived yet.": "card_arrival",
-    "What exchange rates do you offer?": "exchange_rate",
-    "My card is lost! What can I do?": "lost_or_stolen_card",
-    "I have a top up that didn't go through.  Why?": "top_up_failed",
-}
 
 
 @pytest.fixture(scope="module", params=["embedded", "redis"])
