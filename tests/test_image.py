@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -239,8 +240,9 @@ def compose_commands() -> list[list[str]]:
     """Debian's docker-compose 1.29 (`make test` installs it) and compose v2 where installed: the file must
     suit both."""
     commands = [["docker-compose"]]
-    if subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode == 0:
-        commands.append(["docker", "compose"])
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
+        commands.append([docker, "compose"])
     return commands
 
 
