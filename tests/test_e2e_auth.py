@@ -77,7 +77,7 @@ def test_metrics_take_the_key_as_a_bearer_token_like_prometheus_or_as_x_api_key(
 def test_the_pages_and_their_assets_are_open(server: LiveServer) -> None:
     """The docs page (Swagger UI's assets included) and the console load without a key; the console
     then asks for it."""
-    for page_path in ("/", "/console"):
+    for page_path in ("/", "/docs", "/console"):
         page = httpx.get(f"{server.url}{page_path}")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page_path
         assets = re.findall(r'(?:src|href)="((?:static_content|assets)/[^"]+)"', page.text)

@@ -101,8 +101,9 @@ def csv_file(rows: list[list[str]], name: str = "examples.csv") -> dict:
 
 # ------------------------------------------------------------------------------------ docs at /
 
-def test_docs_page_is_ours_and_calls_no_one_else(page: RecordedPage, server: LiveServer) -> None:
-    page.page.goto(f"{server.url}/")
+@pytest.mark.parametrize("path", ["/", "/docs"])
+def test_docs_page_is_ours_and_calls_no_one_else(page: RecordedPage, server: LiveServer, path: str) -> None:
+    page.page.goto(f"{server.url}{path}")
     info = page.page.locator(".swagger-ui .info")
     expect(info.locator(".title")).to_contain_text("fewshot")
     expect(info.locator(".title")).to_contain_text(__version__)
@@ -113,11 +114,25 @@ def test_docs_page_is_ours_and_calls_no_one_else(page: RecordedPage, server: Liv
     for boilerplate in ("BentoML Prediction Service", "googletagmanager", "created with BentoML", "join-slack"):
         assert boilerplate not in html
     expect(page.page.locator(".opblock-summary-path", has_text="/v1/predict").first).to_be_visible()
-    page.screenshot("docs")
+    page.screenshot("docs" if path == "/" else "docs-at-docs")
     expect(info.get_by_role("link", name="the console")).to_have_attribute("href", "console")  # the description's
     page.page.get_by_role("navigation", name="Pages").get_by_role("link", name="Console").click()
     expect(page.page.locator("#key-dialog")).to_be_visible()
     assert page.page.url == f"{server.url}/console"
+
+
+def test_the_docs_are_at_slash_and_slash_docs_open_and_locked_to_our_origin(server: LiveServer) -> None:
+    """/docs is where the seed's users look; both answer without a key (the server has one) and carry the
+    Content-Security-Policy that makes the browser refuse any other origin."""
+    root, docs = httpx.get(f"{server.url}/"), httpx.get(f"{server.url}/docs")
+    assert root.status_code == docs.status_code == 200 and root.text == docs.text
+    for response in (root, docs):
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy, policy
+    moved = httpx.get(f"{server.url}/docs/")
+    assert moved.status_code == 307 and moved.headers["location"] == "../docs"
+    console = httpx.get(f"{server.url}/console")
+    assert "script-src 'self'" in console.headers["content-security-policy"]
 
 
 def test_openapi_info_says_what_the_docs_page_says(server: LiveServer) -> None:

@@ -39,11 +39,11 @@ def test_presented_key_accepts_header_or_bearer() -> None:
 
 
 def test_only_health_probes_docs_and_the_consoles_page_are_open() -> None:
-    for path in ("/health", "/livez", "/readyz", "/healthz", "/", "/docs.json", "/schema.json",
+    for path in ("/health", "/livez", "/readyz", "/healthz", "/", "/docs", "/docs.json", "/schema.json",
                  "/static_content/swagger-ui.css", "/console", "/assets/console.js"):
         assert is_open_path(path), path
     for path in ("/metrics", "/v1/train", "/v1/predict", "/v1/jobs/x", "/v1/models/m", "/health/x", "/consoles",
-                 "/console/v1/models"):
+                 "/console/v1/models", "/docs/v1/models", "/documents"):
         assert not is_open_path(path), path
 
 

@@ -1,4 +1,4 @@
-"""What a browser opens: the API docs at `/` and the console at `/console`.
+"""What a browser opens: the API docs at `/` (and `/docs`) and the console at `/console`.
 
 Both are plain HTML here (`docs.html`, `console.html`) with their CSS and JavaScript in `assets/`,
 served at /assets/ (no build step, no framework, nothing fetched from another origin: no CDN, web
@@ -28,7 +28,8 @@ SERVICE_NAME = "fewshot"
 HERE = Path(__file__).parent
 ASSETS = HERE / "assets"
 DESCRIPTION_FILE = HERE / "description.md"
-PAGE_PATHS = frozenset({"/", "/console", "/console/"})
+# /docs too: where the seed's users open the interactive docs ("http://localhost:8000/docs").
+PAGE_PATHS = frozenset({"/", "/docs", "/docs/", "/console", "/console/"})
 ASSET_PREFIX = "/assets/"
 
 # Our pages load only our own origin's files; a browser enforces it, so a page edited later cannot
@@ -77,10 +78,16 @@ async def to_console(_: Any) -> RedirectResponse:
     return RedirectResponse("../console")  # relative: the page's own links resolve against /console
 
 
+async def to_docs(_: Any) -> RedirectResponse:
+    return RedirectResponse("../docs")  # as to_console: its relative links resolve against /docs
+
+
 def pages_app() -> Starlette:
-    """`/` (docs), `/console`, and their files under `/assets/`."""
+    """`/` and `/docs` (the docs), `/console`, and their files under `/assets/`."""
     return Starlette(routes=[
         Route("/", docs_page, methods=["GET", "HEAD"]),
+        Route("/docs", docs_page, methods=["GET", "HEAD"]),
+        Route("/docs/", to_docs, methods=["GET", "HEAD"]),
         Route("/console", console_page, methods=["GET", "HEAD"]),
         Route("/console/", to_console, methods=["GET", "HEAD"]),
         Mount("/assets", StaticFiles(directory=ASSETS), name="assets"),
