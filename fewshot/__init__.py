@@ -2,7 +2,7 @@
 
 - `api/`: the HTTP contract (schemas, the one error shape, auth, views). No torch.
 - `serving/`: the inference engine (model loading and cache, batching, labels). No HTTP.
-- `pages/`: what a browser opens: the API docs at `/` and the console at `/console` (static files).
+- `pages/`: what a browser opens: the API docs at `/` (and `/docs`) and the console at `/console` (static files).
 - `bentoml_fixes/`: every workaround for BentoML 1.4.40 and Starlette, applied by `install()`.
 - shared: `store.py` (the BentoML model store), `settings.py` (every setting), `base_models.py`
   (where a base model comes from), `metrics.py` (Prometheus), `timestamps.py` (time as written

@@ -8,6 +8,7 @@ request that waited MAX_LATENCY_MS for its batch is refused with 503. Tests run 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import signal
 import time
@@ -17,11 +18,15 @@ from datetime import timedelta
 import httpx
 import psutil
 import pytest
+from setfit import SetFitModel
 
+from bench.tiny_model import HIDDEN_SIZE, make_static_embedding_model
 from fewshot.base_models import resolve_base_model
+from fewshot.client import FewshotClient
 from fewshot.timestamps import utc_now
 from harness.fixtures import BASE_MODEL
 from harness.live_server import LiveServer, listed_versions, metric, version_directories, wait_for_job, wait_for_log
+from trainers.heads import SAFE_HEAD_FILES
 from trainers.jobs import SqliteJobStore, new_job
 
 pytestmark = pytest.mark.e2e
@@ -98,6 +103,40 @@ def test_a_local_base_model_inside_local_model_dirs_trains_through_the_api(serve
     outside = client.post("/v1/train", json={"model_name": "local", "base_model": str(server.home),
                                              "examples": train_examples})
     assert outside.status_code == 400 and outside.json()["error"].startswith("base_model: local paths must be inside")
+
+
+def test_a_static_embedding_base_without_config_json_trains_and_serves(server: LiveServer, client: httpx.Client,
+                                                                      train_examples) -> None:
+    """A sentence-transformer with no transformers config (a static-embedding model): its version used to
+    be saved with a config.json SetFit cannot read back, and every prediction was a 500."""
+    local = make_static_embedding_model(server.model_path / "base-models" / "static")
+    assert not (local / "config.json").exists()
+    response = client.post("/v1/train", json={"model_name": "static", "base_model": str(local),
+                                              "examples": train_examples, "num_iterations": 1})
+    assert response.status_code == 202, response.text
+    job = wait_for_job(client, response.json()["job_id"], {"completed", "failed"})
+    assert job["status"] == "completed", job
+    predicted = client.post("/v1/predict", json={"model_name": "static", "texts": ["My card is lost!", "hello"]})
+    assert predicted.status_code == 200, predicted.text
+    labels = {example["label"] for example in train_examples}
+    assert all(prediction["label"] in labels for prediction in predicted.json()["predictions"])
+    embedded = client.post("/v1/embeddings", json={"model_name": "static", "texts": ["hello"]})
+    assert embedded.status_code == 200 and len(embedded.json()["embeddings"][0]) == HIDDEN_SIZE, embedded.text
+    # Imported as SetFit itself saves such a model (with that config.json) beside the download's safe head.
+    with FewshotClient(server.url) as fewshot:
+        copy = fewshot.download("static", server.model_path / "base-models", extract=True)
+    own = server.model_path / "base-models" / "static-saved-by-setfit"
+    SetFitModel.from_pretrained(str(copy)).save_pretrained(str(own))
+    assert "model_card_data" in json.loads((own / "config.json").read_text())
+    for head in SAFE_HEAD_FILES:
+        if (copy / head).is_file():
+            shutil.copy(copy / head, own / head)
+    response = client.post("/v1/models/import", json={"source": str(own), "model_name": "static-copy"})
+    assert response.status_code == 202, response.text
+    job = wait_for_job(client, response.json()["job_id"], {"completed", "failed"})
+    assert job["status"] == "completed", job
+    again = client.post("/v1/predict", json={"model_name": "static-copy", "texts": ["My card is lost!", "hello"]})
+    assert [p["label"] for p in again.json()["predictions"]] == [p["label"] for p in predicted.json()["predictions"]]
 
 
 def test_balanced_class_weights_still_predict_a_label_with_one_example(client: httpx.Client, train_examples,

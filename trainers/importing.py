@@ -30,7 +30,7 @@ from trainers.holdout import DEFAULT_ABSTENTION_COVERAGE, Evaluation, evaluation
 from trainers.jobs import JobRecord
 from trainers.run import JobOutcome, prune_old_versions
 from trainers.thresholds import evaluate_single_label, untested_abstention
-from trainers.training import save_classifier
+from trainers.training import hub_mixin_config, save_classifier
 
 logger = logging.getLogger("fewshot.trainer")
 
@@ -126,9 +126,11 @@ def load_classifier(directory: Path, requested: str, allow_pickle: bool, trust_r
     try:
         with tempfile.TemporaryDirectory(prefix="fewshot-import-") as view:
             # SetFit unpickles model_head.pkl whenever the directory has one: it loads from a view of
-            # the directory without it when the head is read from its safe copy.
+            # the directory without it when the head is read from its safe copy, and without the
+            # config.json that SetFit itself cannot read back (a static-embedding body's: hub_mixin_config).
+            left_out = {hub_mixin_config(directory), directory / PICKLED_HEAD_FILE if safe else None}
             for entry in directory.iterdir():
-                if not (safe and entry.name == PICKLED_HEAD_FILE):
+                if entry not in left_out:
                     (Path(view) / entry.name).symlink_to(entry.resolve())
             model = SetFitModel.from_pretrained(view, trust_remote_code=trust_remote_code)
         if safe:

@@ -155,9 +155,30 @@ def save_classifier(model: SetFitModel, directory: Path, calibration_texts: list
     head again in a format that loads without pickle (trainers/heads.py), which imports read, and
     the texts kept for int8 calibration."""
     model.save_pretrained(str(directory))
+    if (mixin_config := hub_mixin_config(directory)) is not None:
+        mixin_config.unlink()
     save_safe_head(model.model_head, directory)
     if calibration_texts is not None:
         (directory / CALIBRATION_TEXTS_FILE).write_text(json.dumps(calibration_texts), encoding="utf8")
+
+
+def hub_mixin_config(directory: Path) -> Path | None:
+    """The directory's config.json when huggingface_hub wrote it for SetFitModel itself, or None.
+
+    Upstream: huggingface_hub's ModelHubMixin saves a model's own init arguments as config.json unless
+    the model writes one; a SetFit body does (the transformer's), but a static-embedding one has no
+    transformers config, and `SetFitModel.from_pretrained` then fails on that file (setfit 1.2.0,
+    huggingface_hub 1.x: "SetFitModelCardData.__init__() got an unexpected keyword argument 'absa'",
+    a field of the card that its __init__ does not take). SetFit's settings are in config_setfit.json
+    either way, so the file holds nothing needed. Not reported upstream that we found."""
+    config = directory / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        written = json.loads(config.read_text(encoding="utf8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return config if isinstance(written, dict) and "model_card_data" in written else None
 
 
 class _Deadline(TrainerCallback):
