@@ -103,20 +103,25 @@ class Inference:
                                              on_load=lambda tag: metrics.MODEL_LOADS.inc(),
                                              on_evict=lambda name: metrics.MODEL_EVICTIONS.inc())
         self.batch_texts = metrics.INFERENCE_BATCH_TEXTS
+        self.texts_computed = metrics.INFERENCE_TEXTS
 
     @bentoml.api(**BATCH)
     def predict(self, items: list[TextItem]) -> Predictions:
         from fewshot.serving.engine import predict_items
 
         self.batch_texts.labels("predict").observe(len(items))
-        return predict_items(self.models, items)
+        return predict_items(self.models, items, self._count_texts("predict"))
 
     @bentoml.api(**BATCH)
     def embed(self, items: list[TextItem]) -> Embeddings:
         from fewshot.serving.engine import embed_items
 
         self.batch_texts.labels("embeddings").observe(len(items))
-        return embed_items(self.models, items)
+        return embed_items(self.models, items, self._count_texts("embeddings"))
+
+    def _count_texts(self, route: str) -> Callable[[str, int], None]:
+        """fewshot_inference_texts_total{route, backend}: which backend really answered."""
+        return lambda backend, texts: self.texts_computed.labels(route, backend).inc(texts)
 
     @bentoml.api
     def refresh_models(self, names: list[str]) -> None:

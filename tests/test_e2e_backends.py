@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from harness.fixtures import BASE_MODEL
-from harness.live_server import LiveServer, wait_for_job, wait_for_log
+from harness.live_server import LiveServer, metric, wait_for_job, wait_for_log
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +46,19 @@ def answers(client: httpx.Client, model: str, texts: list[str]) -> tuple[list[di
     embedded = client.post("/v1/embeddings", json={"model_name": model, "texts": texts})
     assert embedded.status_code == 200, embedded.text
     return predicted.json()["predictions"], np.array(embedded.json()["embeddings"], dtype=np.float32)
+
+
+def computed(client: httpx.Client) -> dict[tuple[str, str], float]:
+    """fewshot_inference_texts_total by (route, backend): which backend really answered (the loaded model
+    that ran the texts), not what the model view says."""
+    text = client.get("/metrics").text
+    return {(route, backend): metric(text, "fewshot_inference_texts_total", backend=backend, route=route)
+            for route in ("predict", "embeddings") for backend in ("torch", "onnx", "openvino")}
+
+
+def computed_since(client: httpx.Client, before: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    """Texts computed since `before`, where any were."""
+    return {key: count - before[key] for key, count in computed(client).items() if count != before[key]}
 
 
 def settled_backend(client: httpx.Client, model: str, timeout: float = 180) -> dict:
@@ -80,11 +93,17 @@ def export_directory(server: LiveServer, version: str, variant: str) -> Path:
 def test_every_backend_answers_as_torch(served: dict, backend: str, quantize: str) -> None:
     server: LiveServer = served["server"]
     server.restart(INFERENCE_BACKEND=backend, INFERENCE_QUANTIZE=quantize)
+    texts = served["texts"]
     with server.client() as client:
-        first, _ = answers(client, "intents", served["texts"][:1])  # at once: torch serves while it exports
-        assert client.get("/v1/models/intents").json()["backend"]["backend"] in {"torch", backend}
+        before = computed(client)
+        first, _ = answers(client, "intents", texts[:1])  # its first load answers at once with torch, and exports
+        at_once = computed_since(client, before)
         served_with = settled_backend(client, f"intents:{served['version']}")
-        predictions, embeddings = answers(client, "intents", served["texts"])
+        before = computed(client)
+        predictions, embeddings = answers(client, "intents", texts)
+        then = computed_since(client, before)
+    assert at_once == {("predict", "torch"): 1, ("embeddings", "torch"): 1}, at_once
+    assert then == {("predict", backend): len(texts), ("embeddings", backend): len(texts)}, then  # swapped in
     assert first[0]["label"] == served["predictions"][0]["label"]
     assert served_with == {"requested": f"{backend}-{quantize}", "backend": backend, "quantize": quantize,
                            "error": None, "prepare_seconds": served_with["prepare_seconds"], "exporting": False}
@@ -108,9 +127,12 @@ def test_the_export_is_read_back_after_a_restart(served: dict) -> None:
     written = {path.name: path.stat().st_mtime_ns for path in variant.iterdir()}
     server.restart(INFERENCE_BACKEND="openvino", INFERENCE_QUANTIZE="int8")
     with server.client() as client:
+        before = computed(client)
         predictions, _ = answers(client, "intents", served["texts"][:3])
+        answered_by = computed_since(client, before)
         backend = client.get("/v1/models/intents").json()["backend"]
     # loaded with the export straight away: no torch phase, nothing exported again
+    assert answered_by == {("predict", "openvino"): 3, ("embeddings", "openvino"): 3}, answered_by
     assert backend["backend"] == "openvino" and backend["prepare_seconds"] == 0 and not backend["exporting"]
     assert {path.name: path.stat().st_mtime_ns for path in variant.iterdir()} == written
     assert [p["label"] for p in predictions] == [p["label"] for p in served["predictions"][:3]]
@@ -129,6 +151,35 @@ def test_a_version_whose_export_fails_is_served_with_torch_and_says_why(served: 
     assert backend["error"] == "ONNX export failed (OSError: [Errno 27] File too large)"
     wait_for_log(server, "with torch: its openvino-none body could not be prepared: ONNX export failed")
     assert not list((server.model_path / "backends" / "plain").glob("*/openvino-none"))
+    # tried again at the next load: with room on the disk, the export is made and answers
+    server.restart(max_file_bytes=None)
+    with server.client() as client:
+        answers(client, "plain", served["texts"][:1])
+        backend = settled_backend(client, "plain")
+        before = computed(client)
+        predictions, _ = answers(client, "plain", served["texts"][:3])
+        answered_by = computed_since(client, before)
+    assert backend["backend"] == "openvino" and backend["error"] is None, backend
+    assert answered_by == {("predict", "openvino"): 3, ("embeddings", "openvino"): 3}, answered_by
+    assert [p["label"] for p in predictions] == [p["label"] for p in served["predictions"][:3]]
+
+
+def test_auto_serves_with_the_measured_default_of_the_cpu(served: dict) -> None:
+    """INFERENCE_BACKEND and INFERENCE_QUANTIZE left at AUTO, as users run it (the suite's servers run
+    TORCH): on a CPU, OpenVINO float32 answers."""
+    server: LiveServer = served["server"]
+    server.restart(INFERENCE_BACKEND="AUTO", INFERENCE_QUANTIZE="AUTO")
+    texts = served["texts"]
+    with server.client() as client:
+        answers(client, "intents", texts[:1])
+        backend = settled_backend(client, f"intents:{served['version']}")
+        before = computed(client)
+        predictions, _ = answers(client, "intents", texts)
+        answered_by = computed_since(client, before)
+    assert backend["requested"] == "openvino-none" and backend["backend"] == "openvino", backend
+    assert answered_by == {("predict", "openvino"): len(texts), ("embeddings", "openvino"): len(texts)}, answered_by
+    assert all(abs(ours["score"] - theirs["score"]) < 1e-3
+               for ours, theirs in zip(predictions, served["predictions"], strict=True))
 
 
 def test_deleting_a_version_removes_its_exports(served: dict) -> None:

@@ -22,10 +22,16 @@ from fewshot.serving.model_loading import LoadedModel
 logger = logging.getLogger("fewshot.inference")
 
 Result = TypeVar("Result")
+Computed = Callable[[str, int], None]
+"""Told, after each group, which backend ran it (`ServingBackend.backend`) and how many texts it had."""
+
+
+def _ignore(backend: str, texts: int) -> None:
+    return None
 
 
 def _per_model(cache: ModelCache, items: Sequence[TextItem], missing: Result,
-               run: Callable[[LoadedModel, list[TextItem]], list[Result]]) -> list[Result]:
+               run: Callable[[LoadedModel, list[TextItem]], list[Result]], computed: Computed) -> list[Result]:
     """Group a batch by model, run each group in one call, and put results back in batch order."""
     results: list[Any] = [missing] * len(items)
     for name, indices in positions_by_model(items).items():
@@ -34,20 +40,21 @@ def _per_model(cache: ModelCache, items: Sequence[TextItem], missing: Result,
             continue
         started = time.perf_counter()
         outputs = run(loaded, [items[i] for i in indices])
+        computed(loaded.backend.backend, len(indices))
         logger.debug("%s: %d texts in %.1f ms", name, len(indices), (time.perf_counter() - started) * 1000)
         for position, output in zip(indices, outputs, strict=True):
             results[position] = output
     return results
 
 
-def predict_items(cache: ModelCache, items: Sequence[TextItem]) -> list[ItemPrediction]:
+def predict_items(cache: ModelCache, items: Sequence[TextItem], computed: Computed = _ignore) -> list[ItemPrediction]:
     def run(loaded: LoadedModel, group: list[TextItem]) -> list[ItemPrediction]:
         return loaded.decisions.answer(loaded.predict_proba([item.text for item in group]), group)
 
-    return _per_model(cache, items, ItemPrediction(found=False), run)
+    return _per_model(cache, items, ItemPrediction(found=False), run, computed)
 
 
-def embed_items(cache: ModelCache, items: Sequence[TextItem]) -> list[ItemEmbedding]:
+def embed_items(cache: ModelCache, items: Sequence[TextItem], computed: Computed = _ignore) -> list[ItemEmbedding]:
     def run(loaded: LoadedModel, group: list[TextItem]) -> list[ItemEmbedding]:
         texts = [item.text for item in group]
         vectors = np.ascontiguousarray(loaded.embed(texts), dtype=np.float32)
@@ -57,4 +64,4 @@ def embed_items(cache: ModelCache, items: Sequence[TextItem]) -> list[ItemEmbedd
         return [ItemEmbedding(vector=row.tobytes(), tokens=count if item.count_tokens else None)
                 for row, count, item in zip(vectors, tokens, group, strict=True)]
 
-    return _per_model(cache, items, ItemEmbedding(found=False), run)
+    return _per_model(cache, items, ItemEmbedding(found=False), run, computed)

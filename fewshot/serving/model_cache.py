@@ -113,11 +113,13 @@ class ModelCache:
 
         def export_and_swap(stored: store.StoredModel) -> None:
             try:
-                exported = LoadedModel.load(stored, runtime)
+                exported = LoadedModel.load(stored, runtime, record=False)
             except Exception:  # the torch version keeps serving
                 logger.exception("could not load %s again with its export", stored.tag)
                 return
             if cache.replace_version(exported):
+                # only now: the model view never names a backend before it answers
+                exported.record_backend(stored)
                 logger.info("%s now served with %s", stored.tag, exported.backend.backend)
 
         cache = cls(load, refresh_seconds, max_models, on_evict=on_evict)

@@ -90,9 +90,11 @@ class LoadedModel:
     backend: ServingBackend
 
     @classmethod
-    def load(cls, stored: store.StoredModel, runtime: InferenceRuntime, export_missing: bool = True) -> LoadedModel:
+    def load(cls, stored: store.StoredModel, runtime: InferenceRuntime, export_missing: bool = True,
+             record: bool = True) -> LoadedModel:
         """Load a stored version with the runtime's backend; with `export_missing` false, a version not
-        exported yet loads with torch (its `backend.exporting` says so) instead of waiting for the export."""
+        exported yet loads with torch (its `backend.exporting` says so) instead of waiting for the export.
+        With `record` false, what serves it is left for the caller to `record_backend` once it does."""
         started = time.perf_counter()
         model = SetFitModel.from_pretrained(str(stored.path), device=runtime.device,
                                             trust_remote_code=runtime.trust_remote_code)
@@ -102,16 +104,22 @@ class LoadedModel:
             model.model_body.to(runtime.dtype)
             if model.has_differentiable_head:  # a torch head must match the body's outputs
                 model.model_head.to(runtime.dtype)
-        backend_cache.write_status(stored.name, stored.version, serving)
-        if store.resolve(stored.tag) is None:  # deleted while it loaded: the runtimes hold their files in memory
-            backend_cache.remove(stored.name, stored.version)
         logger.info("loaded model %s in %.2fs on %s (%s%s)", stored.tag, time.perf_counter() - started,
                     runtime.device, serving.backend if serving.backend != backends.TORCH
                     else str(runtime.dtype).removeprefix("torch."),
                     f"; torch until its {serving.requested} export is made" if serving.exporting else "")
         columns = column_labels(model, stored.labels, refuses=stored.refuses)
-        return cls(stored.name, stored.version, model, stored.labels,
-                   DecisionRule.from_metadata(stored.tag, stored.metadata, columns), runtime.max_batch_tokens, serving)
+        decisions = DecisionRule.from_metadata(stored.tag, stored.metadata, columns)
+        loaded = cls(stored.name, stored.version, model, stored.labels, decisions, runtime.max_batch_tokens, serving)
+        if record:
+            loaded.record_backend(stored)
+        return loaded
+
+    def record_backend(self, stored: store.StoredModel) -> None:
+        """What serves the version, for its model view (`backend`): written once this is what answers."""
+        backend_cache.write_status(self.name, self.version, self.backend)
+        if store.resolve(stored.tag) is None:  # deleted while it loaded: the runtimes hold their files in memory
+            backend_cache.remove(self.name, self.version)
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens per text as the forward pass will see them (truncated to the model's maximum)."""
