@@ -139,6 +139,27 @@ def test_the_export_is_read_back_after_a_restart(served: dict) -> None:
     wait_for_log(server, "with openvino-int8 (read from the cache")
 
 
+def test_a_version_without_calibration_texts_is_served_by_openvino_without_int8(served: dict, train_examples) -> None:
+    """OpenVINO int8 calibrates on the version's training texts; a version that kept none (trained before
+    they were kept, imported without eval_examples) gets OpenVINO's float32, `error` saying why."""
+    server: LiveServer = served["server"]
+    server.restart(INFERENCE_BACKEND="openvino", INFERENCE_QUANTIZE="int8")
+    with server.client() as client:
+        version = train(client, "uncalibrated", BASE_MODEL, train_examples)
+        kept = server.model_path / "bentoml" / "models" / "uncalibrated" / version / "fewshot_calibration_texts.json"
+        kept.unlink()  # as a version trained before the trainer kept them
+        answers(client, "uncalibrated", served["texts"][:1])
+        backend = settled_backend(client, "uncalibrated")
+        before = computed(client)
+        predictions, _ = answers(client, "uncalibrated", served["texts"][:3])
+        answered_by = computed_since(client, before)
+    assert (backend["requested"], backend["backend"], backend["quantize"]) == ("openvino-int8", "openvino", "none")
+    assert "keeps no training texts to calibrate int8 on" in backend["error"], backend
+    assert answered_by == {("predict", "openvino"): 3, ("embeddings", "openvino"): 3}, answered_by
+    assert [p["label"] for p in predictions] == [p["label"] for p in served["predictions"][:3]]
+    assert list((server.model_path / "backends" / "uncalibrated" / version).glob("openvino-none"))
+
+
 def test_a_version_whose_export_fails_is_served_with_torch_and_says_why(served: dict) -> None:
     server: LiveServer = served["server"]
     # A full disk: every file write of the server stops at 20 MB, and MiniLM's ONNX graph is ~90 MB.

@@ -94,25 +94,36 @@ class BackendChoice:
 PYTORCH = BackendChoice(TORCH, NONE)
 
 
+def for_version(stored: store.StoredModel, choice: BackendChoice) -> tuple[BackendChoice, str | None]:
+    """What `choice` can be for this version, and why not all of it: OpenVINO int8 calibrates on the
+    version's own training texts, and a version without them (trained before they were kept, or
+    imported without evaluation examples) is served by OpenVINO without int8."""
+    if choice == BackendChoice(OPENVINO, INT8) and not calibration_texts(stored.path):
+        return BackendChoice(OPENVINO, NONE), (
+            f"{stored.tag} keeps no training texts to calibrate int8 on ({CALIBRATION_TEXTS_FILE}: versions trained "
+            "before this service kept them, and imports without eval_examples, have none): served without int8")
+    return choice, None
+
+
 def is_exported(stored: store.StoredModel, choice: BackendChoice) -> bool:
-    return choice.backend == TORCH or (backend_cache.version_directory(stored.name, stored.version)
-                                       / choice.variant).is_dir()
+    possible, _ = for_version(stored, choice)
+    return possible.backend == TORCH or (backend_cache.version_directory(stored.name, stored.version)
+                                         / possible.variant).is_dir()
 
 
 def apply(body: SentenceTransformer, stored: store.StoredModel, choice: BackendChoice, threads: int,
           export_missing: bool = True) -> ServingBackend:
-    """Serve `body` with `choice`, exporting it into the cache if it is not there yet (unless
-    `export_missing` is false: then torch serves it for now, `exporting`); torch (said so) on failure."""
+    """Serve `body` with `choice` (as much of it as the version allows: `for_version`), exporting it
+    into the cache if it is not there yet (unless `export_missing` is false: then torch serves it for
+    now, `exporting`); torch (said so) on failure."""
     if choice.backend == TORCH:
         return ServingBackend(requested=choice.variant, backend=TORCH, quantize=NONE)
     if not export_missing and not is_exported(stored, choice):
         return ServingBackend(requested=choice.variant, backend=TORCH, quantize=NONE, exporting=True)
+    requested, (choice, short_of_it) = choice, for_version(stored, choice)
     started = time.perf_counter()
     try:
         calibration = calibration_texts(stored.path)
-        if choice == BackendChoice(OPENVINO, INT8) and not calibration:
-            raise ExportFailed(f"{stored.tag} keeps no training texts to calibrate int8 on ({CALIBRATION_TEXTS_FILE}; "
-                               "versions trained before this service kept them have none)")
         directory, made = cached_export(body, stored, choice, calibration)
         runner = OnnxRuntimeRunner(directory / ONNX_FILE, threads) if choice.backend == ONNX else \
             OpenVinoRunner(directory / OPENVINO_FILE, threads)
@@ -120,13 +131,13 @@ def apply(body: SentenceTransformer, stored: store.StoredModel, choice: BackendC
         reason = str(error) if isinstance(error, ExportFailed) else f"{type(error).__name__}: {error}"
         logger.warning("serving %s with torch: its %s body could not be prepared: %s", stored.tag, choice.variant,
                        reason)
-        return ServingBackend(requested=choice.variant, backend=TORCH, quantize=NONE, error=reason)
+        return ServingBackend(requested=requested.variant, backend=TORCH, quantize=NONE, error=reason)
     install(body, runner, INT8_PAD_MULTIPLES if choice == BackendChoice(OPENVINO, INT8) else None)
     seconds = time.perf_counter() - started
-    logger.info("serving %s with %s (%s in %.1fs)", stored.tag, choice.variant,
-                "exported" if made else "read from the cache", seconds)
-    return ServingBackend(requested=choice.variant, backend=choice.backend, quantize=choice.quantize,
-                          prepare_seconds=round(seconds, 2) if made else 0.0)
+    logger.info("serving %s with %s (%s in %.1fs)%s", stored.tag, choice.variant,
+                "exported" if made else "read from the cache", seconds, f": {short_of_it}" if short_of_it else "")
+    return ServingBackend(requested=requested.variant, backend=choice.backend, quantize=choice.quantize,
+                          error=short_of_it, prepare_seconds=round(seconds, 2) if made else 0.0)
 
 
 def calibration_texts(version_path: Path) -> list[str]:
