@@ -192,6 +192,41 @@ def test_evaluation_scores_each_half_with_the_other_halfs_thresholds() -> None:
     assert evaluation.micro_f1 is not None and 0.85 < evaluation.micro_f1 <= 1
 
 
+def test_multi_label_metrics_score_each_half_with_thresholds_fitted_on_the_other() -> None:
+    """Alternate examples differ: scored with its own thresholds each half looks perfect (F1 1.0),
+    scored with the other half's — what a new text meets — it does not. The metrics must say the latter."""
+    even_probabilities, odd_probabilities = [0.9, 0.9, 0.5, 0.5], [0.6, 0.6, 0.2, 0.2]
+    probabilities = np.asarray([[p] for pair in zip(even_probabilities, odd_probabilities, strict=True) for p in pair])
+    expected = [["a"], ["a"], ["a"], ["a"], [], [], [], []]  # rows 0-3: positives of both halves
+    targets = np.asarray([[bool(labels)] for labels in expected])
+    same_rows = multi_label_sets(probabilities, ["a"], f1_thresholds(probabilities, targets))
+    assert multi_label_metrics(expected, same_rows, ["a"]).micro_f1 == 1.0  # what scoring on the same rows says
+    evaluation = evaluate_multi_label(probabilities, ["a"], expected, ["a"])
+    halves = np.arange(8) % 2
+    by_hand: list[list[str]] = [[] for _ in expected]
+    for fitted_on in (0, 1):
+        rows, others = np.flatnonzero(halves == fitted_on), np.flatnonzero(halves != fitted_on)
+        thresholds = f1_thresholds(probabilities[rows], targets[rows])
+        for row, chosen in zip(others, multi_label_sets(probabilities[others], ["a"], thresholds), strict=True):
+            by_hand[row] = chosen
+    assert evaluation.micro_f1 == multi_label_metrics(expected, by_hand, ["a"]).micro_f1
+    assert evaluation.micro_f1 is not None and evaluation.micro_f1 < 0.8
+
+
+def test_abstention_metrics_use_a_threshold_fitted_on_the_other_half() -> None:
+    """Even examples confident, odd ones less so: a threshold fitted on the evens refuses the odds.
+    Fitted on the same rows, the kept share would meet the coverage by construction."""
+    confident, unsure = [0.95, 0.94, 0.93, 0.92, 0.91], [0.7, 0.69, 0.68, 0.67, 0.66]
+    best = [p for pair in zip(confident, unsure, strict=True) for p in pair]
+    probabilities = np.asarray([[p, 1 - p] for p in best])
+    evaluation = evaluate_single_label(probabilities, ["a", "b"], ["a"] * 10, ["a", "b"], 0.8, 0)
+    abstention = evaluation.abstention
+    assert abstention is not None and abstention.in_scope_kept is not None
+    same_rows = (np.asarray(best) >= conformal_threshold(np.asarray(best), 0.8)).mean()
+    assert same_rows >= 0.8  # what scoring on the same rows says
+    assert abstention.in_scope_kept <= 0.6, abstention
+
+
 def test_abstention_metrics_on_in_scope_and_out_of_scope_texts() -> None:
     rng = np.random.default_rng(1)
     in_scope = rng.dirichlet([30, 1, 1], 60)  # confident
