@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pickle
+import shlex
 import shutil
 import subprocess
 import sys
@@ -152,6 +155,41 @@ def test_an_imported_download_serves_identical_predictions_without_the_pickle_pe
     assert client.post("/v1/predict", json={"model_name": "copy", "texts": ["x"]}).status_code == 404
 
 
+class _RunsCode:
+    """Unpickling this creates the file at `path`: what a malicious model_head.pkl could do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(self.path)}",))
+
+
+def planted(exported: Path, directory: Path, marker: Path, keep_safe_head: bool) -> Path:
+    """A copy of the download whose model_head.pkl would create `marker` when unpickled."""
+    shutil.copytree(exported, directory,
+                    ignore=lambda _, names: [] if keep_safe_head else [n for n in names if n == "model_head.skops"])
+    (directory / "model_head.pkl").write_bytes(pickle.dumps(_RunsCode(marker)))
+    return directory
+
+
+def test_a_malicious_pickle_never_runs_through_the_api(client: httpx.Client, exported: Path, local_dir: Path,
+                                                       test_examples: list[dict]) -> None:
+    """Through the live POST /v1/models/import: beside a safe head the pickle is never read; alone it is
+    refused. (test_a_pickled_head_is_refused_until_the_operator_allows_it shows the same file does run
+    code once the operator allows pickles: these checks can fail.)"""
+    marker = local_dir / "pickle-ran"
+    beside = planted(exported, local_dir / "planted-beside-safe-head", marker, keep_safe_head=True)
+    imported(client, {"model_name": "planted", "source": str(beside)})
+    texts = [example["text"] for example in test_examples[:8]]
+    assert [p["label"] for p in predictions(client, "planted", texts)] == \
+        [p["label"] for p in predictions(client, "intents", texts)]
+    alone = planted(exported, local_dir / "planted-alone", marker, keep_safe_head=False)
+    refused = imported(client, {"model_name": "planted-alone", "source": str(alone)}, status="failed")
+    assert "TRUST_PICKLED_HEADS=true" in refused["error"]
+    assert not marker.exists()
+
+
 def test_a_pickled_head_is_refused_until_the_operator_allows_it(
         server: LiveServer, exported: Path, local_dir: Path, test_examples: list[dict]) -> None:
     pickled = local_dir / "pickled-only"
@@ -170,6 +208,11 @@ def test_a_pickled_head_is_refused_until_the_operator_allows_it(
     # What the service stored has its safe head again: its download imports without the permission.
     with tarfile.open(fileobj=io.BytesIO(client.get("/v1/models/pickled/download").content)) as tar:
         assert any(name.endswith("/model_head.skops") for name in tar.getnames())
+    # The control of test_a_malicious_pickle_never_runs_through_the_api: allowed, the planted pickle runs.
+    marker = local_dir / "pickle-ran"
+    assert not marker.exists()
+    imported(client, {"model_name": "planted-alone", "source": str(local_dir / "planted-alone")}, status="failed")
+    assert marker.exists()
 
 
 def test_what_is_not_a_setfit_classifier_fails_with_what_was_found(server: LiveServer, local_dir: Path) -> None:

@@ -10,6 +10,9 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from fewshot.base_models import resolve_base_model
 from fewshot.model_archive import model_card
 from fewshot.store import StoredModel
 from harness.fixtures import BASE_MODEL
+from harness.live_server import PROJECT_ROOT
 from trainers.errors import TrainingFailed
 from trainers.heads import (
     PICKLED_HEAD_FILE,
@@ -94,12 +98,29 @@ def test_a_differentiable_head_round_trips_through_safetensors(tmp_path: Path) -
     torch.testing.assert_close(back.predict_proba(features), head.predict_proba(features))
 
 
+class _RunsCodeWhenBuilt:
+    """Building this from a skops file creates the file at `path` (skops restores an object's state
+    through its __setstate__): what a malicious model_head.skops could do if its types were trusted."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        Path(state["path"]).touch()
+
+
 def test_a_skops_head_with_types_outside_scikit_learn_is_refused(tmp_path: Path) -> None:
-    skops.io.dump({"head": LogisticRegression(), "extra": _RunsCode(str(tmp_path / "marker"))},
-                  tmp_path / SKOPS_HEAD_FILE)
-    with pytest.raises(UnsafeHead, match="_RunsCode"):
+    marker = tmp_path / "marker"
+    skops.io.dump({"head": LogisticRegression(), "extra": _RunsCodeWhenBuilt(str(marker))}, tmp_path / SKOPS_HEAD_FILE)
+    with pytest.raises(UnsafeHead, match="_RunsCodeWhenBuilt"):
         load_safe_head(tmp_path)
-    assert not (tmp_path / "marker").exists()
+    assert not marker.exists()
+    # The control: trusted, the same file runs the planted code, so the check above can fail.
+    skops.io.load(tmp_path / SKOPS_HEAD_FILE, trusted=skops.io.get_untrusted_types(file=tmp_path / SKOPS_HEAD_FILE))
+    assert marker.exists()
 
 
 def test_import_reads_the_safe_head_and_never_the_pickle_beside_it(saved: Path, tmp_path: Path) -> None:
@@ -199,3 +220,40 @@ def test_versions_saved_before_safe_heads_get_theirs_from_their_own_pickle(tmp_p
 
     result = run_in_store(tmp_path, OLD_VERSION)
     assert result["added"] == [result["tag"]] and result["again"] == [] and result["same"]
+
+
+PICKLE_ONLY_VERSION = """
+import json
+import joblib, numpy as np
+from sklearn.linear_model import LogisticRegression
+from fewshot import store
+head = LogisticRegression().fit(np.random.default_rng(0).random((12, 4)), [0, 1, 2] * 4)
+old = store.register("old", lambda d: joblib.dump(head, d / "model_head.pkl"),
+                     {"created_at": "2026-11-01T00:00:00+00:00", "labels": ["a", "b", "c"]})
+print(json.dumps({"tag": old.tag, "path": str(old.path)}))
+"""
+
+
+def test_a_trainer_gives_old_versions_their_safe_head_when_it_starts(tmp_path: Path) -> None:
+    """As the README says it happens: a real `python -m trainers.consumer` starting on a store that holds
+    a version with its head only as a pickle (saved before heads were saved twice)."""
+    from tests.test_store_retention import run_in_store, store_env
+
+    old = run_in_store(tmp_path, PICKLE_ONLY_VERSION)
+    version = Path(old["path"])
+    assert not has_safe_head(version)
+    log = tmp_path / "trainer.log"
+    env = {**store_env(tmp_path), "MODEL_PATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    with open(log, "ab") as output:
+        trainer = subprocess.Popen([sys.executable, "-m", "trainers.consumer"], cwd=PROJECT_ROOT, env=env,
+                                   stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "trainer consumer started" not in log.read_text(errors="replace"):
+            assert trainer.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+    finally:
+        trainer.terminate()
+        trainer.wait(60)
+    assert has_safe_head(version)
+    assert f"{old['tag']}: saved its head without pickle too" in log.read_text()
