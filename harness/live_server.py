@@ -181,6 +181,16 @@ class LiveServer:
             consumer.terminate()
             consumer.wait(timeout)
 
+    def workers(self, service_name: str) -> list[psutil.Process]:
+        """The worker processes of one of its BentoML services (`fewshot`: the gateway, `fewshot-inference`)."""
+        assert self.process is not None
+        found = []
+        for process in psutil.Process(self.process.pid).children(recursive=True):
+            command = process.cmdline()
+            if "--service-name" in command and command[command.index("--service-name") + 1] == service_name:
+                found.append(process)
+        return found
+
     def consumer_processes(self) -> list[psutil.Process]:
         """Trainer consumers (ours or orphans) serving this server's MODEL_PATH."""
         found = []

@@ -18,6 +18,7 @@ import tarfile
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from fewshot.base_models import resolve_base_model
@@ -276,3 +277,25 @@ def test_download_errors(client: httpx.Client, trained: dict) -> None:
     assert unknown_version.status_code == 404 and "has no version 'nope'" in unknown_version.json()["error"]
     bad = client.get("/v1/models/Not%20A%20Name/download")
     assert bad.status_code == 400 and bad.json()["error"].startswith("model_name:")
+
+
+def native_libraries(process: psutil.Process) -> set[str]:
+    """The shared libraries mapped into a live process (its /proc/<pid>/maps)."""
+    return {line.split()[-1] for line in Path(f"/proc/{process.pid}/maps").read_text().splitlines()
+            if ".so" in line.split()[-1]}
+
+
+def test_the_gateway_never_loads_torch_while_it_serves(server: LiveServer, client: httpx.Client, trained: dict,
+                                                      exported: Path, test_examples: list[dict]) -> None:
+    """After training, a download, an import and predictions, the gateway worker has mapped no torch
+    library, while the inference worker has (the control: the check sees torch where it is). The import
+    contracts see only the packages' imports, not a lazy one inside service.py's routes."""
+    imported(client, {"model_name": "gateway-check", "source": str(exported)})
+    predictions(client, "gateway-check", [example["text"] for example in test_examples[:4]])
+    assert client.get("/v1/models/gateway-check/download").status_code == 200
+    gateways, inference = server.workers("fewshot"), server.workers("fewshot-inference")
+    assert gateways and inference
+    torch_libraries = [library for library in native_libraries(inference[0]) if "/torch/lib/" in library]
+    assert torch_libraries, "the control: the inference worker maps libtorch"
+    for gateway in gateways:
+        assert not [library for library in native_libraries(gateway) if "/torch/" in library], gateway.cmdline()

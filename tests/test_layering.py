@@ -3,7 +3,10 @@ the CLI do) and the client loads neither torch nor SetFit. Only the inference se
 trainer's code, inside their own processes, loads them.
 
 The import contracts in pyproject.toml (`lint-imports` in `make test`) hold the packages to the
-same rule statically, lazy imports included; this test holds the real gateway process to it.
+same rule statically, lazy imports included; this test holds the real gateway process to it. Neither
+sees a lazy import inside service.py's routes (import-linter takes packages, and service.py also holds
+the inference service): tests/test_e2e_import_export.py reads the live gateway worker's mapped
+libraries after it has served training, an import, a download and predictions.
 """
 
 from __future__ import annotations
