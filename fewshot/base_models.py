@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +52,25 @@ def base_model_problem(requested: str, local_dirs: Sequence[Path]) -> str | None
         return ("must be a Hugging Face Hub id ('org/name': letters, digits, '.', '_', '-') "
                 "or an absolute path inside LOCAL_MODEL_DIRS")
     return None
+
+
+def links_out_problem(directory: Path, roots: Sequence[Path], where: str) -> str | None:
+    """What is wrong when a file or folder of a local model leads outside `roots` through a symbolic
+    link, or None. The directory itself passed the LOCAL_MODEL_DIRS check, but a link inside it could
+    point anywhere the service can read (a tokenizer file linked to a secret would be saved into the
+    version and be downloadable)."""
+    inside = [root.expanduser().resolve() for root in roots]
+    outside = []
+    for folder, folders, files in os.walk(directory):
+        for name in (*folders, *files):
+            entry = Path(folder) / name
+            target = entry.resolve()
+            if not any(target.is_relative_to(root) for root in inside):
+                outside.append(f"{entry.relative_to(directory)} → {target}")
+    if not outside:
+        return None
+    return (f"has files that lead outside {where} through symbolic links ({', '.join(outside[:5])}"
+            f"{', …' if len(outside) > 5 else ''}): refused; copy the files themselves into the directory")
 
 
 def resolve_base_model(requested: str) -> BaseModelSource:

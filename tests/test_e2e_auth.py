@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import re
 
 import bentoml
@@ -87,6 +88,32 @@ def test_the_pages_and_their_assets_are_open(server: LiveServer) -> None:
     for method, path, status in (("GET", "/assets/missing.js", 404), ("POST", "/console", 405)):
         response = httpx.request(method, f"{server.url}{path}")
         assert response.status_code == status and set(response.json()) == {"error", "detail"}, response.text
+
+
+def raw_get(server: LiveServer, raw_path: str) -> tuple[int, bytes]:
+    """GET with the path sent exactly as written (clients normalise `..` away before sending)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.putrequest("GET", raw_path, skip_accept_encoding=True)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("raw_path", [
+    "/assets/../v1/models", "/assets/%2e%2e/v1/models", "/assets/..%2fv1%2fmodels", "/assets/%2E%2E/%2E%2E/etc/passwd",
+    "/assets/../../../../etc/passwd", "/assets/../service.py", "/assets/..%2f..%2fpyproject.toml",
+    "/assets//etc/passwd", "/assets/%2fetc%2fpasswd"])
+def test_the_open_assets_prefix_leads_nowhere_else(server: LiveServer, raw_path: str) -> None:
+    """/assets/ is open without the key: dot segments, encoded or not, must neither reach a closed route
+    nor a file outside the pages' assets."""
+    status, body = raw_get(server, raw_path)
+    assert status in (400, 404), (status, body[:300])
+    for leaked in (b'"models"', b"root:", b"import bentoml", b"[project]"):
+        assert leaked not in body, (raw_path, body[:300])
+    assert raw_get(server, "/assets/console.js")[0] == 200  # the control: the prefix does serve its files
 
 
 def test_bentoml_client_with_token_gets_through(server: LiveServer) -> None:

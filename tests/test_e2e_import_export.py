@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -216,6 +218,32 @@ def test_a_pickled_head_is_refused_until_the_operator_allows_it(
     assert marker.exists()
 
 
+def test_symbolic_links_out_of_local_model_dirs_are_refused(client: httpx.Client, exported: Path, local_dir: Path,
+                                                            tmp_path: Path, train_examples: list[dict]) -> None:
+    """A source (import) or base model (training) inside LOCAL_MODEL_DIRS whose files link outside it: a
+    tokenizer file linked to a secret would be saved into the version, and downloadable."""
+    secret = tmp_path / "secret.txt"  # outside LOCAL_MODEL_DIRS
+    secret.write_text("[PAD]\nhunter2\n")
+    linked_out = local_dir / "linked-out"
+    shutil.copytree(exported, linked_out, ignore=lambda _, names: [n for n in names if n == "vocab.txt"])
+    (linked_out / "vocab.txt").symlink_to(secret)
+    refused = imported(client, {"model_name": "linked", "source": str(linked_out)}, status="failed")
+    assert f"lead outside LOCAL_MODEL_DIRS through symbolic links (vocab.txt → {secret})" in refused["error"], refused
+    base = local_dir / "base-linked-out"
+    shutil.copytree(resolve_base_model(BASE_MODEL).location, base, ignore=lambda _, names: [
+        n for n in names if n == "1_Pooling"])
+    (base / "1_Pooling").symlink_to(tmp_path, target_is_directory=True)  # a folder leading out
+    response = client.post("/v1/train", json={"model_name": "linked", "base_model": str(base),
+                                              "examples": train_examples, "strategy": "head"})
+    job = wait_for_job(client, response.json()["job_id"], {"completed", "failed"})
+    assert job["status"] == "failed" and "1_Pooling →" in job["error"] and "LOCAL_MODEL_DIRS" in job["error"], job
+    linked_in = local_dir / "linked-in"  # links that stay inside LOCAL_MODEL_DIRS are fine
+    shutil.copytree(exported, linked_in, ignore=lambda _, names: [n for n in names if n == "vocab.txt"])
+    (linked_in / "vocab.txt").symlink_to(exported / "vocab.txt")
+    imported(client, {"model_name": "linked", "source": str(linked_in)})
+    assert secret.read_text() not in client.get("/v1/models/linked/download").text
+
+
 def test_what_is_not_a_setfit_classifier_fails_with_what_was_found(server: LiveServer, local_dir: Path) -> None:
     client = server.client()
     base = local_dir / "just-a-sentence-transformer"
@@ -299,3 +327,64 @@ def test_the_gateway_never_loads_torch_while_it_serves(server: LiveServer, clien
     assert torch_libraries, "the control: the inference worker maps libtorch"
     for gateway in gateways:
         assert not [library for library in native_libraries(gateway) if "/torch/" in library], gateway.cmdline()
+
+
+class _HostileServer(BaseHTTPRequestHandler):
+    """Answers downloads as a hostile or broken server might: a path in the file name, and a tar whose
+    members climb out of the folder, are absolute, or link outside. /schema.json and /readyz as the real
+    server answers them, so that the Python client talks to it."""
+
+    schema = b""
+    archive = b""
+
+    def do_GET(self) -> None:
+        if self.path.endswith("/download"):
+            body, headers = self.archive, {"Content-Type": "application/gzip",
+                                           "Content-Disposition": 'attachment; filename="../../escaped.tar.gz"'}
+        else:
+            body = self.schema if self.path == "/schema.json" else b"{}"
+            headers = {"Content-Type": "application/json"}
+        self.send_response(200)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def hostile_archive(member: tarfile.TarInfo, content: bytes = b"x") -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        tar.addfile(member, io.BytesIO(content) if member.isfile() else None)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("member", ["climbs", "absolute", "links-out"])
+def test_the_client_keeps_a_hostile_download_inside_its_folder(server: LiveServer, tmp_path: Path,
+                                                                member: str) -> None:
+    if member == "links-out":
+        entry = tarfile.TarInfo("model/vocab.txt")
+        entry.type, entry.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    else:
+        entry = tarfile.TarInfo("model/../../../escaped.txt" if member == "climbs" else str(tmp_path / "absolute.txt"))
+        entry.size = 1
+    _HostileServer.schema = httpx.get(f"{server.url}/schema.json").content
+    _HostileServer.archive = hostile_archive(entry)
+    hostile = ThreadingHTTPServer(("127.0.0.1", 0), _HostileServer)
+    threading.Thread(target=hostile.serve_forever, daemon=True).start()
+    folder = tmp_path / "a" / "b" / "downloads"
+    try:
+        with FewshotClient(f"http://127.0.0.1:{hostile.server_port}") as fewshot:
+            assert fewshot.download("intents", folder) == folder / "escaped.tar.gz"  # the name, never its path
+            if member == "absolute":  # unpacked, its leading "/" dropped: inside the folder
+                fewshot.download("intents", folder, extract=True)
+            else:
+                with pytest.raises(tarfile.FilterError):
+                    fewshot.download("intents", folder, extract=True)
+    finally:
+        hostile.shutdown()
+    written = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if not path.is_dir())
+    inside = [f"a/b/downloads/{str(tmp_path / 'absolute.txt').lstrip('/')}"] if member == "absolute" else []
+    assert written == sorted(["a/b/downloads/escaped.tar.gz", *inside]), written

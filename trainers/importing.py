@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,14 @@ from setfit import SetFitModel
 
 from fewshot import store
 from fewshot.api.schemas import ImportRequest
-from fewshot.base_models import HUB_HINT, REMOTE_CODE_HINT, BaseModelSource, failure_reason, resolve_base_model
+from fewshot.base_models import (
+    HUB_HINT,
+    REMOTE_CODE_HINT,
+    BaseModelSource,
+    failure_reason,
+    links_out_problem,
+    resolve_base_model,
+)
 from fewshot.serving.backends import MAX_CALIBRATION_TEXTS
 from fewshot.settings import Settings
 from fewshot.timestamps import utc_now
@@ -59,7 +66,7 @@ def run_import(record: JobRecord, settings: Settings,
                before_registering: Callable[[], None] | None = None) -> JobOutcome:
     request = ImportRequest.model_validate(record.request)
     source = resolve_base_model(request.source)
-    directory, revision = fetch(source, request.revision, settings.hf_token)
+    directory, revision = fetch(source, request.revision, settings.hf_token, settings.local_model_dirs)
     logger.info("job %s: importing %s from %s", record.job_id, request.model_name, directory)
     model = load_classifier(directory, request.source, allow_pickle=settings.trust_pickled_heads,
                             trust_remote_code=settings.trust_remote_code)
@@ -76,12 +83,14 @@ def run_import(record: JobRecord, settings: Settings,
     return JobOutcome(stored.version)
 
 
-def fetch(source: BaseModelSource, revision: str | None, token: str | None) -> tuple[Path, str | None]:
+def fetch(source: BaseModelSource, revision: str | None, token: str | None,
+          local_dirs: Sequence[Path]) -> tuple[Path, str | None]:
     """A local directory holding the model, and the Hub commit it was downloaded at (None if local)."""
     if source.is_local:
         directory = Path(source.location)
         if not directory.is_dir():
             raise TrainingFailed(f"source {source.requested!r} is not a directory")
+        refuse_links_out(directory, source.requested, [directory, *local_dirs], "LOCAL_MODEL_DIRS")
         return directory, None
     from huggingface_hub import snapshot_download
 
@@ -93,7 +102,14 @@ def fetch(source: BaseModelSource, revision: str | None, token: str | None) -> t
             f"source {source.requested!r} could not be downloaded from the Hugging Face Hub "
             f"({failure_reason(error)}); {HUB_HINT} (and `revision`, when given); or copy the model into a "
             "directory inside LOCAL_MODEL_DIRS and import that") from error
+    # A snapshot's files are links into the blobs of the model's own cache folder, and only there.
+    refuse_links_out(path, source.requested, [path.parent.parent], "the model's Hugging Face cache folder")
     return path, path.name  # the snapshot directory is named by its commit
+
+
+def refuse_links_out(directory: Path, requested: str, roots: Sequence[Path], where: str) -> None:
+    if (problem := links_out_problem(directory, roots, where)) is not None:
+        raise TrainingFailed(f"source {requested!r} {problem}")
 
 
 def _describe_contents(directory: Path) -> str:

@@ -12,15 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from fewshot import store
 from fewshot.api.schemas import TrainRequest
-from fewshot.base_models import resolve_base_model
+from fewshot.base_models import links_out_problem, resolve_base_model
 from fewshot.settings import Settings
 from fewshot.timestamps import utc_now
+from trainers.errors import TrainingFailed
 from trainers.holdout import evaluation_metadata
 from trainers.jobs import JobRecord, StrategyComparison
 from trainers.training import (
@@ -86,6 +88,10 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
         max_seconds=settings.max_training_seconds,
         abstention_coverage=request.coverage,
     )
+    if options.base_model.is_local:
+        location = Path(options.base_model.location)
+        if (problem := links_out_problem(location, [location, *settings.local_model_dirs], "LOCAL_MODEL_DIRS")):
+            raise TrainingFailed(f"base_model {base_model!r} {problem}")
     split = split_examples([(e.text, e.target) for e in request.examples], request.holdout_fraction, options.seed,
                            [(e.text, e.target) for e in request.eval_examples or []])
     logger.info("job %s: training %s (%s, strategy %s) on %d examples, evaluating on %d, from %s", record.job_id,
