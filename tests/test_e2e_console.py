@@ -278,6 +278,46 @@ def test_try_it_abstains_when_asked(page: RecordedPage, client: httpx.Client, ve
     expect(answers).to_have_text(["none of these (abstained)", expected["predictions"][1]["label"]])
 
 
+def test_try_it_predicts_with_a_pinned_version(page: RecordedPage, client: httpx.Client,
+                                               versions: list[dict]) -> None:
+    older = versions[1]
+    texts = ["my card still has not arrived", "what exchange rate do you use", "is my top up through?"]
+    expected = client.post("/v1/predict", json={"model_name": older["tag"], "texts": texts}).json()["predictions"]
+    open_console(page, "try")
+    page.page.select_option("#try-model", older["tag"])
+    page.page.fill("#try-texts", "\n".join(texts))
+    page.page.get_by_role("button", name="Predict").click()
+    cards = page.page.locator(".prediction")
+    expect(cards).to_have_count(len(texts))
+    expect(page.page.locator(".prediction .answer .label")).to_have_text([p["label"] for p in expected])
+
+
+MARKUP = '<img src=x onerror="document.title=1">'
+
+
+def test_labels_and_texts_are_shown_as_text_never_as_markup(page: RecordedPage, client: httpx.Client) -> None:
+    """Labels and texts are the API user's: the console must show `<img …>` as those characters, and
+    create no element from them (the page's Content-Security-Policy would block an inline handler anyway:
+    this checks the escaping itself)."""
+    examples = read_examples("banking77_train_4labels.csv")
+    markup_label = {"card_arrival": MARKUP, "top_up_failed": "<b>bold</b>"}
+    train(client, "markup", [{"text": e["text"], "label": markup_label.get(e["label"], e["label"])}
+                             for e in examples])
+    open_console(page)
+    page.page.locator('#model-list button[data-model="markup"]').click()
+    expect(page.page.locator("table.label-metrics")).to_contain_text(MARKUP)
+    expect(page.page.locator("table.label-metrics")).to_contain_text("<b>bold</b>")
+    page.page.get_by_role("navigation", name="Screens").get_by_role("link", name="Try it").click()
+    page.page.select_option("#try-model", "markup")
+    page.page.fill("#try-texts", f"My card has not arrived yet. {MARKUP}")
+    page.page.get_by_role("button", name="Predict").click()
+    expect(page.page.locator(".prediction .answer .label")).to_have_text([MARKUP])
+    expect(page.page.locator(".prediction")).to_contain_text(f"My card has not arrived yet. {MARKUP}")
+    assert page.page.locator("img[src=x]").count() == 0
+    assert page.page.locator("b").evaluate_all("found => found.filter(b => b.textContent === 'bold').length") == 0
+    assert page.page.title().startswith("fewshot")
+
+
 def test_try_it_shows_the_apis_error(page: RecordedPage, versions: list[dict]) -> None:
     open_console(page, "try")
     page.page.fill("#try-texts", "hello")
