@@ -99,6 +99,12 @@ def test_usage_counts_the_tokens_the_model_read(client: openai.OpenAI) -> None:
     expected = sum(len(tokenizer(text)["input_ids"]) for text in TEXTS)
     usage = client.embeddings.create(model="intents", input=TEXTS).usage
     assert usage.prompt_tokens == usage.total_tokens == expected
+    # A text longer than the model reads counts what it read: the model's 256 tokens, special ones included.
+    long_text = " ".join(["card"] * 1000)
+    assert len(tokenizer(long_text)["input_ids"]) > 1000
+    truncated = client.embeddings.create(model="intents", input=[long_text, TEXTS[0]]).usage
+    read = 256 + len(tokenizer(TEXTS[0])["input_ids"])
+    assert truncated.prompt_tokens == truncated.total_tokens == read
 
 
 def test_errors_reach_the_client_with_our_message(server: LiveServer, client: openai.OpenAI) -> None:
