@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = PROJECT_ROOT / "build" / "screenshots"
@@ -24,10 +24,15 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run", "--disable-default-apps"]
 LAPTOP_SCREEN = {"width": 1366, "height": 900}
+PATIENCE_MS = 30_000
+"""How long an action or an expectation waits (Playwright's default: 5 s). Chromium shares two cores with
+the server, its workers and a training job here: 5 s is a guess about the machine, not about the page.
+A wait that ends early does not slow a test; only a failing check waits it out."""
 
 
 @contextmanager
 def chromium() -> Iterator[Browser]:
+    expect.set_options(timeout=PATIENCE_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
@@ -48,6 +53,7 @@ class RecordedPage:
     @classmethod
     def open(cls, browser: Browser, origin: str) -> RecordedPage:
         context = browser.new_context(viewport=LAPTOP_SCREEN)
+        context.set_default_timeout(PATIENCE_MS)
         recorded = cls(context.new_page(), origin)
         context.on("request", lambda request: recorded.requests.append(request.url))
         recorded.page.on("pageerror", lambda error: recorded.errors.append(f"uncaught: {error}"))

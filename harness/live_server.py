@@ -69,6 +69,7 @@ class LiveServer:
         """Set by `restart`: writes past this size fail with EFBIG in every process of the server, as
         on a full disk."""
         self._tree: list[psutil.Process] = []
+        self._log_sizes: dict[Path, int] = {}
         self.companions: set[int] = set()
         """Pids of trainers started beside it on their own (TrainerProcess), not part of it."""
 
@@ -91,6 +92,8 @@ class LiveServer:
         return env
 
     def start(self) -> LiveServer:
+        # Logs are appended across restarts: what this start writes begins at these sizes.
+        self._log_sizes = {path: path.stat().st_size for path in self.state_dir.glob("*.log")}
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
             [*BENTOML, "serve", *self._target, "--port", str(self.port)], cwd=PROJECT_ROOT, env=self.env,
@@ -170,6 +173,16 @@ class LiveServer:
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def logs_since_start(self) -> str:
+        """What the server and the trainers beside it logged since its latest start (not a line of a
+        run before a restart)."""
+        parts = []
+        for path in sorted(self.state_dir.glob("*.log")):
+            with open(path, "rb") as log:
+                log.seek(self._log_sizes.get(path, 0))
+                parts.append(log.read().decode(errors="replace"))
+        return "\n".join(parts)
 
     def all_logs(self) -> str:
         """The server's log and those of trainers started beside it (TrainerProcess)."""
@@ -280,9 +293,9 @@ def wait_for_job(client: httpx.Client, job_id: str, statuses: set[str], timeout:
 
 
 def wait_for_log(server: LiveServer, text: str, timeout: float = 60) -> None:
-    """Until `text` appears in the server's log or a trainer's beside it."""
+    """Until `text` appears in the server's log or a trainer's beside it, since the server's latest start."""
     deadline = time.monotonic() + timeout
-    while text not in server.all_logs():
+    while text not in server.logs_since_start():
         assert time.monotonic() < deadline, f"{text!r} not logged within {timeout}s"
         time.sleep(0.2)
 

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from harness.fixtures import BASE_MODEL
+from harness.fixtures import BASE_MODEL, LONG_FINE_TUNING
 from harness.live_server import LiveServer, listed_versions, wait_for_job, wait_for_log
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +60,7 @@ def predict(client: httpx.Client, model: str, **options) -> httpx.Response:
 
 def test_cancel_stops_a_running_job_and_ends_a_pending_one_at_once(server: LiveServer, client: httpx.Client,
                                                                     train_examples) -> None:
-    slow = submit(client, "slow", train_examples, num_iterations=200)
+    slow = submit(client, "slow", train_examples, **LONG_FINE_TUNING)
     queued = submit(client, "queued", train_examples)
     deadline = time.monotonic() + 120
     while (job := client.get(f"/v1/jobs/{slow}").json())["status"] != "running" or not job["step"]:
@@ -212,8 +212,9 @@ def test_python_client_covers_the_lifecycle(server: LiveServer, versions: dict[s
 
     other = f"other:{versions['other']}"
     with FewshotClient(server.url) as client:
-        assert [(m.model_name, [v.model_version for v in m.versions]) for m in client.models().models] == [
-            ("other", [versions["other"]])]
+        # what the other tests left of "life" is theirs: this one reads "other", its own
+        listed = {m.model_name: [v.model_version for v in m.versions] for m in client.models().models}
+        assert listed["other"] == [versions["other"]], listed
         page = client.jobs(model_name="other", limit=1)
         assert page.jobs[0].model_version == versions["other"] and page.next_cursor is None
         top = client.predict(other, ["where is my card?"], top_k=2).predictions[0]
@@ -222,7 +223,7 @@ def test_python_client_covers_the_lifecycle(server: LiveServer, versions: dict[s
             client.cancel(page.jobs[0].job_id)
         assert refused.value.status == 409
 
-        job = client.train("doomed", train_examples, base_model=BASE_MODEL, num_iterations=200)
+        job = client.train("doomed", train_examples, base_model=BASE_MODEL, **LONG_FINE_TUNING)
         assert client.cancel(job.job_id).status in ("cancelled", "running")
         with pytest.raises(JobFailed) as cancelled:
             client.wait(job.job_id, poll_seconds=0.3, timeout=120)

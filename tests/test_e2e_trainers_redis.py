@@ -15,7 +15,7 @@ import pytest
 
 from fewshot.api.schemas import TrainRequest
 from fewshot.client import FewshotClient
-from harness.fixtures import BASE_MODEL
+from harness.fixtures import BASE_MODEL, LONG_FINE_TUNING
 from harness.live_server import LiveServer, TrainerProcess, listed_versions, version_directories, wait_for_job
 from trainers.jobs import RedisJobStore, new_job
 
@@ -111,7 +111,7 @@ def test_an_auto_job_failing_during_fine_tuning_leaves_the_head_served(
     server.stop_trainers()
     trainer: TrainerProcess = trainer_factory(server, "short-limit", MAX_TRAINING_SECONDS="1")
     trainer.wait_until_consuming()
-    job_id = submit(client, "cut-short", train_examples, strategy="auto", num_iterations=40)
+    job_id = submit(client, "cut-short", train_examples, strategy="auto", **LONG_FINE_TUNING)
     failed = wait_for_job(client, job_id, {"completed", "failed", "cancelled"})
     assert failed["status"] == "failed", failed
     assert "MAX_TRAINING_SECONDS=1" in failed["error"]
