@@ -1,6 +1,6 @@
 """Every environment setting of the service, read in one place.
 
-The README's settings table mirrors this module: add a setting here and there together.
+docs/settings.md's table mirrors this module: add a setting here and there together.
 """
 
 from __future__ import annotations

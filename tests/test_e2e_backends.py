@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 VARIANTS = [("onnx", "none"), ("onnx", "int8"), ("openvino", "none"), ("openvino", "int8")]
 MIN_COSINE = {"none": 0.9999, "int8": 0.97}
-"""Per text, to torch's embedding (README "CPU backends"): float32 exports compute the same function
+"""Per text, to torch's embedding (docs/cpu-backends.md): float32 exports compute the same function
 (measured min 0.99998); int8 rounds weights and activations (measured min 0.986 ONNX Runtime, 0.990
 OpenVINO on these texts)."""
 CLEAR_MARGIN = 0.1

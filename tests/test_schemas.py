@@ -89,7 +89,7 @@ def test_predict_rules() -> None:
 
 
 def test_request_limits_name_the_field_and_the_limit() -> None:
-    """Defaults of the MAX_* settings (README, Settings); each error says which field and which bound."""
+    """Defaults of the MAX_* settings (docs/settings.md); each error says which field and which bound."""
     too_many_texts = {"model_name": "m", "texts": ["x"] * 257}
     assert error_message(PredictRequest, too_many_texts) == \
         "texts: List should have at most 256 items after validation, not 257"

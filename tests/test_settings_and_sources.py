@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,15 @@ def test_training_stops_with_a_clear_error_past_its_time_limit(train_examples) -
     with pytest.raises(TrainingFailed, match=r"MAX_TRAINING_SECONDS=1e-06 \(stopped after step 1 of"):
         fine_tune(split_examples([(e["text"], e["label"]) for e in examples], options.holdout_fraction, options.seed),
                   options)
+
+
+def test_the_settings_page_documents_every_setting_and_only_those() -> None:
+    """docs/settings.md mirrors fewshot/settings.py, where every setting is read; HF_HUB_OFFLINE is
+    read by huggingface_hub itself and documented there too."""
+    root = Path(__file__).resolve().parents[1]
+    source = (root / "fewshot" / "settings.py").read_text()
+    read = set(re.findall(r'(?:environ\.get|\b_\w+)\("([A-Z][A-Z0-9_]+)"', source))
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", (root / "docs" / "settings.md").read_text(),
+                                flags=re.MULTILINE))
+    assert read, "no setting found: the pattern no longer fits fewshot/settings.py"
+    assert documented - {"HF_HUB_OFFLINE"} == read, (read - documented, documented - read)

@@ -32,7 +32,7 @@ from fewshot.timestamps import UtcTimestamp
 from trainers.holdout import DEFAULT_ABSTENTION_COVERAGE, Abstention, ConfusionMatrix, LabelMetrics, Target
 from trainers.jobs import JobKind, JobStatus, StrategyComparison
 
-# Request limits are settings (README, "Settings"); read once, when the schemas are built.
+# Request limits are settings (docs/settings.md); read once, when the schemas are built.
 LIMITS = get_settings()
 
 MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
