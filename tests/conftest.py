@@ -93,7 +93,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 @pytest.fixture(scope="session")
-def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEngine]:
+def docker_engine(tmp_path_factory: pytest.TempPathFactory, measured) -> Iterator[DockerEngine]:
     """A Docker engine (started here when none runs) with the base images present; the image tests
     skip, saying why, where there is none."""
     engine = None
@@ -104,6 +104,6 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEn
         if engine is not None:
             engine.close()
         pytest.skip(f"no Docker engine: {reason}")
-    MEASURED.append(f"docker engine: {'; '.join(engine.log)}")
+    measured(f"docker engine: {'; '.join(engine.log)}")
     yield engine
     engine.close()

@@ -261,7 +261,7 @@ def test_head_strategy_trains_in_seconds_with_per_label_metrics(client: httpx.Cl
 
 
 def test_auto_serves_the_head_first_then_keeps_the_better_model(client: httpx.Client, train_examples) -> None:
-    job_id = submit(client, "auto", train_examples, strategy="auto", num_iterations=40)
+    job_id = submit(client, "auto", train_examples, strategy="auto", num_iterations=10)
     deadline = time.monotonic() + 120
     while (job := client.get(f"/v1/jobs/{job_id}").json())["model_version"] is None:
         assert time.monotonic() < deadline and job["status"] in ("pending", "running"), job
