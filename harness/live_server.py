@@ -17,9 +17,14 @@ from pathlib import Path
 import httpx
 import psutil
 
+from harness.fixtures import LONG_FINE_TUNING
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BENTOML = [sys.executable, "-m", "bentoml"]  # the CLI of this interpreter, wherever its scripts live
 START_TIMEOUT_SECONDS = 180
+POLL_SECONDS = 0.1
+"""How often the harness asks whether a server is ready or a job is done: each answer is a cheap read (a
+health route, a job record), and the suite waits for hundreds of them (0.5 s cost ~0.25 s per wait)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ class LiveServer:
                     return self
             except httpx.HTTPError:
                 pass
-            time.sleep(0.5)
+            time.sleep(POLL_SECONDS)
         self.stop()
         raise RuntimeError(f"server not ready in {START_TIMEOUT_SECONDS}s:\n{self.log_tail()}")
 
@@ -250,7 +255,7 @@ class TrainerProcess:
         while "trainer consumer started" not in self.log_path.read_text(errors="replace"):
             assert self.process is not None and self.process.poll() is None, self.log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, f"trainer not consuming in {timeout}s"
-            time.sleep(0.3)
+            time.sleep(POLL_SECONDS)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
@@ -288,8 +293,40 @@ def wait_for_job(client: httpx.Client, job_id: str, statuses: set[str], timeout:
         job = client.get(f"/v1/jobs/{job_id}").json()
         if job["status"] in statuses:
             return job
-        time.sleep(0.5)
+        time.sleep(POLL_SECONDS)
     raise AssertionError(f"job {job_id} not {statuses} within {timeout}s: {job}")
+
+
+def fine_tuning_lasting(client: httpx.Client, base_model: str, examples: list[dict], seconds: float) -> dict:
+    """Training options whose fine-tuning lasts about `seconds` on this machine, whatever its speed: for
+    a job a test must catch mid-training (a shutdown, a kill) and that must still finish soon after.
+
+    The rate is measured here: a probe job of LONG_FINE_TUNING (one pair per step, thousands of steps) is
+    timed over its first second of steps, then cancelled. A fixed count of steps was either too short to
+    catch on a fast machine or minutes long on a slow one."""
+    response = client.post("/v1/train", json={"model_name": "pace-probe", "base_model": base_model,
+                                              "examples": examples, **LONG_FINE_TUNING})
+    assert response.status_code == 202, response.text
+    probe = response.json()["job_id"]
+
+    def step() -> tuple[float, int]:
+        job = client.get(f"/v1/jobs/{probe}").json()
+        assert job["status"] in ("pending", "running"), job
+        return time.monotonic(), job["step"] or 0
+
+    deadline = time.monotonic() + 120
+    while (first := step())[1] == 0:
+        assert time.monotonic() < deadline, "the probe job never began fine-tuning"
+        time.sleep(POLL_SECONDS)
+    while (last := step())[1] - first[1] < 20 or last[0] - first[0] < 1:
+        assert time.monotonic() < deadline, "the probe job stopped stepping"
+        time.sleep(POLL_SECONDS)
+    assert client.post(f"/v1/jobs/{probe}/cancel").status_code == 200
+    wait_for_job(client, probe, {"cancelled", "failed", "completed"})
+    steps_per_second = (last[1] - first[1]) / (last[0] - first[0])
+    pairs_per_iteration = 2 * len(examples)  # SetFit: two pairs per example per iteration; one pair per step
+    iterations = max(1, round(steps_per_second * seconds / pairs_per_iteration))
+    return {"num_iterations": iterations, "batch_size": 1}
 
 
 def wait_for_log(server: LiveServer, text: str, timeout: float = 60) -> None:

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from bench.tiny_model import make_tiny_model
 from harness.docker_engine import DockerEngine, DockerUnavailable
 from harness.fixtures import read_examples
 from harness.live_server import LiveServer, TrainerProcess
@@ -19,6 +22,24 @@ def train_examples() -> list[dict[str, str]]:
 @pytest.fixture(scope="session")
 def test_examples() -> list[dict[str, str]]:
     return read_examples("banking77_test_4labels.csv")
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], str]:
+    """A base model for tests where the label is not the point (load, shapes, lifecycles): the bench's tiny
+    random-weight model (2 layers, hidden size 32), made once and copied into a server's local model
+    directory on request; it trains and serves in a fraction of MiniLM's time and its labels are noise."""
+    source = make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny")
+
+    def place(model_dir: Path) -> str:
+        """Copy it into `model_dir` (a server's LOCAL_MODEL_DIRS, by default its MODEL_PATH/base-models);
+        the path to send as `base_model`."""
+        target = model_dir / "tiny"
+        if not target.exists():
+            shutil.copytree(source, target)
+        return str(target)
+
+    return place
 
 
 @pytest.fixture(scope="module")

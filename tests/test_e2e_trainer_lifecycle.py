@@ -10,15 +10,13 @@ import httpx
 import psutil
 import pytest
 
-from harness.fixtures import BASE_MODEL
-from harness.live_server import LiveServer, wait_for_job
+from harness.fixtures import LONG_FINE_TUNING
+from harness.live_server import LiveServer, fine_tuning_lasting, wait_for_job
 from trainers.jobs import SqliteJobStore
 from trainers.tasks import DIED_WHILE_RUNNING
 
 pytestmark = pytest.mark.e2e
 
-# Long enough (a few hundred pairs) to be caught mid-training, short enough for CI.
-SLOW_ITERATIONS = 8
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +24,17 @@ def server(live_server_factory) -> LiveServer:
     return live_server_factory("lifecycle")
 
 
-def start_slow_job(client: httpx.Client, examples: list[dict], model_name: str) -> str:
+@pytest.fixture(scope="module")
+def base_model(server: LiveServer, tiny_base_model) -> str:
+    """What the model is does not matter here: whether jobs and workers survive shutdowns and kills does."""
+    return tiny_base_model(server.model_path / "base-models")
+
+
+def start_slow_job(client: httpx.Client, examples: list[dict], model_name: str, base_model: str,
+                   options: dict) -> str:
+    """Start a job and return once it is inside its fine-tuning loop."""
     response = client.post("/v1/train", json={
-        "model_name": model_name, "base_model": BASE_MODEL, "examples": examples,
-        "num_iterations": SLOW_ITERATIONS,
+        "model_name": model_name, "base_model": base_model, "examples": examples, **options,
     })
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
@@ -53,9 +58,11 @@ def only_consumer(server: LiveServer, timeout: float = 60) -> psutil.Process:
     raise AssertionError(f"expected one consumer, found {server.consumer_processes()}")
 
 
-def test_job_running_at_shutdown_is_requeued_and_completes_after_restart(server: LiveServer, train_examples):
+def test_job_running_at_shutdown_is_requeued_and_completes_after_restart(server: LiveServer, train_examples,
+                                                                        base_model: str):
     with server.client() as client:
-        job_id = start_slow_job(client, train_examples, "requeued")
+        options = fine_tuning_lasting(client, base_model, train_examples, seconds=4)
+        job_id = start_slow_job(client, train_examples, "requeued", base_model, options)
     stopped = server.stop()
     assert stopped.survivors == [] and stopped.code == 0, stopped  # the trainer exited by itself
 
@@ -74,9 +81,10 @@ def test_job_running_at_shutdown_is_requeued_and_completes_after_restart(server:
         assert client.get("/v1/models/requeued").json()["model_version"] == job["model_version"]
 
 
-def test_killed_trainer_fails_its_job_comes_back_and_trains_the_next(server: LiveServer, train_examples):
+def test_killed_trainer_fails_its_job_comes_back_and_trains_the_next(server: LiveServer, train_examples,
+                                                                    base_model: str):
     with server.client() as client:
-        job_id = start_slow_job(client, train_examples, "killed")
+        job_id = start_slow_job(client, train_examples, "killed", base_model, LONG_FINE_TUNING)
         victim = only_consumer(server)
         victim.send_signal(signal.SIGKILL)
 
@@ -87,7 +95,7 @@ def test_killed_trainer_fails_its_job_comes_back_and_trains_the_next(server: Liv
         assert only_consumer(server).pid != victim.pid  # supervised: a new trainer took over
 
         response = client.post("/v1/train", json={
-            "model_name": "after-kill", "base_model": BASE_MODEL, "examples": train_examples, "num_iterations": 1,
+            "model_name": "after-kill", "base_model": base_model, "examples": train_examples, "num_iterations": 1,
         })
         assert wait_for_job(client, response.json()["job_id"], {"completed", "failed"})["status"] == "completed"
 
@@ -129,9 +137,10 @@ def inference_worker(server: LiveServer) -> psutil.Process:
                 if "fewshot-inference" in child.cmdline())
 
 
-def test_a_killed_inference_worker_is_restarted_and_serves_again(server: LiveServer, train_examples) -> None:
+def test_a_killed_inference_worker_is_restarted_and_serves_again(server: LiveServer, train_examples,
+                                                                base_model: str) -> None:
     with server.client() as client:
-        job_id = client.post("/v1/train", json={"model_name": "revived", "base_model": BASE_MODEL,
+        job_id = client.post("/v1/train", json={"model_name": "revived", "base_model": base_model,
                                                 "examples": train_examples[:16], "num_iterations": 1}).json()["job_id"]
         assert wait_for_job(client, job_id, {"completed", "failed"})["status"] == "completed"
         request = {"model_name": "revived", "texts": ["I still have not received my new card"]}
@@ -139,7 +148,7 @@ def test_a_killed_inference_worker_is_restarted_and_serves_again(server: LiveSer
 
         victim = inference_worker(server)
         # Clients sending without pause from before the kill until it serves again: at the kill, each
-        # has a request in flight (64 texts: tens of milliseconds of inference each).
+        # has a request in flight (64 texts each).
         busy = {"model_name": "revived", "texts": [e["text"] for e in train_examples] * 2}
         sent: list[tuple[float, float, httpx.Response]] = []  # (sent at, answered at, response)
         stop = threading.Event()

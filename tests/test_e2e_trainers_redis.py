@@ -16,7 +16,14 @@ import pytest
 from fewshot.api.schemas import TrainRequest
 from fewshot.client import FewshotClient
 from harness.fixtures import BASE_MODEL, LONG_FINE_TUNING
-from harness.live_server import LiveServer, TrainerProcess, listed_versions, version_directories, wait_for_job
+from harness.live_server import (
+    LiveServer,
+    TrainerProcess,
+    fine_tuning_lasting,
+    listed_versions,
+    version_directories,
+    wait_for_job,
+)
 from trainers.jobs import RedisJobStore, new_job
 
 pytestmark = pytest.mark.e2e
@@ -37,8 +44,14 @@ def client(server: LiveServer) -> httpx.Client:
     return server.client()
 
 
-def submit(client: httpx.Client, model: str, examples: list[dict], **options) -> str:
-    response = client.post("/v1/train", json={"model_name": model, "base_model": BASE_MODEL, "examples": examples,
+@pytest.fixture(scope="module")
+def tiny(server: LiveServer, tiny_base_model) -> str:
+    """For the tests where what the model is does not matter (shutdowns, retention): it trains in a second."""
+    return tiny_base_model(server.model_path / "base-models")
+
+
+def submit(client: httpx.Client, model: str, examples: list[dict], base_model: str = BASE_MODEL, **options) -> str:
+    response = client.post("/v1/train", json={"model_name": model, "base_model": base_model, "examples": examples,
                                               **options})
     assert response.status_code == 202, response.text
     return response.json()["job_id"]
@@ -51,9 +64,9 @@ def completed(client: httpx.Client, job_id: str) -> dict:
 
 
 def test_sigterm_mid_job_queues_the_job_again_and_it_runs_again(server: LiveServer, client: httpx.Client,
-                                                                 trainer_factory, train_examples) -> None:
+                                                                 trainer_factory, train_examples, tiny: str) -> None:
     first = trainer_factory(server, "first").wait_until_consuming()
-    job_id = submit(client, "again", train_examples, num_iterations=8)
+    job_id = submit(client, "again", train_examples, tiny, **fine_tuning_lasting(client, tiny, train_examples, 4))
     deadline = time.monotonic() + 120
     while not (job := client.get(f"/v1/jobs/{job_id}").json())["step"]:  # inside the training loop
         assert job["status"] in ("pending", "running") and time.monotonic() < deadline, job
@@ -86,22 +99,23 @@ def test_a_pending_record_whose_task_is_not_queued_is_queued_when_a_trainer_star
     assert client.post("/v1/predict", json={"model_name": "unqueued", "texts": ["hi"]}).status_code == 200
 
 
-def train_versions(client: httpx.Client, model: str, count: int, examples: list[dict]) -> list[str]:
-    return [f"{model}:{completed(client, submit(client, model, examples, strategy='head'))['model_version']}"
-            for _ in range(count)]
+def train_versions(client: httpx.Client, model: str, count: int, examples: list[dict],
+                   base_model: str = BASE_MODEL) -> list[str]:
+    jobs = (completed(client, submit(client, model, examples, base_model, strategy="head")) for _ in range(count))
+    return [f"{model}:{job['model_version']}" for job in jobs]
 
 
 def test_keep_model_versions_prunes_after_each_training_and_zero_keeps_every_version(
-        server: LiveServer, client: httpx.Client, trainer_factory, train_examples) -> None:
+        server: LiveServer, client: httpx.Client, trainer_factory, train_examples, tiny: str) -> None:
     server.stop_trainers()
     trainer_factory(server, "keep-two", KEEP_MODEL_VERSIONS="2").wait_until_consuming()
-    trained = train_versions(client, "kept", 3, train_examples)
+    trained = train_versions(client, "kept", 3, train_examples, tiny)
     assert version_directories(server, "kept") == sorted(trained[-2:])  # the oldest was deleted
     assert client.get("/v1/models/kept").json()["model_version"] == trained[-1].split(":")[1]
 
     server.stop_trainers()
     trainer_factory(server, "keep-all", KEEP_MODEL_VERSIONS="0").wait_until_consuming()
-    trained += train_versions(client, "kept", 9, train_examples)  # 11 in all: more than the default 10
+    trained += train_versions(client, "kept", 9, train_examples, tiny)  # 11 in all: more than the default 10
     assert version_directories(server, "kept") == sorted(trained[1:])
     assert len(listed_versions(client, "kept")) == 11
 
