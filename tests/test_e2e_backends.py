@@ -69,7 +69,7 @@ def settled_backend(client: httpx.Client, model: str, timeout: float = 180) -> d
         if backend is not None and not backend["exporting"]:
             return backend
         assert time.monotonic() < deadline, f"{model}: still exporting after {timeout}s: {backend}"
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

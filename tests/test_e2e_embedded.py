@@ -48,8 +48,8 @@ def server(mode: str, live_server_factory, trainer_factory, request: pytest.Fixt
         return live_server_factory("embedded", **settings)
     redis_url = request.getfixturevalue("fresh_redis_database")()
     server = live_server_factory("redis", REDIS_URL=redis_url, EMBEDDED_TRAINER="false", **settings)
-    for name in ("trainer-1", "trainer-2"):
-        trainer_factory(server, name).wait_until_consuming()
+    for trainer in [trainer_factory(server, name) for name in ("trainer-1", "trainer-2")]:  # both start at once
+        trainer.wait_until_consuming()
     return server
 
 

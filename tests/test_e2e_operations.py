@@ -240,7 +240,7 @@ def test_expired_records_are_deleted_when_the_trainer_starts(server: LiveServer,
     deadline = time.monotonic() + 90
     while client.get(f"/v1/jobs/{planted.job_id}").status_code != 404:
         assert time.monotonic() < deadline, "the planted record outlived the trainer's start"
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def test_a_second_sqlite_trainer_waits_for_the_lock_and_nothing_trains_twice(

@@ -42,7 +42,7 @@ def start_slow_job(client: httpx.Client, examples: list[dict], model_name: str, 
     deadline = time.monotonic() + 120
     while not (job := client.get(f"/v1/jobs/{job_id}").json())["step"]:  # inside the training loop
         assert job["status"] == "running" and time.monotonic() < deadline, job
-        time.sleep(0.3)
+        time.sleep(0.1)
     assert 0 < job["progress"] < 1 and 0 < job["step"] < job["total_steps"], job
     return job_id
 
@@ -54,7 +54,7 @@ def only_consumer(server: LiveServer, timeout: float = 60) -> psutil.Process:
         consumers = server.consumer_processes()
         if len(consumers) == 1:
             return consumers[0]
-        time.sleep(0.3)
+        time.sleep(0.1)
     raise AssertionError(f"expected one consumer, found {server.consumer_processes()}")
 
 
