@@ -125,11 +125,11 @@ def test_bentoml_client_with_token_gets_through(server: LiveServer) -> None:
 
 
 def test_a_full_queue_answers_429_and_queues_nothing_more(server: LiveServer) -> None:
-    """No trainer runs here, so every accepted job stays pending (the test above queued 4, train and
-    import jobs); the 6th pending one is refused."""
+    """No trainer runs here, so every accepted job stays pending (other tests queue some: this one fills the
+    queue up from whatever they left); the 6th pending one is refused."""
     headers = {"X-API-Key": KEY}
     statuses = []
-    for _ in range(5):
+    for _ in range(6):
         response = httpx.post(f"{server.url}/v1/train", json=BODIES["/v1/train"], headers=headers, timeout=60)
         statuses.append(response.status_code)
         if response.status_code == 429:
@@ -138,6 +138,7 @@ def test_a_full_queue_answers_429_and_queues_nothing_more(server: LiveServer) ->
     assert "MAX_QUEUED_JOBS=5" in response.json()["error"] and response.headers["retry-after"] == "30"
     again = httpx.post(f"{server.url}/v1/train", json=BODIES["/v1/train"], headers=headers, timeout=60)
     assert again.status_code == 429
+    assert len(SqliteJobStore(server.model_path / "queue" / "jobs.db").with_status("pending")) == 5
 
 
 def test_the_key_never_appears_in_logs_or_job_records(server: LiveServer) -> None:

@@ -143,7 +143,7 @@ def test_a_version_without_calibration_texts_is_served_by_openvino_without_int8(
     """OpenVINO int8 calibrates on the version's training texts; a version that kept none (trained before
     they were kept, imported without eval_examples) gets OpenVINO's float32, `error` saying why."""
     server: LiveServer = served["server"]
-    server.restart(INFERENCE_BACKEND="openvino", INFERENCE_QUANTIZE="int8")
+    server.running_with(INFERENCE_BACKEND="openvino", INFERENCE_QUANTIZE="int8")  # a new version: no restart needed
     with server.client() as client:
         version = train(client, "uncalibrated", BASE_MODEL, train_examples)
         kept = server.model_path / "bentoml" / "models" / "uncalibrated" / version / "fewshot_calibration_texts.json"

@@ -14,7 +14,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from harness.fixtures import BASE_MODEL
+from harness.fixtures import BASE_MODEL, LONG_FINE_TUNING
 from harness.live_server import (
     PROJECT_ROOT,
     LiveServer,
@@ -55,9 +55,9 @@ def trainers(server: LiveServer, trainer_factory, metrics_ports: list[int]) -> d
     return {trainer.wait_until_consuming().pid: trainer for trainer in started}
 
 
-def train(client: httpx.Client, model_name: str, examples: list[dict], iterations: int) -> str:
+def train(client: httpx.Client, model_name: str, examples: list[dict], iterations: int = 1, **options) -> str:
     response = client.post("/v1/train", json={"model_name": model_name, "base_model": BASE_MODEL,
-                                              "examples": examples, "num_iterations": iterations})
+                                              "examples": examples, "num_iterations": iterations, **options})
     assert response.status_code == 202, response.text
     return response.json()["job_id"]
 
@@ -71,10 +71,17 @@ def store_versions(server: LiveServer, name: str) -> list[str]:
     return json.loads(output.strip().splitlines()[-1])
 
 
-def test_two_jobs_for_one_model_train_at_once_as_two_versions(server: LiveServer, trainers, train_examples) -> None:
+@pytest.fixture(scope="module")
+def twins(server: LiveServer, trainers, train_examples) -> list[dict]:
+    """Two jobs for model "twin" sent at once: the finished job records."""
     with server.client() as client:
         job_ids = [train(client, "twin", train_examples, iterations=1) for _ in range(2)]
-        finished = [wait_for_job(client, job_id, {"completed", "failed"}) for job_id in job_ids]
+        return [wait_for_job(client, job_id, {"completed", "failed"}) for job_id in job_ids]
+
+
+def test_two_jobs_for_one_model_train_at_once_as_two_versions(server: LiveServer, twins: list[dict]) -> None:
+    finished = twins
+    with server.client() as client:
         assert [job["status"] for job in finished] == ["completed", "completed"], finished
         start = [datetime.fromisoformat(job["started_at"]) for job in finished]
         end = [datetime.fromisoformat(job["finished_at"]) for job in finished]
@@ -88,8 +95,8 @@ def test_two_jobs_for_one_model_train_at_once_as_two_versions(server: LiveServer
         assert response.status_code == 200, response.text
 
 
-def test_trainers_run_on_their_own_serve_their_metrics(trainers, metrics_ports: list[int]) -> None:
-    # One job ran on each trainer (the test above).
+def test_trainers_run_on_their_own_serve_their_metrics(trainers, twins: list[dict], metrics_ports: list[int]) -> None:
+    # One job of the twins ran on each trainer.
     scraped = [httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text for port in metrics_ports]
     assert sum(metric(text, "fewshot_training_jobs_finished_total", outcome="completed") for text in scraped) == 2
     assert sum(metric(text, "fewshot_training_duration_seconds_count") for text in scraped) == 2
@@ -99,7 +106,7 @@ def test_a_job_is_failed_when_its_trainer_dies_never_because_another_trainer_sta
         server: LiveServer, trainers, trainer_factory, queue_url: str, train_examples) -> None:
     records = RedisJobStore(queue_url)
     with server.client() as client:
-        job_id = train(client, "orphaned", train_examples, iterations=60)  # minutes on CPU: outlives the test
+        job_id = train(client, "orphaned", train_examples, **LONG_FINE_TUNING)  # minutes on any hardware
         wait_for_job(client, job_id, {"running"}, timeout=120)
         worker = records.get(job_id).worker
         victim = trainers[int(worker.rsplit(":", 1)[1])]
@@ -123,7 +130,7 @@ def test_a_job_is_failed_when_its_trainer_dies_never_because_another_trainer_sta
 
 
 def test_a_disk_error_while_saving_fails_the_job_and_the_previous_version_keeps_serving(
-        server: LiveServer, trainers, trainer_factory, train_examples) -> None:
+        server: LiveServer, trainers, twins: list[dict], trainer_factory, train_examples) -> None:
     with server.client() as client:
         served = client.get("/v1/models/twin").json()
         versions_before = store_versions(server, "twin")
