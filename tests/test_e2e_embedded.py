@@ -5,6 +5,9 @@
   (`python -m trainers.consumer`, as on trainer machines) sharing the model store.
 
 Tests in this module share one server per mode and run in file order: train → inspect → predict → restart.
+Each passes run alone except three that check what the scenario before them did: the metrics (jobs
+completed and failed, a model evicted), the restart (every version and job record kept) and the store
+(both versions of the retrained model under MODEL_PATH).
 """
 
 from __future__ import annotations
