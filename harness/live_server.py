@@ -305,6 +305,18 @@ def wait_for_job(client: httpx.Client, job_id: str, statuses: set[str], timeout:
     raise AssertionError(f"job {job_id} not {statuses} within {timeout}s: {job}")
 
 
+def wait_for_fine_tuning(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
+    """Until the job has counted a fine-tuning step (it is inside its training loop), never past it: it must
+    be pending or running at every read, this one included. The job as read then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] in ("pending", "running") and time.monotonic() < deadline, job
+        if job["step"]:
+            return job
+        time.sleep(POLL_SECONDS)
+
+
 def fine_tuning_lasting(client: httpx.Client, base_model: str, examples: list[dict], seconds: float) -> dict:
     """Training options whose fine-tuning lasts about `seconds` on this machine, whatever its speed: for
     a job a test must catch mid-training (a shutdown, a kill) and that must still finish soon after.
@@ -322,10 +334,8 @@ def fine_tuning_lasting(client: httpx.Client, base_model: str, examples: list[di
         assert job["status"] in ("pending", "running"), job
         return time.monotonic(), job["step"] or 0
 
+    first = (time.monotonic(), wait_for_fine_tuning(client, probe)["step"])
     deadline = time.monotonic() + 120
-    while (first := step())[1] == 0:
-        assert time.monotonic() < deadline, "the probe job never began fine-tuning"
-        time.sleep(POLL_SECONDS)
     while (last := step())[1] - first[1] < 20 or last[0] - first[0] < 1:
         assert time.monotonic() < deadline, "the probe job stopped stepping"
         time.sleep(POLL_SECONDS)

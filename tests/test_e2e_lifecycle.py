@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from harness.fixtures import BASE_MODEL, LONG_FINE_TUNING
-from harness.live_server import LiveServer, listed_versions, wait_for_job, wait_for_log
+from harness.live_server import LiveServer, listed_versions, wait_for_fine_tuning, wait_for_job, wait_for_log
 
 pytestmark = pytest.mark.e2e
 
@@ -62,10 +62,7 @@ def test_cancel_stops_a_running_job_and_ends_a_pending_one_at_once(server: LiveS
                                                                     train_examples) -> None:
     slow = submit(client, "slow", train_examples, **LONG_FINE_TUNING)
     queued = submit(client, "queued", train_examples)
-    deadline = time.monotonic() + 120
-    while (job := client.get(f"/v1/jobs/{slow}").json())["status"] != "running" or not job["step"]:
-        assert time.monotonic() < deadline and job["status"] in ("pending", "running"), job
-        time.sleep(0.2)
+    assert wait_for_fine_tuning(client, slow)["status"] == "running"
 
     pending = client.post(f"/v1/jobs/{queued}/cancel")
     assert pending.status_code == 200, pending.text

@@ -3,7 +3,7 @@
 Predictions, embeddings, job reads and model reads all succeed (zero failures), and the training
 job still completes. A correctness test, not a benchmark: no timings are asserted (bench/ does that).
 The served model is the tiny one: what is under test is the server (batching, queues, the trainer
-beside it), not MiniLM's arithmetic, which made the same 5,000 requests take ~110 s instead of ~N s.
+beside it), not MiniLM's arithmetic, which made the same 5,000 requests take ~110 s instead of ~58 s here.
 The job in training is MiniLM's, so the trainer competes for the CPU as it does in production.
 """
 

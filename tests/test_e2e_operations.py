@@ -27,7 +27,15 @@ from fewshot.base_models import resolve_base_model
 from fewshot.client import FewshotClient
 from fewshot.timestamps import utc_now
 from harness.fixtures import BASE_MODEL, LONG_FINE_TUNING
-from harness.live_server import LiveServer, listed_versions, metric, version_directories, wait_for_job, wait_for_log
+from harness.live_server import (
+    LiveServer,
+    listed_versions,
+    metric,
+    version_directories,
+    wait_for_fine_tuning,
+    wait_for_job,
+    wait_for_log,
+)
 from trainers.heads import SAFE_HEAD_FILES
 from trainers.jobs import SqliteJobStore, new_job
 
@@ -205,10 +213,7 @@ def test_an_auto_job_cancelled_during_fine_tuning_leaves_the_head_served(client:
     response = client.post("/v1/train", json={"model_name": "halfway", "base_model": BASE_MODEL,
                                               "examples": train_examples, "strategy": "auto", **LONG_FINE_TUNING})
     job_id = response.json()["job_id"]
-    deadline = time.monotonic() + 120
-    while not (job := client.get(f"/v1/jobs/{job_id}").json())["step"]:  # the head serves; fine-tuning runs
-        assert job["status"] in ("pending", "running") and time.monotonic() < deadline, job
-        time.sleep(0.2)
+    job = wait_for_fine_tuning(client, job_id)  # the head serves; fine-tuning runs
     head_version = job["model_version"]
     assert head_version is not None
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200

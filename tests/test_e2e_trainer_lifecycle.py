@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from harness.fixtures import LONG_FINE_TUNING
-from harness.live_server import LiveServer, fine_tuning_lasting, wait_for_job
+from harness.live_server import LiveServer, fine_tuning_lasting, wait_for_fine_tuning, wait_for_job
 from trainers.jobs import SqliteJobStore
 from trainers.tasks import DIED_WHILE_RUNNING
 
@@ -37,12 +37,8 @@ def start_slow_job(client: httpx.Client, examples: list[dict], model_name: str, 
         "model_name": model_name, "base_model": base_model, "examples": examples, **options,
     })
     assert response.status_code == 202, response.text
-    job_id = response.json()["job_id"]
-    wait_for_job(client, job_id, {"running"}, timeout=120)
-    deadline = time.monotonic() + 120
-    while not (job := client.get(f"/v1/jobs/{job_id}").json())["step"]:  # inside the training loop
-        assert job["status"] == "running" and time.monotonic() < deadline, job
-        time.sleep(0.1)
+    job = wait_for_fine_tuning(client, response.json()["job_id"])
+    job_id = job["job_id"]
     assert 0 < job["progress"] < 1 and 0 < job["step"] < job["total_steps"], job
     return job_id
 
@@ -133,8 +129,8 @@ def test_readyz_is_not_ready_while_the_trainer_is_down(server: LiveServer) -> No
 
 
 def inference_worker(server: LiveServer) -> psutil.Process:
-    return next(child for child in psutil.Process(server.process.pid).children(recursive=True)
-                if "fewshot-inference" in child.cmdline())
+    (worker,) = server.workers("fewshot-inference")
+    return worker
 
 
 def test_a_killed_inference_worker_is_restarted_and_serves_again(server: LiveServer, train_examples,

@@ -7,7 +7,6 @@ README promises about trainers: shutdown mid-job, a lost queue entry, version re
 from __future__ import annotations
 
 import signal
-import time
 
 import httpx
 import openai
@@ -22,6 +21,7 @@ from harness.live_server import (
     fine_tuning_lasting,
     listed_versions,
     version_directories,
+    wait_for_fine_tuning,
     wait_for_job,
 )
 from trainers.jobs import RedisJobStore, new_job
@@ -67,10 +67,7 @@ def test_sigterm_mid_job_queues_the_job_again_and_it_runs_again(server: LiveServ
                                                                  trainer_factory, train_examples, tiny: str) -> None:
     first = trainer_factory(server, "first").wait_until_consuming()
     job_id = submit(client, "again", train_examples, tiny, **fine_tuning_lasting(client, tiny, train_examples, 4))
-    deadline = time.monotonic() + 120
-    while not (job := client.get(f"/v1/jobs/{job_id}").json())["step"]:  # inside the training loop
-        assert job["status"] in ("pending", "running") and time.monotonic() < deadline, job
-        time.sleep(0.2)
+    wait_for_fine_tuning(client, job_id)
 
     first.stop(signal.SIGTERM)
     assert first.process.returncode == 0, first.log_path.read_text()[-3000:]
