@@ -74,11 +74,14 @@ $(INFINITY_VENV)/bin/optimum-cli:
 	$(INFINITY_VENV)/bin/pip install -q "$(TORCH_SPEC)"
 	$(INFINITY_VENV)/bin/pip install -q "infinity-emb[server,torch,optimum]==0.0.78" "transformers<5"
 
-## Infinity's optimum (ONNX Runtime) engine: 0.0.78 needs optimum 1.24, which needs transformers 4.48.
+## Infinity's optimum (ONNX Runtime) engine: 0.0.78 needs optimum 1.24, which needs transformers 4.48;
+## datasets<3 and pyarrow<17 because today's resolve of them imports only with NumPy 2 ("pyarrow requires
+## NumPy 2.0 or newer"), which that optimum excludes.
 $(INFINITY_OPTIMUM_VENV)/bin/infinity_emb:
 	$(PYTHON) -m venv $(INFINITY_OPTIMUM_VENV)
 	$(INFINITY_OPTIMUM_VENV)/bin/pip install -q "$(TORCH_SPEC)"
-	$(INFINITY_OPTIMUM_VENV)/bin/pip install -q "infinity-emb[server,optimum]==0.0.78" "optimum[onnxruntime]==1.24.0"
+	$(INFINITY_OPTIMUM_VENV)/bin/pip install -q "infinity-emb[server,optimum]==0.0.78" "optimum[onnxruntime]==1.24.0" \
+		"datasets<3" "pyarrow<17"
 
 bench-overhead: install-test $(INFINITY_VENV)/bin/optimum-cli
 	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }

@@ -97,7 +97,7 @@ class Inference:
         runtime = InferenceRuntime.resolve(settings.inference_dtype, settings.max_batch_tokens,
                                            trust_remote_code=settings.trust_remote_code,
                                            backend=settings.inference_backend, quantize=settings.inference_quantize,
-                                           threads=settings.inference_threads)
+                                           threads=settings.inference_threads, pipeline=settings.inference_pipeline)
         use_threads(runtime)
         self.models = ModelCache.for_runtime(runtime, settings.model_refresh_seconds, settings.max_loaded_models,
                                              on_load=lambda tag: metrics.MODEL_LOADS.inc(),
@@ -119,9 +119,9 @@ class Inference:
         self.batch_texts.labels("embeddings").observe(len(items))
         return embed_items(self.models, items, self._count_texts("embeddings"))
 
-    def _count_texts(self, route: str) -> Callable[[str, int], None]:
-        """fewshot_inference_texts_total{route, backend}: which backend really answered."""
-        return lambda backend, texts: self.texts_computed.labels(route, backend).inc(texts)
+    def _count_texts(self, route: str) -> Callable[[str, str, int], None]:
+        """fewshot_inference_texts_total{route, backend, pipeline}: which backend and path really answered."""
+        return lambda backend, pipeline, texts: self.texts_computed.labels(route, backend, pipeline).inc(texts)
 
     @bentoml.api
     def refresh_models(self, names: list[str]) -> None:

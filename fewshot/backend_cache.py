@@ -28,6 +28,42 @@ logger = logging.getLogger("fewshot.store")
 STATUS_FILE = "serving.json"
 
 
+class CandidateTiming(BaseModel):
+    """One backend timed on this machine for INFERENCE_BACKEND=AUTO (fewshot/serving/auto_backend.py)."""
+
+    one_text_ms: float | None = None
+    """Median milliseconds to answer one text alone."""
+    full_pass_texts_per_s: float | None = None
+    """Texts per second answering 64 texts at once."""
+    agreement: float | None = None
+    """Share of the timing texts on which it answers torch's label."""
+    eligible: bool = False
+    """Float32, or int8 that answered torch's label on (almost) every timing text."""
+    pipeline: str | None = None
+    """The path around the body it was timed with (`numpy` or `sentence-transformers`)."""
+    error: str | None = None
+    """Why it could not be timed (its export failed)."""
+
+    @property
+    def score(self) -> float:
+        """Geometric mean of one-text and full-pass throughput, texts/s."""
+        if self.one_text_ms is None or self.full_pass_texts_per_s is None:
+            return 0.0
+        return (1000 / self.one_text_ms * self.full_pass_texts_per_s) ** 0.5
+
+
+class AutoChoice(BaseModel):
+    """What AUTO chose on this CPU for a body architecture, and the timings it chose by."""
+
+    chosen: str
+    """The fastest eligible candidate, e.g. `onnx-int8`."""
+    candidates: dict[str, CandidateTiming]
+    texts: int
+    """Timing texts (the version's own training texts, up to 64)."""
+    cpu: str
+    measured_at: str
+
+
 class ServingBackend(BaseModel):
     """What serves a model version, as its last load in an inference worker found out."""
 
@@ -43,6 +79,14 @@ class ServingBackend(BaseModel):
     """Seconds the export and quantization took at that load (0: read from this cache)."""
     exporting: bool = False
     """The export is being made in the background; torch serves the version meanwhile."""
+    pipeline: str = "sentence-transformers"
+    """What runs around the body per batch: `numpy` (an exported body: the Rust tokenizer, the runtime,
+    pooling and the head in numpy; fewshot/serving/numpy_pipeline.py) or `sentence-transformers`."""
+    pipeline_error: str | None = None
+    """Why an exported body is served through sentence-transformers: what the numpy path does not
+    reproduce, or where its answers differed from sentence-transformers' at load."""
+    auto: AutoChoice | None = None
+    """INFERENCE_BACKEND=AUTO on CPU: the timings on this machine that chose `requested`."""
 
 
 def root() -> Path:

@@ -25,8 +25,9 @@ INFERENCE_BATCH_TEXTS = Histogram(
     "fewshot_inference_batch_texts", "Texts per batch of the inference service (all requests and models merged)",
     ["route"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 INFERENCE_TEXTS = Counter(
-    "fewshot_inference_texts", "Texts the inference service computed, by route and by what ran the model's body "
-    "(torch, onnx, openvino: the backend of the loaded model that answered)", ["route", "backend"])
+    "fewshot_inference_texts", "Texts the inference service computed, by route, by what ran the model's body "
+    "(torch, onnx, openvino: the backend of the loaded model that answered) and by the path around it (numpy, "
+    "sentence-transformers)", ["route", "backend", "pipeline"])
 MODEL_LOADS = Counter("fewshot_model_loads", "Model versions loaded by the inference service (cold or newer)")
 MODEL_EVICTIONS = Counter("fewshot_model_evictions",
                           "Models unloaded as least recently used beyond MAX_LOADED_MODELS")

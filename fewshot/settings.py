@@ -114,6 +114,9 @@ class Settings:
     fewshot/serving/backends.py; AUTO = the measured default: torch on a GPU, OPENVINO on CPU)."""
     inference_quantize: str
     """INFERENCE_QUANTIZE: AUTO, NONE or INT8: int8 weights and activations for ONNX/OPENVINO bodies."""
+    inference_pipeline: str
+    """INFERENCE_PIPELINE: AUTO (exported bodies run tokenizer, runtime, pooling and head in numpy where
+    that reproduces sentence-transformers; fewshot/serving/numpy_pipeline.py) or SENTENCE_TRANSFORMERS."""
     max_texts_per_request: int
     """MAX_TEXTS_PER_REQUEST: texts in one predict or embeddings request."""
     max_text_chars: int
@@ -192,6 +195,7 @@ def load_settings() -> Settings:
         inference_threads=_int("INFERENCE_THREADS", 0, minimum=0) or None,
         inference_backend=_choice("INFERENCE_BACKEND", "AUTO", {"AUTO", "TORCH", "ONNX", "OPENVINO"}),
         inference_quantize=_choice("INFERENCE_QUANTIZE", "AUTO", {"AUTO", "NONE", "INT8"}),
+        inference_pipeline=_choice("INFERENCE_PIPELINE", "AUTO", {"AUTO", "SENTENCE_TRANSFORMERS"}),
         max_texts_per_request=_int("MAX_TEXTS_PER_REQUEST", 256, minimum=1),
         max_text_chars=_int("MAX_TEXT_CHARS", 10_000, minimum=1),
         max_train_examples=_int("MAX_TRAIN_EXAMPLES", 10_000, minimum=2),

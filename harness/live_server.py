@@ -287,10 +287,11 @@ def _file_size_limit(max_bytes: int) -> Callable[[], None]:
 
 def metric(text: str, name: str, **labels: str) -> float:
     """The value of one sample in a Prometheus text exposition (0 when absent)."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]  # in any order
     for line in text.splitlines():
         head, _, value = line.rpartition(" ")
-        if (head == name or head.startswith(f"{name}{{")) and wanted in head:
+        if (head == name or head.startswith(f"{name}{{")) and all(
+                pair in head.removeprefix(name).strip("{}").split(",") for pair in wanted):
             return float(value)
     return 0.0
 

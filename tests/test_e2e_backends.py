@@ -48,15 +48,21 @@ def answers(client: httpx.Client, model: str, texts: list[str]) -> tuple[list[di
     return predicted.json()["predictions"], np.array(embedded.json()["embeddings"], dtype=np.float32)
 
 
-def computed(client: httpx.Client) -> dict[tuple[str, str], float]:
-    """fewshot_inference_texts_total by (route, backend): which backend really answered (the loaded model
-    that ran the texts), not what the model view says."""
+PIPELINES = ("numpy", "sentence-transformers")
+
+
+def computed(client: httpx.Client) -> dict[tuple[str, str, str], float]:
+    """fewshot_inference_texts_total by (route, backend, pipeline): which backend, and which path around it,
+    really answered (the loaded model that ran the texts), not what the model view says."""
     text = client.get("/metrics").text
-    return {(route, backend): metric(text, "fewshot_inference_texts_total", backend=backend, route=route)
-            for route in ("predict", "embeddings") for backend in ("torch", "onnx", "openvino")}
+    return {(route, backend, pipeline): metric(text, "fewshot_inference_texts_total", backend=backend, route=route,
+                                               pipeline=pipeline)
+            for route in ("predict", "embeddings") for backend in ("torch", "onnx", "openvino")
+            for pipeline in PIPELINES}
 
 
-def computed_since(client: httpx.Client, before: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+def computed_since(client: httpx.Client,
+                   before: dict[tuple[str, str, str], float]) -> dict[tuple[str, str, str], float]:
     """Texts computed since `before`, where any were."""
     return {key: count - before[key] for key, count in computed(client).items() if count != before[key]}
 
@@ -102,11 +108,14 @@ def test_every_backend_answers_as_torch(served: dict, backend: str, quantize: st
         before = computed(client)
         predictions, embeddings = answers(client, "intents", texts)
         then = computed_since(client, before)
-    assert at_once == {("predict", "torch"): 1, ("embeddings", "torch"): 1}, at_once
-    assert then == {("predict", backend): len(texts), ("embeddings", backend): len(texts)}, then  # swapped in
+    assert at_once == {("predict", "torch", "sentence-transformers"): 1,
+                       ("embeddings", "torch", "sentence-transformers"): 1}, at_once
+    # swapped in, and run by the numpy path: no sentence-transformers code per batch
+    assert then == {("predict", backend, "numpy"): len(texts), ("embeddings", backend, "numpy"): len(texts)}, then
     assert first[0]["label"] == served["predictions"][0]["label"]
     assert served_with == {"requested": f"{backend}-{quantize}", "backend": backend, "quantize": quantize,
-                           "error": None, "prepare_seconds": served_with["prepare_seconds"], "exporting": False}
+                           "error": None, "prepare_seconds": served_with["prepare_seconds"], "exporting": False,
+                           "pipeline": "numpy", "pipeline_error": None, "auto": None}
     assert served_with["prepare_seconds"] > 0  # exported after this first load
     clear = [i for i, p in enumerate(served["predictions"])
              if p["scores"][0]["score"] - p["scores"][1]["score"] >= CLEAR_MARGIN]
@@ -132,7 +141,7 @@ def test_the_export_is_read_back_after_a_restart(served: dict) -> None:
         answered_by = computed_since(client, before)
         backend = client.get("/v1/models/intents").json()["backend"]
     # loaded with the export straight away: no torch phase, nothing exported again
-    assert answered_by == {("predict", "openvino"): 3, ("embeddings", "openvino"): 3}, answered_by
+    assert answered_by == {("predict", "openvino", "numpy"): 3, ("embeddings", "openvino", "numpy"): 3}, answered_by
     assert backend["backend"] == "openvino" and backend["prepare_seconds"] == 0 and not backend["exporting"]
     assert {path.name: path.stat().st_mtime_ns for path in variant.iterdir()} == written
     assert [p["label"] for p in predictions] == [p["label"] for p in served["predictions"][:3]]
@@ -155,7 +164,7 @@ def test_a_version_without_calibration_texts_is_served_by_openvino_without_int8(
         answered_by = computed_since(client, before)
     assert (backend["requested"], backend["backend"], backend["quantize"]) == ("openvino-int8", "openvino", "none")
     assert "keeps no training texts to calibrate int8 on" in backend["error"], backend
-    assert answered_by == {("predict", "openvino"): 3, ("embeddings", "openvino"): 3}, answered_by
+    assert answered_by == {("predict", "openvino", "numpy"): 3, ("embeddings", "openvino", "numpy"): 3}, answered_by
     assert [p["label"] for p in predictions] == [p["label"] for p in served["predictions"][:3]]
     assert list((server.model_path / "backends" / "uncalibrated" / version).glob("openvino-none"))
 
@@ -181,26 +190,52 @@ def test_a_version_whose_export_fails_is_served_with_torch_and_says_why(served: 
         predictions, _ = answers(client, "plain", served["texts"][:3])
         answered_by = computed_since(client, before)
     assert backend["backend"] == "openvino" and backend["error"] is None, backend
-    assert answered_by == {("predict", "openvino"): 3, ("embeddings", "openvino"): 3}, answered_by
+    assert answered_by == {("predict", "openvino", "numpy"): 3, ("embeddings", "openvino", "numpy"): 3}, answered_by
     assert [p["label"] for p in predictions] == [p["label"] for p in served["predictions"][:3]]
 
 
-def test_auto_serves_with_the_measured_default_of_the_cpu(served: dict) -> None:
+def test_auto_times_the_backends_on_this_machine_and_serves_the_fastest(served: dict) -> None:
     """INFERENCE_BACKEND and INFERENCE_QUANTIZE left at AUTO, as users run it (the suite's servers run
-    TORCH): on a CPU, OpenVINO float32 answers."""
+    TORCH): torch answers at once while every candidate is exported and timed on this CPU; then the
+    fastest eligible one answers, the model view shows the timings it was chosen by, and a restart
+    loads the kept choice straight away."""
     server: LiveServer = served["server"]
     server.restart(INFERENCE_BACKEND="AUTO", INFERENCE_QUANTIZE="AUTO")
     texts = served["texts"]
     with server.client() as client:
+        before = computed(client)
         answers(client, "intents", texts[:1])
+        at_once = computed_since(client, before)
         backend = settled_backend(client, f"intents:{served['version']}")
         before = computed(client)
         predictions, _ = answers(client, "intents", texts)
         answered_by = computed_since(client, before)
-    assert backend["requested"] == "openvino-none" and backend["backend"] == "openvino", backend
-    assert answered_by == {("predict", "openvino"): len(texts), ("embeddings", "openvino"): len(texts)}, answered_by
-    assert all(abs(ours["score"] - theirs["score"]) < 1e-3
-               for ours, theirs in zip(predictions, served["predictions"], strict=True))
+    assert at_once == {("predict", "torch", "sentence-transformers"): 1,
+                       ("embeddings", "torch", "sentence-transformers"): 1}, at_once
+    auto = backend["auto"]
+    timed = {variant for variant, timing in auto["candidates"].items() if timing["one_text_ms"]}
+    assert timed == {"torch-none", "onnx-none", "onnx-int8", "openvino-none", "openvino-int8"}, auto
+    eligible = {variant: timing for variant, timing in auto["candidates"].items() if timing["eligible"]}
+    fastest = max(eligible, key=lambda variant: (1000 / eligible[variant]["one_text_ms"]
+                                                 * eligible[variant]["full_pass_texts_per_s"]))
+    assert auto["chosen"] == fastest == backend["requested"] == f"{backend['backend']}-{backend['quantize']}", auto
+    pipeline = "sentence-transformers" if backend["backend"] == "torch" else "numpy"
+    assert answered_by == {("predict", backend["backend"], pipeline): len(texts),
+                           ("embeddings", backend["backend"], pipeline): len(texts)}, answered_by
+    clear = [i for i, p in enumerate(served["predictions"])
+             if p["scores"][0]["score"] - p["scores"][1]["score"] >= CLEAR_MARGIN]
+    assert [predictions[i]["label"] for i in clear] == [served["predictions"][i]["label"] for i in clear]
+    wait_for_log(server, f"AUTO backend for intents:{served['version']} on this CPU: {fastest}")
+    # kept: after a restart the choice loads at once, through sentence-transformers when asked to
+    server.restart(INFERENCE_BACKEND="AUTO", INFERENCE_QUANTIZE="AUTO", INFERENCE_PIPELINE="SENTENCE_TRANSFORMERS")
+    with server.client() as client:
+        before = computed(client)
+        answers(client, "intents", texts[:3])
+        answered_by = computed_since(client, before)
+        again = client.get(f"/v1/models/intents:{served['version']}").json()["backend"]
+    assert answered_by == {("predict", backend["backend"], "sentence-transformers"): 3,
+                           ("embeddings", backend["backend"], "sentence-transformers"): 3}, answered_by
+    assert again["auto"] == auto and again["pipeline"] == "sentence-transformers" and not again["exporting"]
 
 
 def test_deleting_a_version_removes_its_exports(served: dict) -> None:

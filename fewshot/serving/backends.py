@@ -303,8 +303,17 @@ class ExportedTransformerModel(torch.nn.Module):
         self._input_names = input_names
         self._pad_multiples = pad_multiples
 
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._input_names)
+
     def forward(self, **inputs: Any) -> dict[str, torch.Tensor]:
-        feeds = {name: inputs[name].numpy().astype(np.int64, copy=False) for name in self._input_names}
+        hidden = self.run({name: inputs[name].numpy().astype(np.int64, copy=False) for name in self._input_names})
+        return {"last_hidden_state": torch.from_numpy(hidden)}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Int64 feeds by input name → the last hidden state, numpy in and out (the serving path of
+        fewshot/serving/numpy_pipeline.py calls this directly)."""
         texts, tokens = feeds["input_ids"].shape
         if self._pad_multiples is not None:
             # Padding rows and columns are masked out (attention mask 0): the real rows' outputs are
@@ -312,8 +321,7 @@ class ExportedTransformerModel(torch.nn.Module):
             rows, columns = (-(-size // multiple) * multiple for size, multiple in
                              zip((texts, tokens), self._pad_multiples, strict=True))
             feeds = {name: np.pad(array, ((0, rows - texts), (0, columns - tokens))) for name, array in feeds.items()}
-        hidden = self._runner(feeds)
-        return {"last_hidden_state": torch.from_numpy(np.ascontiguousarray(hidden[:texts, :tokens]))}
+        return np.ascontiguousarray(self._runner(feeds)[:texts, :tokens])
 
 
 def install(body: SentenceTransformer, runner: OnnxRuntimeRunner | OpenVinoRunner,

@@ -22,11 +22,12 @@ from fewshot.serving.model_loading import LoadedModel
 logger = logging.getLogger("fewshot.inference")
 
 Result = TypeVar("Result")
-Computed = Callable[[str, int], None]
-"""Told, after each group, which backend ran it (`ServingBackend.backend`) and how many texts it had."""
+Computed = Callable[[str, str, int], None]
+"""Told, after each group, which backend ran it (`ServingBackend.backend`), which path around the body
+(`numpy` or `sentence-transformers`) and how many texts it had."""
 
 
-def _ignore(backend: str, texts: int) -> None:
+def _ignore(backend: str, pipeline: str, texts: int) -> None:
     return None
 
 
@@ -40,7 +41,8 @@ def _per_model(cache: ModelCache, items: Sequence[TextItem], missing: Result,
             continue
         started = time.perf_counter()
         outputs = run(loaded, [items[i] for i in indices])
-        computed(loaded.backend.backend, len(indices))
+        computed(loaded.backend.backend, "numpy" if loaded.pipeline is not None else "sentence-transformers",
+                 len(indices))
         logger.debug("%s: %d texts in %.1f ms", name, len(indices), (time.perf_counter() - started) * 1000)
         for position, output in zip(indices, outputs, strict=True):
             results[position] = output
@@ -56,11 +58,11 @@ def predict_items(cache: ModelCache, items: Sequence[TextItem], computed: Comput
 
 def embed_items(cache: ModelCache, items: Sequence[TextItem], computed: Computed = _ignore) -> list[ItemEmbedding]:
     def run(loaded: LoadedModel, group: list[TextItem]) -> list[ItemEmbedding]:
-        texts = [item.text for item in group]
-        vectors = np.ascontiguousarray(loaded.embed(texts), dtype=np.float32)
-        if not any(item.count_tokens for item in group):
+        count_tokens = any(item.count_tokens for item in group)
+        vectors, tokens = loaded.embed([item.text for item in group], count_tokens)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if tokens is None:
             return [ItemEmbedding(vector=row.tobytes()) for row in vectors]
-        tokens = loaded.token_lengths(texts)
         return [ItemEmbedding(vector=row.tobytes(), tokens=count if item.count_tokens else None)
                 for row, count, item in zip(vectors, tokens, group, strict=True)]
 

@@ -7,9 +7,14 @@ import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from fewshot import store
-from fewshot.serving.model_loading import InferenceRuntime, LoadedModel
+from fewshot.backend_cache import AutoChoice, ServingBackend
+from fewshot.serving import auto_backend, backends
+from fewshot.serving.auto_backend import Predict
+from fewshot.serving.backends import BackendChoice
+from fewshot.serving.model_loading import InferenceRuntime, LoadedModel, use_threads, with_torch_threads
 
 logger = logging.getLogger("fewshot.inference")
 
@@ -100,23 +105,68 @@ class ModelCache:
         """A version whose export (INFERENCE_BACKEND onnx/openvino) is not made yet loads with torch and
         serves at once; one background thread exports it, loads it again with the export and swaps
         it in. A first request after training thus waits as long as with torch (time to a served
-        model, bench/time_to_model.py: ~1 s), not for the export (MiniLM, OpenVINO int8: ~12 s)."""
+        model, bench/time_to_model.py: ~1 s), not for the export (MiniLM, OpenVINO int8: ~12 s).
+        With INFERENCE_BACKEND=AUTO on CPU, that thread first times the candidates on this machine
+        (fewshot/serving/auto_backend.py), once per body architecture, and loads the fastest."""
         exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend-export")
 
+        def runtime_for(stored: store.StoredModel) -> tuple[InferenceRuntime, AutoChoice | None]:
+            """The runtime of this version: AUTO's choice for its architecture (torch until timed)."""
+            if not runtime.auto:
+                return runtime, None
+            decision = auto_backend.kept_decision(stored, runtime.threads)
+            if decision is None:
+                return replace(runtime, backend=backends.PYTORCH), None
+            return replace(runtime, backend=auto_backend.parse(decision.chosen)), decision
+
         def load(stored: store.StoredModel) -> LoadedModel:
-            loaded = LoadedModel.load(stored, runtime, export_missing=False)
-            if loaded.backend.exporting:
-                exporter.submit(export_and_swap, stored)
+            version_runtime, decision = runtime_for(stored)
+            loaded = LoadedModel.load(stored, version_runtime, export_missing=False, record=False)
+            if runtime.auto and decision is None:
+                loaded = loaded.with_backend(requested="auto", exporting=True)
+                exporter.submit(time_and_swap, stored)
+            elif loaded.backend.exporting:
+                exporter.submit(export_and_swap, stored, version_runtime, decision)
+            if decision is not None:
+                loaded = loaded.with_backend(auto=decision)
+            loaded.record_backend(stored)
             if on_load is not None:
                 on_load(stored.tag)
             return loaded
 
-        def export_and_swap(stored: store.StoredModel) -> None:
+        def time_and_swap(stored: store.StoredModel) -> None:
             try:
-                exported = LoadedModel.load(stored, runtime, record=False)
+                decision = auto_backend.kept_decision(stored, runtime.threads)  # timed meanwhile for another version
+                if decision is None:
+                    decision = auto_backend.measure(stored, lambda choice: timing_candidate(stored, choice),
+                                                    runtime.threads)
+                    auto_backend.keep_decision(stored, runtime.threads, decision)
+            except Exception as error:  # torch keeps serving it, and the model view says why
+                logger.exception("could not time the backends of %s; torch serves it", stored.tag)
+                torch_served = LoadedModel.load(stored, replace(runtime, backend=backends.PYTORCH), record=False)
+                torch_served = torch_served.with_backend(requested="auto", error=f"timing the backends failed: {error}")
+                if cache.replace_version(torch_served):
+                    torch_served.record_backend(stored)
+                return
+            export_and_swap(stored, replace(runtime, backend=auto_backend.parse(decision.chosen)), decision)
+
+        def timing_candidate(stored: store.StoredModel, choice: BackendChoice) -> tuple[ServingBackend, Predict]:
+            loaded = LoadedModel.load(stored, replace(runtime, backend=choice), record=False)
+            if loaded.backend.backend != backends.TORCH:
+                return loaded.backend, loaded.predict_proba
+            return loaded.backend, with_torch_threads(runtime.threads, loaded.predict_proba)
+
+        def export_and_swap(stored: store.StoredModel, version_runtime: InferenceRuntime,
+                            decision: AutoChoice | None) -> None:
+            try:
+                exported = LoadedModel.load(stored, version_runtime, record=False)
             except Exception:  # the torch version keeps serving
                 logger.exception("could not load %s again with its export", stored.tag)
                 return
+            if decision is not None:
+                exported = exported.with_backend(auto=decision)
+                if exported.backend.backend == backends.TORCH:
+                    use_threads(version_runtime)  # AUTO chose torch: its threads, not the exports' one
             if cache.replace_version(exported):
                 # only now: the model view never names a backend before it answers
                 exported.record_backend(stored)
