@@ -26,9 +26,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-
-from bench.overhead import run_bentoml, run_infinity
+from bench.overhead import run_bentoml, run_infinity, served_with_line, settled_backend
 from bench.report_files import write_report
 from bench.serving import RESULTS, TEXTS_FILE
 from harness.fixtures import read_examples
@@ -37,7 +35,11 @@ from harness.live_server import PROJECT_ROOT, LiveServer, wait_for_job
 MODEL = "bench"
 POINTS = ((1, 1), (64, 1), (1, 16), (64, 16))
 """(concurrent clients, texts per request)"""
-VARIANTS = ("torch-none", "onnx-none", "onnx-int8", "openvino-none", "openvino-int8")
+VARIANTS = ("auto", "torch-none", "onnx-none", "onnx-int8", "openvino-none", "openvino-int8",
+            "openvino-none:sentence-transformers")
+"""INFERENCE_BACKEND-INFERENCE_QUANTIZE, or `auto` (both AUTO: timed on this machine); `:sentence-transformers`
+serves it with INFERENCE_PIPELINE=SENTENCE_TRANSFORMERS (openvino-none so: the default before AUTO was timed and
+before the numpy path)."""
 INFINITY = PROJECT_ROOT / "bench" / ".venv-infinity" / "bin"
 INFINITY_OPTIMUM = PROJECT_ROOT / "bench" / ".venv-infinity-optimum" / "bin"
 
@@ -113,6 +115,8 @@ def markdown(result: dict) -> str:
         f"Machine: {result['machine']}. Model: {result['model']}. {result['duration_s']} s per point after 2 s of "
         "warm-up; load generator: wrk; one server at a time, same texts.",
         "",
+        served_with_line(result["served_with"]),
+        "",
         "| server | route | c | texts/req | req/s | texts/s | p50 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -144,15 +148,17 @@ def main() -> None:
     points: list[dict] = []
     served_with: dict[str, dict] = {}
     for variant in args.variants.split(","):
-        backend, quantize = variant.split("-")
-        server = LiveServer(state / variant, env={"INFERENCE_BACKEND": backend, "INFERENCE_QUANTIZE": quantize,
-                                                  "EMBEDDED_TRAINER": "false"})
+        asked, _, pipeline = variant.partition(":")
+        backend, quantize = ("AUTO", "AUTO") if asked == "auto" else asked.upper().split("-")
+        server = LiveServer(state / variant.replace(":", "-"), env={
+            "INFERENCE_BACKEND": backend, "INFERENCE_QUANTIZE": quantize, "EMBEDDED_TRAINER": "false",
+            "INFERENCE_PIPELINE": (pipeline or "auto").upper().replace("-", "_")})
         server.model_path = trained.model_path
 
-        def check(running: LiveServer, variant: str = variant) -> None:
-            status = httpx.get(f"{running.url}/v1/models/{MODEL}").json()["backend"]
+        def check(running: LiveServer, variant: str = variant, asked: str = asked) -> None:
+            status = settled_backend(running.url, MODEL)
             served_with[variant] = status
-            if status["requested"] != variant or status["error"]:
+            if (asked != "auto" and status["requested"] != asked) or status["error"]:
                 raise SystemExit(f"{variant} was not served as asked: {status}")
 
         print(f"fewshot {variant}", flush=True)

@@ -171,6 +171,19 @@ def run_bentoml(name: str, server: LiveServer, texts: list[str], duration: float
         server.close()
 
 
+def settled_backend(url: str, model: str, timeout: float = 600) -> dict:
+    """The model's `backend` once its export (or AUTO's timing) is done: measuring before would
+    measure torch serving it meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        backend = httpx.get(f"{url}/v1/models/{model}", timeout=30).json()["backend"]
+        if backend is not None and not backend["exporting"]:
+            return backend
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{model}: still exporting after {timeout}s: {backend}")
+        time.sleep(0.5)
+
+
 def run_infinity(executable: Path, base_model: Path, state: Path, texts: list[str], duration: float,
                  engine: str = "torch", points: tuple[tuple[int, int], ...] = POINTS,
                  name: str = "infinity") -> list[dict]:
@@ -221,6 +234,13 @@ def versus_peer(points: list[dict]) -> list[dict]:
     return rows
 
 
+def served_with_line(served_with: dict[str, dict]) -> str:
+    """How each run of this service served the model (AUTO's choice, the path around the body)."""
+    return "Served with: " + "; ".join(
+        f"{run}: {status['backend']}-{status['quantize']} ({status.get('pipeline')} path"
+        f"{', chosen by timing on this machine' if status.get('auto') else ''})" for run, status in served_with.items())
+
+
 def markdown(result: dict) -> str:
     lines = [
         f"# Overhead benchmark — {result['started_at']}",
@@ -228,6 +248,8 @@ def markdown(result: dict) -> str:
         f"Machine: {result['machine']}. Model: {result['model']}. {result['duration_s']} s per point after "
         f"{WARMUP_SECONDS} s of warm-up; load generator: wrk; one server running at a time. CPU ms/req: CPU time "
         "of every process of the server during the measured run, per answered request.",
+        "",
+        served_with_line(result.get("served_with", {})),
         "",
         "| server | route | c | texts/req | req/s | texts/s | p50 ms | p99 ms | CPU ms/req | CPU ms/text | "
         "cores busy | errors |",
@@ -252,6 +274,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per point")
     parser.add_argument("--infinity", type=Path, default=INFINITY, help="the infinity_emb executable")
     parser.add_argument("--skip", default="", help="comma-separated servers not to measure: naive, infinity")
+    parser.add_argument("--backends", default="AUTO,TORCH",
+                        help="INFERENCE_BACKEND of each run of this service (AUTO: the default, timed per machine)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -260,15 +284,26 @@ def main() -> None:
 
     state = Path(tempfile.mkdtemp(prefix="fewshot-overhead-"))
     base_model = make_tiny_model(state / "base-models" / "tiny-bert")
-    server = train_tiny_model(state, base_model)
-    points = run_bentoml("fewshot", server, texts, args.duration, with_openai=True)
+    trained = train_tiny_model(state, base_model)
+    points: list[dict] = []
+    served_with: dict[str, dict] = {}
+    for backend in args.backends.split(","):
+        server = LiveServer(state / f"service-{backend.lower()}", env={"INFERENCE_BACKEND": backend,
+                                                                        "EMBEDDED_TRAINER": "false"})
+        server.model_path = trained.model_path
+
+        def settle(running: LiveServer, backend: str = backend) -> None:
+            served_with[backend] = settled_backend(running.url, MODEL)
+
+        points += run_bentoml(f"fewshot {backend.lower()}", server, texts, args.duration, with_openai=True,
+                              started=settle)
     if "infinity" not in skip:
         if not args.infinity.exists():
             raise SystemExit(f"{args.infinity} not found: `make bench-overhead` installs Infinity there")
         points += run_infinity(args.infinity, base_model, state, texts, args.duration)
     if "naive" not in skip:
         naive = LiveServer(state / "naive", target="bench.naive_service:Naive")
-        naive.model_path = server.model_path  # same store, same model
+        naive.model_path = trained.model_path  # same store, same model
         points += run_bentoml("naive", naive, texts, args.duration)
 
     result = {
@@ -276,6 +311,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores",
         "model": "tiny random-weight BERT (2 layers, hidden 32, all-MiniLM-L6-v2 tokenizer), head-only SetFit",
         "duration_s": args.duration,
+        "served_with": served_with,
         "points": points,
         "versus_infinity": versus_peer(points),
     }

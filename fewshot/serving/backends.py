@@ -267,6 +267,7 @@ class OnnxRuntimeRunner:
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [node.name for node in self._session.get_inputs()]
 
@@ -288,6 +289,15 @@ class OpenVinoRunner:
         if request is None:
             request = self._requests.request = self._compiled.create_infer_request()
         return request.infer(feeds, share_inputs=True)[0].copy()  # the output buffer is reused by the next call
+
+
+def padded_rows(texts: int, multiple: int) -> int:
+    """Rows of a padded pass: the next power of two below `multiple`, then multiples of it. A lone
+    text stays one row: padded to 8 it cost OpenVINO int8 8x the work (30 texts/s at c=1 against
+    103 for float32, AMX box), and 1, 2, 4 add only three shapes."""
+    if texts >= multiple:
+        return -(-texts // multiple) * multiple
+    return 1 << (texts - 1).bit_length()
 
 
 class ExportedTransformerModel(torch.nn.Module):
@@ -318,8 +328,8 @@ class ExportedTransformerModel(torch.nn.Module):
         if self._pad_multiples is not None:
             # Padding rows and columns are masked out (attention mask 0): the real rows' outputs are
             # the same; they are cut off again below.
-            rows, columns = (-(-size // multiple) * multiple for size, multiple in
-                             zip((texts, tokens), self._pad_multiples, strict=True))
+            rows, columns = padded_rows(texts, self._pad_multiples[0]), -(-tokens // self._pad_multiples[1]) * \
+                self._pad_multiples[1]
             feeds = {name: np.pad(array, ((0, rows - texts), (0, columns - tokens))) for name, array in feeds.items()}
         return np.ascontiguousarray(self._runner(feeds)[:texts, :tokens])
 
