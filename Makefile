@@ -13,7 +13,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +86,12 @@ $(INFINITY_OPTIMUM_VENV)/bin/infinity_emb:
 bench-overhead: install-test $(INFINITY_VENV)/bin/optimum-cli
 	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
 	$(BIN)/python -m bench.overhead --infinity $(INFINITY_VENV)/bin/infinity_emb $(OVERHEAD_ARGS)
+
+## The inference engine in-process (~3 min): the numpy serving path against sentence-transformers' for each CPU
+## backend, same MiniLM version and texts, and what importing each path costs; writes bench/results/pipeline-<time>.*
+PIPELINE_ARGS ?=
+bench-pipeline: install-test
+	$(BIN)/python -m bench.pipeline $(PIPELINE_ARGS)
 
 ## Time from POST /v1/train (strategy head) to a served model, p50/p95 over 20 jobs, with our trainer
 ## polling and Huey's default in the same run (~20 min: idle gaps up to 60 s): writes bench/results/time-to-model-<time>.*

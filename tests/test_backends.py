@@ -64,3 +64,40 @@ def test_exports_are_swept_only_beside_model_paths_own_store(monkeypatch: pytest
     monkeypatch.setenv("BENTOML_HOME", str(model_path / "elsewhere"))  # a tool or test on another store
     get_settings.cache_clear()
     assert not backend_cache.pairs_with_store()
+
+
+def test_a_lone_text_is_not_padded_to_eight_rows() -> None:
+    """OpenVINO int8's passes are padded to few shapes; one text stays one row (fewshot/serving/backends.py)."""
+    from fewshot.serving.backends import padded_rows
+
+    assert [padded_rows(n, 8) for n in (1, 2, 3, 4, 5, 8, 9, 16, 17, 64)] == [1, 2, 4, 4, 8, 8, 16, 16, 24, 64]
+
+
+def test_auto_keeps_the_fastest_eligible_candidate_by_both_throughputs() -> None:
+    from fewshot.backend_cache import CandidateTiming
+
+    fast_alone = CandidateTiming(one_text_ms=1.0, full_pass_texts_per_s=400, eligible=True)  # 1000/s alone
+    fast_in_bulk = CandidateTiming(one_text_ms=2.0, full_pass_texts_per_s=1000, eligible=True)  # 500/s alone
+    assert fast_in_bulk.score > fast_alone.score  # sqrt(500 × 1000) > sqrt(1000 × 400)
+    assert CandidateTiming(error="ONNX export failed").score == 0
+
+
+def test_auto_times_again_on_another_cpu_or_architecture_not_for_another_version(
+        model_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from fewshot.serving import auto_backend
+    from fewshot.store import StoredModel
+
+    def version(name: str, hidden_size: int) -> StoredModel:
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "config.json").write_text(f'{{"hidden_size": {hidden_size}}}')
+        return StoredModel("m", name, directory, {})
+
+    v1, v2, wider = version("v1", 384), version("v2", 384), version("v3", 768)
+    assert auto_backend.decision_key(v1, 2) == auto_backend.decision_key(v2, 2)  # same base model: timed once
+    assert auto_backend.decision_key(v1, 2) != auto_backend.decision_key(wider, 2)
+    assert auto_backend.decision_key(v1, 2) != auto_backend.decision_key(v1, 4)  # INFERENCE_THREADS changed
+    here = auto_backend.decision_key(v1, 2)
+    monkeypatch.setattr(auto_backend, "cpu_identity", lambda: "Another CPU|avx2|2")
+    assert auto_backend.decision_key(v1, 2) != here  # the volume moved to another machine
+    assert auto_backend.decision_file(v1, 2).parent == model_path / "backends" / "auto"
