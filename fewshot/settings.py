@@ -111,7 +111,8 @@ class Settings:
     """INFERENCE_THREADS: torch threads of the inference worker; None = one per CPU core."""
     inference_backend: str
     """INFERENCE_BACKEND: AUTO, TORCH, ONNX (ONNX Runtime) or OPENVINO: what runs a model's body (see
-    fewshot/serving/backends.py; AUTO = the measured default: torch on a GPU, OPENVINO on CPU)."""
+    fewshot/serving/backends.py; AUTO: torch on a GPU; on CPU, with INFERENCE_QUANTIZE AUTO, every backend timed on
+    this machine and the fastest kept, fewshot/serving/auto_backend.py)."""
     inference_quantize: str
     """INFERENCE_QUANTIZE: AUTO, NONE or INT8: int8 weights and activations for ONNX/OPENVINO bodies."""
     inference_pipeline: str

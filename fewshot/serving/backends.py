@@ -49,10 +49,9 @@ TORCH, ONNX, OPENVINO = "torch", "onnx", "openvino"
 NONE, INT8 = "none", "int8"
 
 CPU_DEFAULT = (OPENVINO, NONE)
-"""AUTO on CPU: the fastest backend within 0.5 accuracy point of torch on every data set of the
-quality benchmark (README "CPU backends"; bench/results/quality-20261201T203454Z, backends-*). On this
-AMX CPU OpenVINO computes a float32 model in bfloat16 (its default precision hint there) and beat its
-own int8, ONNX Runtime (float32, int8) and torch."""
+"""INFERENCE_BACKEND=AUTO with a named INFERENCE_QUANTIZE on CPU (with both AUTO, the backend is timed on
+the machine instead: fewshot/serving/auto_backend.py). Fastest on the AMX CPU it was measured on, where
+OpenVINO computes a float32 model in bfloat16 (docs/cpu-backends.md)."""
 GPU_DEFAULT = (TORCH, NONE)
 """AUTO on a GPU: the exports run on CPU only (no CUDA build of ONNX Runtime or OpenVINO is installed)."""
 
