@@ -92,13 +92,12 @@ class Inference:
     def __init__(self) -> None:
         from fewshot import metrics
         from fewshot.serving.model_cache import ModelCache
-        from fewshot.serving.model_loading import InferenceRuntime, use_threads
+        from fewshot.serving.model_loading import InferenceRuntime
 
         runtime = InferenceRuntime.resolve(settings.inference_dtype, settings.max_batch_tokens,
                                            trust_remote_code=settings.trust_remote_code,
                                            backend=settings.inference_backend, quantize=settings.inference_quantize,
                                            threads=settings.inference_threads, pipeline=settings.inference_pipeline)
-        use_threads(runtime)
         self.models = ModelCache.for_runtime(runtime, settings.model_refresh_seconds, settings.max_loaded_models,
                                              on_load=lambda tag: metrics.MODEL_LOADS.inc(),
                                              on_evict=lambda name: metrics.MODEL_EVICTIONS.inc())

@@ -104,7 +104,7 @@ def scores(expected: Sequence[tuple[str, ...]], predicted: list[list[str]], labe
 def ours_multi_label(trained: TrainedClassifier, split: Split, test: Sequence[tuple[str, tuple[str, ...]]]
                      ) -> dict[str, dict[str, float]]:
     """With its learned thresholds, with each label's own unshrunk one, and with 0.5."""
-    columns: list[str] = column_labels(trained.model, trained.labels)  # type: ignore[assignment]
+    columns: list[str] = column_labels(trained.model.model_head, trained.labels)  # type: ignore[assignment]
     probabilities = np.asarray(trained.model.predict_proba([text for text, _ in test], as_numpy=True))
     held_out = np.asarray(trained.model.predict_proba([text for text, _ in split.evaluation], as_numpy=True))
     positives = np.asarray([[column in labels for column in columns] for _, labels in split.evaluation])  # type: ignore[operator]
@@ -187,8 +187,8 @@ def score_oos(trained: TrainedClassifier, task: dict[str, Any], threshold: float
     texts = [text for text, _ in task["test"]]
     probabilities = np.asarray(trained.model.predict_proba(texts, as_numpy=True))
     refuses = bool(trained.abstention and trained.abstention.none_of_these_examples)
-    answers = single_label_answers(probabilities, column_labels(trained.model, trained.labels, refuses=refuses),
-                                   threshold)
+    columns = column_labels(trained.model.model_head, trained.labels, refuses=refuses)
+    answers = single_label_answers(probabilities, columns, threshold)
     truth = [intent for _, intent in task["test"]]
     in_scope = [i for i, intent in enumerate(truth) if intent in task["in_scope"]]
     kept = [i for i in in_scope if answers.labels[i] is not None]

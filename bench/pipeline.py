@@ -62,7 +62,8 @@ def main() -> None:
     import torch
     from setfit import SetFitModel
 
-    from fewshot.serving.model_loading import InferenceRuntime, LoadedModel, use_threads
+    from fewshot.serving.model_loading import InferenceRuntime, LoadedModel
+    from fewshot.serving.torch_loading import use_threads
     from fewshot.store import StoredModel
     from harness.fixtures import read_examples
     from trainers.training import save_classifier

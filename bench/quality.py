@@ -85,7 +85,7 @@ def sample_task(data: Path, dataset: str, seed: int, max_labels: int, shots: int
 
 def test_accuracy(model: Any, labels: list[str], test_rows: list[tuple[str, str]]) -> float:
     probabilities = np.asarray(model.predict_proba([text for text, _ in test_rows], as_numpy=True))
-    predicted, _ = best_labels(probabilities, column_labels(model, labels))
+    predicted, _ = best_labels(probabilities, column_labels(model.model_head, labels))
     return evaluate([label for _, label in test_rows], predicted, labels).accuracy
 
 

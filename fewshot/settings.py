@@ -108,7 +108,8 @@ class Settings:
     inference_dtype: str
     """INFERENCE_DTYPE: AUTO (float16 on CUDA, float32 on CPU), FLOAT32, FLOAT16 or BFLOAT16."""
     inference_threads: int | None
-    """INFERENCE_THREADS: torch threads of the inference worker; None = one per CPU core."""
+    """INFERENCE_THREADS: threads of a forward pass in the inference worker (torch's, ONNX Runtime's or
+    OpenVINO's); None = one per physical core (fewshot/serving/model_loading.py: default_threads)."""
     inference_backend: str
     """INFERENCE_BACKEND: AUTO, TORCH, ONNX (ONNX Runtime) or OPENVINO: what runs a model's body (see
     fewshot/serving/backends.py; AUTO: torch on a GPU; on CPU, with INFERENCE_QUANTIZE AUTO, every backend timed on

@@ -77,6 +77,8 @@ class LiveServer:
         self._log_sizes: dict[Path, int] = {}
         self.companions: set[int] = set()
         """Pids of trainers started beside it on their own (TrainerProcess), not part of it."""
+        self.start_seconds: float | None = None
+        """Seconds from `bentoml serve` to its first 200 from /readyz, at its latest start."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -106,12 +108,14 @@ class LiveServer:
             # setrlimit alone runs between fork and exec: safe with threads (PLW1509 warns of anything else)
             preexec_fn=_file_size_limit(self.max_file_bytes) if self.max_file_bytes else None,  # noqa: PLW1509
         )
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        began = time.monotonic()
+        deadline = began + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    self.start_seconds = time.monotonic() - began
                     return self
             except httpx.HTTPError:
                 pass

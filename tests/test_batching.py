@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from bentoml._internal.marshal import dispatcher
 
 from fewshot.bentoml_fixes.continuous_batching import ContinuousBatchingOptimizer, use_continuous_batching
@@ -58,11 +57,11 @@ def test_no_texts_no_passes_and_budget_must_be_positive() -> None:
 
 def test_runtime_auto_choices_follow_the_device() -> None:
     cpu = InferenceRuntime.resolve(device="cpu")
-    assert (cpu.dtype, cpu.max_batch_tokens) == (torch.float32, CPU_MAX_BATCH_TOKENS)
+    assert (cpu.dtype, cpu.max_batch_tokens) == ("float32", CPU_MAX_BATCH_TOKENS)
     gpu = InferenceRuntime.resolve(device="cuda")
-    assert (gpu.dtype, gpu.max_batch_tokens) == (torch.float16, GPU_MAX_BATCH_TOKENS)
+    assert (gpu.dtype, gpu.max_batch_tokens) == ("float16", GPU_MAX_BATCH_TOKENS)
     chosen = InferenceRuntime.resolve("BFLOAT16", 2048, device="cuda")
-    assert (chosen.dtype, chosen.max_batch_tokens) == (torch.bfloat16, 2048)
+    assert (chosen.dtype, chosen.max_batch_tokens) == ("bfloat16", 2048)
 
 
 # --- gateway coalescing ---------------------------------------------------------------------------

@@ -117,6 +117,7 @@ def test_every_backend_answers_as_torch(served: dict, backend: str, quantize: st
                            "error": None, "prepare_seconds": served_with["prepare_seconds"], "exporting": False,
                            "pipeline": "numpy", "pipeline_error": None, "auto": None}
     assert served_with["prepare_seconds"] > 0  # exported after this first load
+    assert all(has_torch(worker) for worker in server.workers("fewshot-inference"))  # its torch phase
     clear = [i for i, p in enumerate(served["predictions"])
              if p["scores"][0]["score"] - p["scores"][1]["score"] >= CLEAR_MARGIN]
     assert len(clear) >= len(served["texts"]) // 2, "too few clear texts to compare on"
@@ -130,7 +131,14 @@ def test_every_backend_answers_as_torch(served: dict, backend: str, quantize: st
     assert any(export_directory(server, served["version"], f"{backend}-{quantize}").iterdir())
 
 
+def has_torch(process) -> bool:
+    """Whether torch's library is mapped into `process` (imported, by us or by anything we import)."""
+    return "libtorch" in Path(f"/proc/{process.pid}/maps").read_text()
+
+
 def test_the_export_is_read_back_after_a_restart(served: dict) -> None:
+    """A restart loads the export and the numpy path saved at its checked load: no torch phase,
+    nothing exported again, and the inference worker never imports torch at all."""
     server: LiveServer = served["server"]
     variant = export_directory(server, served["version"], "openvino-int8")
     written = {path.name: path.stat().st_mtime_ns for path in variant.iterdir()}
@@ -145,7 +153,10 @@ def test_the_export_is_read_back_after_a_restart(served: dict) -> None:
     assert backend["backend"] == "openvino" and backend["prepare_seconds"] == 0 and not backend["exporting"]
     assert {path.name: path.stat().st_mtime_ns for path in variant.iterdir()} == written
     assert [p["label"] for p in predictions] == [p["label"] for p in served["predictions"][:3]]
-    wait_for_log(server, "with openvino-int8 (read from the cache")
+    wait_for_log(server, f"loaded model intents:{served['version']} in")
+    assert "its saved numpy path, no torch" in server.logs_since_start()
+    workers = server.workers("fewshot-inference")
+    assert workers and not any(has_torch(worker) for worker in workers)
 
 
 def test_a_version_without_calibration_texts_is_served_by_openvino_without_int8(served: dict, train_examples) -> None:

@@ -1,12 +1,17 @@
 """The numpy serving path of exported bodies (fewshot/serving/numpy_pipeline.py) answers as the
 sentence-transformers path does, on every kind of body we serve, and refuses what it cannot
 reproduce. Real models, real exports, no server: a version is loaded twice with the same backend,
-INFERENCE_PIPELINE AUTO and SENTENCE_TRANSFORMERS, and both answer the same texts. Through the
-server (which path answered, per backend): test_e2e_backends.py."""
+INFERENCE_PIPELINE AUTO and SENTENCE_TRANSFORMERS, and both answer the same texts; the pipeline
+saved at that load opens again in a fresh interpreter with no torch at all and answers the same.
+Through the server (which path answered, per backend; a restarted worker without torch):
+test_e2e_backends.py."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -96,8 +101,9 @@ def versions(model_path: Path, tmp_path_factory: pytest.TempPathFactory,
     made: dict[str, StoredModel] = {}
 
     def version(name: str) -> StoredModel:
+        """`body+head`, or `body+head#copy` for a version of its own (no export or saved path yet)."""
         if name not in made:
-            body, head = name.split("+")
+            body, head = name.split("#")[0].split("+")
             made[name] = stored_version(model_path / "versions" / name.replace("+", "_"), bodies[body](), head,
                                         texts[:24])
         return made[name]
@@ -172,6 +178,83 @@ def test_an_answer_that_differs_at_load_is_caught(versions, monkeypatch: pytest.
     original = numpy_pipeline.pool
     monkeypatch.setattr(numpy_pipeline, "pool", lambda hidden, mask, lengths, modes:
                         original(hidden, np.ones_like(mask), np.full_like(lengths, mask.shape[1]), modes))
-    loaded = load(versions("tiny+torch"), "openvino-none", "AUTO")
+    stored = versions("tiny+torch#broken")
+    loaded = load(stored, "openvino-none", "AUTO")
     assert loaded.pipeline is None and loaded.backend.pipeline == "sentence-transformers"
     assert loaded.backend.pipeline_error.startswith("embedding cosine ")
+    assert not saved_pipeline(stored, "openvino-none").exists()  # what failed the check is never saved
+
+
+def saved_pipeline(stored: StoredModel, variant: str) -> Path:
+    return get_settings().model_path / "backends" / stored.name / stored.version / variant / "numpy-pipeline"
+
+
+OPEN_SAVED_PIPELINES = """
+import json, sys
+from pathlib import Path
+from fewshot.serving.model_loading import InferenceRuntime, LoadedModel
+from fewshot.store import StoredModel
+request = json.loads(sys.stdin.read())
+answers = {}
+for directory, variant in request["versions"]:
+    backend, quantize = variant.upper().split("-")
+    runtime = InferenceRuntime.resolve(backend=backend, quantize=quantize, threads=2)
+    stored = StoredModel(Path(directory).name, "v1", Path(directory), {"labels": request["labels"]})
+    loaded = LoadedModel.load(stored, runtime, record=False)
+    vectors, tokens = loaded.embed(request["texts"], count_tokens=True)
+    answers[directory] = {"model": loaded.model is None and "none", "pipeline": loaded.backend.pipeline,
+                          "backend": f"{loaded.backend.backend}-{loaded.backend.quantize}",
+                          "probabilities": loaded.predict_proba(request["texts"]).tolist(),
+                          "embeddings": vectors.tolist(), "tokens": tokens}
+heavy = sorted(name for name in sys.modules if name.split(".")[0] in
+               ("torch", "setfit", "sentence_transformers", "transformers"))
+print(json.dumps({"answers": answers, "heavy_modules": heavy}))
+"""
+
+
+def test_a_checked_pipeline_opens_again_with_no_torch_and_answers_the_same(versions, texts: list[str]) -> None:
+    """What a restarted (or second) inference worker does with versions exported before: each loads
+    from the pipeline saved at its checked load, and the interpreter never imports torch, SetFit,
+    sentence-transformers or transformers. Every kind of head and module the path reproduces."""
+    cases = [("minilm+logistic", "onnx-int8"), ("tiny+torch-multitarget", "onnx-none"),
+             ("tiny+one-vs-rest", "openvino-none"), ("dense-cls-mean-max-tanh+logistic", "onnx-none"),
+             ("dense-lasttoken-sqrt-identity+torch", "openvino-none")]
+    references = {}
+    for version, variant in cases:
+        stored = versions(version)
+        reference = load(stored, variant, "SENTENCE_TRANSFORMERS")
+        load(stored, variant, "AUTO")  # checks the numpy path (or finds it checked) and saves it
+        assert (saved_pipeline(stored, variant) / "pipeline.json").is_file()
+        references[str(stored.path)] = reference
+    sample = texts[:60]
+    request = {"versions": [[str(versions(version).path), variant] for version, variant in cases],
+               "labels": LABELS, "texts": sample}
+    environment = {**os.environ, "MODEL_PATH": str(get_settings().model_path)}
+    done = subprocess.run([sys.executable, "-c", OPEN_SAVED_PIPELINES], input=json.dumps(request), text=True,
+                          capture_output=True, check=True, env=environment, timeout=300)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["heavy_modules"] == []
+    for (version, variant), (directory, answer) in zip(cases, result["answers"].items(), strict=True):
+        assert (answer["model"], answer["pipeline"], answer["backend"]) == ("none", "numpy", variant), version
+        reference = references[directory]
+        expected, expected_tokens = reference.embed(sample, count_tokens=True)
+        embedded = np.asarray(answer["embeddings"], dtype=np.float32)
+        cosine = (embedded * expected).sum(1) / np.linalg.norm(embedded, axis=1) / np.linalg.norm(expected, axis=1)
+        assert cosine.min() >= 0.99999, version
+        assert answer["tokens"] == expected_tokens
+        np.testing.assert_allclose(answer["probabilities"], reference.predict_proba(sample), atol=1e-5, rtol=0,
+                                   err_msg=version)
+
+
+def test_a_saved_pipeline_that_does_not_open_is_checked_and_saved_again(versions) -> None:
+    """E.g. one saved by an older release in another format: the version loads through SetFit, its
+    numpy path is checked again, and the file is replaced, so the next load needs no torch again."""
+    stored = versions("tiny+torch#stale")
+    load(stored, "onnx-none", "AUTO")
+    spec_file = saved_pipeline(stored, "onnx-none") / "pipeline.json"
+    spec = json.loads(spec_file.read_text())
+    spec_file.write_text(json.dumps({**spec, "format": 0}))
+    again = load(stored, "onnx-none", "AUTO")
+    assert again.model is not None and again.backend.pipeline == "numpy"  # through SetFit, checked again
+    assert json.loads(spec_file.read_text())["format"] == spec["format"]
+    assert load(stored, "onnx-none", "AUTO").model is None  # and opened from the files next time

@@ -241,7 +241,7 @@ def _evaluate(model: SetFitModel, split: Split, coverage: float) -> Evaluation |
         return None
     probabilities = np.asarray(model.predict_proba([text for text, _ in split.evaluation], as_numpy=True,
                                                    show_progress_bar=False))
-    columns = column_labels(model, split.labels, refuses=split.refuses)
+    columns = column_labels(model.model_head, split.labels, refuses=split.refuses)
     expected = [target for _, target in split.evaluation]
     if split.multi_label:
         return evaluate_multi_label(probabilities, columns, expected, split.labels)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ It runs in the inference worker's background export thread, while torch serves t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -53,6 +54,7 @@ FALLBACK_TEXTS = (
 CONFIG_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 
 
+@functools.cache
 def cpu_identity() -> str:
     """What makes one CPU's timings differ from another's: its model name, flags and cores."""
     model, flags = "", ""
@@ -95,8 +97,8 @@ def keep_decision(stored: store.StoredModel, threads: int, decision: AutoChoice)
     os.replace(staged, path)
 
 
-def timing_texts(stored: store.StoredModel) -> list[str]:
-    return backends.calibration_texts(stored.path)[:FULL_PASS_TEXTS] or list(FALLBACK_TEXTS)
+def timing_texts(calibration: list[str]) -> list[str]:
+    return calibration[:FULL_PASS_TEXTS] or list(FALLBACK_TEXTS)
 
 
 def time_candidate(predict: Predict, texts: list[str]) -> tuple[float, float, np.ndarray]:
@@ -120,11 +122,12 @@ def measure(stored: store.StoredModel, load: Callable[[BackendChoice], tuple[Ser
             threads: int) -> AutoChoice:
     """Time every candidate on this machine (each exported into the cache as any backend is) and
     choose. `load(choice)`: the version loaded with that backend, as what serves it and its predict."""
-    texts = timing_texts(stored)
+    calibration = backends.calibration_texts(stored.path)
+    texts = timing_texts(calibration)
     timings: dict[str, CandidateTiming] = {}
     reference: np.ndarray | None = None
     for choice in CANDIDATES:
-        if choice == BackendChoice(OPENVINO, INT8) and not backends.calibration_texts(stored.path):
+        if choice == BackendChoice(OPENVINO, INT8) and not calibration:
             continue  # nothing to calibrate on (backends.for_version)
         serving, predict = load(choice)
         if (serving.backend, serving.quantize) != (choice.backend, choice.quantize):
@@ -147,8 +150,3 @@ def measure(stored: store.StoredModel, load: Callable[[BackendChoice], tuple[Ser
         f"{variant} {timing.one_text_ms} ms/text, {timing.full_pass_texts_per_s} texts/s"
         for variant, timing in timings.items() if timing.error is None))
     return decision
-
-
-def parse(variant: str) -> BackendChoice:
-    backend, quantize = variant.split("-")
-    return BackendChoice(backend, quantize)

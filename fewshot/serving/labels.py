@@ -7,15 +7,15 @@ from typing import Any
 import numpy as np
 
 
-def column_labels(model: Any, labels: list[str], refuses: bool = False) -> list[str | None]:
-    """The label of each `predict_proba` column, in column order.
+def column_labels(head: Any, labels: list[str], refuses: bool = False) -> list[str | None]:
+    """The label of each `predict_proba` column of `head` (a SetFit model's head), in column order.
 
     The head is trained on label indices (`labels` is the sorted label list; a version trained with
     "none of these" examples has one more class, index len(labels), whose column is None); sklearn
     heads order their columns by `classes_`, the differentiable head by index.
     """
     named: list[str | None] = [*labels, None] if refuses else list(labels)
-    classes = getattr(model.model_head, "classes_", None)
+    classes = getattr(head, "classes_", None)
     column_ids = [int(c) for c in classes] if classes is not None else list(range(len(named)))
     return [named[i] for i in column_ids]
 

@@ -14,7 +14,7 @@ from fewshot.backend_cache import AutoChoice, ServingBackend
 from fewshot.serving import auto_backend, backends
 from fewshot.serving.auto_backend import Predict
 from fewshot.serving.backends import BackendChoice
-from fewshot.serving.model_loading import InferenceRuntime, LoadedModel, use_threads, with_torch_threads
+from fewshot.serving.model_loading import InferenceRuntime, LoadedModel
 
 logger = logging.getLogger("fewshot.inference")
 
@@ -117,7 +117,7 @@ class ModelCache:
             decision = auto_backend.kept_decision(stored, runtime.threads)
             if decision is None:
                 return replace(runtime, backend=backends.PYTORCH), None
-            return replace(runtime, backend=auto_backend.parse(decision.chosen)), decision
+            return runtime.serving(BackendChoice.from_variant(decision.chosen)), decision
 
         def load(stored: store.StoredModel) -> LoadedModel:
             version_runtime, decision = runtime_for(stored)
@@ -143,17 +143,27 @@ class ModelCache:
                     auto_backend.keep_decision(stored, runtime.threads, decision)
             except Exception as error:  # torch keeps serving it, and the model view says why
                 logger.exception("could not time the backends of %s; torch serves it", stored.tag)
-                torch_served = LoadedModel.load(stored, replace(runtime, backend=backends.PYTORCH), record=False)
-                torch_served = torch_served.with_backend(requested="auto", error=f"timing the backends failed: {error}")
+                try:
+                    torch_served = LoadedModel.load(stored, replace(runtime, backend=backends.PYTORCH), record=False)
+                except Exception:  # the version loaded at first keeps serving; the view must not say `exporting`
+                    logger.exception("could not load %s again with torch", stored.tag)
+                    current = cache.version(stored.name, stored.version)
+                    if current is None:
+                        return
+                    torch_served = current
+                torch_served = torch_served.with_backend(requested="auto", exporting=False,
+                                                         error=f"timing the backends failed: {error}")
                 if cache.replace_version(torch_served):
                     torch_served.record_backend(stored)
                 return
-            export_and_swap(stored, replace(runtime, backend=auto_backend.parse(decision.chosen)), decision)
+            export_and_swap(stored, runtime.serving(BackendChoice.from_variant(decision.chosen)), decision)
 
         def timing_candidate(stored: store.StoredModel, choice: BackendChoice) -> tuple[ServingBackend, Predict]:
             loaded = LoadedModel.load(stored, replace(runtime, backend=choice), record=False)
             if loaded.backend.backend != backends.TORCH:
                 return loaded.backend, loaded.predict_proba
+            from fewshot.serving.torch_loading import with_torch_threads
+
             return loaded.backend, with_torch_threads(runtime.threads, loaded.predict_proba)
 
         def export_and_swap(stored: store.StoredModel, version_runtime: InferenceRuntime,
@@ -165,8 +175,6 @@ class ModelCache:
                 return
             if decision is not None:
                 exported = exported.with_backend(auto=decision)
-                if exported.backend.backend == backends.TORCH:
-                    use_threads(version_runtime)  # AUTO chose torch: its threads, not the exports' one
             if cache.replace_version(exported):
                 # only now: the model view never names a backend before it answers
                 exported.record_backend(stored)
@@ -184,9 +192,13 @@ class ModelCache:
 
     def _loaded_version(self, stored: store.StoredModel) -> LoadedModel | None:
         """That version, if another reference already loaded it (`intents` and `intents:<latest>`)."""
+        return self.version(stored.name, stored.version)
+
+    def version(self, name: str, version: str) -> LoadedModel | None:
+        """The loaded `name:version` under any reference, or None."""
         with self._lock:
             return next((loaded for loaded in self._models.values()
-                         if (loaded.name, loaded.version) == (stored.name, stored.version)), None)
+                         if (loaded.name, loaded.version) == (name, version)), None)
 
     def _put(self, reference: str, loaded: LoadedModel) -> None:
         with self._lock:

@@ -1,27 +1,32 @@
 """Model loading: where and how a stored version runs (device, dtype, token budget) and the loaded
 model's forward passes, in length-sorted sub-batches. No HTTP, no batching across requests.
+
+A version whose export and numpy path were made and checked before (by any worker, kept beside the
+export: fewshot/serving/numpy_pipeline.py) loads from those files alone, and this module imports no
+torch, SetFit, sentence-transformers or transformers for it: an inference worker whose versions are
+all exported never imports them (bench/worker_footprint.py measures what that saves). Everything
+else loads through SetFit (fewshot/serving/torch_loading.py, imported when first needed).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from setfit import SetFitModel
 
 from fewshot import backend_cache, store
 from fewshot.backend_cache import ServingBackend
 from fewshot.serving import backends
-from fewshot.serving.backends import BackendChoice
-from fewshot.serving.batching import plan_sub_batches
+from fewshot.serving.backends import BackendChoice, ExportedBody
 from fewshot.serving.decisions import DecisionRule
 from fewshot.serving.labels import column_labels
-from fewshot.serving.numpy_pipeline import PROBE_TEXTS, NumpyPipeline, Refused, mismatch
+from fewshot.serving.numpy_pipeline import SAVED_DIRECTORY, NumpyPipeline, Refused
 
 logger = logging.getLogger("fewshot.inference")
 
@@ -30,34 +35,32 @@ CPU_MAX_BATCH_TOKENS = 768
 """Measured on 2 CPU cores (bench): 512-1024 padded tokens per pass are ~2x one padded pass of 64."""
 GPU_MAX_BATCH_TOKENS = 16_384
 """TEI's default max-batch-tokens: large passes keep a GPU busy and bound activation memory."""
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def may_have_cuda() -> bool:
+    """Whether an NVIDIA driver is present (its /proc entry or device nodes): only then is torch
+    imported to ask whether CUDA works. A CPU-only worker serving exports never imports torch."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
 
 
 def pick_device() -> str:
+    if not may_have_cuda():
+        return "cpu"
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def use_threads(runtime: InferenceRuntime) -> None:
-    """Torch's intra-op threads for this process: the runtime's (INFERENCE_THREADS) when torch runs
-    the bodies; one when ONNX Runtime or OpenVINO do, on the runtime's threads, and torch is left the
-    pooling and the head. Torch's OpenMP threads spin between its ops and took CPU from the
-    export's threads (MiniLM, 64-text batches in-process: OpenVINO 427 -> 465 and 432 -> 511
-    texts/s; ONNX Runtime int8 CPU per text 5.3 -> 2.7-3.3 ms). A version torch serves meanwhile
-    (its export under way, or failed) runs on that one thread."""
-    torch.set_num_threads(runtime.threads if runtime.backend.backend == backends.TORCH else 1)
+def default_threads() -> int:
+    """Threads of a forward pass when INFERENCE_THREADS is not set: as torch's own default
+    (OMP_NUM_THREADS, else one per physical core), bounded by the CPUs this process may run on."""
+    if (configured := os.environ.get("OMP_NUM_THREADS", "")).isdigit() and int(configured) > 0:
+        return int(configured)
+    import psutil
 
-
-def with_torch_threads(threads: int, predict: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
-    """`predict` run with torch on `threads` threads (AUTO timing torch in a worker whose exports
-    left torch one thread: `use_threads`)."""
-    def run(texts: list[str]) -> np.ndarray:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return predict(texts)
-        finally:
-            torch.set_num_threads(before)
-
-    return run
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(psutil.cpu_count(logical=False) or usable, usable))
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class InferenceRuntime:
     what runs the body (torch or an ONNX Runtime / OpenVINO export)."""
 
     device: str
-    dtype: torch.dtype
+    dtype: str
+    """A torch dtype's name (DTYPES): what torch computes a torch-served body in."""
     max_batch_tokens: int
     trust_remote_code: bool = False
     backend: BackendChoice = backends.PYTORCH
@@ -78,6 +82,11 @@ class InferenceRuntime:
     numpy_pipeline: bool = True
     """Exported bodies served through fewshot/serving/numpy_pipeline.py where it reproduces them
     (INFERENCE_PIPELINE AUTO), or always through sentence-transformers (SENTENCE_TRANSFORMERS)."""
+    torch_threads: int = 1
+    """Torch's intra-op threads in this worker (fewshot/serving/torch_loading.py: `use_threads`): all of
+    `threads` when torch runs the bodies; one when the exports do and torch is left the pooling and
+    the head of a version served through sentence-transformers, or a version torch serves until its
+    export is made."""
 
     @classmethod
     def resolve(cls, dtype: str = "AUTO", max_batch_tokens: int | None = None,
@@ -91,21 +100,26 @@ class InferenceRuntime:
         if choice.backend != backends.TORCH:
             device = "cpu"  # the exports run on CPU (no CUDA build of ONNX Runtime or OpenVINO here)
         on_gpu = device.startswith("cuda")
-        if dtype == "AUTO":
-            chosen = torch.float16 if on_gpu else torch.float32  # half precision only pays on a GPU
-        else:
-            chosen = {"FLOAT32": torch.float32, "FLOAT16": torch.float16, "BFLOAT16": torch.bfloat16}[dtype]
+        # AUTO: half precision only pays on a GPU
+        chosen = ("float16" if on_gpu else "float32") if dtype == "AUTO" else dtype.lower()
         budget = max_batch_tokens or (GPU_MAX_BATCH_TOKENS if on_gpu else CPU_MAX_BATCH_TOKENS)
         auto = backend == "AUTO" and quantize == "AUTO" and not on_gpu
-        return cls(device, chosen, budget, trust_remote_code, choice, threads or torch.get_num_threads(), auto,
-                   pipeline == "AUTO")
+        threads = threads or default_threads()
+        return cls(device, chosen, budget, trust_remote_code, choice, threads, auto, pipeline == "AUTO",
+                   threads if choice.backend == backends.TORCH and not auto else 1)
+
+    def serving(self, choice: BackendChoice) -> InferenceRuntime:
+        """This runtime with `choice` running the bodies (AUTO's decision; torch then gets the threads)."""
+        return replace(self, backend=choice, torch_threads=self.threads if choice == backends.PYTORCH else 1)
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     name: str
     version: str
-    model: SetFitModel
+    model: Any
+    """The SetFitModel, when sentence-transformers serves the version or checked its numpy path at
+    this load; None when the version loaded from its saved numpy path alone (no torch)."""
     labels: list[str]
     decisions: DecisionRule
     """Its probabilities' columns and thresholds: how they become answers."""
@@ -123,24 +137,20 @@ class LoadedModel:
         exported yet loads with torch (its `backend.exporting` says so) instead of waiting for the export.
         With `record` false, what serves it is left for the caller to `record_backend` once it does."""
         started = time.perf_counter()
-        model = SetFitModel.from_pretrained(str(stored.path), device=runtime.device,
-                                            trust_remote_code=runtime.trust_remote_code)
-        model.model_body.eval()
-        serving = backends.apply(model.model_body, stored, runtime.backend, runtime.threads, export_missing)
-        pipeline = None
-        if serving.backend != backends.TORCH and runtime.numpy_pipeline:
-            pipeline, refused = numpy_pipeline_for(model, stored, runtime.max_batch_tokens)
-            serving = serving.model_copy(update={"pipeline": "numpy" if pipeline else "sentence-transformers",
-                                                 "pipeline_error": refused})
-        if runtime.dtype != torch.float32 and serving.backend == backends.TORCH:
-            model.model_body.to(runtime.dtype)
-            if model.has_differentiable_head:  # a torch head must match the body's outputs
-                model.model_head.to(runtime.dtype)
-        logger.info("loaded model %s in %.2fs on %s (%s%s)", stored.tag, time.perf_counter() - started,
-                    runtime.device, serving.backend if serving.backend != backends.TORCH
-                    else str(runtime.dtype).removeprefix("torch."),
+        saved = saved_pipeline(stored, runtime)
+        if saved is not None:
+            pipeline, serving = saved
+            model, head = None, pipeline.head
+        else:
+            from fewshot.serving import torch_loading  # torch, SetFit and sentence-transformers: ~0.5 GiB, ~4 s
+
+            model, serving, pipeline = torch_loading.load(stored, runtime, export_missing)
+            head = model.model_head
+        logger.info("loaded model %s in %.2fs on %s (%s%s%s)", stored.tag, time.perf_counter() - started,
+                    runtime.device, serving.backend if serving.backend != backends.TORCH else runtime.dtype,
+                    "; its saved numpy path, no torch" if model is None else "",
                     f"; torch until its {serving.requested} export is made" if serving.exporting else "")
-        columns = column_labels(model, stored.labels, refuses=stored.refuses)
+        columns = column_labels(head, stored.labels, refuses=stored.refuses)
         decisions = DecisionRule.from_metadata(stored.tag, stored.metadata, columns)
         loaded = cls(stored.name, stored.version, model, stored.labels, decisions, runtime.max_batch_tokens, serving,
                      pipeline)
@@ -187,48 +197,30 @@ class LoadedModel:
 
     def _in_sub_batches(self, texts: list[str], forward: Callable[[list[str]], Any]) -> np.ndarray:
         """One forward pass per length-sorted sub-batch; rows come back in `texts` order, as float32."""
-        if not texts:
-            return np.empty((0, 0), dtype=np.float32)
-        longest_possible = self.model.model_body.max_seq_length  # None: a model without a limit
-        if longest_possible and len(texts) * longest_possible <= self.max_batch_tokens:
-            # All of them fit one pass however long they are (GPU budget: up to 64 texts of a
-            # 256-token model): measuring their lengths first would tokenise them twice for nothing.
-            passes = [list(range(len(texts)))]
-        else:
-            passes = plan_sub_batches(self.token_lengths(texts), self.max_batch_tokens)
-        with torch.inference_mode():
-            outputs = [np.asarray(forward([texts[i] for i in positions]), dtype=np.float32) for positions in passes]
-        rows = np.empty((len(texts), outputs[0].shape[1]), dtype=np.float32)
-        rows[np.concatenate(passes)] = np.concatenate(outputs)
-        return rows
+        from fewshot.serving.torch_loading import in_sub_batches
+
+        return in_sub_batches(texts, forward, self.model.model_body.max_seq_length, self.max_batch_tokens,
+                              self.token_lengths)
 
 
-PROBES_FROM_VERSION = 16
-"""The version's own training texts among the probes (fewshot.serving.numpy_pipeline.PROBE_TEXTS)."""
-
-
-def numpy_pipeline_for(model: SetFitModel, stored: store.StoredModel,
-                       max_batch_tokens: int) -> tuple[NumpyPipeline | None, str | None]:
-    """The numpy path of an exported body, once it answered as sentence-transformers does on probe
-    texts (the fixed probes and the version's own); or None and why not."""
-    exported = model.model_body[0].model
+def saved_pipeline(stored: store.StoredModel, runtime: InferenceRuntime) -> tuple[NumpyPipeline, ServingBackend] | None:
+    """The version's numpy path as it was checked and saved beside its export for the runtime's
+    backend, opened with no torch; None when there is none to open (not exported or not checked yet,
+    INFERENCE_PIPELINE=SENTENCE_TRANSFORMERS, torch asked for), or it fails to open (said in the log:
+    the caller loads through SetFit, which checks and saves it again)."""
+    if not runtime.numpy_pipeline or runtime.backend.backend == backends.TORCH:
+        return None
+    choice, short_of_it = backends.for_version(stored, runtime.backend)
+    directory = backends.export_directory(stored, choice)
+    if not (directory / SAVED_DIRECTORY).is_dir():
+        return None
     try:
-        pipeline = NumpyPipeline.for_model(model, exported.run, exported.input_names, max_batch_tokens)
-        probes = [*PROBE_TEXTS, *backends.calibration_texts(stored.path)[:PROBES_FROM_VERSION]]
-        with torch.inference_mode():
-            problem = mismatch(
-                pipeline,
-                lambda texts: model.model_body.encode(texts, batch_size=len(texts), convert_to_numpy=True,
-                                                      show_progress_bar=False),
-                (lambda texts: model.predict_proba(texts, batch_size=len(texts), as_numpy=True))
-                if model.model_head is not None else None,
-                probes)
-    except Refused as refused:
-        problem = f"not reproduced by the numpy path: {refused}"
-    except Exception as error:  # never worse than today: sentence-transformers serves it
-        logger.exception("the numpy path of %s failed at load", stored.tag)
-        problem = f"the numpy path failed at load ({type(error).__name__}: {error})"
-    if problem is not None:
-        logger.warning("serving %s through sentence-transformers: %s", stored.tag, problem)
-        return None, problem
-    return pipeline, None
+        body = ExportedBody.open(directory, choice, runtime.threads)
+        pipeline = NumpyPipeline.load(directory / SAVED_DIRECTORY, body.run, body.input_names, runtime.max_batch_tokens)
+    except Exception as error:  # e.g. a runtime upgraded under an old export: checked again through SetFit
+        reason = str(error) if isinstance(error, Refused) else f"{type(error).__name__}: {error}"
+        logger.warning("%s: its saved numpy path did not open (%s); loading it through SetFit", stored.tag, reason)
+        return None
+    return pipeline, ServingBackend(requested=runtime.backend.variant, backend=choice.backend,
+                                    quantize=choice.quantize, error=short_of_it, prepare_seconds=0.0,
+                                    pipeline="numpy")

@@ -17,12 +17,23 @@ SetFit's `normalize_embeddings`; the head: scikit-learn's (its own `predict_prob
 or SetFit's torch head (a linear layer, temperature, softmax or sigmoid) as numpy arrays. And what
 it reproduces is checked: at load, `matches` compares it with the sentence-transformers path on
 probe texts (long, padded, empty, non-Latin, and the version's own) before it serves.
+
+A pipeline that passed that check is saved beside the export (`save`: the tokenizer, the pooling,
+Dense weights and the head, in files that load without running code: JSON and numpy arrays
+without pickle), and later loads of the version (a restart, another worker) read it back (`load`)
+with no torch, SetFit or sentence-transformers at all: an inference worker whose versions are all
+exported never imports them (fewshot/serving/model_loading.py).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +55,13 @@ PROBE_TEXTS = (
 EMBEDDING_COSINE = 0.99999
 PROBABILITY_TOLERANCE = 1e-5
 """Float32 exports: both paths run the same runtime, so only summation order differs."""
+SAVED_DIRECTORY = "numpy-pipeline"
+"""Beside the export it was checked with (MODEL_PATH/backends/<name>/<version>/<variant>/)."""
+SAVED_FORMAT = 1
+"""Raised when what `save` writes changes: a saved pipeline of another format is not read (the
+version loads through sentence-transformers, is checked again and saved anew)."""
+ACTIVATIONS = ("identity", "tanh")
+HEAD_OUTPUTS = ("softmax", "sigmoid", "binary")
 
 
 class Refused(Exception):
@@ -62,26 +80,28 @@ def _modules(body: Any) -> list[Any]:
     return [body[index] for index in range(len(body))]
 
 
-def _tanh_or_identity(activation: Any) -> Callable[[np.ndarray], np.ndarray]:
+def _activation_name(activation: Any) -> str:
     kind = type(activation).__name__
-    if kind == "Identity":
-        return lambda rows: rows
-    if kind == "Tanh":
-        return np.tanh
-    raise Refused(f"a Dense module with activation {kind} (reproduced: Identity, Tanh)")
+    if kind.lower() not in ACTIVATIONS:
+        raise Refused(f"a Dense module with activation {kind} (reproduced: Identity, Tanh)")
+    return kind.lower()
+
+
+def _array(tensor: Any) -> np.ndarray:
+    return tensor.detach().float().numpy().copy()
 
 
 @dataclass(frozen=True)
 class Dense:
     weight: np.ndarray  # out × in
     bias: np.ndarray | None
-    activation: Callable[[np.ndarray], np.ndarray]
+    activation: str = "identity"
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         out = rows @ self.weight.T
         if self.bias is not None:
             out += self.bias
-        return self.activation(out)
+        return np.tanh(out) if self.activation == "tanh" else out
 
 
 def _dense(module: Any) -> Dense:
@@ -91,9 +111,8 @@ def _dense(module: Any) -> Dense:
             ("sentence_embedding", "sentence_embedding"):
         raise Refused("a Dense module on other features than the sentence embedding")
     bias = module.linear.bias
-    return Dense(module.linear.weight.detach().float().numpy().copy(),
-                 None if bias is None else bias.detach().float().numpy().copy(),
-                 _tanh_or_identity(module.activation_function))
+    return Dense(_array(module.linear.weight), None if bias is None else _array(bias),
+                 _activation_name(module.activation_function))
 
 
 def normalized(rows: np.ndarray) -> np.ndarray:
@@ -121,28 +140,61 @@ def pool(hidden: np.ndarray, mask: np.ndarray, lengths: np.ndarray, modes: Seque
     return vectors[0] if len(vectors) == 1 else np.concatenate(vectors, axis=1)
 
 
+@dataclass(frozen=True)
 class NumpyHead:
-    """SetFit's head as SetFitModel.predict_proba applies it, with numpy in and out."""
+    """SetFit's head as SetFitModel.predict_proba applies it, with numpy in and out: a linear layer
+    (`weight` classes × width, `bias`, `scale`) and what turns its logits into probabilities:
+    `softmax`, `sigmoid` per column (multi-label), or `binary` (one logit: [1 - p, p]).
 
-    def __init__(self, head: Any) -> None:
-        if type(head).__name__ == "SetFitHead":
-            self._linear = Dense(head.linear.weight.detach().float().numpy().copy(),
-                                 None if head.linear.bias is None else head.linear.bias.detach().float().numpy().copy(),
-                                 lambda rows: rows)
-            self._scale = 1.0 / (head.temperature + head.eps)
-            self._multitarget = bool(head.multitarget)
-            self._sklearn = None
-        elif hasattr(head, "predict_proba"):
-            self._sklearn = head  # scikit-learn: a matrix product and a softmax, already numpy
-        else:
-            raise Refused(f"a head of type {type(head).__name__}")
+    Reproduced: SetFit's torch head (temperature, softmax or sigmoid), scikit-learn's
+    LogisticRegression (softmax over classes; one sigmoid logit for two, as scikit-learn 1.9 does)
+    and a OneVsRestClassifier of them (multi-label: a sigmoid per label). Another scikit-learn
+    estimator runs as itself (`sklearn`: its own `predict_proba`, already numpy), and such a head is
+    not saved (`NumpyPipeline.save`): its one safe format, skops, imports torch (its trusted types
+    come from scikit-learn's estimator discovery, which imports array_api_compat's torch module)."""
+
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    scale: float = 1.0
+    output: str = "softmax"
+    classes_: np.ndarray | None = None
+    """The columns' classes of a scikit-learn head (its `classes_`); None for SetFit's (by index)."""
+    sklearn: Any = None
+
+    @classmethod
+    def of(cls, head: Any) -> NumpyHead:
+        kind = type(head).__name__
+        if kind == "SetFitHead":
+            bias = head.linear.bias
+            return cls(_array(head.linear.weight), None if bias is None else _array(bias),
+                       1.0 / (head.temperature + head.eps), "sigmoid" if head.multitarget else "softmax")
+        if kind == "LogisticRegression" and hasattr(head, "coef_"):
+            return cls(np.asarray(head.coef_, dtype=np.float64), np.asarray(head.intercept_, dtype=np.float64),
+                       output="binary" if len(head.classes_) <= 2 else "softmax", classes_=head.classes_)
+        estimators = getattr(head, "estimators_", None)
+        if kind == "OneVsRestClassifier" and estimators and all(
+                type(estimator).__name__ == "LogisticRegression" and len(estimator.classes_) == 2
+                for estimator in estimators) and head.label_binarizer_.y_type_.startswith("multilabel"):
+            return cls(np.concatenate([estimator.coef_ for estimator in estimators]).astype(np.float64),
+                       np.concatenate([estimator.intercept_ for estimator in estimators]).astype(np.float64),
+                       output="sigmoid", classes_=head.classes_)
+        if hasattr(head, "predict_proba"):
+            return cls(sklearn=head, classes_=getattr(head, "classes_", None))
+        raise Refused(f"a head of type {kind}")
 
     def __call__(self, embeddings: np.ndarray) -> np.ndarray:
-        if self._sklearn is not None:
-            probabilities = self._sklearn.predict_proba(embeddings)
+        if self.sklearn is not None:
+            probabilities = self.sklearn.predict_proba(embeddings)
             return np.stack(probabilities, axis=1) if isinstance(probabilities, list) else probabilities
-        logits = self._linear(embeddings) * self._scale
-        if self._multitarget:
+        assert self.weight is not None
+        logits = embeddings.astype(self.weight.dtype, copy=False) @ self.weight.T
+        if self.bias is not None:
+            logits += self.bias
+        logits *= self.scale
+        if self.output == "binary":
+            positive = 1.0 / (1.0 + np.exp(-logits[:, :1]))
+            return np.concatenate([1.0 - positive, positive], axis=1)
+        if self.output == "sigmoid":
             return 1.0 / (1.0 + np.exp(-logits))
         logits -= logits.max(axis=1, keepdims=True)
         exponentials = np.exp(logits)
@@ -153,8 +205,9 @@ class NumpyPipeline:
     """Texts → embeddings → probabilities for one loaded version whose body runs in `runner`."""
 
     def __init__(self, tokenizer: Tokenizer, runner: Runner, input_names: Sequence[str], pad_id: int,
-                 pooling_modes: Sequence[str], after_pooling: Sequence[Callable[[np.ndarray], np.ndarray]],
+                 pooling_modes: Sequence[str], after_pooling: Sequence[Dense | None],
                  lower_case: bool, head: NumpyHead | None, normalize_for_head: bool, max_batch_tokens: int) -> None:
+        """`after_pooling`: the body's modules after Pooling in order, a Dense or None for Normalize."""
         self._tokenizer = tokenizer
         self._runner = runner
         self._input_names = tuple(input_names)
@@ -199,18 +252,22 @@ class NumpyPipeline:
         modes = (modules[1].pooling_mode,) if isinstance(modules[1].pooling_mode, str) else modules[1].pooling_mode
         if unknown := [mode for mode in modes if mode not in POOLING_MODES]:
             raise Refused(f"pooling mode {', '.join(unknown)} (reproduced: {', '.join(POOLING_MODES)})")
-        after: list[Callable[[np.ndarray], np.ndarray]] = []
+        after: list[Dense | None] = []
         for kind, module in zip(kinds[2:], modules[2:], strict=True):
             if kind == "Dense":
                 after.append(_dense(module))
             elif kind == "Normalize":
-                after.append(normalized)
+                after.append(None)
             else:
                 raise Refused(f"a {kind} module after pooling (reproduced: Dense, Normalize)")
-        head = NumpyHead(model.model_head) if model.model_head is not None else None
+        head = NumpyHead.of(model.model_head) if model.model_head is not None else None
         return cls(tokenizer, runner, input_names, processor.pad_token_id or 0, modes, after,
                    bool(getattr(transformer, "do_lower_case", False)), head,
                    bool(getattr(model, "normalize_embeddings", False)), max_batch_tokens)
+
+    @property
+    def head(self) -> NumpyHead | None:
+        return self._head
 
     def encode_ids(self, texts: Sequence[str]) -> Encoded:
         if self._lower_case:
@@ -236,9 +293,12 @@ class NumpyPipeline:
         return rows
 
     def predict_proba(self, texts: Sequence[str], one_pass: bool = False) -> np.ndarray:
+        return self.probabilities(self.embed(texts, one_pass=one_pass))
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """The head's probabilities of the body's embeddings (`embed`'s output)."""
         if self._head is None:
             raise Refused("the version has no head")
-        embeddings = self.embed(texts, one_pass=one_pass)
         if self._normalize_for_head:
             embeddings = normalized(embeddings)
         return np.asarray(self._head(embeddings), dtype=np.float32)
@@ -255,9 +315,75 @@ class NumpyPipeline:
             feeds["token_type_ids"] = np.zeros_like(input_ids)  # one sequence per text: segment 0
         hidden = self._runner({name: feeds[name] for name in self._input_names})
         rows = pool(hidden.astype(np.float32, copy=False), mask, lengths, self._pooling_modes)
-        for step in self._after_pooling:
-            rows = step(rows)
+        for dense in self._after_pooling:
+            rows = normalized(rows) if dense is None else dense(rows)
         return rows
+
+    def save(self, directory: Path) -> None:
+        """Write this pipeline into `directory`, whole or not at all: staged beside it and renamed into
+        place. One already there is replaced (it did not open, or is of an older format: the caller
+        has just checked this one). Refused for a head that is not saved (`NumpyHead`)."""
+        if self._head is not None and self._head.sklearn is not None:
+            raise Refused(f"a head of type {type(self._head.sklearn).__name__} is not saved")
+        arrays: dict[str, np.ndarray] = {}
+        steps: list[dict[str, Any]] = []
+        for index, dense in enumerate(self._after_pooling):
+            if dense is None:
+                steps.append({"kind": "normalize"})
+                continue
+            arrays[f"dense{index}_weight"] = dense.weight
+            if dense.bias is not None:
+                arrays[f"dense{index}_bias"] = dense.bias
+            steps.append({"kind": "dense", "activation": dense.activation})
+        head: dict[str, Any] | None = None
+        if self._head is not None:
+            arrays["head_weight"] = self._head.weight
+            if self._head.bias is not None:
+                arrays["head_bias"] = self._head.bias
+            if self._head.classes_ is not None:
+                arrays["head_classes"] = np.asarray(self._head.classes_)
+            head = {"scale": self._head.scale, "output": self._head.output}
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+        replaced = staging.with_name(f"{staging.name}.old")
+        try:
+            np.savez(staging / "arrays.npz", **arrays)
+            (staging / "tokenizer.json").write_text(self._tokenizer.to_str(), encoding="utf8")
+            (staging / "pipeline.json").write_text(json.dumps({
+                "format": SAVED_FORMAT, "pad_id": self._pad_id, "pooling_modes": list(self._pooling_modes),
+                "after_pooling": steps, "lower_case": self._lower_case, "head": head,
+                "normalize_for_head": self._normalize_for_head}), encoding="utf8")
+            if directory.is_dir():  # a directory is only renamed over an empty one: move the old one away
+                os.rename(directory, replaced)
+            os.rename(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(replaced, ignore_errors=True)
+
+    @classmethod
+    def load(cls, directory: Path, runner: Runner, input_names: Sequence[str], max_batch_tokens: int) -> NumpyPipeline:
+        """The pipeline `save` wrote, on the body in `runner`; no code runs from the files (JSON and
+        numpy arrays, read without pickle). Refused when there is none, or of another format."""
+        try:
+            spec = json.loads((directory / "pipeline.json").read_text(encoding="utf8"))
+        except (OSError, ValueError) as error:
+            raise Refused(f"no saved pipeline ({error})") from error
+        if spec.get("format") != SAVED_FORMAT:
+            raise Refused(f"a saved pipeline of format {spec.get('format')}, not {SAVED_FORMAT}")
+        with np.load(directory / "arrays.npz", allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+        after = [None if step["kind"] == "normalize" else
+                 Dense(arrays[f"dense{index}_weight"], arrays.get(f"dense{index}_bias"), step["activation"])
+                 for index, step in enumerate(spec["after_pooling"])]
+        head_spec = spec["head"]
+        if head_spec is not None and head_spec["output"] not in HEAD_OUTPUTS:
+            raise Refused(f"a saved head with output {head_spec['output']!r}")
+        head = None if head_spec is None else NumpyHead(
+            arrays["head_weight"], arrays.get("head_bias"), float(head_spec["scale"]), head_spec["output"],
+            arrays.get("head_classes"))
+        tokenizer = Tokenizer.from_str((directory / "tokenizer.json").read_text(encoding="utf8"))
+        return cls(tokenizer, runner, input_names, int(spec["pad_id"]), spec["pooling_modes"], after,
+                   bool(spec["lower_case"]), head, bool(spec["normalize_for_head"]), max_batch_tokens)
 
 
 def mismatch(pipeline: NumpyPipeline, reference_embed: Callable[[list[str]], np.ndarray],
@@ -277,7 +403,7 @@ def mismatch(pipeline: NumpyPipeline, reference_embed: Callable[[list[str]], np.
             worst = group[int(cosine.argmin())]
             return f"embedding cosine {cosine.min():.6f} < {EMBEDDING_COSINE} on probe text {worst[:40]!r}"
         if reference_proba is not None:
-            difference = np.abs(pipeline.predict_proba(group, one_pass=True)
+            difference = np.abs(pipeline.probabilities(ours)
                                 - np.asarray(reference_proba(group), dtype=np.float32)).max()
             if difference > PROBABILITY_TOLERANCE:
                 return (f"probabilities differ by {difference:.2e} > {PROBABILITY_TOLERANCE} on probe text "

@@ -1,0 +1,127 @@
+"""A stored version loaded through SetFit: the torch body (or an export plugged into it,
+fewshot/serving/exporting.py), and the numpy path of an exported body checked against it and saved
+for later loads (fewshot/serving/numpy_pipeline.py). Imported only when a version needs it: torch,
+SetFit and sentence-transformers cost an inference worker ~0.5 GiB and ~4 s.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from setfit import SetFitModel
+
+from fewshot import store
+from fewshot.backend_cache import ServingBackend
+from fewshot.serving import backends, exporting
+from fewshot.serving.batching import plan_sub_batches
+from fewshot.serving.model_loading import InferenceRuntime
+from fewshot.serving.numpy_pipeline import PROBE_TEXTS, SAVED_DIRECTORY, NumpyPipeline, Refused, mismatch
+
+logger = logging.getLogger("fewshot.inference")
+
+PROBES_FROM_VERSION = 16
+"""The version's own training texts among the probes (fewshot.serving.numpy_pipeline.PROBE_TEXTS)."""
+
+
+def use_threads(runtime: InferenceRuntime) -> None:
+    """Torch's intra-op threads for this process (InferenceRuntime.torch_threads): all of them when torch
+    runs the bodies; one when ONNX Runtime or OpenVINO do, on the runtime's threads, and torch is left
+    the pooling and the head. Torch's OpenMP threads spin between its ops and took CPU from the
+    export's threads (MiniLM, 64-text batches in-process: OpenVINO 427 -> 465 and 432 -> 511
+    texts/s; ONNX Runtime int8 CPU per text 5.3 -> 2.7-3.3 ms). A version torch serves meanwhile
+    (its export under way, or failed) runs on that one thread."""
+    torch.set_num_threads(runtime.torch_threads)
+
+
+def with_torch_threads(threads: int, predict: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
+    """`predict` run with torch on `threads` threads (AUTO timing torch in a worker whose exports
+    left torch one thread: `use_threads`)."""
+    def run(texts: list[str]) -> np.ndarray:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return predict(texts)
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+def load(stored: store.StoredModel, runtime: InferenceRuntime,
+         export_missing: bool) -> tuple[SetFitModel, ServingBackend, NumpyPipeline | None]:
+    """The version through SetFit with the runtime's backend (exported now unless `export_missing` is
+    false), what serves it, and the numpy path of an exported body once it answered as
+    sentence-transformers does (saved beside the export for later loads)."""
+    use_threads(runtime)
+    model = SetFitModel.from_pretrained(str(stored.path), device=runtime.device,
+                                        trust_remote_code=runtime.trust_remote_code)
+    model.model_body.eval()
+    serving = exporting.apply(model.model_body, stored, runtime.backend, runtime.threads, export_missing)
+    pipeline = None
+    if serving.backend != backends.TORCH and runtime.numpy_pipeline:
+        served = backends.BackendChoice(serving.backend, serving.quantize)
+        pipeline, refused = numpy_pipeline_for(model, stored, served, runtime.max_batch_tokens)
+        serving = serving.model_copy(update={"pipeline": "numpy" if pipeline else "sentence-transformers",
+                                             "pipeline_error": refused})
+    dtype = getattr(torch, runtime.dtype)
+    if dtype != torch.float32 and serving.backend == backends.TORCH:
+        model.model_body.to(dtype)
+        if model.has_differentiable_head:  # a torch head must match the body's outputs
+            model.model_head.to(dtype)
+    return model, serving, pipeline
+
+
+def numpy_pipeline_for(model: SetFitModel, stored: store.StoredModel, served: backends.BackendChoice,
+                       max_batch_tokens: int) -> tuple[NumpyPipeline | None, str | None]:
+    """The numpy path of the body exported as `served`, once it answered as sentence-transformers does
+    on probe texts (the fixed probes and the version's own), saved beside the export; or None and
+    why not."""
+    exported: backends.ExportedBody = model.model_body[0].model.exported
+    try:
+        pipeline = NumpyPipeline.for_model(model, exported.run, exported.input_names, max_batch_tokens)
+        probes = [*PROBE_TEXTS, *backends.calibration_texts(stored.path)[:PROBES_FROM_VERSION]]
+        with torch.inference_mode():
+            problem = mismatch(
+                pipeline,
+                lambda texts: model.model_body.encode(texts, batch_size=len(texts), convert_to_numpy=True,
+                                                      show_progress_bar=False),
+                (lambda texts: model.predict_proba(texts, batch_size=len(texts), as_numpy=True))
+                if model.model_head is not None else None,
+                probes)
+    except Refused as refused:
+        problem = f"not reproduced by the numpy path: {refused}"
+    except Exception as error:  # never worse than today: sentence-transformers serves it
+        logger.exception("the numpy path of %s failed at load", stored.tag)
+        problem = f"the numpy path failed at load ({type(error).__name__}: {error})"
+    if problem is not None:
+        logger.warning("serving %s through sentence-transformers: %s", stored.tag, problem)
+        return None, problem
+    try:
+        pipeline.save(backends.export_directory(stored, served) / SAVED_DIRECTORY)
+    except Refused as refused:  # it still serves; later loads go through SetFit and check it again
+        logger.info("%s: its numpy path is not saved for loads without torch: %s", stored.tag, refused)
+    except Exception:
+        logger.exception("%s: could not save its numpy path for later loads", stored.tag)
+    return pipeline, None
+
+
+def in_sub_batches(texts: list[str], forward: Callable[[list[str]], Any], longest_possible: int | None,
+                   max_batch_tokens: int, token_lengths: Callable[[list[str]], list[int]]) -> np.ndarray:
+    """One forward pass per length-sorted sub-batch; rows come back in `texts` order, as float32."""
+    if not texts:
+        return np.empty((0, 0), dtype=np.float32)
+    if longest_possible and len(texts) * longest_possible <= max_batch_tokens:
+        # All of them fit one pass however long they are (GPU budget: up to 64 texts of a
+        # 256-token model): measuring their lengths first would tokenise them twice for nothing.
+        passes = [list(range(len(texts)))]
+    else:
+        passes = plan_sub_batches(token_lengths(texts), max_batch_tokens)
+    with torch.inference_mode():
+        outputs = [np.asarray(forward([texts[i] for i in positions]), dtype=np.float32) for positions in passes]
+    rows = np.empty((len(texts), outputs[0].shape[1]), dtype=np.float32)
+    rows[np.concatenate(passes)] = np.concatenate(outputs)
+    return rows
