@@ -13,7 +13,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +92,12 @@ bench-overhead: install-test $(INFINITY_VENV)/bin/optimum-cli
 PIPELINE_ARGS ?=
 bench-pipeline: install-test
 	$(BIN)/python -m bench.pipeline $(PIPELINE_ARGS)
+
+## The inference worker's memory and start with no torch (~6 min): restarts of a server holding 3 exported MiniLM
+## versions, INFERENCE_PIPELINE AUTO against SENTENCE_TRANSFORMERS: writes bench/results/worker-footprint-<time>.*
+FOOTPRINT_ARGS ?=
+bench-worker-footprint: install-test
+	$(BIN)/python -m bench.worker_footprint $(FOOTPRINT_ARGS)
 
 ## Time from POST /v1/train (strategy head) to a served model, p50/p95 over 20 jobs, with our trainer
 ## polling and Huey's default in the same run (~20 min: idle gaps up to 60 s): writes bench/results/time-to-model-<time>.*
