@@ -21,6 +21,7 @@ import bentoml
 from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -28,7 +29,20 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from fewshot import bentoml_fixes, store
 from fewshot.api import errors
 from fewshot.api.auth import APIKeyMiddleware
-from fewshot.api.errors import documented, responds
+from fewshot.api.errors import describe_validation_errors, documented, responds
+from fewshot.api.example_schemas import (
+    AddExamplesRequest,
+    DeleteExamplesRequest,
+    ExampleConflict,
+    ExampleList,
+    ExampleListQuery,
+    ExamplesAdded,
+    ExamplesDeleted,
+    ExampleView,
+    RetrainRequest,
+    new_examples,
+    training_request,
+)
 from fewshot.api.openai_compat import openai_response
 from fewshot.api.schemas import (
     EmbeddingsRequest,
@@ -47,7 +61,9 @@ from fewshot.api.schemas import (
     PredictResponse,
     TrainAccepted,
     TrainRequest,
+    is_valid_model_name,
     is_valid_model_reference,
+    label_counts,
 )
 from fewshot.api.views import accepted_view, job_view, model_versions, model_view
 from fewshot.bentoml_fixes.dependency_clients import keep_sessions_open, once_more_if_disconnected
@@ -57,9 +73,10 @@ from fewshot.model_archive import ARCHIVE_MEDIA_TYPE, archive_name, write_archiv
 from fewshot.serving.coalesce import Coalescer
 from fewshot.serving.items import ItemEmbedding, ItemPrediction, TextItem
 from fewshot.settings import apply_process_environment, get_settings
+from trainers.examples import UnknownExampleCursor, set_digest
 from trainers.jobs import JobRecord, UnknownCursor, count_by_status
-from trainers.queue import jobs
-from trainers.tasks import NotCancellable, QueueFull, cancel_job, submit_import, submit_training
+from trainers.queue import example_sets, jobs
+from trainers.tasks import NotCancellable, QueueFull, SetNotTrainable, cancel_job, submit_import, submit_training
 
 settings = get_settings()
 logger = logging.getLogger("fewshot.gateway")
@@ -186,8 +203,12 @@ class Gateway:
     @bentoml.api(route="/v1/train")
     @responds(400, 415, 429, success=202)
     def train(self, request: TrainRequest, /, ctx: bentoml.Context) -> TrainAccepted:
-        """Queue a training job; poll GET /v1/jobs/{job_id} for its outcome."""
-        return queued(ctx, lambda: submit_training(request, max_queued=settings.max_queued_jobs))
+        """Queue a training job; poll GET /v1/jobs/{job_id} for its outcome. The examples become the
+        model's example set (`mode: add`: they join it, and the whole set is trained on)."""
+        try:
+            return queued(ctx, lambda: submit_training(request, max_queued=settings.max_queued_jobs))
+        except SetNotTrainable as invalid:
+            return errors.invalid_in(ctx, f"{invalid}: {describe_validation_errors(invalid.errors)}")
 
     @bentoml.api(route="/v1/models/import")
     @responds(400, 415, 429, success=202)
@@ -290,21 +311,120 @@ class Gateway:
 
     @routes.delete("/v1/models/{model_name}", response_model=ModelsDeleted, responses=documented(400, 404))
     async def delete_model(self, model_name: str) -> ModelsDeleted | JSONResponse:
-        """Every version of a model, or one (`name:version`); deleting the latest serves the previous."""
+        """Every version of a model and its example set, or one version (`name:version`); deleting the
+        latest version serves the previous."""
         if not is_valid_model_reference(model_name):
             return errors.invalid_model_reference()
         deleted = await asyncio.to_thread(store.delete, model_name)
+        name, version = store.split_reference(model_name)
+        examples_deleted = await asyncio.to_thread(example_sets.drop, name) if version is None else 0
         if not deleted:
+            if examples_deleted:
+                return ModelsDeleted(deleted=[], examples_deleted=examples_deleted)
             return errors.unknown_model(model_name)
-        name, _ = store.split_reference(model_name)
         try:  # at once on this host; elsewhere within MODEL_REFRESH_SECONDS
             await self.inference.to_async.refresh_models([name])
         except Exception:
             logger.warning("deleted %s, but the inference service could not drop it now; it will within "
                            "MODEL_REFRESH_SECONDS", ", ".join(deleted), exc_info=True)
-        return ModelsDeleted(deleted=deleted)
+        return ModelsDeleted(deleted=deleted, examples_deleted=examples_deleted)
+
+    # --- a model's example set, and retraining from it ------------------------------------------------
+
+    @routes.get("/v1/models/{model_name}/examples", response_model=ExampleList, responses=documented(400, 404),
+                openapi_extra={"parameters": query_parameters(ExampleListQuery)})
+    def list_examples(self, model_name: str, request: Request) -> ExampleList | JSONResponse:
+        """The examples the model is trained from, in the order they were added, a page at a time."""
+        if not is_valid_model_name(model_name):
+            return errors.invalid_model_name()
+        try:
+            query = ExampleListQuery.model_validate(dict(request.query_params))
+        except ValidationError as invalid:
+            return errors.invalid_query(invalid.errors(include_url=False, include_input=False))
+        held = example_sets.all(model_name)
+        if not held and store.resolve(model_name) is None:
+            return errors.unknown_model(model_name)
+        try:
+            page = example_sets.page(model_name, query.limit + 1, label=query.label, after=query.cursor)
+        except UnknownExampleCursor:
+            return errors.invalid("cursor: no example with this id in the set (deleted meanwhile?); start again "
+                                  "without cursor")
+        shown = page[:query.limit]
+        total = len(held) if query.label is None else sum(query.label in e.named_labels for e in held)
+        return ExampleList(examples=[ExampleView.of(example) for example in shown], total=total,
+                           next_cursor=shown[-1].id if len(page) > query.limit else None, digest=set_digest(held))
+
+    @routes.post("/v1/models/{model_name}/examples", response_model=ExamplesAdded, responses=documented(400))
+    def add_examples(self, model_name: str, body: AddExamplesRequest) -> ExamplesAdded | JSONResponse:
+        """Add examples to the model's set (made if it has none); POST /v1/models/{name}/retrain trains on it."""
+        if not is_valid_model_name(model_name):
+            return errors.invalid_model_name()
+        held = example_sets.all(model_name)
+        multi_label = body.examples[0].is_multi_label
+        if held and (held[0].labels is not None) != multi_label:
+            return errors.invalid("examples: the example set of {!r} is {}: send {}".format(
+                model_name, *(("single-label", "`label` (one label, or null)") if held[0].labels is None
+                              else ("multi-label", "`labels` (a list)"))))
+        labels = {label for example in held for label in example.named_labels} | set(label_counts(body.examples))
+        if len(labels) > settings.max_labels:
+            return errors.invalid(f"examples: the set would have {len(labels)} labels, more than MAX_LABELS="
+                                  f"{settings.max_labels}")
+        if len(held) + len(body.examples) > settings.max_train_examples:
+            return errors.invalid(f"examples: the set holds {len(held)} examples; with {len(body.examples)} more it "
+                                  f"could exceed MAX_TRAIN_EXAMPLES={settings.max_train_examples}: delete some first")
+        outcome = example_sets.add(model_name, new_examples(body.examples), "added")
+        return ExamplesAdded(added=[ExampleView.of(e) for e in outcome.added],
+                             duplicates=[ExampleView.of(e) for e in outcome.duplicates],
+                             conflicts=[ExampleConflict(existing=ExampleView.of(c.existing), label=c.label,
+                                                        labels=c.labels) for c in outcome.conflicts],
+                             total=outcome.total)
+
+    @routes.delete("/v1/models/{model_name}/examples/{example_id}", response_model=ExamplesDeleted,
+                   responses=documented(400, 404))
+    def delete_example(self, model_name: str, example_id: str) -> ExamplesDeleted | JSONResponse:
+        if not is_valid_model_name(model_name):
+            return errors.invalid_model_name()
+        deleted = example_sets.delete(model_name, [example_id])
+        if not deleted:
+            return errors.error_response(404, f"example_id: no example {example_id!r} in the set of {model_name!r}")
+        return ExamplesDeleted(deleted=deleted, not_found=[], total=example_sets.count(model_name))
+
+    @routes.post("/v1/models/{model_name}/delete-examples", response_model=ExamplesDeleted,
+                 responses=documented(400))
+    def delete_examples(self, model_name: str, body: DeleteExamplesRequest) -> ExamplesDeleted | JSONResponse:
+        """Delete many examples of the set at once, by id."""
+        if not is_valid_model_name(model_name):
+            return errors.invalid_model_name()
+        deleted = example_sets.delete(model_name, body.ids)
+        return ExamplesDeleted(deleted=deleted, not_found=[i for i in body.ids if i not in set(deleted)],
+                               total=example_sets.count(model_name))
+
+    @routes.post("/v1/models/{model_name}/retrain", status_code=202, response_model=TrainAccepted,
+                 responses=documented(400, 404, 429))
+    def retrain(self, model_name: str, body: RetrainRequest) -> TrainAccepted | JSONResponse:
+        """Train the model again on its example set, with its latest version's base model and settings: a
+        training job like any other (GET /v1/jobs/{job_id})."""
+        if not is_valid_model_name(model_name):
+            return errors.invalid_model_name()
+        held = example_sets.all(model_name)
+        if not held:
+            return errors.error_response(404, f"model_name: {model_name!r} has no example set; add examples with "
+                                              f"POST /v1/models/{model_name}/examples or train with POST /v1/train")
+        latest = store.resolve(model_name)
+        try:
+            request = TrainRequest.model_validate(training_request(model_name, held, latest and latest.metadata,
+                                                                   body))
+        except ValidationError as invalid:
+            return errors.invalid(f"the example set of {model_name!r} cannot be trained on: "
+                                  f"{describe_validation_errors(invalid.errors(include_url=False))}")
+        try:
+            record = submit_training(request, max_queued=settings.max_queued_jobs, update_set=False)
+        except QueueFull as full:
+            return errors.queue_full_response(str(full))
+        return accepted_view(record)
 
 
+routes.add_exception_handler(RequestValidationError, errors.request_validation_failed)
 Gateway.add_asgi_middleware(APIKeyMiddleware, api_key=settings.api_key)
 bentoml_fixes.install(Gateway, routes, settings, job_counts=lambda: count_by_status(jobs))
 # After install(), which re-executes a `bentoml serve` CLI started without them: every process

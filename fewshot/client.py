@@ -26,6 +26,7 @@ import bentoml
 import httpx
 from bentoml.exceptions import BentoMLException
 
+from fewshot.api.example_schemas import ExampleList, ExamplesAdded, ExamplesDeleted
 from fewshot.api.schemas import (
     EmbeddingsResponse,
     JobList,
@@ -132,6 +133,27 @@ class FewshotClient:
         """Delete every version of `model_name`, or one (`name:version`); the tags deleted."""
         return ModelsDeleted.model_validate(self._send("DELETE", f"/v1/models/{model_name}")).deleted
 
+    def examples(self, model_name: str, label: str | None = None, limit: int = 100,
+                 cursor: str | None = None) -> ExampleList:
+        """One page of the model's example set, in the order added; `next_cursor` as `cursor` for the next."""
+        query = {"label": label, "limit": limit, "cursor": cursor}
+        return ExampleList.model_validate(self._get(f"/v1/models/{model_name}/examples",
+                                                    {k: v for k, v in query.items() if v is not None}))
+
+    def add_examples(self, model_name: str, examples: Sequence[dict[str, Any]]) -> ExamplesAdded:
+        """Add to the model's example set: what was added, and the duplicates and conflicts not added."""
+        return ExamplesAdded.model_validate(self._send("POST", f"/v1/models/{model_name}/examples",
+                                                       body={"examples": list(examples)}))
+
+    def delete_examples(self, model_name: str, ids: Sequence[str]) -> ExamplesDeleted:
+        return ExamplesDeleted.model_validate(self._send("POST", f"/v1/models/{model_name}/delete-examples",
+                                                         body={"ids": list(ids)}))
+
+    def retrain(self, model_name: str, strategy: str = "head", **options: Any) -> TrainAccepted:
+        """Train the model again on its example set (a job: `wait` for it)."""
+        return TrainAccepted.model_validate(self._send("POST", f"/v1/models/{model_name}/retrain",
+                                                       body={"strategy": strategy, **options}))
+
     def wait(self, job_id: str, on_progress: Callable[[JobView], None] | None = None,
              poll_seconds: float = 1.0, timeout: float | None = None) -> JobView:
         """Poll until the job completes; `on_progress` sees every poll. Raises JobFailed (failed or
@@ -170,8 +192,9 @@ class FewshotClient:
     def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return self._send("GET", path, params)
 
-    def _send(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
-        response = self._http.request(method, path, params=params)
+    def _send(self, method: str, path: str, params: dict[str, Any] | None = None,
+              body: dict[str, Any] | None = None) -> Any:
+        response = self._http.request(method, path, params=params, json=body)
         if response.status_code >= 400:
             raise FewshotError(response.status_code, _error_message(response.text))
         return response.json()

@@ -157,3 +157,22 @@ def test_a_download_comes_back_in_through_an_import_job_on_a_trainer_of_its_own(
     embedded = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0).embeddings.create(
         model="moved", input=texts[:3], dimensions=32)
     assert [len(item.embedding) for item in embedded.data] == [32, 32, 32] and embedded.usage.prompt_tokens > 0
+
+
+def test_the_example_set_lives_in_redis_and_a_retrain_runs_on_a_trainer_of_its_own(
+        server: LiveServer, client: httpx.Client, trainer_factory, train_examples, queue_url: str) -> None:
+    """The gateway keeps the set in Redis (not on its disk); a trainer process elsewhere runs the retrain."""
+    import redis
+
+    server.stop_trainers()
+    trainer_factory(server, "retrainer").wait_until_consuming()
+    completed(client, submit(client, "grown", train_examples, strategy="head"))
+    with FewshotClient(server.url) as fewshot:
+        fewshot.add_examples("grown", [{"text": "hello there, good morning", "label": "greeting"},
+                                       {"text": "hi! nice to meet you", "label": "greeting"}])
+        assert redis.Redis.from_url(queue_url).exists("fewshot:examples:grown:records")
+        job = fewshot.wait(fewshot.retrain("grown").job_id, poll_seconds=0.2, timeout=300)
+        version = fewshot.model("grown")
+        assert version.model_version == job.model_version and "greeting" in version.labels
+        assert version.examples_digest == fewshot.examples("grown").digest
+        assert version.num_examples == len(train_examples) + 2

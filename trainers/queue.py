@@ -1,4 +1,5 @@
-"""The Huey queue and the job store: SQLite files under MODEL_PATH, or Redis when REDIS_URL is set.
+"""The Huey queue, the job store and the example sets: SQLite files under MODEL_PATH, or Redis when
+REDIS_URL is set.
 
 Both are opened when this module is imported (Huey registers tasks on its instance at import).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from huey import Huey, RedisHuey, SqliteHuey
 
 from fewshot.settings import Settings, get_settings
+from trainers.examples import open_example_store
 from trainers.jobs import open_job_store
 
 QUEUE_NAME = "fewshot-training"
@@ -25,3 +27,4 @@ if not settings.redis_url:  # the one place that creates it: the SQLite queue, j
     settings.queue_dir.mkdir(parents=True, exist_ok=True)
 huey = make_huey(settings)
 jobs = open_job_store(settings)
+example_sets = open_example_store(settings)

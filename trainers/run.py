@@ -23,6 +23,7 @@ from fewshot.base_models import links_out_problem, resolve_base_model
 from fewshot.settings import Settings
 from fewshot.timestamps import utc_now
 from trainers.errors import TrainingFailed
+from trainers.examples import examples_digest
 from trainers.holdout import evaluation_metadata
 from trainers.jobs import JobRecord, StrategyComparison
 from trainers.training import (
@@ -139,6 +140,7 @@ def model_metadata(record: JobRecord, request: TrainRequest, base_model: str, tr
         "comparison": comparison.model_dump() if comparison else None,
         "training_duration_seconds": round(trained.training_duration_seconds, 3),
         "num_examples": trained.num_examples,
+        "examples_digest": examples_digest((example.text, example.target) for example in request.examples),
         "labels": trained.labels,
         "job_id": record.job_id,
         "num_iterations": request.num_iterations,

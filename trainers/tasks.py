@@ -16,14 +16,17 @@ from datetime import timedelta
 from typing import Any
 
 from huey import signals
+from pydantic import ValidationError
 
+from fewshot.api.example_schemas import new_examples
 from fewshot.api.schemas import ImportRequest, TrainRequest, label_counts
 from fewshot.settings import get_settings
 from fewshot.timestamps import utc_now
+from trainers.examples import sort_out
 from trainers.holdout import data_warnings
 from trainers.jobs import JobRecord, StrategyComparison, expire_finished, new_job
 from trainers.logs import job_context
-from trainers.queue import huey, jobs
+from trainers.queue import example_sets, huey, jobs
 
 logger = logging.getLogger("fewshot.trainer")
 
@@ -36,6 +39,15 @@ DIED_WHILE_RUNNING = (
 
 class QueueFull(Exception):
     """The queue already holds MAX_QUEUED_JOBS pending jobs."""
+
+
+class SetNotTrainable(Exception):
+    """`mode: add`: the example set with the request's examples is not a valid training set;
+    `errors`: pydantic's, as validating it as a /v1/train request found them."""
+
+    def __init__(self, model_name: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"the example set of {model_name!r} with these examples")
+        self.errors = errors
 
 
 class NotCancellable(Exception):
@@ -64,15 +76,39 @@ def cancel_job(job_id: str) -> JobRecord | None:
                          "can be cancelled")
 
 
-def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
-    """Record the job, then queue it: a job is never queued without a record to report on.
+def submit_training(request: TrainRequest, max_queued: int, update_set: bool = True) -> JobRecord:
+    """Record the job, then queue it: a job is never queued without a record to report on. Then the
+    request's examples become the model's example set (`mode: replace`), or join it (`add`: the job
+    trains on the whole set, SetNotTrainable when that is not a valid training set); not when the
+    job was refused, nor with `update_set` false (a retrain: the request is the set already).
 
     Refused with `QueueFull` when `max_queued` jobs are already pending (a soft bound: two
     submissions racing at the bound may both get in).
     """
+    added, mode = new_examples(request.examples), request.mode
+    set_warnings: list[str] = []
+    if update_set and mode == "add":
+        held = {example.text: example for example in example_sets.all(request.model_name)}
+        outcome = sort_out(held, added, "train")
+        whole_set = [example.as_training_example() for example in [*held.values(), *outcome.added]]
+        try:
+            request = TrainRequest.model_validate({**request.model_dump(mode="json"), "mode": "replace",
+                                                   "examples": whole_set})
+        except ValidationError as invalid:
+            raise SetNotTrainable(request.model_name, invalid.errors(include_url=False, include_input=False)) \
+                from invalid
+        if outcome.conflicts:
+            set_warnings.append(
+                f"{len(outcome.conflicts)} text(s) are in the example set with another label, which was kept "
+                f"(delete them from the set to relabel): " + "; ".join(
+                    f"{conflict.existing.text[:60]!r} stays {conflict.existing.target!r}"
+                    for conflict in outcome.conflicts[:5]))
     record = new_job(request.model_name, request.model_dump(mode="json"), kind="train")
-    record.warnings = data_warnings(label_counts(request.examples))
-    return _submit(record, max_queued)
+    record.warnings = [*data_warnings(label_counts(request.examples)), *set_warnings]
+    submitted = _submit(record, max_queued)
+    if update_set:
+        example_sets.add(request.model_name, added, "train", replace=mode == "replace")
+    return submitted
 
 
 def submit_import(request: ImportRequest, max_queued: int) -> JobRecord:

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.types import Send
 
 from fewshot.api.asgi import send_json
-from fewshot.api.schemas import MODEL_REFERENCE_RULE, ErrorResponse
+from fewshot.api.schemas import MODEL_NAME_RULE, MODEL_REFERENCE_RULE, ErrorResponse
 from fewshot.store import split_reference
 
 if TYPE_CHECKING:
@@ -92,6 +92,28 @@ def invalid(message: str) -> JSONResponse:
     return error_response(400, message)
 
 
+def invalid_in(ctx: bentoml.Context, message: str) -> JSONResponse:
+    """400 from a BentoML API (which gives a returned response the context's status)."""
+    ctx.response.status_code = 400
+    return invalid(message)
+
+
+async def request_validation_failed(request: Any, failed: Any) -> JSONResponse:
+    """A FastAPI route's invalid body or parameter (fastapi.exceptions.RequestValidationError): 400 in our
+    shape, not FastAPI's 422, each field named without FastAPI's `body` / `path` / `query` prefix."""
+    return invalid(describe_validation_errors([{**error, "loc": tuple(error.get("loc", ()))[1:] or ("body",)}
+                                               for error in failed.errors()]))
+
+
+def invalid_model_name() -> JSONResponse:
+    return invalid(f"model_name: {MODEL_NAME_RULE}")
+
+
+def queue_full_response(message: str) -> JSONResponse:
+    """429 with Retry-After, from a FastAPI route."""
+    return error_response(429, message, headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)})
+
+
 def invalid_query(errors: list[dict[str, Any]]) -> JSONResponse:
     return invalid(describe_validation_errors(errors))
 
@@ -119,10 +141,9 @@ def conflict(message: str) -> JSONResponse:
 def queue_full(ctx: bentoml.Context, message: str) -> JSONResponse:
     """429 with Retry-After. BentoML gives a returned response the context's status and headers, so
     they are set there too."""
-    retry_after = str(QUEUE_FULL_RETRY_AFTER_SECONDS)
     ctx.response.status_code = 429
-    ctx.response.headers["Retry-After"] = retry_after
-    return error_response(429, message, headers={"Retry-After": retry_after})
+    ctx.response.headers["Retry-After"] = str(QUEUE_FULL_RETRY_AFTER_SECONDS)
+    return queue_full_response(message)
 
 
 async def send_unauthorized(send: Send) -> None:

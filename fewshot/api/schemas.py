@@ -105,7 +105,7 @@ BaseModelName = Annotated[
 ]
 
 
-def _distinct(values: list[str] | None) -> list[str] | None:
+def distinct(values: list[str] | None) -> list[str] | None:
     if values is not None:
         repeated = sorted(value for value, n in Counter(values).items() if n > 1)
         if repeated:
@@ -119,7 +119,7 @@ class Example(BaseModel):
     text: NonBlankText
     label: NonBlankText | None = Field(default=None, description=(
         "Its label. null: the text belongs to none of the labels (teaches a model what to refuse)."))
-    labels: Annotated[list[NonBlankText], AfterValidator(_distinct)] | None = Field(
+    labels: Annotated[list[NonBlankText], AfterValidator(distinct)] | None = Field(
         default=None, max_length=LIMITS.max_labels, description=(
             "Instead of `label`, for a multi-label model: every label of the text (distinct; [] for none)."))
 
@@ -167,7 +167,7 @@ def _labels_among(evaluation: list[Example], known: set[str], whose: str) -> Non
         raise ValueError(f"labels must be among {whose}; unknown: {', '.join(unknown[:10])}")
 
 
-def _one_form(examples: list[Example], multi_label: bool, rule: str) -> None:
+def one_form(examples: list[Example], multi_label: bool, rule: str) -> None:
     mixed = [i for i, example in enumerate(examples) if example.is_multi_label != multi_label]
     if mixed:
         raise ValueError(f"{rule} (see item {mixed[0]})")
@@ -192,6 +192,11 @@ class TrainRequest(BaseModel):
         description="Hugging Face id or local sentence-transformers directory; "
         "defaults to the DEFAULT_BASE_MODEL setting.",
     )
+    mode: Literal["replace", "add"] = Field(
+        default="replace", description="What `examples` do to the model's example set (GET /v1/models/{name}/"
+        "examples): replace: they become the set, and the model is trained on them. add: they join the set (a text "
+        "already in it is not added again; one with another label keeps the set's, said in `warnings`), and the "
+        "model is trained on the whole set: then `examples` may name only one label.")
     examples: list[Example] = Field(
         min_length=1, max_length=LIMITS.max_train_examples,
         description="Labelled examples, at least 2 labels. Each has `label` (null: none of the labels), or each has "
@@ -228,11 +233,11 @@ class TrainRequest(BaseModel):
 
     @field_validator("examples")
     @classmethod
-    def _at_least_two_labels(cls, examples: list[Example]) -> list[Example]:
-        _one_form(examples, examples[0].is_multi_label, "must all give `label` (one label, or null for none of them) "
+    def _at_least_two_labels(cls, examples: list[Example], info: ValidationInfo) -> list[Example]:
+        one_form(examples, examples[0].is_multi_label, "must all give `label` (one label, or null for none of them) "
                   "or all give `labels` (a list: a multi-label model), not both forms")
         labels = len(label_counts(examples))
-        if labels < 2:
+        if labels < 2 and info.data.get("mode") != "add":  # with `add`, the whole set must have 2: checked on it
             raise ValueError("must contain at least 2 distinct labels (besides `label: null` examples)")
         if labels > LIMITS.max_labels:
             raise ValueError(f"must contain at most {LIMITS.max_labels} distinct labels (MAX_LABELS), not {labels}")
@@ -266,7 +271,7 @@ class TrainRequest(BaseModel):
         examples = info.data.get("examples")
         if evaluation and examples:
             multi_label = examples[0].is_multi_label
-            _one_form(evaluation, multi_label, "must give `labels` (a list), as the training examples do" if multi_label
+            one_form(evaluation, multi_label, "must give `labels` (a list), as the training examples do" if multi_label
                       else "must give `label` (one label, or null), as the training examples do")
             _labels_among(evaluation, set(label_counts(examples)), "the training examples' labels")
             if info.data.get("holdout_fraction"):
@@ -338,14 +343,14 @@ class ImportRequest(BaseModel):
     @field_validator("labels")
     @classmethod
     def _distinct_labels(cls, labels: list[str] | None) -> list[str] | None:
-        return _distinct(labels)
+        return distinct(labels)
 
     @field_validator("eval_examples")
     @classmethod
     def _evaluation_labels_are_named(cls, evaluation: list[Example] | None,
                                      info: ValidationInfo) -> list[Example] | None:
         if evaluation:
-            _one_form(evaluation, False, "must give `label` (one label, or null for none of them): imported models "
+            one_form(evaluation, False, "must give `label` (one label, or null for none of them): imported models "
                                          "are single-label")
             labels = info.data.get("labels")
             if labels:
@@ -445,6 +450,10 @@ class ModelView(BaseModel):
         "trained before it was kept."))
     comparison: StrategyComparison | None = Field(
         default=None, description="strategy auto, on the fine-tuned version it registered: both scores.")
+    examples_digest: str | None = Field(default=None, description=(
+        "A hash of the examples it was trained on (texts and labels, hold-out included): equal to the example "
+        "set's `digest` (GET /v1/models/{name}/examples) when it was trained on the set as it is now. Null for "
+        "an imported version or one trained before it was kept."))
     backend: ServingBackend | None = Field(
         default=None, description="What serves this version (INFERENCE_BACKEND, INFERENCE_QUANTIZE), as its last "
         "load in the inference service found: torch, or an ONNX Runtime / OpenVINO export, and `error` when an "
@@ -462,6 +471,8 @@ class ModelList(BaseModel):
 
 class ModelsDeleted(BaseModel):
     deleted: list[str] = Field(description="The name:version tags deleted.")
+    examples_deleted: int = Field(default=0, description=(
+        "Deleting a whole model deletes its example set too: how many examples it held."))
 
 
 class TextsRequest(BaseModel):

@@ -46,6 +46,7 @@ def model_view(stored: StoredModel) -> ModelView:
         eval_source=meta.get("eval_source"),
         confusion_matrix=meta.get("confusion_matrix"),
         comparison=meta.get("comparison"),
+        examples_digest=meta.get("examples_digest"),
         source=meta.get("source"),
         revision=meta.get("revision"),
         backend=backend_cache.read_status(stored.name, stored.version),
