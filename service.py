@@ -74,9 +74,17 @@ from fewshot.serving.coalesce import Coalescer
 from fewshot.serving.items import ItemEmbedding, ItemPrediction, TextItem
 from fewshot.settings import apply_process_environment, get_settings
 from trainers.examples import UnknownExampleCursor, set_digest
-from trainers.jobs import JobRecord, UnknownCursor, count_by_status
+from trainers.jobs import JobRecord, RetrainPlan, UnknownCursor, count_by_status
 from trainers.queue import example_sets, jobs
-from trainers.tasks import NotCancellable, QueueFull, SetNotTrainable, cancel_job, submit_import, submit_training
+from trainers.tasks import (
+    NotCancellable,
+    QueueFull,
+    SetNotTrainable,
+    cancel_job,
+    submit_import,
+    submit_retrain,
+    submit_training,
+)
 
 settings = get_settings()
 logger = logging.getLogger("fewshot.gateway")
@@ -402,23 +410,25 @@ class Gateway:
     @routes.post("/v1/models/{model_name}/retrain", status_code=202, response_model=TrainAccepted,
                  responses=documented(400, 404, 429))
     def retrain(self, model_name: str, body: RetrainRequest) -> TrainAccepted | JSONResponse:
-        """Train the model again on its example set, with its latest version's base model and settings: a
-        training job like any other (GET /v1/jobs/{job_id})."""
+        """Train the model again on its example set, from its served version (`strategy`), served only if no
+        worse on the set's fixed evaluation examples (`promote`): a job like any other (GET /v1/jobs/{job_id})."""
         if not is_valid_model_name(model_name):
             return errors.invalid_model_name()
         held = example_sets.all(model_name)
         if not held:
             return errors.error_response(404, f"model_name: {model_name!r} has no example set; add examples with "
                                               f"POST /v1/models/{model_name}/examples or train with POST /v1/train")
-        latest = store.resolve(model_name)
+        served = store.resolve(model_name)
         try:
-            request = TrainRequest.model_validate(training_request(model_name, held, latest and latest.metadata,
+            request = TrainRequest.model_validate(training_request(model_name, held, served and served.metadata,
                                                                    body))
         except ValidationError as invalid:
             return errors.invalid(f"the example set of {model_name!r} cannot be trained on: "
                                   f"{describe_validation_errors(invalid.errors(include_url=False))}")
+        plan = RetrainPlan(strategy=body.strategy, from_version=served and served.tag, promote=body.promote,
+                           digest=set_digest(held), set_size=len(held))
         try:
-            record = submit_training(request, max_queued=settings.max_queued_jobs, update_set=False)
+            record = submit_retrain(request, plan, max_queued=settings.max_queued_jobs)
         except QueueFull as full:
             return errors.queue_full_response(str(full))
         return accepted_view(record)

@@ -40,6 +40,10 @@ fewshot/serving/backends.py). Never part of a download: they are the user's data
 
 # Marks our models in the store, so that `bentoml models list` users can tell them apart.
 STORE_LABELS = {"kind": "setfit-classifier", "owner": "fewshot"}
+HELD = "held"
+"""Metadata of a version registered but not served (a retrain with `promote: if_better` that scored
+worse than the version it would replace): why. `name` keeps serving the newest version without it;
+`name:version` still reaches a held one."""
 
 
 @dataclass(frozen=True)
@@ -189,12 +193,17 @@ def delete(reference: str) -> list[str]:
 
 
 def prune(name: str, keep: int) -> list[str]:
-    """Delete all but the newest `keep` versions of `name` (keep >= 1: the served, newest one stays)."""
+    """Delete all but the newest `keep` versions of `name` and the one it serves (keep >= 1; a held
+    version newer than the served one never pushes the served one out)."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     removed = []
     with writing():
-        for old in versions(name)[keep:]:
+        listed = versions(name)
+        served = next((stored for stored in listed if HELD not in stored.metadata), None)
+        for old in listed[keep:]:
+            if served is not None and old.version == served.version:
+                continue
             bentoml.models.delete(old.tag)
             backend_cache.remove(old.name, old.version)
             removed.append(old.tag)
@@ -221,9 +230,15 @@ def remove_incomplete_versions() -> list[str]:
 
 
 def latest(name: str) -> StoredModel | None:
-    """The newest complete version of `name`, read fresh from the store (another process may write)."""
+    """The version `name` serves: the newest complete one that is not held (`HELD`), read fresh from the
+    store (another process may write)."""
     try:
         model = bentoml.models.get(f"{name}:latest")
     except BentoMLException:  # none, or `latest` names a version deleted a moment ago
         return None
-    return _stored(model) if _ours(model) else None
+    if not _ours(model):
+        return None
+    newest = _stored(model)
+    if HELD not in newest.metadata:
+        return newest
+    return next((stored for stored in versions(name) if HELD not in stored.metadata), None)

@@ -11,7 +11,8 @@ import pytest
 
 from fewshot.client import FewshotClient, FewshotError
 from harness.fixtures import BASE_MODEL
-from harness.live_server import LiveServer, wait_for_job
+from harness.live_server import LiveServer, wait_for_job, wait_for_log
+from trainers.promotion import in_fixed_evaluation
 
 pytestmark = pytest.mark.e2e
 
@@ -56,12 +57,13 @@ def test_an_example_set_grows_is_retrained_on_and_survives_a_restart(server: Liv
         assert ([e.text for e in rest.examples], rest.next_cursor) == ([GREETINGS[1]["text"]], None)
 
         # retrain on the set: the new label is learned, the version names the set it was trained on
-        retrained = finished(client, client.retrain("intents", strategy="head").job_id)
+        retrained = finished(client, client.retrain("intents", strategy="head", promote="always").job_id)
         version = client.model("intents")
         assert version.model_version == retrained != first
         assert "greeting" in version.labels and version.num_examples == added.total
         assert version.examples_digest == client.examples("intents").digest
         assert version.base_model == BASE_MODEL and version.strategy == "head"
+        assert version.promotion is not None and version.promotion.promoted and version.held is None
 
         # delete: one by id, several at once
         doomed = client.examples("intents", label="card_arrival", limit=3).examples
@@ -146,3 +148,44 @@ def test_bad_example_requests_get_400s_that_name_the_field(server: LiveServer, t
                                            "examples": train_examples})
         wait_for_job(http, job.json()["job_id"], {"completed"})
         assert http.get("/v1/models/lonely/examples").json()["total"] == len(train_examples)
+
+
+def test_a_worse_retrain_is_kept_but_not_served_and_says_why(server: LiveServer, train_examples: list[dict]) -> None:
+    """Deliberately wrong labels: every example the fixed evaluation does not take is relabelled (deleted,
+    added again with the next label), so that the retrained head learns wrong answers and is scored on
+    right ones. It scores worse than the served version, is kept (name:version) and not served; with
+    `promote: always` it is served anyway."""
+    with FewshotClient(server.url) as client:
+        served = finished(client, client.train("gated", train_examples, base_model=BASE_MODEL,
+                                               strategy="head", holdout_fraction=0).job_id)
+        labels = sorted({example["label"] for example in train_examples})
+        relabelled = [e for e in client.examples("gated", limit=1000).examples if not in_fixed_evaluation(e.text)]
+        assert len(relabelled) < len(train_examples)  # some stay right, to be scored on
+        client.delete_examples("gated", [example.id for example in relabelled])
+        client.add_examples("gated", [{"text": e.text, "label": labels[(labels.index(e.label) + 1) % len(labels)]}
+                                      for e in relabelled])
+        job = client.wait(client.retrain("gated", strategy="head").job_id, poll_seconds=0.2, timeout=300)
+        assert job.kind == "retrain" and job.promotion is not None and not job.promotion.promoted, job
+        assert job.promotion.served_version == served and job.promotion.new_score < job.promotion.served_score
+        assert "kept but not served" in job.note and served in job.note
+        assert client.model("gated").model_version == served  # still served
+        held = client.model(f"gated:{job.model_version}")
+        assert held.held == job.promotion.reason and held.promotion == job.promotion
+        assert client.predict(f"gated:{job.model_version}", ["where is my card?"]).predictions  # reachable
+        forced = client.wait(client.retrain("gated", strategy="head", promote="always").job_id, poll_seconds=0.2,
+                             timeout=300)
+        assert forced.promotion.promoted and forced.promotion.rule == "always"
+        assert client.model("gated").model_version == forced.model_version
+
+
+def test_continue_fine_tunes_the_served_body_further(server: LiveServer, train_examples: list[dict]) -> None:
+    with FewshotClient(server.url) as client:
+        first = finished(client, client.train("tuned", train_examples, base_model=BASE_MODEL, strategy="head").job_id)
+        client.add_examples("tuned", GREETINGS)
+        job = client.wait(client.retrain("tuned", strategy="continue", promote="always", num_iterations=1).job_id,
+                          poll_seconds=0.2, timeout=600)
+        version = client.model("tuned")
+        assert job.kind == "retrain" and version.model_version == job.model_version != first
+        assert version.strategy == "setfit" and "greeting" in version.labels
+        wait_for_log(server, f"retrain (continue, promote always) on the example set of {len(train_examples) + 2}; "
+                             f"head from the base model, fine-tuning from tuned:{first}")

@@ -50,7 +50,7 @@ def test_records_survive_reopening_and_transitions_are_compare_and_set(open_stor
     assert set(job_view(final).model_dump()) == {"job_id", "kind", "status", "model_name", "created_at", "started_at",
                                               "finished_at", "error", "model_version", "attempts", "note",
                                               "progress", "step", "total_steps", "cancel_requested", "warnings",
-                                              "comparison"}
+                                              "comparison", "promotion"}
 
 
 def test_with_status_lists_oldest_first(open_store) -> None:

@@ -21,8 +21,9 @@ from pydantic import BaseModel, Field
 
 from fewshot.settings import Settings
 from fewshot.timestamps import UtcTimestamp, utc_now
+from trainers.promotion import Promotion
 
-JobKind = Literal["train", "import"]
+JobKind = Literal["train", "import", "retrain"]
 JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "running", "completed", "failed", "cancelled")
 FINISHED_STATUSES: tuple[JobStatus, ...] = ("completed", "failed", "cancelled")
@@ -42,6 +43,29 @@ class StrategyComparison(BaseModel):
     setfit_micro_f1: float | None = None
     head_training_seconds: float
     setfit_training_seconds: float
+
+
+class RetrainPlan(BaseModel):
+    """A retrain job's own part of its request (`request["retrain"]`): where each part starts from and
+    whether the new version replaces the served one."""
+
+    strategy: Literal["head", "continue", "full", "auto"]
+    from_version: str | None = None
+    """The version (name:version) it starts from: the one served when the retrain was asked for."""
+    promote: Literal["if_better", "always"] = "if_better"
+    digest: str
+    """The example set's digest when the job was made (trainers/examples.py: set_digest)."""
+    set_size: int
+
+    @property
+    def head_from(self) -> Literal["version", "base"]:
+        """Where a head-only part starts: the served version's body (head, auto), else the base model's."""
+        return "version" if self.strategy in ("head", "auto") and self.from_version else "base"
+
+    @property
+    def tune_from(self) -> Literal["version", "base"]:
+        """Where fine-tuning starts: the served version's body (continue), or the base model (full, auto)."""
+        return "version" if self.strategy == "continue" and self.from_version else "base"
 
 
 class JobRecord(BaseModel):
@@ -67,6 +91,8 @@ class JobRecord(BaseModel):
     cancel_requested: bool = False
     warnings: list[str] = Field(default_factory=list)
     comparison: StrategyComparison | None = None
+    promotion: Promotion | None = None
+    """A retrain: whether its version replaced the served one, and why."""
     worker: str | None = None
     """Which trainer (host:pid) ran it last."""
 

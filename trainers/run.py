@@ -22,16 +22,19 @@ from fewshot.api.schemas import TrainRequest
 from fewshot.base_models import links_out_problem, resolve_base_model
 from fewshot.settings import Settings
 from fewshot.timestamps import utc_now
+from trainers import embedding_cache
 from trainers.errors import TrainingFailed
 from trainers.examples import examples_digest
 from trainers.holdout import evaluation_metadata
-from trainers.jobs import JobRecord, StrategyComparison
+from trainers.jobs import JobRecord, RetrainPlan, StrategyComparison
+from trainers.promotion import Promotion, decide
 from trainers.training import (
     ProgressCallback,
     Split,
     TrainedClassifier,
     TrainingOptions,
     fine_tune,
+    load_version_body,
     split_examples,
     train_head,
 )
@@ -44,6 +47,8 @@ class JobOutcome:
     version: str
     """The store version the job's model_name now serves (the winner's, for auto)."""
     comparison: StrategyComparison | None = None
+    promotion: Promotion | None = None
+    """A retrain: whether `version` replaced the served one (when not, it is kept and not served)."""
 
 
 def compare(head: TrainedClassifier, tuned: TrainedClassifier) -> StrategyComparison:
@@ -95,34 +100,82 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
             raise TrainingFailed(f"base_model {base_model!r} {problem}")
     split = split_examples([(e.text, e.target) for e in request.examples], request.holdout_fraction, options.seed,
                            [(e.text, e.target) for e in request.eval_examples or []])
+    plan = RetrainPlan.model_validate(record.request["retrain"]) if record.kind == "retrain" else None
+    start = store.resolve(plan.from_version) if plan and plan.from_version else None
+    if plan and plan.from_version and start is None:
+        raise TrainingFailed(f"{plan.from_version}, the version to retrain from, was deleted meanwhile; retrain again")
+    if plan is not None:
+        logger.info("job %s: retrain (%s, promote %s) on the example set of %d; head from %s, fine-tuning from %s",
+                    record.job_id, plan.strategy, plan.promote, plan.set_size,
+                    plan.from_version if plan.head_from == "version" else "the base model",
+                    plan.from_version if plan.tune_from == "version" else "the base model")
     logger.info("job %s: training %s (%s, strategy %s) on %d examples, evaluating on %d, from %s", record.job_id,
                 request.model_name, "multi-label" if split.multi_label else "single-label", request.strategy,
                 len(split.train), len(split.evaluation), options.base_model.location)
 
+    promotions: list[Promotion] = []
+
     def register(trained: TrainedClassifier, comparison: StrategyComparison | None = None) -> str:
         metadata = model_metadata(record, request, base_model, trained, split, comparison)
+        if plan is not None:
+            promotion = promote_or_hold(plan, request.model_name, trained, split)
+            promotions.append(promotion)
+            metadata.update(promotion=promotion.model_dump(), examples_digest=plan.digest, num_examples=plan.set_size)
+            if not promotion.promoted:
+                metadata[store.HELD] = promotion.reason
         stored = store.register(request.model_name, trained.save, metadata)
-        logger.info("job %s: registered %s (%s)", record.job_id, stored.tag, trained.strategy)
+        if trained.embeddings:
+            embedding_cache.write(stored.name, stored.version, trained.embeddings)
+        logger.info("job %s: registered %s (%s)%s", record.job_id, stored.tag, trained.strategy,
+                    "" if store.HELD not in metadata else f", held and not served: {metadata[store.HELD]}")
         prune_old_versions(record, request.model_name, settings)
         return stored.version
 
+    def outcome(version: str, comparison: StrategyComparison | None = None) -> JobOutcome:
+        return JobOutcome(version, comparison, promotions[-1] if promotions else None)
+
+    def head_only() -> TrainedClassifier:
+        if plan is not None and plan.head_from == "version" and start is not None:
+            # the served body as it is: its embeddings of unchanged texts are cached with it
+            return train_head(split, options, load_version_body(start.path, split, options),
+                              embedding_cache.read(start.name, start.version))
+        return train_head(split, options)
+
     if request.strategy == "head":
-        return JobOutcome(register(train_head(split, options)))
+        return outcome(register(head_only()))
     head_version = None
     if request.strategy == "auto":
-        head = train_head(split, options)
+        head = head_only()
         head_version = register(head)
-        if on_registered is not None:
+        if on_registered is not None and (not promotions or promotions[-1].promoted):
             on_registered(head_version, "head")
-    tuned = fine_tune(split, options, progress)
+    tuned = fine_tune(split, options, progress, load_version_body(start.path, split, options)
+                      if plan is not None and plan.tune_from == "version" and start is not None else None)
     comparison = compare(head, tuned) if request.strategy == "auto" else None
     if comparison is not None and comparison.winner == "head":
         logger.info("job %s: keeping the head (%s vs fine-tuned %s)", record.job_id, head.accuracy, tuned.accuracy)
         store.add_metadata(f"{request.model_name}:{head_version}", {"comparison": comparison.model_dump()})
-        return JobOutcome(head_version, comparison)
+        return outcome(head_version, comparison)
     if before_registering is not None:
         before_registering()
-    return JobOutcome(register(tuned, comparison), comparison)
+    return outcome(register(tuned, comparison), comparison)
+
+
+def promote_or_hold(plan: RetrainPlan, model_name: str, trained: TrainedClassifier, split: Split) -> Promotion:
+    """Whether a retrained version replaces the one `model_name` serves now: always, or (`if_better`)
+    unless it scores worse on the same evaluation examples (trainers/promotion.py)."""
+    served = store.latest(model_name)
+    if plan.promote == "always" or served is None:
+        return Promotion(promoted=True, rule=plan.promote, reason="promote: always" if served is not None
+                         else "the model served no version yet", served_version=served and served.version)
+    if trained.evaluation is None:
+        return Promotion(promoted=True, reason="no evaluation examples to compare on (the example set has too few "
+                         "per label): served", served_version=served.version)
+    from trainers.scoring import score_version
+
+    same_body = trained.strategy == "head" and plan.head_from == "version" and plan.from_version == served.tag
+    scored = score_version(served, split, trained.embeddings if same_body else None)
+    return decide(scored, trained.evaluation, served.labels, served.version, split.multi_label)
 
 
 def model_metadata(record: JobRecord, request: TrainRequest, base_model: str, trained: TrainedClassifier,

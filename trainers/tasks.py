@@ -24,8 +24,9 @@ from fewshot.settings import get_settings
 from fewshot.timestamps import utc_now
 from trainers.examples import sort_out
 from trainers.holdout import data_warnings
-from trainers.jobs import JobRecord, StrategyComparison, expire_finished, new_job
+from trainers.jobs import JobRecord, RetrainPlan, StrategyComparison, expire_finished, new_job
 from trainers.logs import job_context
+from trainers.promotion import Promotion
 from trainers.queue import example_sets, huey, jobs
 
 logger = logging.getLogger("fewshot.trainer")
@@ -76,18 +77,18 @@ def cancel_job(job_id: str) -> JobRecord | None:
                          "can be cancelled")
 
 
-def submit_training(request: TrainRequest, max_queued: int, update_set: bool = True) -> JobRecord:
+def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
     """Record the job, then queue it: a job is never queued without a record to report on. Then the
     request's examples become the model's example set (`mode: replace`), or join it (`add`: the job
     trains on the whole set, SetNotTrainable when that is not a valid training set); not when the
-    job was refused, nor with `update_set` false (a retrain: the request is the set already).
+    job was refused.
 
     Refused with `QueueFull` when `max_queued` jobs are already pending (a soft bound: two
     submissions racing at the bound may both get in).
     """
     added, mode = new_examples(request.examples), request.mode
     set_warnings: list[str] = []
-    if update_set and mode == "add":
+    if mode == "add":
         held = {example.text: example for example in example_sets.all(request.model_name)}
         outcome = sort_out(held, added, "train")
         whole_set = [example.as_training_example() for example in [*held.values(), *outcome.added]]
@@ -106,9 +107,17 @@ def submit_training(request: TrainRequest, max_queued: int, update_set: bool = T
     record = new_job(request.model_name, request.model_dump(mode="json"), kind="train")
     record.warnings = [*data_warnings(label_counts(request.examples)), *set_warnings]
     submitted = _submit(record, max_queued)
-    if update_set:
-        example_sets.add(request.model_name, added, "train", replace=mode == "replace")
+    example_sets.add(request.model_name, added, "train", replace=mode == "replace")
     return submitted
+
+
+def submit_retrain(request: TrainRequest, plan: RetrainPlan, max_queued: int) -> JobRecord:
+    """A retrain job: `request` trains on the example set (trainers.promotion.fixed_evaluation split it),
+    `plan` says where it starts from and whether its version replaces the served one."""
+    record = new_job(request.model_name, {**request.model_dump(mode="json"), "retrain": plan.model_dump()},
+                     kind="retrain")
+    record.warnings = data_warnings(label_counts([*request.examples, *(request.eval_examples or [])]))
+    return _submit(record, max_queued)
 
 
 def submit_import(request: ImportRequest, max_queued: int) -> JobRecord:
@@ -161,15 +170,23 @@ def train_model(job_id: str) -> None:
             logger.info("job %s: %s", job_id, note)
             metrics.TRAINING_JOBS_FINISHED.labels("cancelled").inc()
             return
-        outcome_note = {} if outcome.comparison is None else {"note": describe_outcome(outcome.version,
-                                                                                      outcome.comparison)}
+        notes = [*([] if outcome.comparison is None else [describe_outcome(outcome.version, outcome.comparison)]),
+                 *([] if outcome.promotion is None else [describe_promotion(outcome.version, outcome.promotion)])]
         finished = jobs.transition(job_id, {"running"}, status="completed", model_version=outcome.version,
-                                   comparison=outcome.comparison, finished_at=utc_now(), error=None, progress=1.0,
-                                   **outcome_note)
+                                   comparison=outcome.comparison, promotion=outcome.promotion, finished_at=utc_now(),
+                                   error=None, progress=1.0, **({"note": "; ".join(notes)} if notes else {}))
         logger.info("job %s: completed as %s:%s", job_id, record.model_name, outcome.version if finished else "?")
     metrics.TRAINING_JOBS_FINISHED.labels("completed").inc()
     metrics.TRAINING_DURATION.observe(time.monotonic() - started)
     expire_old_records()
+
+
+def describe_promotion(version: str, promotion: Promotion) -> str:
+    """A retrain, once it has finished: whether its version is served, and why."""
+    if promotion.promoted:
+        return f"version {version} is served: {promotion.reason}"
+    return (f"version {version} is kept but not served (promote: if_better): {promotion.reason}; version "
+            f"{promotion.served_version} is still served")
 
 
 def describe_outcome(version: str, comparison: StrategyComparison) -> str:

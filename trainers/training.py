@@ -52,6 +52,8 @@ ProgressCallback = Callable[[int, int], None]
 """Called with (steps done, total steps) while the body is fine-tuned."""
 
 LabelledText = tuple[str, Target]
+EmbeddingCache = dict[str, np.ndarray]
+"""Texts → their embeddings by one body (trainers/embedding_cache.py keeps one per version)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,8 @@ class TrainedClassifier:
     training_duration_seconds: float
     calibration_texts: list[str]
     """Training texts kept with the version: OpenVINO's int8 calibration (fewshot/serving/backends.py)."""
+    embeddings: EmbeddingCache | None = None
+    """The texts it embedded with its body (a head-only training), kept for the next retrain."""
 
     @property
     def accuracy(self) -> float | None:
@@ -220,6 +224,38 @@ def load_base_model(source: BaseModelSource, labels: list[str | None], hf_token:
         raise TrainingFailed(load_failure_message(source, error)) from error
 
 
+def load_version_body(version_path: Path, split: Split, options: TrainingOptions) -> SetFitModel:
+    """A stored version's body (fine-tuned or not) under a new, unfitted head, as SetFit builds one:
+    where a retrain starts. The version's own head (a pickle) is never read."""
+    from sentence_transformers import SentenceTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    config_file = version_path / "config_setfit.json"
+    config = json.loads(config_file.read_text(encoding="utf8")) if config_file.is_file() else {}
+    head = LogisticRegression(class_weight=options.class_weight)
+    labels: list[str | None] = [*split.labels, None] if split.refuses else list(split.labels)
+    try:
+        body = SentenceTransformer(str(version_path), trust_remote_code=options.trust_remote_code)
+    except Exception as error:
+        raise TrainingFailed(f"the version to retrain from could not be loaded ({type(error).__name__}: {error})") \
+            from error
+    return SetFitModel(model_body=body, model_head=OneVsRestClassifier(head) if split.multi_label else head,
+                       multi_target_strategy="one-vs-rest" if split.multi_label else None,
+                       normalize_embeddings=bool(config.get("normalize_embeddings", False)), labels=labels)
+
+
+def embed(model: SetFitModel, texts: Sequence[str], cache: EmbeddingCache) -> np.ndarray:
+    """The body's embeddings of `texts` (as SetFit feeds its head), those in `cache` not computed again;
+    the new ones are added to it."""
+    missing = list(dict.fromkeys(text for text in texts if text not in cache))
+    if missing:
+        vectors = model.model_body.encode(missing, normalize_embeddings=model.normalize_embeddings,
+                                          convert_to_numpy=True, show_progress_bar=False)
+        cache.update(zip(missing, np.asarray(vectors, dtype=np.float32), strict=True))
+    return np.stack([cache[text] for text in texts]) if texts else np.empty((0, 0), dtype=np.float32)
+
+
 def _load(split: Split, options: TrainingOptions) -> SetFitModel:
     # The "none of these" class is None in SetFit's labels too: SetFit's own predict answers None for it.
     labels: list[str | None] = [*split.labels, None] if split.refuses else list(split.labels)
@@ -236,11 +272,15 @@ def _targets(split: Split, pairs: Sequence[LabelledText]) -> list[int] | list[li
     return [len(split.labels) if target is None else ids[target] for _, target in pairs]  # type: ignore[index]
 
 
-def _evaluate(model: SetFitModel, split: Split, coverage: float) -> Evaluation | None:
+def _evaluate(model: SetFitModel, split: Split, coverage: float,
+              cache: EmbeddingCache | None = None) -> Evaluation | None:
     if not split.evaluation:
         return None
-    probabilities = np.asarray(model.predict_proba([text for text, _ in split.evaluation], as_numpy=True,
-                                                   show_progress_bar=False))
+    texts = [text for text, _ in split.evaluation]
+    if cache is not None:  # a head on a frozen body: its embeddings, cached or computed once
+        probabilities = np.asarray(model.model_head.predict_proba(embed(model, texts, cache)))
+    else:
+        probabilities = np.asarray(model.predict_proba(texts, as_numpy=True, show_progress_bar=False))
     columns = column_labels(model.model_head, split.labels, refuses=split.refuses)
     expected = [target for _, target in split.evaluation]
     if split.multi_label:
@@ -249,9 +289,10 @@ def _evaluate(model: SetFitModel, split: Split, coverage: float) -> Evaluation |
                                  split.none_of_these_examples)
 
 
-def _finish(model: SetFitModel, split: Split, strategy: str, started: float, coverage: float) -> TrainedClassifier:
+def _finish(model: SetFitModel, split: Split, strategy: str, started: float, coverage: float,
+            cache: EmbeddingCache | None = None) -> TrainedClassifier:
+    evaluation = _evaluate(model, split, coverage, cache)
     duration = time.perf_counter() - started
-    evaluation = _evaluate(model, split, coverage)
     logger.info("%s: trained on %d examples in %.1fs; accuracy %s on %d evaluation examples", strategy,
                 len(split.train), duration, evaluation and round(evaluation.accuracy, 4), len(split.evaluation))
     texts = [text for text, _ in split.train]
@@ -266,22 +307,29 @@ def _finish(model: SetFitModel, split: Split, strategy: str, started: float, cov
     return TrainedClassifier(model=model, labels=split.labels, strategy=strategy, evaluation=evaluation,
                              multi_label=split.multi_label, thresholds=thresholds, abstention=abstention,
                              num_examples=split.num_examples, training_duration_seconds=duration,
-                             calibration_texts=texts[::every][:MAX_CALIBRATION_TEXTS])
+                             calibration_texts=texts[::every][:MAX_CALIBRATION_TEXTS], embeddings=cache)
 
 
-def train_head(split: Split, options: TrainingOptions) -> TrainedClassifier:
-    """The base model's body as it is, and a logistic-regression head fitted on its embeddings."""
-    model = _load(split, options)
-    logger.info("fitting a head on the frozen body of %s on %s", options.base_model.requested, model.device)
+def train_head(split: Split, options: TrainingOptions, model: SetFitModel | None = None,
+               cache: EmbeddingCache | None = None) -> TrainedClassifier:
+    """A body as it is — the base model's, or `model`'s (a version's: load_version_body) — and a
+    logistic-regression head fitted on its embeddings; those in `cache` (the same body's) are not
+    computed again (a retrain of 1,000 examples: seconds)."""
+    model = model or _load(split, options)
+    logger.info("fitting a head on the frozen body of %s on %s (%d embeddings cached)", options.base_model.requested,
+                model.device, len(cache or {}))
+    cache = dict(cache or {})
     started = time.perf_counter()
-    model.fit([text for text, _ in split.train], _targets(split, split.train), num_epochs=1,
-              show_progress_bar=False)
-    return _finish(model, split, "head", started, options.abstention_coverage)
+    vectors = embed(model, [text for text, _ in split.train], cache)
+    model.model_head.fit(vectors, _targets(split, split.train))
+    return _finish(model, split, "head", started, options.abstention_coverage, cache)
 
 
-def fine_tune(split: Split, options: TrainingOptions, progress: ProgressCallback | None = None) -> TrainedClassifier:
-    """SetFit: contrastive fine-tuning of the body on pairs of examples, then the head."""
-    model = _load(split, options)
+def fine_tune(split: Split, options: TrainingOptions, progress: ProgressCallback | None = None,
+              model: SetFitModel | None = None) -> TrainedClassifier:
+    """SetFit: contrastive fine-tuning of the body on pairs of examples, then the head. The base
+    model's body, or `model`'s (a version's, fine-tuned further: load_version_body)."""
+    model = model or _load(split, options)
     logger.info("fine-tuning %s on %s", options.base_model.requested, model.device)
     started = time.perf_counter()
     # Checkpoints and logs go to a temporary directory, never into the working tree.

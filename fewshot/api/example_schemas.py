@@ -19,6 +19,7 @@ from pydantic import (
 from fewshot.api.schemas import LIMITS, Example, NonBlankText, distinct, one_form
 from fewshot.timestamps import UtcTimestamp
 from trainers.examples import ExampleSource, NewExample, StoredExample
+from trainers.promotion import fixed_evaluation
 
 MAX_EXAMPLES_PAGE = 1000
 MAX_DELETE_IDS = 1000
@@ -128,30 +129,48 @@ class ExamplesDeleted(BaseModel):
 class RetrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"strategy": "head"}})
 
-    strategy: Literal["setfit", "head", "auto"] = Field(
-        default="head", description="As in /v1/train: head (a new head on the base model's body: seconds), "
-        "setfit (fine-tune the body too), auto (the head at once, then fine-tuning, kept if better).")
+    strategy: Literal["head", "continue", "full", "auto"] = Field(
+        default="head", description="head: a new head on the served version's body (seconds; its embeddings of "
+        "unchanged texts are cached). continue: the served version's body fine-tuned further on the whole set "
+        "(a quarter of its iterations by default). full: fine-tuned from the base model. auto: head at once, then "
+        "full, kept if better (as /v1/train's auto).")
+    promote: Literal["if_better", "always"] = Field(
+        default="if_better", description="if_better: the new version is served only if it scores no worse than "
+        "the served one on the set's fixed evaluation examples, overall and per label; otherwise it is kept, "
+        "not served, and the job says why. always: served in any case.")
     num_iterations: int | None = Field(default=None, gt=0, le=LIMITS.max_num_iterations, description=(
-        "SetFit pair-generation iterations; default: the latest version's."))
-    holdout_fraction: float | None = Field(default=None, ge=0, lt=1, description="As in /v1/train.")
+        "SetFit pair-generation iterations of continue, full and auto; default: the served version's (continue: a "
+        "quarter of them)."))
     abstention_coverage: float | None = Field(default=None, gt=0, le=1, description="As in /v1/train.")
 
 
-def training_request(model_name: str, examples: list[StoredExample], latest: dict[str, Any] | None,
+CONTINUE_ITERATIONS_SHARE = 4
+"""`continue` fine-tunes a body already tuned on most of the set: a quarter of its iterations."""
+TRAINING_STRATEGY = {"head": "head", "continue": "setfit", "full": "setfit", "auto": "auto"}
+
+
+def training_request(model_name: str, examples: list[StoredExample], served: dict[str, Any] | None,
                      retrain: RetrainRequest) -> dict[str, Any]:
-    """A /v1/train request (to validate as one) training `model_name` on its set with the latest
-    version's base model and settings, as far as `retrain` does not say otherwise."""
-    latest = latest or {}
-    request: dict[str, Any] = {"model_name": model_name, "strategy": retrain.strategy,
-                               "examples": [example.as_training_example() for example in examples]}
-    if latest.get("strategy") != "imported" and latest.get("base_model"):
-        request["base_model"] = latest["base_model"]
+    """A /v1/train request (to validate as one) training `model_name` on its set: the set's fixed
+    evaluation part (trainers/promotion.py) as `eval_examples`, the served version's base model and
+    settings as far as `retrain` does not say otherwise."""
+    served = served or {}
+    train, evaluation = fixed_evaluation([(example.text, example.target) for example in examples])
+    request: dict[str, Any] = {"model_name": model_name, "strategy": TRAINING_STRATEGY[retrain.strategy],
+                               "examples": [examples[i].as_training_example() for i in train],
+                               "holdout_fraction": 0}
+    if evaluation:
+        request.update(eval_examples=[examples[i].as_training_example() for i in evaluation])
+        del request["holdout_fraction"]
+    if served.get("strategy") != "imported" and served.get("base_model"):
+        request["base_model"] = served["base_model"]
     for field in ("num_iterations", "learning_rate", "batch_size"):
-        if latest.get(field) is not None:
-            request[field] = latest[field]
+        if served.get(field) is not None:
+            request[field] = served[field]
+    if retrain.strategy == "continue" and "num_iterations" in request:
+        request["num_iterations"] = max(1, request["num_iterations"] // CONTINUE_ITERATIONS_SHARE)
     if retrain.num_iterations is not None:
         request["num_iterations"] = retrain.num_iterations
-    for field in ("holdout_fraction", "abstention_coverage"):
-        if getattr(retrain, field) is not None:
-            request[field] = getattr(retrain, field)
+    if retrain.abstention_coverage is not None:
+        request["abstention_coverage"] = retrain.abstention_coverage
     return request

@@ -31,6 +31,7 @@ from fewshot.settings import get_settings
 from fewshot.timestamps import UtcTimestamp
 from trainers.holdout import DEFAULT_ABSTENTION_COVERAGE, Abstention, ConfusionMatrix, LabelMetrics, Target
 from trainers.jobs import JobKind, JobStatus, StrategyComparison
+from trainers.promotion import Promotion
 
 # Request limits are settings (docs/settings.md); read once, when the schemas are built.
 LIMITS = get_settings()
@@ -360,7 +361,8 @@ class ImportRequest(BaseModel):
 
 class TrainAccepted(BaseModel):
     job_id: str
-    kind: JobKind = Field(default="train", description="train (POST /v1/train) or import (POST /v1/models/import).")
+    kind: JobKind = Field(default="train", description="train (POST /v1/train), import (POST /v1/models/import) or "
+                                                     "retrain (POST /v1/models/{name}/retrain).")
     status: JobStatus
     model_name: str
     created_at: UtcTimestamp
@@ -369,7 +371,8 @@ class TrainAccepted(BaseModel):
 
 class JobView(BaseModel):
     job_id: str
-    kind: JobKind = Field(default="train", description="train (POST /v1/train) or import (POST /v1/models/import).")
+    kind: JobKind = Field(default="train", description="train (POST /v1/train), import (POST /v1/models/import) or "
+                                                     "retrain (POST /v1/models/{name}/retrain).")
     status: JobStatus
     model_name: str
     created_at: UtcTimestamp
@@ -388,6 +391,9 @@ class JobView(BaseModel):
                                                               "at its next step and the job ends `cancelled`.")
     warnings: list[str] = Field(default_factory=list, description="About the examples, e.g. labels with very few.")
     comparison: StrategyComparison | None = Field(default=None, description="strategy auto: which model won.")
+    promotion: Promotion | None = Field(default=None, description=(
+        "A retrain: whether its version replaced the served one (`promoted`), and why; when not, the version is "
+        "kept (reachable as name:version) and not served."))
 
 
 MAX_JOBS_PAGE = 500
@@ -450,6 +456,11 @@ class ModelView(BaseModel):
         "trained before it was kept."))
     comparison: StrategyComparison | None = Field(
         default=None, description="strategy auto, on the fine-tuned version it registered: both scores.")
+    held: str | None = Field(default=None, description=(
+        "Why this version is not served (a retrain that scored worse than the served version, `promote: "
+        "if_better`); null for a version that is, or was, served. `name` serves the newest version not held."))
+    promotion: Promotion | None = Field(default=None, description="A retrained version: the comparison that "
+                                                                   "decided whether it is served.")
     examples_digest: str | None = Field(default=None, description=(
         "A hash of the examples it was trained on (texts and labels, hold-out included): equal to the example "
         "set's `digest` (GET /v1/models/{name}/examples) when it was trained on the set as it is now. Null for "
@@ -462,7 +473,7 @@ class ModelView(BaseModel):
 
 class ModelVersions(BaseModel):
     model_name: str
-    versions: list[ModelView] = Field(description="Newest first; the first is what `model_name` serves.")
+    versions: list[ModelView] = Field(description="Newest first; `model_name` serves the first one that is not `held`.")
 
 
 class ModelList(BaseModel):

@@ -6,7 +6,7 @@ of HTTP; the views here are the only place that decides which of their fields th
 
 from __future__ import annotations
 
-from fewshot import backend_cache
+from fewshot import backend_cache, store
 from fewshot.api.schemas import JobView, ModelVersions, ModelView, TrainAccepted
 from fewshot.store import StoredModel
 from trainers.jobs import JobRecord
@@ -47,6 +47,8 @@ def model_view(stored: StoredModel) -> ModelView:
         confusion_matrix=meta.get("confusion_matrix"),
         comparison=meta.get("comparison"),
         examples_digest=meta.get("examples_digest"),
+        held=meta.get(store.HELD),
+        promotion=meta.get("promotion"),
         source=meta.get("source"),
         revision=meta.get("revision"),
         backend=backend_cache.read_status(stored.name, stored.version),

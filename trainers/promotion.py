@@ -1,0 +1,96 @@
+"""Whether a retrained version replaces the one a model serves, and on which evaluation examples.
+
+Both versions are scored on the same examples: the example set's fixed evaluation part
+(`fixed_evaluation`), which an example joins or not by a hash of its text alone, so that every
+retrain of a model evaluates on the same texts as far as its set allows, and no version is judged
+on texts it was trained on. The new version replaces the served one unless it is worse overall or
+on a label both know (`decide`). Pure Python: no model, no HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from trainers.holdout import Evaluation, Target, target_labels
+
+EVALUATION_SHARE = 5
+"""One example in 5 (by its text's hash) is evaluated on, where its labels can spare it."""
+MIN_LABEL_EXAMPLES = 4
+"""A label with fewer examples is never evaluated on (as /v1/train's hold-out)."""
+LABEL_F1_TOLERANCE = 0.05
+"""How much a label's F1 may drop before the new version counts as worse on it: a few evaluation
+texts per label make F1 move in steps of 0.1-0.3, and one text more or less right is noise."""
+
+
+def in_fixed_evaluation(text: str) -> bool:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % EVALUATION_SHARE == 0
+
+
+def fixed_evaluation(examples: Sequence[tuple[str, Target]]) -> tuple[list[int], list[int]]:
+    """Positions of the examples to train on and to evaluate on. An example is evaluated on when its
+    text's hash says so and each of its labels has MIN_LABEL_EXAMPLES examples and keeps one to
+    train on (so an evaluation label is always a trained one); `label: null` ones follow the hash."""
+    counts = Counter(label for _, target in examples for label in target_labels(target))
+    left_to_train = Counter(counts)
+    train, evaluation = [], []
+    for position, (text, target) in enumerate(examples):
+        labels = target_labels(target)
+        if in_fixed_evaluation(text) and all(counts[label] >= MIN_LABEL_EXAMPLES and left_to_train[label] > 1
+                                             for label in labels):
+            evaluation.append(position)
+            left_to_train.subtract(labels)
+        else:
+            train.append(position)
+    return train, evaluation
+
+
+class LabelChange(BaseModel):
+    served_f1: float
+    new_f1: float
+
+
+class Promotion(BaseModel):
+    """Why a retrained version is served, or kept and not served."""
+
+    promoted: bool
+    reason: str
+    rule: Literal["if_better", "always"] = "if_better"
+    served_version: str | None = Field(default=None, description="The version it was compared with.")
+    metric: Literal["accuracy", "micro_f1"] = "accuracy"
+    served_score: float | None = None
+    new_score: float | None = None
+    labels: dict[str, LabelChange] = Field(default_factory=dict, description=(
+        "Per label both versions know and the evaluation examples have: F1 of each."))
+    evaluation_examples: int = 0
+
+
+def decide(served: Evaluation, new: Evaluation, served_labels: Sequence[str], served_version: str,
+           multi_label: bool) -> Promotion:
+    """Served unless worse: a lower overall score (accuracy; micro F1 for multi-label), or a label both
+    versions know whose F1 drops by more than LABEL_F1_TOLERANCE. Labels new to this version cannot
+    be worse (the served version never answers them)."""
+    metric: Literal["accuracy", "micro_f1"] = "micro_f1" if multi_label else "accuracy"
+    served_score = (served.micro_f1 if multi_label else served.accuracy) or 0.0
+    new_score = (new.micro_f1 if multi_label else new.accuracy) or 0.0
+    shared = [label for label in served_labels
+              if label in new.per_label and label in served.per_label and new.per_label[label].support > 0]
+    changes = {label: LabelChange(served_f1=round(served.per_label[label].f1, 4),
+                                  new_f1=round(new.per_label[label].f1, 4)) for label in shared}
+    worse_labels = [label for label, change in changes.items()
+                    if change.new_f1 < change.served_f1 - LABEL_F1_TOLERANCE]
+    common = {"served_version": served_version, "metric": metric, "served_score": round(served_score, 4),
+              "new_score": round(new_score, 4), "labels": changes, "evaluation_examples": new.num_examples}
+    if new_score < served_score:
+        return Promotion(promoted=False, reason=f"{metric} {new_score:.3f} is below the served version's "
+                         f"{served_score:.3f} on the same {new.num_examples} evaluation examples", **common)
+    if worse_labels:
+        named = ", ".join(f"{label} {changes[label].served_f1:.2f} -> {changes[label].new_f1:.2f}"
+                          for label in worse_labels[:5])
+        return Promotion(promoted=False, reason=f"F1 dropped by more than {LABEL_F1_TOLERANCE} on: {named}", **common)
+    return Promotion(promoted=True, reason=f"{metric} {new_score:.3f} against the served version's "
+                     f"{served_score:.3f}, and no label worse by more than {LABEL_F1_TOLERANCE} F1", **common)
