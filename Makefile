@@ -13,7 +13,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-label-names bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -98,6 +98,17 @@ bench-pipeline: install-test
 FOOTPRINT_ARGS ?=
 bench-worker-footprint: install-test
 	$(BIN)/python -m bench.worker_footprint $(FOOTPRINT_ARGS)
+
+## Retraining from a model's example set against training from scratch (~15 min): banking77 growing 2 → 16
+## examples per label, a new label at 8, and a 1,000-example head retrain: writes bench/results/retraining-<time>.*
+RETRAINING_ARGS ?=
+bench-retraining: install-test
+	$(BIN)/python -m bench.retraining $(RETRAINING_ARGS)
+
+## A model from label names alone against 2 and 8 examples per label, banking77 and trec6 (~3 min):
+## writes bench/results/label-names-<time>.*
+bench-label-names: install-test
+	$(BIN)/python -m bench.label_names
 
 ## Time from POST /v1/train (strategy head) to a served model, p50/p95 over 20 jobs, with our trainer
 ## polling and Huey's default in the same run (~20 min: idle gaps up to 60 s): writes bench/results/time-to-model-<time>.*

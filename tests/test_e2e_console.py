@@ -243,6 +243,39 @@ def test_a_version_is_deleted_only_after_confirmation(page: RecordedPage, client
     expect(page.page.locator('#model-list button[data-model="disposable"]')).to_have_count(0)
 
 
+def test_the_example_set_is_listed_added_to_deleted_and_retrained_from(page: RecordedPage, client: httpx.Client,
+                                                                         train_examples: list[dict]) -> None:
+    first = train(client, "taught", train_examples[:16])
+    open_console(page)
+    page.page.locator('#model-list button[data-model="taught"]').click()
+    rows = page.page.locator("#example-set table.examples tbody tr")
+    expect(rows).to_have_count(16)
+    trained_on = page.page.locator("#trained-on")
+    expect(trained_on).to_contain_text("was trained on exactly this set of 16 examples")
+    notice = page.page.locator("#notice")
+    page.page.fill("#example-text", "hello there, good morning")
+    page.page.fill("#example-label", "greeting")
+    page.page.get_by_role("button", name="Add example").click()
+    expect(notice).to_contain_text("Added: the set has 17 examples")
+    expect(rows).to_have_count(17)
+    expect(trained_on).to_contain_text(f"{first['model_version']} was trained on 16 examples (+1 added since)")
+    page.page.fill("#example-text", train_examples[0]["text"])  # in the set as card_arrival
+    page.page.fill("#example-label", "top_up_failed")
+    page.page.get_by_role("button", name="Add example").click()
+    expect(notice).to_contain_text(f"Not added: the set has this text as {train_examples[0]['label']}")
+    page.screenshot("example-set")
+    page.page.get_by_role("button", name="Delete example: hello there, good morning").click()
+    page.page.locator("#confirm-dialog").get_by_role("button", name="Delete").click()
+    expect(notice).to_contain_text("Deleted: the set has 16 examples")
+    expect(rows).to_have_count(16)
+    page.page.select_option("#retrain-strategy", "head")
+    page.page.get_by_role("button", name="Retrain").click()
+    expect(notice).to_contain_text("Retraining taught: job ")
+    job_id = notice.inner_text().split("job ")[1].split(" ")[0]
+    job = wait_for_job(client, job_id, {"completed", "failed"})
+    assert (job["kind"], job["status"], job["promotion"]["rule"]) == ("retrain", "completed", "if_better"), job
+
+
 # ----------------------------------------------------------------------------------------- try it
 
 def test_try_it_shows_the_labels_with_probability_bars(page: RecordedPage, client: httpx.Client,

@@ -189,3 +189,31 @@ def test_continue_fine_tunes_the_served_body_further(server: LiveServer, train_e
         assert version.strategy == "setfit" and "greeting" in version.labels
         wait_for_log(server, f"retrain (continue, promote always) on the example set of {len(train_examples) + 2}; "
                              f"head from the base model, fine-tuning from tuned:{first}")
+
+
+def test_a_model_from_label_names_alone_answers_the_obvious_label(server: LiveServer) -> None:
+    """No examples: sentences made from the names (one described) are trained on and kept in the set
+    (`template`), and clear texts get their label; real examples then join the same set."""
+    names = ["card_arrival", "exchange_rate", {"name": "lost_or_stolen_card", "description": "a lost or stolen card"},
+             "top_up_failed"]
+    clear = {"When will my card arrive?": "card_arrival", "What is the exchange rate for euros?": "exchange_rate",
+             "Someone stole my card": "lost_or_stolen_card", "My top up failed": "top_up_failed"}
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        job = http.post("/v1/train", json={"model_name": "named", "base_model": BASE_MODEL, "strategy": "head",
+                                           "labels": names})
+        assert job.status_code == 202, job.text
+        assert wait_for_job(http, job.json()["job_id"], {"completed", "failed"})["status"] == "completed"
+        model = http.get("/v1/models/named").json()
+        assert model["labels"] == sorted(clear.values()) and model["accuracy"] is None  # nothing real to score on
+        answers = http.post("/v1/predict", json={"model_name": "named", "texts": list(clear)}).json()["predictions"]
+        assert [answer["label"] for answer in answers] == list(clear.values())
+        listed = http.get("/v1/models/named/examples", params={"limit": 1000}).json()
+        assert {e["source"] for e in listed["examples"]} == {"template"} and listed["total"] == 4 * 8
+        assert "This text is about a lost or stolen card." in {e["text"] for e in listed["examples"]}
+        # wrong shapes are 400s naming the field
+        for body, field in (({"labels": ["only"]}, "labels"), ({"labels": ["a", "a"]}, "labels"),
+                            ({"labels": ["a", "b"], "examples": [{"text": "x", "label": "c"}]}, "examples"),
+                            ({"labels": ["a", "b"], "examples": [{"text": "x", "labels": ["a"]}]}, "labels"),
+                            ({}, "examples")):
+            refused = http.post("/v1/train", json={"model_name": "named", "base_model": BASE_MODEL, **body})
+            assert refused.status_code == 400 and refused.json()["error"].startswith(f"{field}"), refused.text

@@ -61,7 +61,9 @@ def test_train_defaults() -> None:
 
 
 @pytest.mark.parametrize(("payload", "expected"), [
-    ({"examples": []}, "examples: List should have at least 1 item"),
+    ({"examples": []}, "examples: must not be empty: send labelled examples, or `labels`"),
+    ({}, "examples: must not be empty"),
+    ({"labels": ["only"]}, "labels: List should have at least 2 items"),
     ({"examples": [{"text": "a", "label": "x"}]}, "examples: must contain at least 2 distinct labels"),
     ({"examples": [{"text": " ", "label": "x"}, {"text": "b", "label": "y"}]},
      "examples[0].text: must not be empty or only whitespace"),

@@ -27,8 +27,9 @@ from pydantic import BaseModel
 from fewshot.settings import Settings
 from fewshot.timestamps import UtcTimestamp, utc_now
 
-ExampleSource = Literal["train", "added", "feedback", "import"]
-EXAMPLE_SOURCES: tuple[ExampleSource, ...] = ("train", "added", "feedback", "import")
+ExampleSource = Literal["train", "added", "template", "feedback", "import"]
+EXAMPLE_SOURCES: tuple[ExampleSource, ...] = ("train", "added", "template", "feedback", "import")
+"""`template`: made from a label's name (trainers/label_names.py); `feedback` and `import`: reserved."""
 
 
 @dataclass(frozen=True)

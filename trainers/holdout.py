@@ -213,7 +213,7 @@ def data_warnings(label_counts: Mapping[str, int]) -> list[str]:
         more = f" and {len(few) - 10} more" if len(few) > 10 else ""
         warnings.append(f"examples: fewer than {FEW_EXAMPLES} examples of {shown}{more}; predictions of these "
                         "labels will be unreliable (8 or more per label is a good start)")
-    most, least = max(label_counts.values()), min(label_counts.values())
+    most, least = max(label_counts.values(), default=0), min(label_counts.values(), default=0)
     if least and most / least >= IMBALANCE_RATIO:
         warnings.append(f"examples: labels are imbalanced ({most} examples of the most frequent, {least} of the "
                         "rarest); the head weighs labels by inverse frequency (balanced class weights) so rare "

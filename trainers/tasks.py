@@ -19,12 +19,13 @@ from huey import signals
 from pydantic import ValidationError
 
 from fewshot.api.example_schemas import new_examples
-from fewshot.api.schemas import ImportRequest, TrainRequest, label_counts
+from fewshot.api.schemas import Example, ImportRequest, TrainRequest, label_counts
 from fewshot.settings import get_settings
 from fewshot.timestamps import utc_now
-from trainers.examples import sort_out
+from trainers.examples import NewExample, sort_out
 from trainers.holdout import data_warnings
 from trainers.jobs import JobRecord, RetrainPlan, StrategyComparison, expire_finished, new_job
+from trainers.label_names import templated_texts
 from trainers.logs import job_context
 from trainers.promotion import Promotion
 from trainers.queue import example_sets, huey, jobs
@@ -86,6 +87,13 @@ def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
     Refused with `QueueFull` when `max_queued` jobs are already pending (a soft bound: two
     submissions racing at the bound may both get in).
     """
+    templated: list[NewExample] = []
+    if request.labels:  # start from label names: their sentences are trained on, and kept in the set
+        templated = [NewExample(text, label.name) for label in request.labels
+                     for text in templated_texts(label.name, label.description)]
+        request = request.model_copy(update={
+            "examples": [*request.examples, *(Example(text=e.text, label=e.label) for e in templated)],
+            "holdout_fraction": 0 if request.holdout_fraction is None else request.holdout_fraction})
     added, mode = new_examples(request.examples), request.mode
     set_warnings: list[str] = []
     if mode == "add":
@@ -107,7 +115,9 @@ def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
     record = new_job(request.model_name, request.model_dump(mode="json"), kind="train")
     record.warnings = [*data_warnings(label_counts(request.examples)), *set_warnings]
     submitted = _submit(record, max_queued)
-    example_sets.add(request.model_name, added, "train", replace=mode == "replace")
+    example_sets.add(request.model_name, added[:len(added) - len(templated)], "train", replace=mode == "replace")
+    if templated:
+        example_sets.add(request.model_name, templated, "template")
     return submitted
 
 

@@ -174,6 +174,18 @@ def one_form(examples: list[Example], multi_label: bool, rule: str) -> None:
         raise ValueError(f"{rule} (see item {mixed[0]})")
 
 
+class LabelName(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: NonBlankText = Field(description="The label, as predictions will name it.")
+    description: NonBlankText | None = Field(default=None, description=(
+        "What texts of it are about, in words (default: the name, `_` and `-` read as spaces)."))
+
+
+def _named(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
 class TrainRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {
         "model_name": "intents",
@@ -198,10 +210,19 @@ class TrainRequest(BaseModel):
         "examples): replace: they become the set, and the model is trained on them. add: they join the set (a text "
         "already in it is not added again; one with another label keeps the set's, said in `warnings`), and the "
         "model is trained on the whole set: then `examples` may name only one label.")
+    labels: list[Annotated[LabelName, BeforeValidator(_named), WithJsonSchema({"oneOf": [
+        {"type": "string", "minLength": 1, "pattern": NOT_BLANK_PATTERN},
+        {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+            "name": {"type": "string", "minLength": 1, "pattern": NOT_BLANK_PATTERN},
+            "description": {"type": "string", "minLength": 1, "pattern": NOT_BLANK_PATTERN}}}]})]] | None = Field(
+        default=None, min_length=2, max_length=LIMITS.max_labels, description=(
+            "Start from label names: each a name, or {name, description}. Sentences made from them (8 per label, "
+            "source `template` in the example set) are trained on with `examples` (which may be few or none; their "
+            "labels must be among these). Single-label only; without eval_examples, accuracy is null."))
     examples: list[Example] = Field(
-        min_length=1, max_length=LIMITS.max_train_examples,
-        description="Labelled examples, at least 2 labels. Each has `label` (null: none of the labels), or each has "
-        "`labels` (a list, possibly empty): then a multi-label model is trained.")
+        default_factory=list, max_length=LIMITS.max_train_examples, validate_default=True,
+        description="Labelled examples, at least 2 labels (with `labels`: any, or none). Each has `label` (null: "
+        "none of the labels), or each has `labels` (a list, possibly empty): then a multi-label model is trained.")
     num_iterations: int = Field(default=20, gt=0, le=LIMITS.max_num_iterations,
                                 description="SetFit pair-generation iterations.")
     learning_rate: float = Field(default=2e-5, gt=0, le=1, description="Learning rate of the SetFit body.")
@@ -235,6 +256,10 @@ class TrainRequest(BaseModel):
     @field_validator("examples")
     @classmethod
     def _at_least_two_labels(cls, examples: list[Example], info: ValidationInfo) -> list[Example]:
+        if info.data.get("labels"):
+            return examples  # checked against the label names: _label_names_cover_examples
+        if not examples:
+            raise ValueError("must not be empty: send labelled examples, or `labels` (label names) to start from")
         one_form(examples, examples[0].is_multi_label, "must all give `label` (one label, or null for none of them) "
                   "or all give `labels` (a list: a multi-label model), not both forms")
         labels = len(label_counts(examples))
@@ -280,6 +305,22 @@ class TrainRequest(BaseModel):
         return evaluation
 
     @model_validator(mode="after")
+    def _label_names_cover_examples(self) -> TrainRequest:
+        if self.labels is None:
+            return self
+        names = [label.name for label in self.labels]
+        repeated = sorted(name for name in set(names) if names.count(name) > 1)
+        if repeated:
+            raise ValueError(f"labels: names must be distinct; repeated: {', '.join(repeated[:10])}")
+        if self.is_multi_label or any(example.is_multi_label for example in self.examples):
+            raise ValueError("labels: label names start single-label models; send `label` in examples")
+        for field, examples in (("examples", self.examples), ("eval_examples", self.eval_examples or [])):
+            unknown = sorted(set(label_counts(examples)) - set(names))
+            if unknown:
+                raise ValueError(f"{field}: labels must be among `labels`; unknown: {', '.join(unknown[:10])}")
+        return self
+
+    @model_validator(mode="after")
     def _coverage_is_single_label(self) -> TrainRequest:
         if self.abstention_coverage is not None and self.is_multi_label:
             raise ValueError("abstention_coverage: is for single-label models; a multi-label model learns a "
@@ -288,7 +329,7 @@ class TrainRequest(BaseModel):
 
     @property
     def is_multi_label(self) -> bool:
-        return self.examples[0].is_multi_label
+        return bool(self.examples) and self.examples[0].is_multi_label
 
     @property
     def coverage(self) -> float:

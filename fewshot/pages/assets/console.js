@@ -12,6 +12,7 @@ const MAX_POLLED_JOBS = 10; // the newest active ones; a long queue's others mov
 const SCREENS = ["models", "jobs", "try", "train"];
 const ACTIVE = new Set(["pending", "running"]);
 const MAX_ROW_ERRORS = 10;
+const EXAMPLES_PAGE = 100; // examples per page of GET /v1/models/{name}/examples
 
 const state = {
   models: [], // GET /v1/models: [{model_name, versions: [newest first]}]
@@ -23,6 +24,7 @@ const state = {
   examples: null, // the parsed CSV, ready to train on
   newJob: null, // the job just submitted from the Train screen
   jobsListedAt: 0, // when the job list was last fetched by the poller (ms)
+  exampleSet: null, // the shown model's example set: {model, rows (pages so far), total, digest, nextCursor}
 };
 
 // ---------------------------------------------------------------------------------------- DOM
@@ -210,6 +212,11 @@ function shownModel() {
   return state.models.find((model) => model.model_name === state.model) || null;
 }
 
+/** The version a model serves: its newest one not held back by a retrain's promotion rule. */
+function servedVersion(model) {
+  return model.versions.find((version) => !version.held) || null;
+}
+
 function headline(version) {
   // A multi-label version is scored by micro F1 (its subset accuracy is harsh on a few texts).
   return version.task === "multi_label"
@@ -257,15 +264,19 @@ function renderModel() {
       versionTable(model),
       versions.length > 1 ? compareForm(model) : null,
       el("div", { id: "comparison" })),
-    el("div", { class: "panel", id: "version-detail" }, versionDetail(shown)));
+    el("div", { class: "panel", id: "version-detail" }, versionDetail(shown)),
+    el("div", { class: "panel", id: "example-set" }, el("h3", {}, "Example set"), el("p", { class: "muted" }, "Loading…")));
+  loadExamples(model);
 }
 
 function versionTable(model) {
-  const rows = model.versions.map((version, index) => {
+  const served = servedVersion(model);
+  const rows = model.versions.map((version) => {
     const score = headline(version);
     return el("tr", { class: version.model_version === state.version ? "selected" : "", "data-version": version.model_version },
       el("td", {}, el("code", {}, version.model_version), " ",
-        index === 0 ? el("span", { class: "badge served", title: `${model.model_name} serves this version` }, "served") : null),
+        version === served ? el("span", { class: "badge served", title: `${model.model_name} serves this version` }, "served") : null,
+        version.held ? el("span", { class: "badge held", title: `Not served: ${version.held}` }, "held") : null),
       el("td", {}, when(version.created_at)),
       el("td", {}, version.strategy),
       el("td", { class: "number" }, version.num_examples ?? "—"),
@@ -442,7 +453,8 @@ function askToConfirm(title, text, action) {
 }
 
 function confirmDelete(version) {
-  const served = shownModel()?.versions[0]?.model_version === version.model_version;
+  const model = shownModel();
+  const served = model && servedVersion(model)?.model_version === version.model_version;
   askToConfirm(`Delete ${version.tag}?`,
     `The version and its files are removed from the model store; this cannot be undone.${served
       ? ` It is the version ${version.model_name} serves: the name then serves the previous version, if any.` : ""}`,
@@ -456,6 +468,141 @@ function confirmDelete(version) {
       }
       await refreshModels();
     });
+}
+
+// ---------------------------------------------------------------------------------- example set
+
+async function loadExamples(model, cursor = null) {
+  const name = model.model_name;
+  const query = `limit=${EXAMPLES_PAGE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
+  let page;
+  try {
+    page = await api("GET", `v1/models/${encodeURIComponent(name)}/examples?${query}`);
+  } catch (failure) {
+    if (failure.status !== 401) notify(`Could not list the examples of ${name}: ${failureText(failure)}`, true);
+    return;
+  }
+  if (state.model !== name || !$("example-set")) return; // another model was chosen meanwhile
+  const before = cursor && state.exampleSet?.model === name ? state.exampleSet.rows : [];
+  state.exampleSet = { model: name, rows: [...before, ...page.examples], total: page.total, digest: page.digest,
+    nextCursor: page.next_cursor };
+  renderExamples(model);
+}
+
+/** What the served version was trained on, against the set as it is: "trained on N examples (+k since)". */
+function trainedOnLine(model) {
+  const set = state.exampleSet;
+  const served = servedVersion(model);
+  if (!served) return "No version is served: retrain to train one on this set.";
+  if (served.examples_digest && served.examples_digest === set.digest) {
+    return `The served version ${served.model_version} was trained on exactly this set of ${set.total} examples.`;
+  }
+  const since = set.rows.filter((example) => new Date(example.added_at) > new Date(served.created_at)).length;
+  const trainedOn = served.num_examples ?? "?";
+  return `The served version ${served.model_version} was trained on ${trainedOn} examples (+${since} added since`
+    + `${set.nextCursor ? " among those shown" : ""}); the set now has ${set.total}. Retrain to learn from it.`;
+}
+
+function renderExamples(model) {
+  const set = state.exampleSet;
+  const rows = set.rows.map((example) => el("tr", { "data-example": example.id },
+    el("td", {}, example.text),
+    el("td", {}, example.labels ? example.labels.join(", ") : (example.label ?? "(none of these)")),
+    el("td", {}, example.source),
+    el("td", {}, when(example.added_at)),
+    el("td", {}, el("button", {
+      type: "button", class: "danger", "aria-label": `Delete example: ${example.text}`,
+      onclick: () => confirmDeleteExample(model, example),
+    }, "Delete"))));
+  $("example-set").replaceChildren(
+    el("h3", { tabindex: "-1" }, "Example set"),
+    el("p", { class: "facts-line", id: "trained-on" }, trainedOnLine(model)),
+    addExampleForm(model),
+    retrainForm(model),
+    rows.length
+      ? el("table", { class: "examples" },
+        el("thead", {}, el("tr", {}, el("th", {}, "Text"), el("th", {}, "Label"), el("th", {}, "Source"),
+          el("th", {}, "Added"), el("th", {}, el("span", { class: "visually-hidden" }, "Actions")))),
+        el("tbody", {}, rows))
+      : el("p", { class: "muted" }, "No examples kept for this model (trained before example sets existed): add some, then retrain."),
+    set.nextCursor ? el("button", { type: "button", onclick: () => loadExamples(model, set.nextCursor) },
+      `Show more examples (${set.rows.length} of ${set.total})`) : null);
+}
+
+function addExampleForm(model) {
+  const multiLabel = servedVersion(model)?.task === "multi_label";
+  const text = el("input", { type: "text", id: "example-text", autocomplete: "off", required: "" });
+  const label = el("input", { type: "text", id: "example-label", autocomplete: "off", spellcheck: "false" });
+  const form = el("form", { class: "inline-form", id: "example-form", novalidate: "" },
+    el("label", {}, "Text ", text),
+    el("label", {}, multiLabel ? "Labels (comma-separated) " : "Label ", label),
+    el("button", { type: "submit" }, "Add example"));
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    const example = multiLabel
+      ? { text: text.value, labels: label.value.split(",").map((part) => part.trim()).filter(Boolean) }
+      : { text: text.value, label: label.value.trim() || null };
+    await busy(form, "Adding…", async () => {
+      try {
+        const answer = await api("POST", `v1/models/${encodeURIComponent(model.model_name)}/examples`,
+          { examples: [example] });
+        if (answer.conflicts.length) {
+          const held = answer.conflicts[0].existing;
+          notify(`Not added: the set has this text as ${held.labels ? held.labels.join(", ") : held.label}; `
+            + "delete it first to relabel it.", true);
+        } else if (answer.duplicates.length) {
+          notify("Already in the set with that label: nothing added.");
+        } else {
+          notify(`Added: the set has ${answer.total} examples. Retrain to learn from it.`);
+        }
+      } catch (failure) {
+        notify(`Could not add the example: ${failureText(failure)}`, true);
+      }
+      await loadExamples(model);
+    });
+  };
+  return form;
+}
+
+function retrainForm(model) {
+  const strategy = el("select", { id: "retrain-strategy" },
+    el("option", { value: "head" }, "head: a new head on the served version's body (seconds)"),
+    el("option", { value: "continue" }, "continue: fine-tune the served body further"),
+    el("option", { value: "full" }, "full: fine-tune from the base model"),
+    el("option", { value: "auto" }, "auto: head at once, then full, kept if better"));
+  const ifBetter = el("input", { type: "checkbox", id: "retrain-if-better", checked: "" });
+  const form = el("form", { class: "inline-form", id: "retrain-form", novalidate: "" },
+    el("label", {}, "Retrain ", strategy),
+    el("label", { class: "inline" }, ifBetter, " serve it only if it is no worse"),
+    el("button", { type: "submit", class: "primary" }, "Retrain"));
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    await busy(form, "Queuing…", async () => {
+      try {
+        const job = await api("POST", `v1/models/${encodeURIComponent(model.model_name)}/retrain`,
+          { strategy: strategy.value, promote: ifBetter.checked ? "if_better" : "always" });
+        notify(`Retraining ${model.model_name}: job ${job.job_id} (see Jobs).`);
+        await refreshJobs();
+      } catch (failure) {
+        notify(`Could not retrain: ${failureText(failure)}`, true);
+      }
+    });
+  };
+  return form;
+}
+
+function confirmDeleteExample(model, example) {
+  askToConfirm("Delete this example?", `"${example.text}" leaves the example set of ${model.model_name}; versions `
+    + "already trained on it keep it.", async () => {
+    try {
+      const answer = await api("DELETE",
+        `v1/models/${encodeURIComponent(model.model_name)}/examples/${encodeURIComponent(example.id)}`);
+      notify(`Deleted: the set has ${answer.total} examples.`);
+    } catch (failure) {
+      notify(`Could not delete the example: ${failureText(failure)}`, true);
+    }
+    await loadExamples(model);
+  });
 }
 
 // ---------------------------------------------------------------------------------------- jobs
