@@ -409,11 +409,12 @@ class Gateway:
 
     @routes.post("/v1/models/{model_name}/retrain", status_code=202, response_model=TrainAccepted,
                  responses=documented(400, 404, 429))
-    def retrain(self, model_name: str, body: RetrainRequest) -> TrainAccepted | JSONResponse:
+    def retrain(self, model_name: str, body: RetrainRequest | None = None) -> TrainAccepted | JSONResponse:
         """Train the model again on its example set, from its served version (`strategy`), served only if no
         worse on the set's fixed evaluation examples (`promote`): a job like any other (GET /v1/jobs/{job_id})."""
         if not is_valid_model_name(model_name):
             return errors.invalid_model_name()
+        body = body or RetrainRequest()  # no body: every default
         held = example_sets.all(model_name)
         if not held:
             return errors.error_response(404, f"model_name: {model_name!r} has no example set; add examples with "

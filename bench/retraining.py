@@ -114,7 +114,8 @@ def main() -> None:
     iterations = {"num_iterations": args.num_iterations}
     ways = {  # name → (first training, how each later round gets its version)
         "retrain head": ({"strategy": "head"}, {"strategy": "head"}),
-        "retrain continue": ({"strategy": "setfit", **iterations}, {"strategy": "continue", **iterations}),
+        # continue at its default: a quarter of the served version's iterations (at least 1)
+        "retrain continue": ({"strategy": "setfit", **iterations}, {"strategy": "continue"}),
         "retrain full": ({"strategy": "setfit", **iterations}, {"strategy": "full", **iterations}),
         "scratch head": ({"strategy": "head"}, None),
         "scratch setfit": ({"strategy": "setfit", **iterations}, None),

@@ -21,6 +21,8 @@ BODIES = {
     "/v1/predict": {"model_name": "m", "texts": ["hello"]},
     "/v1/embeddings": {"model_name": "m", "texts": ["hello"]},
     "/v1/models/import": {"model_name": "m", "source": "some-org/some-setfit-model"},
+    "/v1/models/{model_name}/examples": {"examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]},
+    "/v1/models/{model_name}/delete-examples": {"ids": ["some-id"]},
 }
 
 
@@ -49,7 +51,10 @@ def test_docs_stay_open_and_list_every_route(server: LiveServer) -> None:
                      ("get", "/v1/jobs/{job_id}"), ("get", "/v1/models/{model_name}"), ("get", "/health"),
                      ("get", "/metrics"), ("delete", "/v1/models/{model_name}"), ("get", "/v1/jobs"),
                      ("get", "/v1/models"), ("post", "/v1/jobs/{job_id}/cancel"), ("post", "/v1/models/import"),
-                     ("get", "/v1/models/{model_name}/download")]:
+                     ("get", "/v1/models/{model_name}/download"), ("get", "/v1/models/{model_name}/examples"),
+                     ("post", "/v1/models/{model_name}/examples"), ("post", "/v1/models/{model_name}/retrain"),
+                     ("delete", "/v1/models/{model_name}/examples/{example_id}"),
+                     ("post", "/v1/models/{model_name}/delete-examples")]:
         assert expected in routes
 
 
@@ -65,7 +70,8 @@ def test_every_protected_route_needs_the_key(server: LiveServer) -> None:
             assert KEY not in response.text
         for headers in ({"X-API-Key": KEY}, {"Authorization": f"Bearer {KEY}"}):
             response = call(server, method, path, headers)
-            assert response.status_code in {200, 202, 404}, (path, headers, response.text)
+            # past the key check: answered (429: the queue, 5 jobs with no trainer, filled up by the job routes)
+            assert response.status_code in {200, 202, 404, 429}, (path, headers, response.text)
 
 
 def test_metrics_take_the_key_as_a_bearer_token_like_prometheus_or_as_x_api_key(server: LiveServer) -> None:

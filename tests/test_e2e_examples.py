@@ -12,7 +12,7 @@ import pytest
 from fewshot.client import FewshotClient, FewshotError
 from harness.fixtures import BASE_MODEL
 from harness.live_server import LiveServer, wait_for_job, wait_for_log
-from trainers.promotion import in_fixed_evaluation
+from trainers.promotion import fixed_evaluation
 
 pytestmark = pytest.mark.e2e
 
@@ -151,19 +151,27 @@ def test_bad_example_requests_get_400s_that_name_the_field(server: LiveServer, t
 
 
 def test_a_worse_retrain_is_kept_but_not_served_and_says_why(server: LiveServer, train_examples: list[dict]) -> None:
-    """Deliberately wrong labels: every example the fixed evaluation does not take is relabelled (deleted,
-    added again with the next label), so that the retrained head learns wrong answers and is scored on
-    right ones. It scores worse than the served version, is kept (name:version) and not served; with
-    `promote: always` it is served anyway."""
+    """Deliberately wrong labels: examples are relabelled (deleted, added again with the next label) as
+    long as the fixed evaluation of the set they make takes none of them, so that the retrained head
+    learns wrong answers and is scored on right ones. It scores worse than the served version, is kept
+    (name:version) and not served; with `promote: always` it is served anyway."""
     with FewshotClient(server.url) as client:
         served = finished(client, client.train("gated", train_examples, base_model=BASE_MODEL,
                                                strategy="head", holdout_fraction=0).job_id)
         labels = sorted({example["label"] for example in train_examples})
-        relabelled = [e for e in client.examples("gated", limit=1000).examples if not in_fixed_evaluation(e.text)]
-        assert len(relabelled) < len(train_examples)  # some stay right, to be scored on
-        client.delete_examples("gated", [example.id for example in relabelled])
-        client.add_examples("gated", [{"text": e.text, "label": labels[(labels.index(e.label) + 1) % len(labels)]}
-                                      for e in relabelled])
+        listed = client.examples("gated", limit=1000).examples
+        truth = {example.text: example.label for example in listed}
+        wrong = {text: labels[(labels.index(label) + 1) % len(labels)] for text, label in truth.items()}
+        while True:  # the evaluation part of the relabelled set: only right labels in it
+            relabelled = [(text, wrong.get(text, label)) for text, label in truth.items()]
+            evaluated = [relabelled[i][0] for i in fixed_evaluation(relabelled)[1]]
+            if not any(text in wrong for text in evaluated):
+                break
+            for text in evaluated:
+                wrong.pop(text, None)
+        assert evaluated and len(wrong) >= len(truth) // 2
+        client.delete_examples("gated", [example.id for example in listed if example.text in wrong])
+        client.add_examples("gated", [{"text": text, "label": label} for text, label in wrong.items()])
         job = client.wait(client.retrain("gated", strategy="head").job_id, poll_seconds=0.2, timeout=300)
         assert job.kind == "retrain" and job.promotion is not None and not job.promotion.promoted, job
         assert job.promotion.served_version == served and job.promotion.new_score < job.promotion.served_score

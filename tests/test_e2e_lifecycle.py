@@ -149,7 +149,7 @@ def test_deleting_the_latest_version_serves_the_previous_at_once(client: httpx.C
                                                                   versions: dict[str, str]) -> None:
     deleted = client.delete(f"/v1/models/life:{versions['v2']}")
     assert deleted.status_code == 200, deleted.text
-    assert deleted.json() == {"deleted": [f"life:{versions['v2']}"]}
+    assert deleted.json() == {"deleted": [f"life:{versions['v2']}"], "examples_deleted": 0}  # one version: set kept
     # No wait: the gateway told the inference service, which re-read the store.
     latest = predict(client, "life", top_k=4).json()["predictions"][0]
     assert len(latest["scores"]) == 4 and latest["label"] == "lost_or_stolen_card"
@@ -161,8 +161,10 @@ def test_deleting_a_model_stops_serving_it_at_once_and_leaves_others(client: htt
                                                                      versions: dict[str, str]) -> None:
     present = [f"life:{version['model_version']}" for version in listed_versions(client, "life")]
     assert f"life:{versions['v1']}" in present  # and v2, unless the test above deleted it
+    held = client.get("/v1/models/life/examples").json()["total"]
     deleted = client.delete("/v1/models/life")
-    assert deleted.status_code == 200 and deleted.json() == {"deleted": present}
+    assert deleted.status_code == 200 and deleted.json() == {"deleted": present, "examples_deleted": held} and held
+    assert client.get("/v1/models/life/examples").status_code == 404  # the set went with the model
     gone = predict(client, "life")
     assert gone.status_code == 404 and "no model named 'life'" in gone.json()["error"]
     assert client.get("/v1/models/life").status_code == 404

@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from trainers.holdout import evaluate
-from trainers.promotion import LABEL_F1_TOLERANCE, MIN_LABEL_EXAMPLES, decide, fixed_evaluation, in_fixed_evaluation
+from trainers.promotion import (
+    EVALUATION_SHARE,
+    LABEL_F1_TOLERANCE,
+    MIN_LABEL_EXAMPLES,
+    decide,
+    fixed_evaluation,
+    text_rank,
+)
 
 
-def test_the_fixed_evaluation_depends_on_the_text_alone_and_keeps_every_label_trainable() -> None:
+def test_the_fixed_evaluation_takes_a_share_of_each_label_by_hash_and_keeps_it_as_the_set_grows() -> None:
     examples = [(f"text {n}", "a" if n % 3 else "b") for n in range(60)] + [("rare one", "c"), ("rare two", "c")]
     train, evaluation = fixed_evaluation(examples)
     assert sorted(train + evaluation) == list(range(len(examples)))
-    assert all(in_fixed_evaluation(examples[i][0]) for i in evaluation) and evaluation
-    assert not [i for i in evaluation if examples[i][1] == "c"]  # fewer than MIN_LABEL_EXAMPLES: never evaluated
+    taken = Counter(examples[i][1] for i in evaluation)
+    assert taken == {"a": 40 // EVALUATION_SHARE, "b": 20 // EVALUATION_SHARE}  # c: too few to evaluate on
     assert MIN_LABEL_EXAMPLES > 2
-    grown = [*examples, *[(f"more {n}", "b") for n in range(20)]]
+    lowest_a = sorted((i for i, (_, label) in enumerate(examples) if label == "a"),
+                      key=lambda i: text_rank(examples[i][0]))[:8]
+    assert set(lowest_a) <= set(evaluation)  # the texts that rank lowest, whatever their order in the set
+    reordered = list(reversed(examples))
+    assert {reordered[i][0] for i in fixed_evaluation(reordered)[1]} == {examples[i][0] for i in evaluation}
+    grown = [*examples, *[(f"more {n}", "c") for n in range(8)]]
     _, evaluation_after = fixed_evaluation(grown)
-    assert set(evaluation) <= set(evaluation_after)  # what was evaluated on stays so as the set grows
-    # a label whose every example hashes into the evaluation still keeps one to train on
-    hashed_in = [text for text in (f"t{n}" for n in range(500)) if in_fixed_evaluation(text)][:5]
-    train, evaluation = fixed_evaluation([(text, "only") for text in hashed_in] + [("x", "other")] * 0)
-    assert len(train) == 1 and len(evaluation) == 4
-    # multi-label: each of an example's labels must be able to spare it
-    tagged = [(text, ("p", "q")) for text in hashed_in]
+    assert {examples[i] for i in evaluation} <= {grown[i] for i in evaluation_after}  # a's and b's stay
+    assert Counter(grown[i][1] for i in evaluation_after)["c"] == 2
+    # multi-label: an example whose other label would keep nothing to train on stays in training
+    tagged = [(f"t{n}", ("p", "q")) for n in range(5)] + [("only q", ("q",))]
     train, evaluation = fixed_evaluation(tagged)
-    assert len(train) == 1
+    assert len(evaluation) == 1 and all(tagged[i][1] != ("q",) for i in evaluation)
 
 
 def scored(expected: list[str], predicted: list[str]):

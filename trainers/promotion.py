@@ -1,8 +1,8 @@
 """Whether a retrained version replaces the one a model serves, and on which evaluation examples.
 
 Both versions are scored on the same examples: the example set's fixed evaluation part
-(`fixed_evaluation`), which an example joins or not by a hash of its text alone, so that every
-retrain of a model evaluates on the same texts as far as its set allows, and no version is judged
+(`fixed_evaluation`), a share of each label picked by a hash of each text, so that every retrain of
+a model evaluates on the same texts as far as its set allows, and the new version is never judged
 on texts it was trained on. The new version replaces the served one unless it is worse overall or
 on a label both know (`decide`). Pure Python: no model, no HTTP.
 """
@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from trainers.holdout import Evaluation, Target, target_labels
 
 EVALUATION_SHARE = 5
-"""One example in 5 (by its text's hash) is evaluated on, where its labels can spare it."""
+"""One example in 5 of each label is evaluated on (as /v1/train's default hold-out of 0.2)."""
 MIN_LABEL_EXAMPLES = 4
 """A label with fewer examples is never evaluated on (as /v1/train's hold-out)."""
 LABEL_F1_TOLERANCE = 0.05
@@ -27,26 +27,38 @@ LABEL_F1_TOLERANCE = 0.05
 texts per label make F1 move in steps of 0.1-0.3, and one text more or less right is noise."""
 
 
-def in_fixed_evaluation(text: str) -> bool:
-    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % EVALUATION_SHARE == 0
+def text_rank(text: str) -> int:
+    """Where a text falls in the order that picks evaluation examples: a hash of the text alone."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
 
 
 def fixed_evaluation(examples: Sequence[tuple[str, Target]]) -> tuple[list[int], list[int]]:
-    """Positions of the examples to train on and to evaluate on. An example is evaluated on when its
-    text's hash says so and each of its labels has MIN_LABEL_EXAMPLES examples and keeps one to
-    train on (so an evaluation label is always a trained one); `label: null` ones follow the hash."""
+    """Positions of the examples to train on and to evaluate on. Each label (multi-label: each
+    example's rarest label; `label: null` examples as one more) with MIN_LABEL_EXAMPLES examples or
+    more gives one in EVALUATION_SHARE of them, at least one: those whose texts rank lowest
+    (`text_rank`). So a label is evaluated in proportion and keeps most of its examples to train on,
+    and as a set grows its evaluation texts stay, but for a new text ranking lower or a larger share.
+    Multi-label: an example stays in training when one of its labels would keep none there."""
     counts = Counter(label for _, target in examples for label in target_labels(target))
-    left_to_train = Counter(counts)
-    train, evaluation = [], []
-    for position, (text, target) in enumerate(examples):
+    strata: dict[str, list[int]] = {}
+    for position, (_, target) in enumerate(examples):
         labels = target_labels(target)
-        if in_fixed_evaluation(text) and all(counts[label] >= MIN_LABEL_EXAMPLES and left_to_train[label] > 1
-                                             for label in labels):
+        key = min(labels, key=lambda label: (counts[label], label)) if labels else ""
+        strata.setdefault(key, []).append(position)
+    chosen: set[int] = set()
+    for positions in strata.values():
+        if len(positions) >= MIN_LABEL_EXAMPLES:
+            ranked = sorted(positions, key=lambda position: text_rank(examples[position][0]))
+            chosen.update(ranked[:max(1, len(positions) // EVALUATION_SHARE)])
+    left_to_train = Counter(counts)
+    evaluation = []
+    for position in sorted(chosen, key=lambda position: text_rank(examples[position][0])):
+        labels = target_labels(examples[position][1])
+        if all(left_to_train[label] > 1 for label in labels):
             evaluation.append(position)
             left_to_train.subtract(labels)
-        else:
-            train.append(position)
-    return train, evaluation
+    taken = set(evaluation)
+    return [position for position in range(len(examples)) if position not in taken], sorted(evaluation)
 
 
 class LabelChange(BaseModel):

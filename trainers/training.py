@@ -318,7 +318,8 @@ def train_head(split: Split, options: TrainingOptions, model: SetFitModel | None
     model = model or _load(split, options)
     logger.info("fitting a head on the frozen body of %s on %s (%d embeddings cached)", options.base_model.requested,
                 model.device, len(cache or {}))
-    cache = dict(cache or {})
+    texts = {text for text, _ in [*split.train, *split.evaluation]}
+    cache = {text: vector for text, vector in (cache or {}).items() if text in texts}  # deleted texts go
     started = time.perf_counter()
     vectors = embed(model, [text for text, _ in split.train], cache)
     model.model_head.fit(vectors, _targets(split, split.train))
