@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import platform
 import random
+import shutil
 import subprocess
 import tempfile
 from datetime import UTC, datetime
@@ -52,7 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     started_at = datetime.now(UTC).replace(microsecond=0)
     rng = random.Random(args.seed)
-    server = LiveServer(Path(tempfile.mkdtemp(prefix="fewshot-label-names-")),
+    state = Path(tempfile.mkdtemp(prefix="fewshot-label-names-"))  # a model store of GBs: removed at the end
+    server = LiveServer(state,
                         env={"DEFAULT_BASE_MODEL": BASE_MODEL}).start()
     rows = []
     try:
@@ -81,6 +83,7 @@ def main() -> None:
                     print(f"  {rows[-1]}", flush=True)
     finally:
         server.close()
+        shutil.rmtree(state, ignore_errors=True)
     result = {"started_at": started_at.isoformat(), "rows": rows,
               "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores"}
     lines = [f"# A model from label names — {started_at.isoformat()}", "",

@@ -24,6 +24,7 @@ import argparse
 import csv
 import platform
 import random
+import shutil
 import subprocess
 import tempfile
 import time
@@ -120,7 +121,8 @@ def main() -> None:
         "scratch head": ({"strategy": "head"}, None),
         "scratch setfit": ({"strategy": "setfit", **iterations}, None),
     }
-    server = LiveServer(Path(tempfile.mkdtemp(prefix="fewshot-retraining-")),
+    state = Path(tempfile.mkdtemp(prefix="fewshot-retraining-"))  # a model store of GBs: removed at the end
+    server = LiveServer(state,
                         env={"DEFAULT_BASE_MODEL": BASE_MODEL}).start()
     results: dict[str, list[dict]] = {way: [] for way in ways}
     try:
@@ -150,6 +152,7 @@ def main() -> None:
             big = big_set(client, train, test, labels)
     finally:
         server.close()
+        shutil.rmtree(state, ignore_errors=True)
     result = {"started_at": started_at.isoformat(), "labels": labels, "new_label": new_label,
               "num_iterations": args.num_iterations, "rounds": [name for name, _ in planned],
               "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -128,6 +129,7 @@ def main() -> None:
                          "pipelines": sorted({p for run in measured for p in run["pipelines"]})})
     finally:
         server.close()
+        shutil.rmtree(state, ignore_errors=True)  # its model store: removed at the end
     result = {"started_at": started_at.isoformat(), "models": args.models, "restarts": args.restarts,
               "served_with": f"{backend['backend']}-{backend['quantize']}",
               "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores", "runs": runs}
