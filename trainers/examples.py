@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-import threading
 import uuid
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -26,6 +23,7 @@ from pydantic import BaseModel
 
 from fewshot.settings import Settings
 from fewshot.timestamps import UtcTimestamp, utc_now
+from trainers.sqlite_file import SqliteFile
 
 ExampleSource = Literal["train", "added", "template", "feedback", "import"]
 EXAMPLE_SOURCES: tuple[ExampleSource, ...] = ("train", "added", "template", "feedback", "import")
@@ -161,36 +159,15 @@ class ExampleStore(Protocol):
         ...
 
 
-class SqliteExampleStore:
+class SqliteExampleStore(SqliteFile):
     """A table `examples` in the job records' SQLite file; its `seq` orders a set oldest first."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._local = threading.local()
-        with self._connection() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS examples (seq INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, "
-                "id TEXT NOT NULL UNIQUE, text TEXT NOT NULL, labels TEXT NOT NULL, record TEXT NOT NULL, "
-                "UNIQUE (model, text))")
-
-    @contextmanager
-    def _connection(self):
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-        yield db
-
-    @contextmanager
-    def _write(self):
-        with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")  # serialises writers across processes
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        super().__init__(
+            path,
+            "CREATE TABLE IF NOT EXISTS examples (seq INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, "
+            "id TEXT NOT NULL UNIQUE, text TEXT NOT NULL, labels TEXT NOT NULL, record TEXT NOT NULL, "
+            "UNIQUE (model, text))")
 
     def add(self, model: str, examples: Sequence[NewExample], source: ExampleSource,
             replace: bool = False) -> AddOutcome:

@@ -7,12 +7,9 @@ late signal can never overwrite a newer state (e.g. "interrupted" after "complet
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Iterable
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -22,6 +19,7 @@ from pydantic import BaseModel, Field
 from fewshot.settings import Settings
 from fewshot.timestamps import UtcTimestamp, utc_now
 from trainers.promotion import Promotion
+from trainers.sqlite_file import SqliteFile
 
 JobKind = Literal["train", "import", "retrain"]
 JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
@@ -157,38 +155,15 @@ def _changed(record: JobRecord, allowed_from: Iterable[JobStatus], changes: dict
     return JobRecord.model_validate({**record.model_dump(), **changes})
 
 
-class SqliteJobStore:
+class SqliteJobStore(SqliteFile):
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._local = threading.local()
-        with self._connection() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, status TEXT NOT NULL, "
-                "created_at TEXT NOT NULL, record TEXT NOT NULL)"
-            )
-            db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status)")
-            db.execute("CREATE INDEX IF NOT EXISTS jobs_newest ON jobs (created_at DESC, job_id DESC)")
-            db.execute("CREATE TABLE IF NOT EXISTS workers (worker TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
-
-    @contextmanager
-    def _connection(self):
-        # One connection per thread; BEGIN IMMEDIATE serialises writers across processes.
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-        yield db
-
-    @contextmanager
-    def _write(self):
-        with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        super().__init__(
+            path,
+            "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, status TEXT NOT NULL, "
+            "created_at TEXT NOT NULL, record TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status)",
+            "CREATE INDEX IF NOT EXISTS jobs_newest ON jobs (created_at DESC, job_id DESC)",
+            "CREATE TABLE IF NOT EXISTS workers (worker TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
 
     def create(self, record: JobRecord) -> None:
         with self._write() as db:
