@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -27,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.overhead import run_bentoml, run_infinity, served_with_line, settled_backend
-from bench.report_files import write_report
+from bench.report_files import server_machine, write_report
 from bench.serving import RESULTS, TEXTS_FILE
 from harness.fixtures import read_examples
 from harness.live_server import PROJECT_ROOT, LiveServer, wait_for_job
@@ -176,7 +175,7 @@ def main() -> None:
 
     result = {
         "started_at": started_at.isoformat(),
-        "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores",
+        "machine": server_machine(),
         "model": "SetFit head on all-MiniLM-L6-v2 (4 banking77 labels); Infinity serves the same MiniLM",
         "duration_s": args.duration,
         "served_with": served_with,

@@ -12,13 +12,11 @@ one run only. Writes bench/results/configurations-<time>.json and .md.
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.report_files import write_report
+from bench.report_files import server_machine, write_report
 from bench.serving import RESULTS, base_model_env, load_points, train_benchmark_model
 from harness.fixtures import BASE_MODEL
 from harness.live_server import LiveServer
@@ -59,7 +57,7 @@ def main() -> None:
         rows += [{"configuration": name, **point} for point in points]
 
     result = {"started_at": started_at.isoformat(), "base_model": args.base_model, "duration_s": args.duration,
-              "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores", "points": rows}
+              "machine": server_machine(), "points": rows}
     lines = [f"# Configurations — {result['started_at']}", "",
              f"Machine: {result['machine']}; model: SetFit on {args.base_model}; {args.duration} s per point.", "",
              "| configuration | route | c | texts/req | req/s | texts/s | p50 ms | p99 ms | errors |",

@@ -13,17 +13,15 @@ those labels. Writes bench/results/label-names-<time>.json and .md.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import shutil
-import subprocess
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-from bench.report_files import write_report
+from bench.report_files import server_machine, write_report
 from bench.retraining import read_csv
 from harness.fixtures import BASE_MODEL
 from harness.live_server import PROJECT_ROOT, LiveServer, wait_for_job
@@ -85,7 +83,7 @@ def main() -> None:
         server.close()
         shutil.rmtree(state, ignore_errors=True)
     result = {"started_at": started_at.isoformat(), "rows": rows,
-              "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores"}
+              "machine": server_machine()}
     lines = [f"# A model from label names — {started_at.isoformat()}", "",
              f"Machine: {result['machine']}. `head` on MiniLM; accuracy on the test texts of the labels.", "",
              "| data set | labels | trained from | accuracy |", "|---|---|---|---|"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -36,7 +35,7 @@ import httpx
 import psutil
 
 from bench.loadgen import WARMUP_SECONDS, run_wrk, summarise, write_bodies
-from bench.report_files import write_report
+from bench.report_files import server_machine, write_report
 from bench.serving import RESULTS, TEXTS_FILE
 from bench.tiny_model import make_tiny_model
 from harness.fixtures import read_examples
@@ -308,7 +307,7 @@ def main() -> None:
 
     result = {
         "started_at": started_at.isoformat(),
-        "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores",
+        "machine": server_machine(),
         "model": "tiny random-weight BERT (2 layers, hidden 32, all-MiniLM-L6-v2 tokenizer), head-only SetFit",
         "duration_s": args.duration,
         "served_with": served_with,

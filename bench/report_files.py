@@ -18,6 +18,14 @@ def in_process_machine() -> str:
             f"{'CUDA' if torch.cuda.is_available() else 'CPU'}")
 
 
+def server_machine() -> str:
+    """The machine a benchmark against a running server ran on, for its report's setup."""
+    import platform
+    import subprocess
+
+    return f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores"
+
+
 def write_report(directory: Path, kind: str, when: datetime, report: dict[str, Any], markdown: str) -> Path:
     """Write the report as JSON and its Markdown summary; returns the common path without suffix."""
     directory.mkdir(parents=True, exist_ok=True)

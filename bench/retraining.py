@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import random
 import shutil
-import subprocess
 import tempfile
 import time
 from collections import defaultdict
@@ -34,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.report_files import write_report
+from bench.report_files import server_machine, write_report
 from harness.fixtures import BASE_MODEL
 from harness.live_server import PROJECT_ROOT, LiveServer, wait_for_job
 
@@ -155,7 +153,7 @@ def main() -> None:
         shutil.rmtree(state, ignore_errors=True)
     result = {"started_at": started_at.isoformat(), "labels": labels, "new_label": new_label,
               "num_iterations": args.num_iterations, "rounds": [name for name, _ in planned],
-              "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores",
+              "machine": server_machine(),
               "results": results, "big_set": big}
     stem = write_report(args.out, "retraining", started_at, result, markdown(result))
     print(markdown(result))

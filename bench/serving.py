@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.report_files import write_report
+from bench.report_files import server_machine, write_report
 from harness.fixtures import BASE_MODEL, read_examples
 from harness.live_server import PROJECT_ROOT, LiveServer, wait_for_job
 
@@ -176,7 +175,7 @@ def main() -> None:
                 limits.setdefault(str(c * s), limits[str(min(c * s, 256))])
     result = {
         "started_at": started_at.isoformat(),
-        "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores",
+        "machine": server_machine(),
         "base_model": args.base_model,
         "duration_s": args.duration,
         "reference": reference,

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.report_files import write_report
+from bench.report_files import server_machine, write_report
 from harness.fixtures import BASE_MODEL, read_examples
 from harness.live_server import PROJECT_ROOT, LiveServer, wait_for_job
 
@@ -110,7 +108,7 @@ def main() -> None:
         runs.append({"setting": setting, "env": env, "jobs": measured, "summary": summary(measured)})
 
     result = {"started_at": started_at.isoformat(), "jobs": args.jobs, "idle_seconds": idle_seconds,
-              "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores", "runs": runs}
+              "machine": server_machine(), "runs": runs}
     stem = write_report(args.out, "time-to-model", started_at, result, markdown(result))
     print(markdown(result))
     print(f"written: {stem}.json, {stem}.md")

@@ -19,35 +19,21 @@ Writes bench/results/worker-footprint-<time>.json and .md (medians over the rest
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-
-from bench.report_files import write_report
+from bench.overhead import settled_backend
+from bench.report_files import server_machine, write_report
 from harness.fixtures import BASE_MODEL, read_examples
 from harness.live_server import PROJECT_ROOT, LiveServer, wait_for_job
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 SETTINGS = (("AUTO", "saved numpy path, no torch"), ("SENTENCE_TRANSFORMERS", "through SetFit (torch)"))
 MIB = 1024 * 1024
-
-
-def settled(client: httpx.Client, model: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        backend = client.get(f"/v1/models/{model}").json()["backend"]
-        if backend is not None and not backend["exporting"]:
-            return backend
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{model} still exporting after {timeout} s: {backend}")
-        time.sleep(0.2)
 
 
 def prepare(server: LiveServer, models: int) -> list[str]:
@@ -62,7 +48,7 @@ def prepare(server: LiveServer, models: int) -> list[str]:
             job = wait_for_job(client, response.json()["job_id"], {"completed", "failed"})
             assert job["status"] == "completed", job
             client.post("/v1/predict", json={"model_name": name, "texts": ["where is my card?"]}).raise_for_status()
-            backend = settled(client, name)
+            backend = settled_backend(server.url, name)
             print(f"  {name}: served with {backend['backend']}-{backend['quantize']} ({backend['pipeline']})",
                   flush=True)
     return names
@@ -132,7 +118,7 @@ def main() -> None:
         shutil.rmtree(state, ignore_errors=True)  # its model store: removed at the end
     result = {"started_at": started_at.isoformat(), "models": args.models, "restarts": args.restarts,
               "served_with": f"{backend['backend']}-{backend['quantize']}",
-              "machine": f"{platform.machine()}, {subprocess.getoutput('nproc')} CPU cores", "runs": runs}
+              "machine": server_machine(), "runs": runs}
     stem = write_report(args.out, "worker-footprint", started_at, result, markdown(result))
     print(markdown(result))
     print(f"written: {stem}.json, {stem}.md")
