@@ -11,12 +11,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     field_validator,
-    model_serializer,
 )
 
-from fewshot.api.schemas import LIMITS, Example, NonBlankText, distinct, one_form
+from fewshot.api.schemas import LIMITS, Example, NonBlankText, OneLabelForm, distinct, one_form
 from fewshot.timestamps import UtcTimestamp
 from trainers.examples import ExampleSource, NewExample, StoredExample
 from trainers.promotion import fixed_evaluation
@@ -51,7 +49,7 @@ class AddExamplesRequest(BaseModel):
         return examples
 
 
-class ExampleView(BaseModel):
+class ExampleView(OneLabelForm):
     id: str = Field(description="Its id in the set: DELETE /v1/models/{name}/examples/{id}.")
     text: str
     label: str | None = Field(default=None, description="Its label (null: none of the labels).")
@@ -60,29 +58,17 @@ class ExampleView(BaseModel):
                                               "…/examples), `feedback`, `import`.")
     added_at: UtcTimestamp
 
-    @model_serializer(mode="wrap")
-    def _one_form(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = serialize(self)
-        data.pop("label" if self.labels is not None else "labels", None)
-        return data
-
     @classmethod
     def of(cls, example: StoredExample) -> ExampleView:
         return cls.model_validate(example.model_dump())
 
 
-class ExampleConflict(BaseModel):
+class ExampleConflict(OneLabelForm):
     """A text sent with another label than the set holds: the set keeps its own (`existing`)."""
 
     existing: ExampleView
     label: str | None = Field(default=None, description="The label sent (not stored).")
     labels: list[str] | None = Field(default=None, description="Multi-label: the labels sent (not stored).")
-
-    @model_serializer(mode="wrap")
-    def _one_form(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = serialize(self)
-        data.pop("label" if self.labels is not None else "labels", None)
-        return data
 
 
 class ExamplesAdded(BaseModel):

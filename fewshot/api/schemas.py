@@ -114,7 +114,19 @@ def distinct(values: list[str] | None) -> list[str] | None:
     return values
 
 
-class Example(BaseModel):
+class OneLabelForm(BaseModel):
+    """Serialised in the one form it has: `label` (single-label, null included) or `labels` (a list,
+    multi-label), never both; its subclasses declare the two fields. (An Example is stored in the job
+    record and validated again by the trainer: it must come back in the form it was sent in.)"""
+
+    @model_serializer(mode="wrap")
+    def _one_form(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = serialize(self)
+        data.pop("label" if getattr(self, "labels", None) is not None else "labels", None)
+        return data
+
+
+class Example(OneLabelForm):
     model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["label"]}, {"required": ["labels"]}]})
 
     text: NonBlankText
@@ -133,13 +145,6 @@ class Example(BaseModel):
             raise ValueError("label: field required (one label, or null for none of them; or `labels`, a list, for "
                              "a multi-label model)")
         return self
-
-    @model_serializer(mode="wrap")
-    def _one_form(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Stored in the job record and validated again by the trainer: only the form it was sent in.
-        data = serialize(self)
-        data.pop("label" if self.labels is not None else "labels", None)
-        return data
 
     @property
     def is_multi_label(self) -> bool:
