@@ -3,17 +3,14 @@ retrain's promotion rule compares (trainers/promotion.py)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-from setfit import SetFitModel
 
 from fewshot.serving.labels import best_labels, column_labels
 from fewshot.store import StoredModel
 from trainers.heads import load_safe_head
 from trainers.holdout import Evaluation, evaluate
 from trainers.thresholds import evaluate_multi_label
-from trainers.training import EmbeddingCache, Split
+from trainers.training import EmbeddingCache, Split, version_body_with
 
 
 def score_version(version: StoredModel, split: Split, same_body_embeddings: EmbeddingCache | None = None) -> Evaluation:
@@ -27,12 +24,7 @@ def score_version(version: StoredModel, split: Split, same_body_embeddings: Embe
     if same_body_embeddings is not None and all(text in same_body_embeddings for text in texts):
         probabilities = np.asarray(head.predict_proba(np.stack([same_body_embeddings[text] for text in texts])))
     else:
-        from sentence_transformers import SentenceTransformer
-
-        config_file = version.path / "config_setfit.json"
-        config = json.loads(config_file.read_text(encoding="utf8")) if config_file.is_file() else {}
-        model = SetFitModel(model_body=SentenceTransformer(str(version.path)), model_head=head,
-                            normalize_embeddings=bool(config.get("normalize_embeddings", False)))
+        model = version_body_with(version.path, head)
         probabilities = np.asarray(model.predict_proba(texts, as_numpy=True, show_progress_bar=False))
     if isinstance(probabilities, list):
         probabilities = np.stack(probabilities, axis=1)

@@ -87,6 +87,7 @@ def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
     Refused with `QueueFull` when `max_queued` jobs are already pending (a soft bound: two
     submissions racing at the bound may both get in).
     """
+    sent, mode = new_examples(request.examples), request.mode
     templated: list[NewExample] = []
     if request.labels:  # start from label names: their sentences are trained on, and kept in the set
         templated = [NewExample(text, label.name) for label in request.labels
@@ -94,7 +95,7 @@ def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
         request = request.model_copy(update={
             "examples": [*request.examples, *(Example(text=e.text, label=e.label) for e in templated)],
             "holdout_fraction": 0 if request.holdout_fraction is None else request.holdout_fraction})
-    added, mode = new_examples(request.examples), request.mode
+    added = [*sent, *templated]
     set_warnings: list[str] = []
     if mode == "add":
         held = {example.text: example for example in example_sets.all(request.model_name)}
@@ -115,7 +116,7 @@ def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
     record = new_job(request.model_name, request.model_dump(mode="json"), kind="train")
     record.warnings = [*data_warnings(label_counts(request.examples)), *set_warnings]
     submitted = _submit(record, max_queued)
-    example_sets.add(request.model_name, added[:len(added) - len(templated)], "train", replace=mode == "replace")
+    example_sets.add(request.model_name, sent, "train", replace=mode == "replace")
     if templated:
         example_sets.add(request.model_name, templated, "template")
     return submitted

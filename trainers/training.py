@@ -103,6 +103,12 @@ class Split:
     def refuses(self) -> bool:
         return self.none_of_these_examples > 0
 
+    @property
+    def head_labels(self) -> list[str | None]:
+        """SetFit's labels of the head's classes: "none of these" is None there too (SetFit's own
+        predict answers None for it)."""
+        return [*self.labels, None] if self.refuses else list(self.labels)
+
 
 def split_examples(examples: Sequence[LabelledText], holdout_fraction: float | None, seed: int,
                    eval_examples: Sequence[LabelledText] | None = None) -> Split:
@@ -227,22 +233,29 @@ def load_base_model(source: BaseModelSource, labels: list[str | None], hf_token:
 def load_version_body(version_path: Path, split: Split, options: TrainingOptions) -> SetFitModel:
     """A stored version's body (fine-tuned or not) under a new, unfitted head, as SetFit builds one:
     where a retrain starts. The version's own head (a pickle) is never read."""
-    from sentence_transformers import SentenceTransformer
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
-    config_file = version_path / "config_setfit.json"
-    config = json.loads(config_file.read_text(encoding="utf8")) if config_file.is_file() else {}
     head = LogisticRegression(class_weight=options.class_weight)
-    labels: list[str | None] = [*split.labels, None] if split.refuses else list(split.labels)
     try:
-        body = SentenceTransformer(str(version_path), trust_remote_code=options.trust_remote_code)
+        return version_body_with(version_path, OneVsRestClassifier(head) if split.multi_label else head,
+                                 options.trust_remote_code, labels=split.head_labels,
+                                 multi_target_strategy="one-vs-rest" if split.multi_label else None)
     except Exception as error:
         raise TrainingFailed(f"the version to retrain from could not be loaded ({type(error).__name__}: {error})") \
             from error
-    return SetFitModel(model_body=body, model_head=OneVsRestClassifier(head) if split.multi_label else head,
-                       multi_target_strategy="one-vs-rest" if split.multi_label else None,
-                       normalize_embeddings=bool(config.get("normalize_embeddings", False)), labels=labels)
+
+
+def version_body_with(version_path: Path, head: object, trust_remote_code: bool = False,
+                      **setfit: object) -> SetFitModel:
+    """A stored version's body (and its `normalize_embeddings`, from config_setfit.json) under `head`."""
+    from sentence_transformers import SentenceTransformer
+
+    config_file = version_path / "config_setfit.json"
+    config = json.loads(config_file.read_text(encoding="utf8")) if config_file.is_file() else {}
+    body = SentenceTransformer(str(version_path), trust_remote_code=trust_remote_code)
+    return SetFitModel(model_body=body, model_head=head,
+                       normalize_embeddings=bool(config.get("normalize_embeddings", False)), **setfit)
 
 
 def embed(model: SetFitModel, texts: Sequence[str], cache: EmbeddingCache) -> np.ndarray:
@@ -257,9 +270,7 @@ def embed(model: SetFitModel, texts: Sequence[str], cache: EmbeddingCache) -> np
 
 
 def _load(split: Split, options: TrainingOptions) -> SetFitModel:
-    # The "none of these" class is None in SetFit's labels too: SetFit's own predict answers None for it.
-    labels: list[str | None] = [*split.labels, None] if split.refuses else list(split.labels)
-    return load_base_model(options.base_model, labels, options.hf_token, options.trust_remote_code,
+    return load_base_model(options.base_model, split.head_labels, options.hf_token, options.trust_remote_code,
                            options.class_weight, split.multi_label)
 
 
