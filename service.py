@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 import bentoml
+import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from fastapi import FastAPI, Request
@@ -42,6 +43,22 @@ from fewshot.api.example_schemas import (
     RetrainRequest,
     new_examples,
     training_request,
+)
+from fewshot.api.learning import (
+    audit_targets,
+    is_multi_label,
+    probability_matrix,
+    suggestions_view,
+    suspects_view,
+    thresholds_of,
+)
+from fewshot.api.learning_schemas import (
+    FeedbackRequest,
+    FeedbackResponse,
+    SuggestRequest,
+    SuggestResponse,
+    SuspectsQuery,
+    SuspectsResponse,
 )
 from fewshot.api.openai_compat import openai_response
 from fewshot.api.schemas import (
@@ -69,11 +86,15 @@ from fewshot.api.views import accepted_view, job_view, model_versions, model_vie
 from fewshot.bentoml_fixes.dependency_clients import keep_sessions_open, once_more_if_disconnected
 from fewshot.bentoml_fixes.openapi_document import query_parameters
 from fewshot.bentoml_fixes.readiness import dependencies_ready
+from fewshot.learning.audit import audit, audit_multi_label
+from fewshot.learning.selection import rank_pool
 from fewshot.model_archive import ARCHIVE_MEDIA_TYPE, archive_name, write_archive_file
 from fewshot.serving.coalesce import Coalescer
 from fewshot.serving.items import ItemEmbedding, ItemPrediction, TextItem
 from fewshot.settings import apply_process_environment, get_settings
-from trainers.examples import UnknownExampleCursor, set_digest
+from fewshot.store import StoredModel
+from trainers import embedding_cache
+from trainers.examples import StoredExample, UnknownExampleCursor, set_digest
 from trainers.jobs import JobRecord, RetrainPlan, UnknownCursor, count_by_status
 from trainers.queue import example_sets, jobs
 from trainers.tasks import (
@@ -207,6 +228,29 @@ class Gateway:
 
     async def __is_ready__(self) -> bool:
         return await dependencies_ready(self.dependencies)
+
+    async def _answers(self, version: str, texts: list[str], **options: object) -> list[ItemPrediction] | None:
+        """The version's predictions for any number of texts, a request's worth at a time (None: deleted meanwhile)."""
+        size, answers = settings.max_texts_per_request, []
+        for start in range(0, len(texts), size):
+            answers += await self.predict_items([TextItem(model_name=version, text=text, **options)
+                                                 for text in texts[start:start + size]])
+        return answers if all(answer.found for answer in answers) else None
+
+    async def _vectors(self, version: StoredModel, texts: list[str]) -> np.ndarray | None:
+        """The version's embeddings of `texts`: those its trainer cached (a head version's example set), the
+        rest from the inference service a request's worth at a time (None: deleted meanwhile)."""
+        cached = await asyncio.to_thread(embedding_cache.read, version.name, version.version) if texts else {}
+        missing = list(dict.fromkeys(text for text in texts if text not in cached))
+        size = settings.max_texts_per_request
+        for start in range(0, len(missing), size):
+            chunk = missing[start:start + size]
+            results = await self.embed_items([TextItem(model_name=version.tag, text=text) for text in chunk])
+            if not all(result.found for result in results):
+                return None
+            cached.update((text, np.frombuffer(result.vector, dtype=np.float32))
+                          for text, result in zip(chunk, results, strict=True))
+        return np.stack([cached[text] for text in texts]) if texts else np.empty((0, 0), dtype=np.float32)
 
     @bentoml.api(route="/v1/train")
     @responds(400, 415, 429, success=202)
@@ -433,6 +477,84 @@ class Gateway:
         except QueueFull as full:
             return errors.queue_full_response(str(full))
         return accepted_view(record)
+
+
+    # --- learning from users: what to label next, corrections, suspect labels --------------------------
+
+    @routes.post("/v1/models/{model_name}/suggest", response_model=SuggestResponse, responses=documented(400, 404))
+    async def suggest(self, model_name: str, body: SuggestRequest) -> SuggestResponse | JSONResponse:
+        """The texts of a pool whose labels would teach the served version most: uncertain, no two alike, none
+        already in the example set; each with the model's guess."""
+        if not is_valid_model_name(model_name):
+            return errors.invalid_model_name()
+        version = await asyncio.to_thread(store.resolve, model_name)
+        if version is None:
+            return errors.unknown_model(model_name)
+        labelled = [example.text for example in await asyncio.to_thread(example_sets.all, model_name)]
+        known = set(labelled)
+        distinct_texts = list(dict.fromkeys(body.texts))
+        pool = [text for text in distinct_texts if text not in known]
+        if not pool:
+            return errors.invalid("texts: every text of the pool is already in the example set")
+        answers = await self._answers(version.tag, pool, top_k=min(len(version.labels), settings.max_labels))
+        vectors = await self._vectors(version, pool)
+        labelled_vectors = await self._vectors(version, labelled)
+        if answers is None or vectors is None or labelled_vectors is None:
+            return errors.unknown_model(version.tag)
+        picked = await asyncio.to_thread(
+            rank_pool, probability_matrix(version, answers), vectors, body.k, labelled_vectors,
+            thresholds_of(version), np.array([bool(answer.abstained) for answer in answers]))
+        return suggestions_view(version, pool, answers, picked, len(distinct_texts) - len(pool))
+
+    @routes.post("/v1/models/{model_name}/feedback", response_model=FeedbackResponse, responses=documented(400, 404))
+    def feedback(self, model_name: str, body: FeedbackRequest) -> FeedbackResponse | JSONResponse:
+        """The right label for a text (the model's answer confirmed or corrected, or null: none of the labels):
+        into the example set as `source: feedback`, replacing what the set held for the text."""
+        if not is_valid_model_name(model_name):
+            return errors.invalid_model_name()
+        held = example_sets.all(model_name)
+        version = store.resolve(model_name)
+        if not held and version is None:
+            return errors.unknown_model(model_name)
+        multi = held[0].labels is not None if held else is_multi_label(version)
+        if body.is_multi_label != multi:
+            return errors.invalid("label: {!r} is {}: send {}".format(model_name, *(
+                ("multi-label", "`labels` (a list)") if multi else ("single-label", "`label` (one label, or null)"))))
+        known = {label for example in held for label in example.named_labels} | set(version.labels if version else [])
+        if unknown := [label for label in body.named_labels if label not in known]:
+            return errors.invalid(f"{'labels' if multi else 'label'}: {unknown[0]!r} is not a label of "
+                                  f"{model_name!r} (its labels: {', '.join(sorted(known))}); a new label is added with "
+                                  f"POST /v1/models/{model_name}/examples")
+        outcome = example_sets.add(model_name, new_examples([body]), "feedback", overrule=True)
+        example: StoredExample = (outcome.added or outcome.duplicates)[0]
+        return FeedbackResponse(example=ExampleView.of(example), duplicate=not outcome.added, total=outcome.total,
+                                replaced=ExampleView.of(outcome.replaced[0]) if outcome.replaced else None)
+
+    @routes.get("/v1/models/{model_name}/suspects", response_model=SuspectsResponse, responses=documented(400, 404),
+                openapi_extra={"parameters": query_parameters(SuspectsQuery)})
+    async def suspects(self, model_name: str, request: Request) -> SuspectsResponse | JSONResponse:
+        """Examples of the set whose label looks wrong, most suspect first, each with the label the evidence
+        points to; and labels with too few examples to tell."""
+        if not is_valid_model_name(model_name):
+            return errors.invalid_model_name()
+        try:
+            query = SuspectsQuery.model_validate(dict(request.query_params))
+        except ValidationError as invalid:
+            return errors.invalid_query(invalid.errors(include_url=False, include_input=False))
+        examples = await asyncio.to_thread(example_sets.all, model_name)
+        version = await asyncio.to_thread(store.resolve, model_name)
+        if version is None:
+            return errors.error_response(404, f"model_name: {model_name!r} has no version to audit its examples "
+                                              f"with{'; train it first' if examples else ''}")
+        if not examples:
+            return errors.error_response(404, f"model_name: {model_name!r} has no example set")
+        vectors = await self._vectors(version, [example.text for example in examples])
+        if vectors is None:
+            return errors.unknown_model(version.tag)
+        targets = audit_targets(examples)
+        found = await asyncio.to_thread(audit_multi_label if examples[0].labels is not None else audit, vectors,
+                                        targets)
+        return suspects_view(version, examples, found, query.limit)
 
 
 routes.add_exception_handler(RequestValidationError, errors.request_validation_failed)

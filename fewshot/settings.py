@@ -125,6 +125,8 @@ class Settings:
     """MAX_TEXT_CHARS: characters in one text (predict, embeddings, training examples)."""
     max_train_examples: int
     """MAX_TRAIN_EXAMPLES: examples in one training request."""
+    max_pool_texts: int
+    """MAX_POOL_TEXTS: unlabelled texts in one suggest request (POST /v1/models/{name}/suggest)."""
     max_labels: int
     """MAX_LABELS: distinct labels of one model."""
     max_num_iterations: int
@@ -201,6 +203,7 @@ def load_settings() -> Settings:
         max_texts_per_request=_int("MAX_TEXTS_PER_REQUEST", 256, minimum=1),
         max_text_chars=_int("MAX_TEXT_CHARS", 10_000, minimum=1),
         max_train_examples=_int("MAX_TRAIN_EXAMPLES", 10_000, minimum=2),
+        max_pool_texts=_int("MAX_POOL_TEXTS", 10_000, minimum=1),
         max_labels=_int("MAX_LABELS", 500, minimum=2),
         max_num_iterations=_int("MAX_NUM_ITERATIONS", 200, minimum=1),
         max_train_batch_size=_int("MAX_TRAIN_BATCH_SIZE", 256, minimum=1),

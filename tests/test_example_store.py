@@ -119,3 +119,19 @@ def test_concurrent_writers_never_store_a_text_twice(open_store) -> None:
         thread.join()
     assert open_store().count("m") == 40
     assert sorted(len(outcome.added) for outcome in outcomes) == [0, 40]
+
+
+def test_overruling_replaces_a_conflicting_example_with_the_one_sent(open_store) -> None:
+    store = open_store()
+    first = store.add("intents", [*CARD, *TRANSFER], "train")
+    outcome = store.add("intents", [NewExample("transfer failed", "card"), NewExample("where is my card", "card"),
+                                    NewExample("brand new text", None)], "feedback", overrule=True)
+    assert [e.id for e in outcome.replaced] == [first.added[3].id]
+    assert [(e.text, e.label, e.source) for e in outcome.added] == [("transfer failed", "card", "feedback"),
+                                                                   ("brand new text", None, "feedback")]
+    assert [e.text for e in outcome.duplicates] == ["where is my card"] and outcome.conflicts == []
+    assert outcome.total == 5
+    held = {e.text: e for e in open_store().all("intents")}
+    assert held["transfer failed"].label == "card" and held["transfer failed"].id == outcome.added[0].id
+    assert open_store().count("intents", label="transfer") == 1
+    assert open_store().delete("intents", [first.added[3].id]) == []  # the replaced one is gone for good

@@ -15,11 +15,14 @@ import os
 import numpy as np
 
 from fewshot import backend_cache
-from trainers.training import EmbeddingCache
 
 logger = logging.getLogger("fewshot.trainer")
 
 CACHE_FILE = "embeddings.npz"
+
+EmbeddingCache = dict[str, np.ndarray]
+"""Texts → their embeddings by one body. No torch here: the gateway reads a version's to audit its
+example set (GET /v1/models/{name}/suspects)."""
 
 
 def read(name: str, version: str) -> EmbeddingCache:

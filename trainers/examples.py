@@ -27,7 +27,8 @@ from trainers.sqlite_file import SqliteFile
 
 ExampleSource = Literal["train", "added", "template", "feedback", "import"]
 EXAMPLE_SOURCES: tuple[ExampleSource, ...] = ("train", "added", "template", "feedback", "import")
-"""`template`: made from a label's name (trainers/label_names.py); `feedback` and `import`: reserved."""
+"""`template`: made from a label's name (trainers/label_names.py); `feedback`: a correction or a
+confirmation of the model's answer (POST /v1/models/{name}/feedback); `import`: reserved."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class AddOutcome(BaseModel):
     duplicates: list[StoredExample]
     """Texts already in the set with the same label: the examples the set holds for them."""
     conflicts: list[Conflict]
+    replaced: list[StoredExample] = []
+    """With `overrule`: the examples that held another label for a text sent; removed, the sent one added."""
     total: int
     """Examples in the set after the change."""
 
@@ -112,16 +115,24 @@ def _stored(example: NewExample, source: ExampleSource) -> StoredExample:
 
 
 def sort_out(existing: dict[str, StoredExample], examples: Sequence[NewExample],
-             source: ExampleSource) -> AddOutcome:
+             source: ExampleSource, overrule: bool = False) -> AddOutcome:
     """What adding `examples` to a set holding `existing` (by text) does: new texts are added (in
     order), a text already there (or earlier in `examples`) with the same label is a duplicate, with
-    another label a conflict. `total` is left for the store to fill in."""
+    another label a conflict (`overrule`: the set's example is replaced by the one sent, as a user's
+    correction does). `total` is left for the store to fill in."""
     seen = dict(existing)
     added: list[StoredExample] = []
     duplicates: list[StoredExample] = []
     conflicts: list[Conflict] = []
+    replaced: list[StoredExample] = []
     for example in examples:
         held = seen.get(example.text)
+        if held is not None and overrule and held.target != example.target:
+            if held in added:
+                added.remove(held)
+            else:
+                replaced.append(held)
+            held = None
         if held is None:
             seen[example.text] = stored = _stored(example, source)
             added.append(stored)
@@ -130,12 +141,12 @@ def sort_out(existing: dict[str, StoredExample], examples: Sequence[NewExample],
         else:
             conflicts.append(Conflict(existing=held, label=example.label if example.labels is None else None,
                                       labels=sorted(example.labels) if example.labels is not None else None))
-    return AddOutcome(added=added, duplicates=duplicates, conflicts=conflicts, total=0)
+    return AddOutcome(added=added, duplicates=duplicates, conflicts=conflicts, replaced=replaced, total=0)
 
 
 class ExampleStore(Protocol):
     def add(self, model: str, examples: Sequence[NewExample], source: ExampleSource,
-            replace: bool = False) -> AddOutcome:
+            replace: bool = False, overrule: bool = False) -> AddOutcome:
         """Add `examples` to the model's set (first emptied when `replace`), as `sort_out` decides."""
         ...
 
@@ -170,7 +181,7 @@ class SqliteExampleStore(SqliteFile):
             "UNIQUE (model, text))")
 
     def add(self, model: str, examples: Sequence[NewExample], source: ExampleSource,
-            replace: bool = False) -> AddOutcome:
+            replace: bool = False, overrule: bool = False) -> AddOutcome:
         with self._write() as db:
             if replace:
                 db.execute("DELETE FROM examples WHERE model = ?", (model,))
@@ -183,7 +194,9 @@ class SqliteExampleStore(SqliteFile):
                 for (record,) in rows:
                     held = StoredExample.model_validate_json(record)
                     existing[held.text] = held
-            outcome = sort_out(existing, examples, source)
+            outcome = sort_out(existing, examples, source, overrule)
+            db.executemany("DELETE FROM examples WHERE model = ? AND id = ?",
+                           [(model, example.id) for example in outcome.replaced])
             db.executemany("INSERT INTO examples (model, id, text, labels, record) VALUES (?, ?, ?, ?, ?)",
                            [(model, example.id, example.text, json.dumps(example.named_labels),
                              example.model_dump_json()) for example in outcome.added])
@@ -247,7 +260,7 @@ class RedisExampleStore:
         return f"{base}:records", f"{base}:texts", f"{base}:order"
 
     def add(self, model: str, examples: Sequence[NewExample], source: ExampleSource,
-            replace: bool = False) -> AddOutcome:
+            replace: bool = False, overrule: bool = False) -> AddOutcome:
         import redis
 
         records, texts, order = self._keys(model)
@@ -263,11 +276,14 @@ class RedisExampleStore:
                             if raw is not None:
                                 held = StoredExample.model_validate_json(raw)
                                 existing[held.text] = held
-                    outcome = sort_out(existing, examples, source)
+                    outcome = sort_out(existing, examples, source, overrule)
                     first = int(pipe.incrby(f"{self._prefix}:examples:seq", max(1, len(outcome.added))))
                     pipe.multi()
                     if replace:
                         pipe.delete(records, texts, order)
+                    if outcome.replaced:  # their texts are added again below, under new ids
+                        pipe.hdel(records, *[example.id for example in outcome.replaced])
+                        pipe.zrem(order, *[example.id for example in outcome.replaced])
                     if outcome.added:
                         start = first - len(outcome.added) + 1
                         pipe.hset(records, mapping={e.id: e.model_dump_json() for e in outcome.added})

@@ -7,10 +7,11 @@ import numpy as np
 
 from fewshot.serving.labels import best_labels, column_labels
 from fewshot.store import StoredModel
+from trainers.embedding_cache import EmbeddingCache
 from trainers.heads import load_safe_head
 from trainers.holdout import Evaluation, evaluate
 from trainers.thresholds import evaluate_multi_label
-from trainers.training import EmbeddingCache, Split, version_body_with
+from trainers.training import Split, version_body_with
 
 
 def score_version(version: StoredModel, split: Split, same_body_embeddings: EmbeddingCache | None = None) -> Evaluation:

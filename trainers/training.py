@@ -31,6 +31,7 @@ from fewshot.serving.backends import MAX_CALIBRATION_TEXTS
 from fewshot.serving.decisions import DEFAULT_THRESHOLD
 from fewshot.serving.labels import column_labels
 from fewshot.store import CALIBRATION_TEXTS_FILE
+from trainers.embedding_cache import EmbeddingCache
 from trainers.errors import TrainingFailed
 from trainers.heads import save_safe_head
 from trainers.holdout import (
@@ -52,8 +53,6 @@ ProgressCallback = Callable[[int, int], None]
 """Called with (steps done, total steps) while the body is fine-tuned."""
 
 LabelledText = tuple[str, Target]
-EmbeddingCache = dict[str, np.ndarray]
-"""Texts → their embeddings by one body (trainers/embedding_cache.py keeps one per version)."""
 
 
 @dataclass(frozen=True)
