@@ -27,6 +27,7 @@ import httpx
 from bentoml.exceptions import BentoMLException
 
 from fewshot.api.example_schemas import ExampleList, ExamplesAdded, ExamplesDeleted
+from fewshot.api.learning_schemas import FeedbackResponse, SuggestResponse, SuspectsResponse
 from fewshot.api.schemas import (
     EmbeddingsResponse,
     JobList,
@@ -148,6 +149,21 @@ class FewshotClient:
     def delete_examples(self, model_name: str, ids: Sequence[str]) -> ExamplesDeleted:
         return ExamplesDeleted.model_validate(self._send("POST", f"/v1/models/{model_name}/delete-examples",
                                                          body={"ids": list(ids)}))
+
+    def suggest(self, model_name: str, texts: Sequence[str], k: int = 20) -> SuggestResponse:
+        """The `k` texts of the pool `texts` worth labelling next, each with the model's guess."""
+        return SuggestResponse.model_validate(self._send("POST", f"/v1/models/{model_name}/suggest",
+                                                         body={"texts": list(texts), "k": k}))
+
+    def feedback(self, model_name: str, text: str, label: str | None = None,
+                 labels: Sequence[str] | None = None) -> FeedbackResponse:
+        """The right label of `text` (None: none of the labels; `labels` for a multi-label model) into the set."""
+        body: dict[str, Any] = {"text": text, **({"labels": list(labels)} if labels is not None else {"label": label})}
+        return FeedbackResponse.model_validate(self._send("POST", f"/v1/models/{model_name}/feedback", body=body))
+
+    def suspects(self, model_name: str, limit: int = 50) -> SuspectsResponse:
+        """Examples of the set whose label looks wrong, most suspect first."""
+        return SuspectsResponse.model_validate(self._get(f"/v1/models/{model_name}/suspects", {"limit": limit}))
 
     def retrain(self, model_name: str, strategy: str = "head", **options: Any) -> TrainAccepted:
         """Train the model again on its example set (a job: `wait` for it)."""

@@ -1,0 +1,143 @@
+"""Learning from users through a real `bentoml serve` and its trainer: the texts to label next
+(uncertain, no two alike, none already labelled), feedback that a retrain learns from, and a
+planted wrong label found among the suspects. Through the Python client; raw HTTP for the errors."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from fewshot.client import FewshotClient
+from harness.fixtures import BASE_MODEL, CLEAR_TEXTS
+from harness.live_server import LiveServer
+from trainers.promotion import fixed_evaluation
+
+pytestmark = pytest.mark.e2e
+
+OFF_TOPIC = ["Do you have a branch near the station?", "Can I change the name on my account?",
+             "Is there a fee for paying abroad?", "How do I close my account?",
+             "What happens if I forget my PIN?", "Can my child get a card too?"]
+
+
+@pytest.fixture(scope="module")
+def server(live_server_factory) -> LiveServer:
+    return live_server_factory("learning", DEFAULT_BASE_MODEL=BASE_MODEL, MAX_POOL_TEXTS="60")
+
+
+@pytest.fixture(scope="module")
+def model(server: LiveServer, train_examples: list[dict]) -> str:
+    with FewshotClient(server.url) as client:
+        job = client.wait(client.train("intents", train_examples, base_model=BASE_MODEL, strategy="head").job_id,
+                          poll_seconds=0.2, timeout=300)
+        assert job.status == "completed", job
+    return "intents"
+
+
+def uncertainty(client: FewshotClient, texts: list[str]) -> dict[str, float]:
+    """1 − (best − second best probability), from the served version's own predictions."""
+    answers = client.predict("intents", texts, top_k=2).predictions
+    return {a.text: 1 - (a.scores[0].score - a.scores[1].score) for a in answers}
+
+
+def test_suggestions_are_uncertain_distinct_and_unlabelled(server: LiveServer, model: str,
+                                                           train_examples: list[dict],
+                                                           test_examples: list[dict]) -> None:
+    labelled = [e["text"] for e in train_examples[:3]]
+    near_copies = ["My card has not arrived yet", "my card has not arrived yet!!"]
+    pool = [*[e["text"] for e in test_examples], *OFF_TOPIC, *near_copies, *labelled, *OFF_TOPIC[:3]]
+    with FewshotClient(server.url) as client:
+        version = client.model(model)
+        answer = client.suggest(model, pool, k=8)
+        texts = [s.text for s in answer.suggestions]
+        assert answer.model_version == version.tag and len(texts) == 8
+        assert answer.already_labelled == 3 and answer.pool == len(set(pool)) - 3
+        assert not set(texts) & set(labelled) and len(set(texts)) == len(texts)  # repeats count once
+        assert not {"My card has not arrived yet.", *near_copies} <= set(texts)
+        assert sum(text in near_copies or text == "My card has not arrived yet." for text in texts) <= 1
+        assert all(s.label in version.labels and s.reason == "uncertain" for s in answer.suggestions)
+        scores = [s.score for s in answer.suggestions]
+        assert scores == sorted(scores, reverse=True)
+        measured = uncertainty(client, list(dict.fromkeys(t for t in pool if t not in labelled)))
+        assert scores[0] == pytest.approx(max(measured.values()), abs=1e-3)  # the most uncertain text first
+        assert all(s.score == pytest.approx(measured[s.text], abs=1e-3) for s in answer.suggestions)
+        unchosen = [value for text, value in measured.items() if text not in texts]
+        assert np.mean(scores) > np.mean(unchosen)
+        assert all(measured[text] < scores[-1] + 0.5 for text in CLEAR_TEXTS if text in measured)
+
+
+def test_feedback_joins_the_set_and_a_retrain_learns_it(server: LiveServer, model: str,
+                                                        test_examples: list[dict]) -> None:
+    with FewshotClient(server.url) as client:
+        suggestions = client.suggest(model, [*OFF_TOPIC, *(e["text"] for e in test_examples)], k=10).suggestions
+        held = [(e.text, e.label) for e in client.examples(model, limit=1000).examples]
+        for suggestion in suggestions:  # one the retrain trains on (not held out for its fixed evaluation)
+            second = client.predict(model, [suggestion.text], top_k=2).predictions[0].scores[1].label
+            candidate = [*held, (suggestion.text, second)]
+            if len(candidate) - 1 not in fixed_evaluation(candidate)[1]:
+                break
+        else:
+            pytest.fail("every suggestion would be held out for evaluation")
+        given = client.feedback(model, suggestion.text, second)
+        assert (given.example.text, given.example.label, given.example.source) == (suggestion.text, second, "feedback")
+        assert given.replaced is None and not given.duplicate and given.total == len(held) + 1
+        assert client.feedback(model, suggestion.text, second).duplicate
+        job = client.wait(client.retrain(model, strategy="head", promote="always").job_id, poll_seconds=0.2,
+                          timeout=300)
+        assert job.status == "completed", job
+        assert client.predict(model, [suggestion.text]).predictions[0].label == second
+
+        # a correction replaces what the set held for the text
+        text, label = held[0]
+        other = next(lab for lab in client.model(model).labels if lab != label)
+        corrected = client.feedback(model, text, other)
+        assert corrected.replaced is not None and corrected.replaced.label == label
+        assert corrected.example.label == other and corrected.total == given.total
+        assert [e.label for e in client.examples(model, limit=1000).examples if e.text == text] == [other]
+        client.feedback(model, text, label)  # and back
+
+
+def test_a_planted_wrong_label_is_among_the_suspects(server: LiveServer, model: str) -> None:
+    planted = "I ordered my card two weeks ago and it still hasn't arrived"
+    with FewshotClient(server.url) as client:
+        added = client.add_examples(model, [{"text": planted, "label": "exchange_rate"}])
+        try:
+            found = client.suspects(model, limit=5)
+            assert found.examples == added.total and found.model_version == client.model(model).tag
+            top = {s.text: s for s in found.suspects[:3]}
+            assert planted in top, [(s.text, s.label, s.score) for s in found.suspects]
+            assert (top[planted].label, top[planted].suggested_label) == ("exchange_rate", "card_arrival")
+            assert top[planted].reason == "disagrees" and 0 < top[planted].score <= 1
+            assert [s.score for s in found.suspects if s.reason == "disagrees"] == sorted(
+                (s.score for s in found.suspects if s.reason == "disagrees"), reverse=True)
+            assert found.thin_labels == []  # 8+ examples per label
+        finally:
+            client.delete_examples(model, [e.id for e in added.added])
+
+
+def test_bad_input_is_a_400_that_names_the_field(server: LiveServer, model: str) -> None:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        def error(method: str, path: str, **kwargs: object) -> tuple[int, str]:
+            response = http.request(method, path, **kwargs)
+            return response.status_code, response.json()["error"]
+
+        status, message = error("POST", f"/v1/models/{model}/suggest", json={"texts": []})
+        assert status == 400 and "texts" in message
+        status, message = error("POST", f"/v1/models/{model}/suggest", json={"texts": [f"t {n}" for n in range(61)]})
+        assert status == 400 and "texts" in message and "60" in message  # MAX_POOL_TEXTS
+        status, message = error("POST", f"/v1/models/{model}/suggest", json={"texts": ["a"], "k": 0})
+        assert status == 400 and "k" in message
+        examples = http.get(f"/v1/models/{model}/examples", params={"limit": 2}).json()["examples"]
+        status, message = error("POST", f"/v1/models/{model}/suggest", json={"texts": [e["text"] for e in examples]})
+        assert status == 400 and "already in the example set" in message
+        assert error("POST", "/v1/models/nobody/suggest", json={"texts": ["a"]})[0] == 404
+        status, message = error("POST", f"/v1/models/{model}/feedback", json={"text": "hello", "label": "weather"})
+        assert status == 400 and "'weather' is not a label" in message and message.startswith("label")
+        status, message = error("POST", f"/v1/models/{model}/feedback", json={"text": "hello", "labels": ["a"]})
+        assert status == 400 and "single-label" in message
+        status, message = error("POST", f"/v1/models/{model}/feedback", json={"text": " ", "label": None})
+        assert status == 400 and "text" in message
+        assert error("POST", "/v1/models/nobody/feedback", json={"text": "a", "label": None})[0] == 404
+        assert error("GET", "/v1/models/nobody/suspects")[0] == 404
+        status, message = error("GET", f"/v1/models/{model}/suspects", params={"limit": 0})
+        assert status == 400 and "limit" in message
