@@ -13,7 +13,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-label-names bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-label-names bench-active-learning bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -109,6 +109,11 @@ bench-retraining: install-test
 ## writes bench/results/label-names-<time>.*
 bench-label-names: install-test
 	$(BIN)/python -m bench.label_names
+
+## What to label next (ours, pure margin, random; banking77 and trec6, 3 seeds) and the label audit on
+## flipped labels (~4 min): writes bench/results/active-learning-<time>.*
+bench-active-learning: install-test
+	$(BIN)/python -m bench.active_learning
 
 ## Time from POST /v1/train (strategy head) to a served model, p50/p95 over 20 jobs, with our trainer
 ## polling and Huey's default in the same run (~20 min: idle gaps up to 60 s): writes bench/results/time-to-model-<time>.*

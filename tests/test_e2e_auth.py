@@ -23,6 +23,8 @@ BODIES = {
     "/v1/models/import": {"model_name": "m", "source": "some-org/some-setfit-model"},
     "/v1/models/{model_name}/examples": {"examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]},
     "/v1/models/{model_name}/delete-examples": {"ids": ["some-id"]},
+    "/v1/models/{model_name}/suggest": {"texts": ["hello"]},
+    "/v1/models/{model_name}/feedback": {"text": "hello", "label": "x"},
 }
 
 
@@ -54,7 +56,9 @@ def test_docs_stay_open_and_list_every_route(server: LiveServer) -> None:
                      ("get", "/v1/models/{model_name}/download"), ("get", "/v1/models/{model_name}/examples"),
                      ("post", "/v1/models/{model_name}/examples"), ("post", "/v1/models/{model_name}/retrain"),
                      ("delete", "/v1/models/{model_name}/examples/{example_id}"),
-                     ("post", "/v1/models/{model_name}/delete-examples")]:
+                     ("post", "/v1/models/{model_name}/delete-examples"),
+                     ("post", "/v1/models/{model_name}/suggest"), ("post", "/v1/models/{model_name}/feedback"),
+                     ("get", "/v1/models/{model_name}/suspects")]:
         assert expected in routes
 
 

@@ -276,6 +276,55 @@ def test_the_example_set_is_listed_added_to_deleted_and_retrained_from(page: Rec
     assert (job["kind"], job["status"], job["promotion"]["rule"]) == ("retrain", "completed", "if_better"), job
 
 
+def test_the_inbox_labels_suggested_texts_by_keyboard_and_fixes_a_suspect(page: RecordedPage, client: httpx.Client,
+                                                                          train_examples: list[dict],
+                                                                          test_examples: list[dict]) -> None:
+    train(client, "inboxed", train_examples)
+    planted = "I ordered my card two weeks ago and it still hasn't arrived"
+    response = client.post("/v1/models/inboxed/examples",
+                           json={"examples": [{"text": planted, "label": "exchange_rate"}]})
+    assert response.status_code == 200, response.text
+    total = len(train_examples) + 1
+    labels = client.get("/v1/models/inboxed").json()["labels"]
+    open_console(page)
+    page.page.locator('#model-list button[data-model="inboxed"]').click()
+    rows = page.page.locator("#example-set table.examples tbody tr")
+    expect(rows).to_have_count(total)
+    expect(page.page.locator("#example-set")).not_to_contain_text("null")  # no stray `null` child under the table
+    page.page.fill("#inbox-pool", "\n".join(e["text"] for e in test_examples))
+    page.page.get_by_role("button", name="Suggest texts to label").click()
+    card = page.page.locator("#inbox-card")
+    expect(card).to_be_focused()
+    expect(card).to_contain_text("1 of 10")
+    first = page.page.locator("#inbox-card .card-text").inner_text()
+    page.screenshot("inbox")
+    page.page.keyboard.press("2")  # the second label
+    notice = page.page.locator("#notice")
+    expect(notice).to_contain_text(f'Labelled "{first}" as {labels[1]}: the set has {total + 1} examples')
+    expect(card).to_contain_text("2 of 10")
+    expect(card).to_be_focused()
+    page.page.keyboard.press("s")  # skipped: nothing sent
+    expect(card).to_contain_text("3 of 10")
+    third = page.page.locator("#inbox-card .card-text").inner_text()
+    page.page.keyboard.press("Enter")  # the model's guess
+    expect(notice).to_contain_text(f'Labelled "{third}"')
+    expect(rows).to_have_count(total + 2)
+    held = {e["text"]: e for e in client.get("/v1/models/inboxed/examples", params={"limit": 1000}).json()["examples"]}
+    assert (held[first]["label"], held[first]["source"]) == (labels[1], "feedback")
+    assert held[third]["source"] == "feedback"
+
+    page.page.get_by_role("button", name="Find suspect labels").click()
+    suspect = page.page.locator("li.suspect", has_text=planted)
+    expect(suspect).to_contain_text("labelled exchange_rate; looks like card_arrival")
+    page.screenshot("suspects")
+    suspect.focus()
+    page.page.keyboard.press("f")
+    expect(notice).to_contain_text(f'Labelled "{planted}" as card_arrival (was exchange_rate)')
+    expect(suspect).to_have_count(0)
+    fixed = client.get("/v1/models/inboxed/examples", params={"label": "card_arrival", "limit": 1000}).json()
+    assert planted in [e["text"] for e in fixed["examples"]]
+
+
 # ----------------------------------------------------------------------------------------- try it
 
 def test_try_it_shows_the_labels_with_probability_bars(page: RecordedPage, client: httpx.Client,

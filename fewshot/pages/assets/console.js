@@ -13,6 +13,8 @@ const SCREENS = ["models", "jobs", "try", "train"];
 const ACTIVE = new Set(["pending", "running"]);
 const MAX_ROW_ERRORS = 10;
 const EXAMPLES_PAGE = 100; // examples per page of GET /v1/models/{name}/examples
+const SUGGESTIONS = 10; // texts asked of POST /v1/models/{name}/suggest per round
+const SUSPECTS = 20; // examples asked of GET /v1/models/{name}/suspects
 
 const state = {
   models: [], // GET /v1/models: [{model_name, versions: [newest first]}]
@@ -25,6 +27,8 @@ const state = {
   newJob: null, // the job just submitted from the Train screen
   jobsListedAt: 0, // when the job list was last fetched by the poller (ms)
   exampleSet: null, // the shown model's example set: {model, rows (pages so far), total, digest, nextCursor}
+  inbox: null, // suggested texts to label: {model, cards, at (the card shown), labelled}
+  suspects: null, // the shown model's suspect labels: {model, rows (not fixed or kept yet), thin}
 };
 
 // ---------------------------------------------------------------------------------------- DOM
@@ -265,8 +269,11 @@ function renderModel() {
       versions.length > 1 ? compareForm(model) : null,
       el("div", { id: "comparison" })),
     el("div", { class: "panel", id: "version-detail" }, versionDetail(shown)),
-    el("div", { class: "panel", id: "example-set" }, el("h3", {}, "Example set"), el("p", { class: "muted" }, "Loading…")));
+    el("div", { class: "panel", id: "example-set" }, el("h3", {}, "Example set"), el("p", { class: "muted" }, "Loading…")),
+    el("div", { class: "panel", id: "inbox" }, ...inboxPanel(model)));
   loadExamples(model);
+  renderCards(model);
+  renderSuspects(model);
 }
 
 function versionTable(model) {
@@ -321,6 +328,13 @@ function versionDetail(version) {
         ? el("span", {}, "trained in ", el("b", {}, `${version.training_duration_seconds.toFixed(1)} s`)) : null,
       el("span", {}, "tag ", el("code", {}, version.tag))),
   ];
+  if (version.promotion && version.promotion.served_score !== null && version.promotion.served_score !== undefined) {
+    const promotion = version.promotion;
+    children.push(el("p", { class: "facts-line", id: "retrain-effect" },
+      `Retrained: ${promotion.metric.replace("_", " ")} on the set's ${promotion.evaluation_examples} fixed evaluation `
+      + `examples ${fixed(promotion.served_score)} (${promotion.served_version}) → ${fixed(promotion.new_score)}; `
+      + (promotion.promoted ? "served." : `held: ${promotion.reason}`)));
+  }
   children.push(el("h3", {}, "Precision, recall and F1 per label"));
   children.push(labelMetricsTable(version));
   children.push(el("h3", {}, "Confusion matrix"));
@@ -526,7 +540,7 @@ function renderExamples(model) {
         el("tbody", {}, rows))
       : el("p", { class: "muted" }, "No examples kept for this model (trained before example sets existed): add some, then retrain."),
     set.nextCursor ? el("button", { type: "button", onclick: () => loadExamples(model, set.nextCursor) },
-      `Show more examples (${set.rows.length} of ${set.total})`) : null);
+      `Show more examples (${set.rows.length} of ${set.total})`) : "");
 }
 
 function addExampleForm(model) {
@@ -603,6 +617,169 @@ function confirmDeleteExample(model, example) {
     }
     await loadExamples(model);
   });
+}
+
+// ---------------------------------------------------------------------------------------- inbox
+// What to label next (POST …/suggest), one card at a time, and suspect labels (GET …/suspects). Both
+// answer through POST …/feedback, which puts the label in the example set. Keys on a card: 1–9 the
+// label of that number, Enter or a the model's guess, n none of these, s skip; on a suspect: f fix
+// (take the suggested label), k keep.
+
+function inboxPanel(model) {
+  const pool = el("textarea", { id: "inbox-pool", rows: "4", spellcheck: "false",
+    placeholder: "Unlabelled texts, one per line (e.g. recent requests)" });
+  const form = el("form", { class: "inline-form", id: "suggest-form", novalidate: "" },
+    el("label", {}, "Texts to choose from ", pool),
+    el("button", { type: "submit" }, "Suggest texts to label"));
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    const texts = pool.value.split("\n").map((text) => text.trim()).filter(Boolean);
+    if (!texts.length) {
+      notify("Paste unlabelled texts first, one per line.", true);
+      return;
+    }
+    await busy(form, "Choosing…", async () => {
+      try {
+        const answer = await api("POST", `v1/models/${encodeURIComponent(model.model_name)}/suggest`,
+          { texts, k: SUGGESTIONS });
+        state.inbox = { model: model.model_name, cards: answer.suggestions, at: 0, labelled: 0 };
+        renderCards(model);
+      } catch (failure) {
+        notify(`Could not suggest texts: ${failureText(failure)}`, true);
+      }
+    });
+  };
+  return [
+    el("h3", {}, "Label next"),
+    el("p", { class: "muted" }, "The texts the model is least sure of, no two alike, none already in the set. Keys: "
+      + "1–9 a label, Enter the model's guess, n none of these, s skip."),
+    form,
+    el("div", { id: "cards" }),
+    el("h3", {}, "Suspect labels"),
+    el("p", { class: "muted" }, "Examples whose label a model trained without them disagrees with. Keys: f fix, k keep."),
+    el("button", { type: "button", id: "find-suspects", onclick: () => loadSuspects(model) }, "Find suspect labels"),
+    el("div", { id: "suspects" }),
+  ];
+}
+
+function labelName(label) {
+  return Array.isArray(label) ? (label.length ? label.join(", ") : "no label") : (label ?? "none of these");
+}
+
+/** Send a text's label as feedback; true when the set took it. */
+async function giveFeedback(model, text, label) {
+  const body = Array.isArray(label) ? { text, labels: label } : { text, label };
+  try {
+    const answer = await api("POST", `v1/models/${encodeURIComponent(model.model_name)}/feedback`, body);
+    notify(`Labelled "${text}" as ${labelName(label)}${answer.replaced ? ` (was ${labelName(answer.replaced.labels
+      ?? answer.replaced.label)})` : ""}: the set has ${answer.total} examples. Retrain to learn from it.`);
+    loadExamples(model);
+    return true;
+  } catch (failure) {
+    notify(`Could not label the text: ${failureText(failure)}`, true);
+    return false;
+  }
+}
+
+function renderCards(model) {
+  const box = $("cards");
+  const inbox = state.inbox;
+  if (!box || !inbox || inbox.model !== model.model_name) return;
+  if (inbox.at >= inbox.cards.length) {
+    box.replaceChildren(el("p", { class: "facts-line", id: "inbox-done" }, `Done: ${inbox.labelled} of `
+      + `${inbox.cards.length} texts labelled. Retrain to learn from them.`));
+    return;
+  }
+  const card = inbox.cards[inbox.at];
+  const multiLabel = Array.isArray(card.labels);
+  const guess = multiLabel ? card.labels : card.label;
+  const labels = servedVersion(model)?.labels ?? [];
+  const answer = async (label) => {
+    if (await giveFeedback(model, card.text, label)) {
+      inbox.labelled += 1;
+      inbox.at += 1;
+      renderCards(model);
+    }
+  };
+  const skip = () => {
+    inbox.at += 1;
+    renderCards(model);
+  };
+  const element = el("div", { class: "card", id: "inbox-card", tabindex: "0",
+    "aria-label": `Text ${inbox.at + 1} of ${inbox.cards.length} to label` },
+    el("p", { class: "muted" }, `${inbox.at + 1} of ${inbox.cards.length} · ${card.reason.replace("_", " ")}, `
+      + `uncertainty ${fixed(card.score, 2)}`),
+    el("p", { class: "card-text" }, card.text),
+    el("div", { class: "card-actions" },
+      el("button", { type: "button", class: "primary", onclick: () => answer(guess) }, `Enter: ${labelName(guess)}`),
+      ...labels.map((label, index) => el("button", { type: "button", "data-label": label,
+        onclick: () => answer(multiLabel ? [label] : label) }, index < 9 ? `${index + 1}: ${label}` : label)),
+      el("button", { type: "button", onclick: () => answer(multiLabel ? [] : null) }, "n: none of these"),
+      el("button", { type: "button", onclick: skip }, "s: skip")));
+  element.addEventListener("keydown", (event) => {
+    if (event.target !== element || event.ctrlKey || event.metaKey || event.altKey) return;
+    const number = Number.parseInt(event.key, 10);
+    if (number >= 1 && number <= Math.min(9, labels.length)) answer(multiLabel ? [labels[number - 1]] : labels[number - 1]);
+    else if (event.key === "Enter" || event.key === "a") answer(guess);
+    else if (event.key === "n") answer(multiLabel ? [] : null);
+    else if (event.key === "s") skip();
+    else return;
+    event.preventDefault();
+  });
+  box.replaceChildren(element);
+  element.focus();
+}
+
+async function loadSuspects(model) {
+  const button = $("find-suspects");
+  button.disabled = true;
+  try {
+    const answer = await api("GET", `v1/models/${encodeURIComponent(model.model_name)}/suspects?limit=${SUSPECTS}`);
+    state.suspects = { model: model.model_name, rows: answer.suspects, thin: answer.thin_labels };
+    renderSuspects(model);
+  } catch (failure) {
+    notify(`Could not audit the labels: ${failureText(failure)}`, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function renderSuspects(model) {
+  const box = $("suspects");
+  const found = state.suspects;
+  if (!box || !found || found.model !== model.model_name) return;
+  const drop = (suspect) => {
+    found.rows = found.rows.filter((row) => row !== suspect);
+    renderSuspects(model);
+    box.querySelector("li.suspect")?.focus();
+  };
+  const items = found.rows.map((suspect) => {
+    const given = suspect.labels ?? suspect.label;
+    const suggested = suspect.suggested_labels ?? suspect.suggested_label;
+    const fix = async () => {
+      if (await giveFeedback(model, suspect.text, suggested)) drop(suspect);
+    };
+    const item = el("li", { class: "suspect", tabindex: "0", "data-example": suspect.id },
+      el("span", { class: "card-text" }, suspect.text),
+      el("span", { class: "muted" }, ` labelled ${labelName(given)}; `
+        + (suspect.reason === "near_duplicate" ? "a near-duplicate is labelled " : "looks like ")
+        + `${labelName(suggested)} (${fixed(suspect.score, 2)}) `),
+      el("button", { type: "button", onclick: fix }, `Fix: ${labelName(suggested)}`),
+      el("button", { type: "button", onclick: () => drop(suspect) }, "Keep"));
+    item.addEventListener("keydown", (event) => {
+      if (event.target !== item) return;
+      if (event.key === "f") fix();
+      else if (event.key === "k") drop(suspect);
+      else return;
+      event.preventDefault();
+    });
+    return item;
+  });
+  box.replaceChildren(
+    items.length ? el("ol", { class: "suspects" }, ...items)
+      : el("p", { class: "facts-line", id: "no-suspects" }, "No suspect labels left."),
+    found.thin.length ? el("p", { class: "muted" }, "Too few examples to audit: " + found.thin.map((thin) =>
+      `${thin.label} (${thin.examples} of ${thin.needed})`).join(", ")) : "");
 }
 
 // ---------------------------------------------------------------------------------------- jobs
