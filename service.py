@@ -55,6 +55,7 @@ from fewshot.api.learning import (
 from fewshot.api.learning_schemas import (
     FeedbackRequest,
     FeedbackResponse,
+    PredictionLogDeleted,
     SuggestRequest,
     SuggestResponse,
     SuspectsQuery,
@@ -96,7 +97,7 @@ from fewshot.store import StoredModel
 from trainers import embedding_cache
 from trainers.examples import StoredExample, UnknownExampleCursor, set_digest
 from trainers.jobs import JobRecord, RetrainPlan, UnknownCursor, count_by_status
-from trainers.queue import example_sets, jobs
+from trainers.queue import example_sets, jobs, prediction_log
 from trainers.tasks import (
     NotCancellable,
     QueueFull,
@@ -219,6 +220,19 @@ class Gateway:
                 "waited_too_long": lambda: ServiceUnavailable("too many requests are waiting; retry shortly")}
         self.predict_items = Coalescer(self._send_predict, max_items=settings.max_batch_size, **shed)
         self.embed_items = Coalescer(self._send_embed, max_items=settings.max_batch_size, **shed)
+        self.sampler = None  # PREDICTION_LOG_SAMPLE: a share of predicted texts kept as a pool to suggest from
+        if settings.prediction_log_sample > 0:
+            from fewshot import metrics
+            from fewshot.api.prediction_sampling import PredictionSampler
+
+            self.sampler = PredictionSampler(prediction_log, settings.prediction_log_sample,
+                                             settings.prediction_log_max_texts, settings.prediction_log_days,
+                                             on_dropped=metrics.PREDICTION_LOG_DROPPED.inc)
+
+    @bentoml.on_shutdown
+    def stop_sampling(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
 
     async def _send_predict(self, items: list[TextItem]) -> list[ItemPrediction]:
         return await once_more_if_disconnected(lambda: self.inference.to_async.predict(items), "inference")
@@ -278,6 +292,8 @@ class Gateway:
             return errors.unknown_model(request.model_name)
         if refused := next((result.error for result in results if result.error), None):
             return errors.invalid(refused)  # asked what this version cannot do (e.g. abstain, multi-label)
+        if self.sampler is not None:
+            self.sampler.offer(request.model_name, request.texts)
         return PredictResponse(predictions=[
             Prediction(text=text, label=result.label, score=result.score, labels=result.labels,
                        abstained=result.abstained, scores=result.scores)
@@ -370,6 +386,8 @@ class Gateway:
         deleted = await asyncio.to_thread(store.delete, model_name)
         name, version = store.split_reference(model_name)
         examples_deleted = await asyncio.to_thread(example_sets.drop, name) if version is None else 0
+        if version is None:
+            await asyncio.to_thread(prediction_log.drop, name)
         if not deleted:
             if examples_deleted:
                 return ModelsDeleted(deleted=[], examples_deleted=examples_deleted)
@@ -493,9 +511,20 @@ class Gateway:
         labelled = [example.text for example in await asyncio.to_thread(example_sets.all, model_name)]
         known = set(labelled)
         distinct_texts = list(dict.fromkeys(body.texts))
+        logged: list[str] = []
+        if body.logged:
+            logged = await asyncio.to_thread(prediction_log.texts, model_name, settings.max_pool_texts)
+            if not logged:
+                return errors.invalid(f"logged: no texts of {model_name!r} are logged" + (
+                    "" if settings.prediction_log_sample > 0 else " (the prediction log is off: PREDICTION_LOG_SAMPLE "
+                    "is 0)"))
+            logged = [text for text in logged if text not in set(distinct_texts)]
+            logged = logged[:max(0, settings.max_pool_texts - len(distinct_texts))]
+            distinct_texts += logged
         pool = [text for text in distinct_texts if text not in known]
         if not pool:
-            return errors.invalid("texts: every text of the pool is already in the example set")
+            return errors.invalid(f"{'texts' if body.texts else 'logged'}: every text of the pool is already in the "
+                                  "example set")
         answers = await self._answers(version.tag, pool, top_k=min(len(version.labels), settings.max_labels))
         vectors = await self._vectors(version, pool)
         labelled_vectors = await self._vectors(version, labelled)
@@ -504,7 +533,16 @@ class Gateway:
         picked = await asyncio.to_thread(
             rank_pool, probability_matrix(version, answers), vectors, body.k, labelled_vectors,
             thresholds_of(version), np.array([bool(answer.abstained) for answer in answers]))
-        return suggestions_view(version, pool, answers, picked, len(distinct_texts) - len(pool))
+        return suggestions_view(version, pool, answers, picked, len(distinct_texts) - len(pool),
+                                logged=sum(text not in known for text in logged))
+
+    @routes.delete("/v1/models/{model_name}/prediction-log", response_model=PredictionLogDeleted,
+                   responses=documented(400))
+    def delete_prediction_log(self, model_name: str) -> PredictionLogDeleted | JSONResponse:
+        """Forget the texts the prediction log kept of this model's traffic (PREDICTION_LOG_SAMPLE)."""
+        if not is_valid_model_name(model_name):
+            return errors.invalid_model_name()
+        return PredictionLogDeleted(deleted=prediction_log.drop(model_name))
 
     @routes.post("/v1/models/{model_name}/feedback", response_model=FeedbackResponse, responses=documented(400, 404))
     def feedback(self, model_name: str, body: FeedbackRequest) -> FeedbackResponse | JSONResponse:

@@ -37,3 +37,6 @@ def set_job_gauges(counts: Mapping[str, int]) -> None:
     """How many jobs have each status (`trainers.jobs.count_by_status`)."""
     for status, count in counts.items():
         TRAINING_JOBS.labels(status).set(count)
+PREDICTION_LOG_DROPPED = Counter(
+    "fewshot_prediction_log_dropped", "Sampled predict texts dropped because the prediction log's write queue was "
+    "full (PREDICTION_LOG_SAMPLE; the store was slower than the traffic)")

@@ -127,6 +127,13 @@ class Settings:
     """MAX_TRAIN_EXAMPLES: examples in one training request."""
     max_pool_texts: int
     """MAX_POOL_TEXTS: unlabelled texts in one suggest request (POST /v1/models/{name}/suggest)."""
+    prediction_log_sample: float
+    """PREDICTION_LOG_SAMPLE: share of the texts sent to /v1/predict kept per model as a pool to suggest from
+    (0: off; trainers/prediction_log.py)."""
+    prediction_log_days: float
+    """PREDICTION_LOG_DAYS: how long a logged text is kept after it was last seen."""
+    prediction_log_max_texts: int
+    """PREDICTION_LOG_MAX_TEXTS: logged texts kept per model; the oldest go first."""
     max_labels: int
     """MAX_LABELS: distinct labels of one model."""
     max_num_iterations: int
@@ -204,6 +211,9 @@ def load_settings() -> Settings:
         max_text_chars=_int("MAX_TEXT_CHARS", 10_000, minimum=1),
         max_train_examples=_int("MAX_TRAIN_EXAMPLES", 10_000, minimum=2),
         max_pool_texts=_int("MAX_POOL_TEXTS", 10_000, minimum=1),
+        prediction_log_sample=_float("PREDICTION_LOG_SAMPLE", 0.0, minimum=0.0),
+        prediction_log_days=_float("PREDICTION_LOG_DAYS", 7.0, minimum=0.0),
+        prediction_log_max_texts=_int("PREDICTION_LOG_MAX_TEXTS", 10_000, minimum=1),
         max_labels=_int("MAX_LABELS", 500, minimum=2),
         max_num_iterations=_int("MAX_NUM_ITERATIONS", 200, minimum=1),
         max_train_batch_size=_int("MAX_TRAIN_BATCH_SIZE", 256, minimum=1),

@@ -58,7 +58,8 @@ def test_docs_stay_open_and_list_every_route(server: LiveServer) -> None:
                      ("delete", "/v1/models/{model_name}/examples/{example_id}"),
                      ("post", "/v1/models/{model_name}/delete-examples"),
                      ("post", "/v1/models/{model_name}/suggest"), ("post", "/v1/models/{model_name}/feedback"),
-                     ("get", "/v1/models/{model_name}/suspects")]:
+                     ("get", "/v1/models/{model_name}/suspects"),
+                     ("delete", "/v1/models/{model_name}/prediction-log")]:
         assert expected in routes
 
 

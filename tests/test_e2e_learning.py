@@ -4,6 +4,8 @@ planted wrong label found among the suspects. Through the Python client; raw HTT
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import numpy as np
 import pytest
@@ -22,7 +24,8 @@ OFF_TOPIC = ["Do you have a branch near the station?", "Can I change the name on
 
 @pytest.fixture(scope="module")
 def server(live_server_factory) -> LiveServer:
-    return live_server_factory("learning", DEFAULT_BASE_MODEL=BASE_MODEL, MAX_POOL_TEXTS="60")
+    return live_server_factory("learning", DEFAULT_BASE_MODEL=BASE_MODEL, MAX_POOL_TEXTS="60",
+                               PREDICTION_LOG_SAMPLE="1")
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +138,32 @@ def test_a_planted_wrong_label_is_among_the_suspects(server: LiveServer, model: 
             client.delete_examples(model, [e.id for e in added.added])
 
 
+def test_predicted_texts_are_logged_as_a_pool_to_suggest_from_and_can_be_forgotten(server: LiveServer,
+                                                                                   model: str) -> None:
+    traffic = ["Do you offer student accounts?", "Can I get paper statements?", "Is there an app for tablets?",
+               "Why is my balance different in the app?", "Can I pay my rent with this account?"]
+    with FewshotClient(server.url) as client, httpx.Client(base_url=server.url, timeout=60) as http:
+        http.delete(f"/v1/models/{model}/prediction-log")  # what earlier tests predicted
+        client.predict(model, traffic[:3])
+        client.predict(f"{model}:{client.model(model).model_version}", traffic[3:])  # logged under the name
+        deadline = time.monotonic() + 15
+        while (answer := http.post(f"/v1/models/{model}/suggest", json={"logged": True, "k": 3})).json().get(
+                "logged", 0) < len(traffic):
+            assert time.monotonic() < deadline, answer.text  # written within a second or so
+            time.sleep(0.3)
+        suggested = answer.json()
+        assert suggested["logged"] == suggested["pool"] == len(traffic)
+        assert {s["text"] for s in suggested["suggestions"]} <= set(traffic) and len(suggested["suggestions"]) == 3
+        # texts in the body and in the log together, each once
+        mixed = http.post(f"/v1/models/{model}/suggest", json={"texts": [traffic[0], "a new text"], "logged": True})
+        assert (mixed.json()["pool"], mixed.json()["logged"]) == (len(traffic) + 1, len(traffic) - 1)
+        forgotten = http.delete(f"/v1/models/{model}/prediction-log")
+        assert forgotten.status_code == 200 and forgotten.json() == {"deleted": len(traffic)}
+        gone = http.post(f"/v1/models/{model}/suggest", json={"logged": True})
+        assert gone.status_code == 400 and gone.json()["error"].startswith("logged: no texts")
+        assert "PREDICTION_LOG_SAMPLE" not in gone.json()["error"]  # it is on here; only the log is empty
+
+
 def test_bad_input_is_a_400_that_names_the_field(server: LiveServer, model: str) -> None:
     with httpx.Client(base_url=server.url, timeout=60) as http:
         def error(method: str, path: str, **kwargs: object) -> tuple[int, str]:
@@ -143,6 +172,8 @@ def test_bad_input_is_a_400_that_names_the_field(server: LiveServer, model: str)
 
         status, message = error("POST", f"/v1/models/{model}/suggest", json={"texts": []})
         assert status == 400 and "texts" in message
+        status, message = error("POST", f"/v1/models/{model}/suggest", json={"k": 3})
+        assert status == 400 and "texts: send the pool" in message
         status, message = error("POST", f"/v1/models/{model}/suggest", json={"texts": [f"t {n}" for n in range(61)]})
         assert status == 400 and "texts" in message and "60" in message  # MAX_POOL_TEXTS
         status, message = error("POST", f"/v1/models/{model}/suggest", json={"texts": ["a"], "k": 0})

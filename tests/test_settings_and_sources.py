@@ -15,7 +15,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("MODEL_PATH", "BENTOML_HOME", "API_KEY", "DEFAULT_BASE_MODEL", "REDIS_URL", "EMBEDDED_TRAINER",
-                 "MODEL_REFRESH_SECONDS", "HF_TOKEN", "LOG_LEVEL"):
+                 "MODEL_REFRESH_SECONDS", "HF_TOKEN", "LOG_LEVEL", "PREDICTION_LOG_SAMPLE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     settings = load_settings()
@@ -24,6 +24,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert settings.default_base_model == DEFAULT_BASE_MODEL == "Alibaba-NLP/gte-modernbert-base"
     assert settings.embedded_trainer is True
     assert settings.api_key is None and settings.redis_url is None
+    assert settings.prediction_log_sample == 0  # no traffic is kept unless the operator turns it on
 
 
 def test_model_path_holds_the_store_unless_bentoml_home_is_explicit(monkeypatch, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""The Huey queue, the job store and the example sets: SQLite files under MODEL_PATH, or Redis when
-REDIS_URL is set.
+"""The Huey queue, the job store, the example sets and the prediction log: SQLite files under
+MODEL_PATH, or Redis when REDIS_URL is set.
 
 Both are opened when this module is imported (Huey registers tasks on its instance at import).
 """
@@ -11,6 +11,7 @@ from huey import Huey, RedisHuey, SqliteHuey
 from fewshot.settings import Settings, get_settings
 from trainers.examples import open_example_store
 from trainers.jobs import open_job_store
+from trainers.prediction_log import open_prediction_log
 
 QUEUE_NAME = "fewshot-training"
 
@@ -28,3 +29,4 @@ if not settings.redis_url:  # the one place that creates it: the SQLite queue, j
 huey = make_huey(settings)
 jobs = open_job_store(settings)
 example_sets = open_example_store(settings)
+prediction_log = open_prediction_log(settings)

@@ -43,14 +43,14 @@ def thresholds_of(version: StoredModel) -> np.ndarray | None:
 
 
 def suggestions_view(version: StoredModel, pool: Sequence[str], answers: Sequence[ItemPrediction],
-                     picked: Sequence[Picked], already_labelled: int) -> SuggestResponse:
+                     picked: Sequence[Picked], already_labelled: int, logged: int = 0) -> SuggestResponse:
     multi = is_multi_label(version)
     return SuggestResponse(
         suggestions=[Suggestion(text=pool[p.index], score=round(p.uncertainty, 4), reason=p.reason,
                                 **({"labels": answers[p.index].labels or []} if multi else
                                    {"label": answers[p.index].label}))
                      for p in picked],
-        model_version=version.tag, pool=len(pool), already_labelled=already_labelled)
+        model_version=version.tag, pool=len(pool), already_labelled=already_labelled, logged=logged)
 
 
 def audit_targets(examples: Sequence[StoredExample]) -> list[str] | list[list[str]]:

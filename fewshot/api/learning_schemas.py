@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fewshot.api.example_schemas import ExampleView
 from fewshot.api.schemas import LIMITS, Example, NonBlankText, OneLabelForm
@@ -18,10 +18,19 @@ class SuggestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
         "texts": ["is my card on its way?", "can I pay in euros", "why was I charged twice"], "k": 2}})
 
-    texts: list[NonBlankText] = Field(min_length=1, max_length=LIMITS.max_pool_texts, description=(
+    texts: list[NonBlankText] = Field(default_factory=list, max_length=LIMITS.max_pool_texts, description=(
         "The pool: unlabelled texts to choose from (MAX_POOL_TEXTS at most). Repeats count once; texts already "
         "in the example set are never suggested."))
+    logged: bool = Field(default=False, description=(
+        "Also choose from the texts the prediction log sampled from this model's /v1/predict traffic "
+        "(PREDICTION_LOG_SAMPLE), newest first, up to MAX_POOL_TEXTS in all."))
     k: int = Field(default=20, ge=1, le=MAX_SUGGESTIONS, description="How many texts to suggest.")
+
+    @model_validator(mode="after")
+    def _some_pool(self) -> SuggestRequest:
+        if not self.texts and not self.logged:
+            raise ValueError("texts: send the pool of unlabelled texts (or `logged: true` to use the prediction log)")
+        return self
 
 class Suggestion(OneLabelForm):
     text: str
@@ -42,6 +51,7 @@ class SuggestResponse(BaseModel):
         "similar uncertain texts."))
     model_version: str = Field(description="The version (name:version) whose answers ranked them.")
     pool: int = Field(description="Distinct texts considered (repeats and texts in the example set left out).")
+    logged: int = Field(default=0, description="Of them, texts from the prediction log (`logged: true`).")
     already_labelled: int = Field(description="Texts of the pool that are in the example set.")
 
 class FeedbackRequest(Example):
@@ -89,3 +99,7 @@ class SuspectsResponse(BaseModel):
     thin_labels: list[ThinLabel] = Field(description="Labels with too few examples to audit: add some.")
     examples: int = Field(description="Examples audited (the whole set).")
     model_version: str = Field(description="The version whose body embedded them.")
+
+
+class PredictionLogDeleted(BaseModel):
+    deleted: int = Field(description="Logged texts forgotten.")

@@ -1,8 +1,8 @@
 """Which examples of a set look mislabelled, from out-of-fold probabilities (confident learning).
 
-Every example is scored by a head that never saw it: the set is split into folds, and a logistic
-regression (SetFit's default head) fitted on the other folds' embeddings gives its probabilities,
-the way cleanlab finds label errors (Northcutt et al., "Confident Learning", 2021). A label's
+Every example is scored by a head that never saw it: the set is split into folds, and a head
+fitted on the other folds' embeddings gives its probabilities (`out_of_fold_probabilities`), the
+way cleanlab finds label errors (Northcutt et al., "Confident Learning", 2021). A label's
 *typical* probability is the mean out-of-fold probability its own examples get; an example is a
 suspect when its given label's probability falls below that label's typical one and another label
 is more probable than it. (Confident learning's stricter rule, that the other label also reach its
@@ -67,14 +67,31 @@ def fold_of(count: int, labels: Sequence[str], folds: int = FOLDS, seed: int = 0
     return assignment
 
 
+RIDGE = 1.0
+"""L2 penalty of the audit's least-squares head (on unit-length embeddings and a bias column)."""
+
+
+def least_squares_head(points: np.ndarray, targets: np.ndarray, classes: int, ridge: float = RIDGE) -> np.ndarray:
+    """Weights (features + bias → one score per class) of a class-balanced ridge regression onto
+    one-hot targets: closed form, one (d+1)² solve whatever the number of examples and labels."""
+    features = np.hstack([points, np.ones((len(points), 1))])
+    counts = np.bincount(targets, minlength=classes).astype(np.float64)
+    weights = len(targets) / (np.count_nonzero(counts) * counts[targets])  # `class_weight: balanced`, as the heads
+    weighted = features * weights[:, None]
+    gram = features.T @ weighted + ridge * np.eye(features.shape[1])
+    return np.linalg.solve(gram, weighted.T @ np.eye(classes)[targets])
+
+
 def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence[str], classes: Sequence[str],
-                              folds: int = FOLDS, max_iter: int = 200) -> np.ndarray:
-    """Probabilities of `classes` for each row from a logistic regression fitted without its fold.
+                              folds: int = FOLDS) -> np.ndarray:
+    """Probabilities of `classes` for each row from a head fitted without its fold.
 
-    A class absent from a fold's training rows gets probability 0 there."""
-    from sklearn.linear_model import LogisticRegression
-
-    points = normalized(embeddings)
+    The head is least squares, not the logistic regression a version serves: on banking77's 10,003
+    training texts (77 labels, MiniLM) five logistic-regression fits took ~35 s on 2 CPU cores, the
+    closed form takes ~2 s, and found as many flipped labels (bench/active_learning.py: 0.94 of them
+    in the top 2× suspects against 0.87). Its scores are clipped at 0 and scaled to sum to 1 per
+    row. A class absent from a fold's training rows gets probability 0 there."""
+    points = normalized(embeddings).astype(np.float64)
     targets = np.array([classes.index(label) for label in labels])
     assignment = fold_of(len(labels), labels, folds)
     probabilities = np.zeros((len(labels), len(classes)), dtype=np.float64)
@@ -83,13 +100,11 @@ def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence[str], cla
         if not held_out.any():
             continue
         trained_on = ~held_out
-        present = np.unique(targets[trained_on])
-        if len(present) < 2:
-            probabilities[np.ix_(held_out, present)] = 1.0
-            continue
-        head = LogisticRegression(max_iter=max_iter)
-        head.fit(points[trained_on], targets[trained_on])
-        probabilities[np.ix_(held_out, head.classes_)] = head.predict_proba(points[held_out])
+        weights = least_squares_head(points[trained_on], targets[trained_on], len(classes))
+        scores = np.hstack([points[held_out], np.ones((int(held_out.sum()), 1))]) @ weights
+        scores[:, np.bincount(targets[trained_on], minlength=len(classes)) == 0] = 0.0
+        scores = np.clip(scores, 0.0, None) + 1e-9
+        probabilities[held_out] = scores / scores.sum(axis=1, keepdims=True)
     return probabilities
 
 
