@@ -46,6 +46,7 @@ from fewshot.api.example_schemas import (
 )
 from fewshot.api.learning import (
     audit_targets,
+    gather_pool,
     is_multi_label,
     probability_matrix,
     suggestions_view,
@@ -509,32 +510,25 @@ class Gateway:
         if version is None:
             return errors.unknown_model(model_name)
         labelled = [example.text for example in await asyncio.to_thread(example_sets.all, model_name)]
-        known = set(labelled)
-        distinct_texts = list(dict.fromkeys(body.texts))
-        logged: list[str] = []
-        if body.logged:
-            logged = await asyncio.to_thread(prediction_log.texts, model_name, settings.max_pool_texts)
-            if not logged:
-                return errors.invalid(f"logged: no texts of {model_name!r} are logged" + (
-                    "" if settings.prediction_log_sample > 0 else " (the prediction log is off: PREDICTION_LOG_SAMPLE "
-                    "is 0)"))
-            logged = [text for text in logged if text not in set(distinct_texts)]
-            logged = logged[:max(0, settings.max_pool_texts - len(distinct_texts))]
-            distinct_texts += logged
-        pool = [text for text in distinct_texts if text not in known]
-        if not pool:
+        logged = await asyncio.to_thread(prediction_log.texts, model_name, settings.max_pool_texts) \
+            if body.logged else []
+        if body.logged and not logged:
+            off = settings.prediction_log_sample == 0
+            return errors.invalid(f"logged: no texts of {model_name!r} are logged"
+                                  + (" (the prediction log is off: PREDICTION_LOG_SAMPLE is 0)" if off else ""))
+        pool = gather_pool(body.texts, logged, set(labelled), settings.max_pool_texts)
+        if not pool.texts:
             return errors.invalid(f"{'texts' if body.texts else 'logged'}: every text of the pool is already in the "
                                   "example set")
-        answers = await self._answers(version.tag, pool, top_k=min(len(version.labels), settings.max_labels))
-        vectors = await self._vectors(version, pool)
+        answers = await self._answers(version.tag, pool.texts, top_k=min(len(version.labels), settings.max_labels))
+        vectors = await self._vectors(version, pool.texts)
         labelled_vectors = await self._vectors(version, labelled)
         if answers is None or vectors is None or labelled_vectors is None:
             return errors.unknown_model(version.tag)
         picked = await asyncio.to_thread(
             rank_pool, probability_matrix(version, answers), vectors, body.k, labelled_vectors,
             thresholds_of(version), np.array([bool(answer.abstained) for answer in answers]))
-        return suggestions_view(version, pool, answers, picked, len(distinct_texts) - len(pool),
-                                logged=sum(text not in known for text in logged))
+        return suggestions_view(version, pool, answers, picked)
 
     @routes.delete("/v1/models/{model_name}/prediction-log", response_model=PredictionLogDeleted,
                    responses=documented(400))

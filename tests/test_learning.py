@@ -140,3 +140,11 @@ def test_a_multi_label_set_gets_the_turned_label_suggested() -> None:
     found = audit_multi_label(embeddings, label_sets)
     assert found.suspects[0].index == 5
     assert found.suspects[0].suggested == ("c0",)
+
+
+def test_a_pool_is_the_sent_texts_then_the_logged_ones_each_once_and_none_labelled() -> None:
+    from fewshot.api.learning import gather_pool
+
+    pool = gather_pool(["a", "b", "a", "x"], ["c", "b", "d", "e"], {"x", "d"}, max_texts=5)
+    assert pool.texts == ["a", "b", "c"] and pool.already_labelled == 2 and pool.logged == 1
+    assert gather_pool([], ["c", "d"], set(), max_texts=1).texts == ["c"]

@@ -7,7 +7,8 @@ fewshot/learning; the schemas are fewshot/api/learning_schemas.py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,6 +18,26 @@ from fewshot.learning.selection import Suggestion as Picked
 from fewshot.serving.items import ItemPrediction
 from fewshot.store import StoredModel
 from trainers.examples import StoredExample
+
+
+@dataclass(frozen=True)
+class Pool:
+    texts: list[str]
+    """What to rank: each text once, none in the example set."""
+    already_labelled: int
+    logged: int
+    """Of `texts`, those only the prediction log gave."""
+
+
+def gather_pool(sent: Sequence[str], logged: Sequence[str], labelled: Collection[str], max_texts: int) -> Pool:
+    """The texts sent, then the logged ones (newest first) up to `max_texts` in all; repeats once, and
+    texts of the example set left out (counted)."""
+    sent_once = list(dict.fromkeys(sent))
+    extra = [text for text in dict.fromkeys(logged) if text not in set(sent_once)][:max(0, max_texts - len(sent_once))]
+    considered = sent_once + extra
+    texts = [text for text in considered if text not in labelled]
+    return Pool(texts=texts, already_labelled=len(considered) - len(texts),
+                logged=sum(text not in labelled for text in extra))
 
 
 def is_multi_label(version: StoredModel) -> bool:
@@ -42,15 +63,15 @@ def thresholds_of(version: StoredModel) -> np.ndarray | None:
     return np.array([float(learned.get(label, 0.5)) for label in version.labels])
 
 
-def suggestions_view(version: StoredModel, pool: Sequence[str], answers: Sequence[ItemPrediction],
-                     picked: Sequence[Picked], already_labelled: int, logged: int = 0) -> SuggestResponse:
+def suggestions_view(version: StoredModel, pool: Pool, answers: Sequence[ItemPrediction],
+                     picked: Sequence[Picked]) -> SuggestResponse:
     multi = is_multi_label(version)
     return SuggestResponse(
-        suggestions=[Suggestion(text=pool[p.index], score=round(p.uncertainty, 4), reason=p.reason,
+        suggestions=[Suggestion(text=pool.texts[p.index], score=round(p.uncertainty, 4), reason=p.reason,
                                 **({"labels": answers[p.index].labels or []} if multi else
                                    {"label": answers[p.index].label}))
                      for p in picked],
-        model_version=version.tag, pool=len(pool), already_labelled=already_labelled, logged=logged)
+        model_version=version.tag, pool=len(pool.texts), already_labelled=pool.already_labelled, logged=pool.logged)
 
 
 def audit_targets(examples: Sequence[StoredExample]) -> list[str] | list[list[str]]:

@@ -16,7 +16,7 @@ labels too thin to be scored are reported rather than guessed at.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -161,13 +161,17 @@ class Audit:
     thin: dict[str, int]
 
 
-def audit(embeddings: np.ndarray, labels: Sequence[str]) -> Audit:
-    """Suspect labels of a single-label set (NONE_OF_THESE for `label: null` examples)."""
+OutOfFold = Callable[[np.ndarray, Sequence[str], Sequence[str]], np.ndarray]
+
+
+def audit(embeddings: np.ndarray, labels: Sequence[str], out_of_fold: OutOfFold | None = None) -> Audit:
+    """Suspect labels of a single-label set (NONE_OF_THESE for `label: null` examples). `out_of_fold`:
+    another way to get out-of-fold probabilities (the benchmark's logistic-regression baseline)."""
     thin = thin_labels(labels)
     classes = sorted(set(labels))
     suspects: list[Suspect] = []
     if len(classes) - len(thin) >= 2:
-        probabilities = out_of_fold_probabilities(embeddings, labels, classes)
+        probabilities = (out_of_fold or out_of_fold_probabilities)(embeddings, labels, classes)
         suspects = disagreements(probabilities, labels, classes, auditable=set(classes) - set(thin))
     listed = {suspect.index for suspect in suspects}
     for suspect in near_duplicates(embeddings, labels):
