@@ -16,9 +16,11 @@ from fewshot.learning.audit import (
 from fewshot.learning.selection import (
     NEAR_DUPLICATE_DISTANCE,
     margin_uncertainty,
+    normalized,
     rank_pool,
     select,
     threshold_uncertainty,
+    typicality,
 )
 
 
@@ -70,8 +72,10 @@ def test_texts_like_labelled_ones_are_never_suggested_and_abstained_ones_rank_fi
     assert 0 not in [s.index for s in suggestions]
     abstained = np.zeros(30, dtype=bool)
     abstained[25] = True
-    first = select(np.full(30, 0.2), embeddings, 1, abstained=abstained)[0]
+    first = select(np.full(30, 0.2), embeddings, 1, abstained=abstained, diverse=False)[0]
     assert (first.index, first.reason, first.uncertainty) == (25, "abstained", 1.0)
+    batch = select(np.full(30, 0.2), embeddings, 3, abstained=abstained)
+    assert batch[0].index == 25 and batch[0].reason == "abstained"  # the most uncertain of the batch first
 
 
 def test_a_pool_gives_at_most_its_distinct_texts_and_one_answer() -> None:
@@ -148,3 +152,16 @@ def test_a_pool_is_the_sent_texts_then_the_logged_ones_each_once_and_none_labell
     pool = gather_pool(["a", "b", "a", "x"], ["c", "b", "d", "e"], {"x", "d"}, max_texts=5)
     assert pool.texts == ["a", "b", "c"] and pool.already_labelled == 2 and pool.logged == 1
     assert gather_pool([], ["c", "d"], set(), max_texts=1).texts == ["c"]
+
+
+def test_of_each_group_the_typical_uncertain_text_is_suggested_not_its_outlier() -> None:
+    rng = np.random.default_rng(7)
+    centre = rng.standard_normal(16)
+    group = centre + 0.05 * rng.standard_normal((12, 16))  # a tight group of similar texts
+    outlier = centre + 1.2 * rng.standard_normal(16)  # a little more uncertain, but like nothing else
+    embeddings = np.vstack([group, outlier])
+    uncertainty = np.append(np.full(12, 0.8), 0.85)
+    typical = typicality(normalized(embeddings))
+    assert typical[:12].min() > typical[12]
+    assert select(uncertainty, embeddings, 1)[0].index != 12
+    assert select(uncertainty, embeddings, 1, diverse=False)[0].index == 12
