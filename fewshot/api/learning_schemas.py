@@ -47,8 +47,8 @@ class Suggestion(OneLabelForm):
 
 class SuggestResponse(BaseModel):
     suggestions: list[Suggestion] = Field(description=(
-        "At most `k` texts, most uncertain first, no two alike: the most uncertain text of each of `k` groups of "
-        "similar uncertain texts."))
+        "At most `k` texts, most uncertain first, no two alike: of each of `k` groups of similar uncertain texts, "
+        "the one most uncertain and most typical of the group."))
     model_version: str = Field(description="The version (name:version) whose answers ranked them.")
     pool: int = Field(description="Distinct texts considered (repeats and texts in the example set left out).")
     logged: int = Field(default=0, description="Of them, texts from the prediction log (`logged: true`).")
