@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report_files import write_report
+from bench.report_files import in_process_machine, write_report
 from bench.retraining import read_csv
 from fewshot.base_models import resolve_base_model
 from fewshot.learning.audit import FOLDS, audit, fold_of
@@ -178,7 +178,8 @@ def main() -> None:
         large.append({"head": name, "examples": len(everything), "seconds": round(time.perf_counter() - started, 2),
                       "suspects": len(found.suspects)})
         print("large audit", large[-1], flush=True)
-    results = {"benchmark": "active-learning", "started_at": started_at.isoformat(), "base_model": BASE_MODEL,
+    results = {"benchmark": "active-learning", "started_at": started_at.isoformat(), "machine": in_process_machine(),
+               "base_model": BASE_MODEL,
                "rounds": ROUNDS, "per_round": PER_ROUND, "start_per_label": START_PER_LABEL, "seeds": SEEDS,
                "summary": summary, "loops": loops, "audit": audits, "large_audit": large}
     write_report(args.out, "active-learning", started_at, results, markdown(results))
