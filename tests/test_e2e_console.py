@@ -274,6 +274,12 @@ def test_the_example_set_is_listed_added_to_deleted_and_retrained_from(page: Rec
     job_id = notice.inner_text().split("job ")[1].split(" ")[0]
     job = wait_for_job(client, job_id, {"completed", "failed"})
     assert (job["kind"], job["status"], job["promotion"]["rule"]) == ("retrain", "completed", "if_better"), job
+    page.page.reload()  # the key stays in the tab
+    page.page.locator('#model-list button[data-model="taught"]').click()
+    promotion = job["promotion"]
+    expect(page.page.locator("#retrain-effect")).to_contain_text(
+        f"Retrained: accuracy on the set's {promotion['evaluation_examples']} fixed evaluation examples "
+        f"{promotion['served_score']:.3f} ({first['model_version']}) → {promotion['new_score']:.3f}")
 
 
 def test_the_inbox_labels_suggested_texts_by_keyboard_and_fixes_a_suspect(page: RecordedPage, client: httpx.Client,
