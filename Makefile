@@ -13,7 +13,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-label-names bench-active-learning bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-label-names bench-active-learning bench-out-of-scope bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -114,6 +114,11 @@ bench-label-names: install-test
 ## flipped labels (~4 min): writes bench/results/active-learning-<time>.*
 bench-active-learning: install-test
 	$(BIN)/python -m bench.active_learning
+
+## Out-of-scope scores (head probability, k-NN, Mahalanobis, k-NN + head) on Banking77-OOS and
+## out-of-domain texts, 3 seeds (~2 min): writes bench/results/out-of-scope-<time>.*
+bench-out-of-scope: install-test
+	$(BIN)/python -m bench.out_of_scope
 
 ## Time from POST /v1/train (strategy head) to a served model, p50/p95 over 20 jobs, with our trainer
 ## polling and Huey's default in the same run (~20 min: idle gaps up to 60 s): writes bench/results/time-to-model-<time>.*
