@@ -7,7 +7,9 @@ training texts each; the other 27 intents' test texts are *in-domain* out-of-sco
 questions no label covers). *Out-of-domain* out-of-scope text: 300 test texts each of trec6
 (questions), goemotions (Reddit comments) and sst2 (film reviews). In-scope test texts: the 50
 intents' test texts. Every text is embedded by the frozen all-MiniLM-L6-v2 body (as a `head`
-version serves it). Scores, higher meaning more in scope:
+version serves it) and by that body fine-tuned with SetFit on the seed's training texts
+(`FINE_TUNE_ITERATIONS` iterations, as a `setfit` version; the service's default is 20). Scores,
+higher meaning more in scope:
 - head: the top probability of the logistic-regression head (class-balanced), what abstention
   thresholds today;
 - knn: cosine similarity to the nearest training example;
@@ -44,6 +46,7 @@ from harness.live_server import PROJECT_ROOT
 from trainers.thresholds import conformal_threshold
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
+FINE_TUNE_ITERATIONS = 5
 IN_SCOPE_INTENTS, SHOTS, SEEDS, COVERAGE, FOREIGN_PER_SOURCE = 50, 8, 3, 0.95, 300
 FOREIGN_SOURCES = ("trec6", "goemotions", "sst2")
 
@@ -121,6 +124,44 @@ def read_texts(path: Path) -> list[str]:
         return [row["text"] for row in csv.DictReader(handle)]
 
 
+def fine_tuned_body(examples: list[tuple[str, str]], seed: int):
+    """The base body fine-tuned by SetFit on `examples` (no hold-out), as a `setfit` version's."""
+    from trainers.training import TrainingOptions, fine_tune, split_examples
+
+    options = TrainingOptions(base_model=resolve_base_model(BASE_MODEL), num_iterations=FINE_TUNE_ITERATIONS, seed=seed)
+    return fine_tune(split_examples(examples, 0, seed), options).model.model_body
+
+
+def score_all(body_name: str, seed: int, examples: list[tuple[str, str]], encode: Callable[[list[str]], np.ndarray],
+              in_scope_texts: list[str], foreign_texts: dict[str, list[str]], in_scope: list[str]) -> list[dict]:
+    labels = [intent for _, intent in examples]
+    points = encode([text for text, _ in examples])
+    targets = np.array([in_scope.index(label) for label in labels])
+    in_test = encode(in_scope_texts)
+    foreign = {source: encode(texts) for source, texts in foreign_texts.items()}
+    out_of_domain = np.concatenate([foreign[source] for source in FOREIGN_SOURCES])
+    rows = []
+    for name, fit in SCORES.items():
+        started = time.perf_counter()
+        threshold = conformal_threshold(cross_fitted(fit, points, labels, targets), COVERAGE)
+        scorer = fit(points, targets)
+        fitted = time.perf_counter() - started
+        started = time.perf_counter()
+        in_scores = scorer(in_test)
+        per_text_ms = (time.perf_counter() - started) * 1000 / len(in_test)
+        row = {"body": body_name, "seed": seed, "score": name,
+               "in_scope_kept": round(float(np.mean(in_scores >= threshold)), 4),
+               "fit_seconds": round(fitted, 3), "score_ms_per_text": round(per_text_ms, 4)}
+        for source, vectors in [*foreign.items(), ("out-of-domain", out_of_domain)]:
+            scores = scorer(vectors)
+            row[f"refused_{source}"] = round(float(np.mean(scores < threshold)), 4)
+            row[f"auroc_{source}"] = round(auroc(in_scores, scores), 4)
+            row[f"through_at_95_{source}"] = round(let_through_at_95(in_scores, scores), 4)
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=PROJECT_ROOT.parent / "shared" / "data")
@@ -129,15 +170,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     started_at = datetime.now(UTC).replace(microsecond=0)
-    body = SentenceTransformer(resolve_base_model(BASE_MODEL).location, device="cpu")
-    cache: dict[str, np.ndarray] = {}
-
-    def encode(texts: list[str]) -> np.ndarray:
-        missing = [text for text in dict.fromkeys(texts) if text not in cache]
-        if missing:
-            cache.update(zip(missing, body.encode(missing, batch_size=64, show_progress_bar=False), strict=True))
-        return normalized(np.stack([cache[text] for text in texts]))
-
+    frozen = SentenceTransformer(resolve_base_model(BASE_MODEL).location, device="cpu")
     train = read_csv(args.data / "banking77" / "train.csv")
     test = read_csv(args.data / "banking77" / "test.csv")
     rows = []
@@ -145,50 +178,38 @@ def main() -> None:
         rng = random.Random(seed)
         in_scope = sorted(rng.sample(sorted(train), IN_SCOPE_INTENTS))
         examples = [(text, intent) for intent in in_scope for text in rng.sample(train[intent], SHOTS)]
-        labels = [intent for _, intent in examples]
-        points = encode([text for text, _ in examples])
-        targets = np.array([in_scope.index(label) for label in labels])
-        in_test = encode([text for intent in in_scope for text in test[intent]])
         held_out_intents = sorted(set(train) - set(in_scope))
-        foreign = {"in-domain": encode([text for intent in held_out_intents for text in test[intent]])}
+        foreign_texts = {"in-domain": [text for intent in held_out_intents for text in test[intent]]}
         for source in FOREIGN_SOURCES:
             texts = read_texts(args.data / source / "test.csv")
-            foreign[source] = encode(rng.sample(texts, min(FOREIGN_PER_SOURCE, len(texts))))
-        for name, fit in SCORES.items():
-            started = time.perf_counter()
-            threshold = conformal_threshold(cross_fitted(fit, points, labels, targets), COVERAGE)
-            scorer = fit(points, targets)
-            fitted = time.perf_counter() - started
-            started = time.perf_counter()
-            in_scores = scorer(in_test)
-            per_text_ms = (time.perf_counter() - started) * 1000 / len(in_test)
-            row = {"seed": seed, "score": name, "in_scope_kept": round(float(np.mean(in_scores >= threshold)), 4),
-                   "fit_seconds": round(fitted, 3), "score_ms_per_text": round(per_text_ms, 4)}
-            out_of_domain = np.concatenate([foreign[source] for source in FOREIGN_SOURCES])
-            for source, vectors in [*foreign.items(), ("out-of-domain", out_of_domain)]:
-                scores = scorer(vectors)
-                row[f"refused_{source}"] = round(float(np.mean(scores < threshold)), 4)
-                row[f"auroc_{source}"] = round(auroc(in_scores, scores), 4)
-                row[f"through_at_95_{source}"] = round(let_through_at_95(in_scores, scores), 4)
-            rows.append(row)
-            print(row, flush=True)
+            foreign_texts[source] = rng.sample(texts, min(FOREIGN_PER_SOURCE, len(texts)))
+        for body_name in ("frozen", "fine-tuned"):
+            body = frozen if body_name == "frozen" else fine_tuned_body(examples, seed)
+
+            def encode(texts: list[str], body=body) -> np.ndarray:
+                return normalized(body.encode(texts, batch_size=64, show_progress_bar=False))
+
+            rows += score_all(body_name, seed, examples, encode, [text for intent in in_scope for text in test[intent]],
+                              foreign_texts, in_scope)
     results = {"benchmark": "out-of-scope", "started_at": started_at.isoformat(), "machine": in_process_machine(),
                "base_model": BASE_MODEL, "in_scope_intents": IN_SCOPE_INTENTS, "shots": SHOTS, "coverage": COVERAGE,
-               "foreign_per_source": FOREIGN_PER_SOURCE, "rows": rows}
+               "foreign_per_source": FOREIGN_PER_SOURCE, "fine_tune_iterations": FINE_TUNE_ITERATIONS, "rows": rows}
     write_report(args.out, "out-of-scope", started_at, results, markdown(results))
 
 
 def markdown(results: dict) -> str:
     lines = [f"# Out-of-scope scores ({results['started_at']})", "",
-             f"{results['base_model']} (frozen), Banking77-OOS: {results['in_scope_intents']} in-scope intents × "
+             f"{results['base_model']}, frozen and fine-tuned ({results['fine_tune_iterations']} SetFit iterations), "
+             "Banking77-OOS: {results['in_scope_intents']} in-scope intents × "
              f"{results['shots']} texts; threshold: split-conformal at coverage {results['coverage']} on cross-fitted "
              f"training scores. {results['machine']}.", "",
-             "| score | seed | in-scope kept | refused in-domain | refused out-of-domain (trec6 / goemotions / sst2) "
-             "| AUROC in / out of domain | let through at 95% kept, in / out | fit s | ms per text |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| body | score | seed | in-scope kept | refused in-domain "
+             "| refused out-of-domain (trec6 / goemotions / sst2) | AUROC in / out of domain "
+             "| let through at 95% kept, in / out | fit s | ms per text |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         lines.append(
-            f"| {row['score']} | {row['seed']} | {row['in_scope_kept']} | {row['refused_in-domain']} | "
+            f"| {row['body']} | {row['score']} | {row['seed']} | {row['in_scope_kept']} | {row['refused_in-domain']} | "
             f"{row['refused_out-of-domain']} ({row['refused_trec6']} / {row['refused_goemotions']} / "
             f"{row['refused_sst2']}) | {row['auroc_in-domain']} / {row['auroc_out-of-domain']} | "
             f"{row['through_at_95_in-domain']} / {row['through_at_95_out-of-domain']} | {row['fit_seconds']} | "

@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
+from fewshot.api.prediction_sampling import FLUSH_SECONDS
 from fewshot.client import FewshotClient
 from harness.fixtures import BASE_MODEL, CLEAR_TEXTS
 from harness.live_server import LiveServer
@@ -143,7 +144,9 @@ def test_predicted_texts_are_logged_as_a_pool_to_suggest_from_and_can_be_forgott
     traffic = ["Do you offer student accounts?", "Can I get paper statements?", "Is there an app for tablets?",
                "Why is my balance different in the app?", "Can I pay my rent with this account?"]
     with FewshotClient(server.url) as client, httpx.Client(base_url=server.url, timeout=60) as http:
-        http.delete(f"/v1/models/{model}/prediction-log")  # what earlier tests predicted
+        # What earlier tests predicted: their last samples are written within FLUSH_SECONDS, so wait that out first.
+        time.sleep(FLUSH_SECONDS + 1)
+        http.delete(f"/v1/models/{model}/prediction-log")
         client.predict(model, traffic[:3])
         client.predict(f"{model}:{client.model(model).model_version}", traffic[3:])  # logged under the name
         deadline = time.monotonic() + 15
