@@ -321,10 +321,9 @@ class Gateway:
                 openapi_extra={"parameters": query_parameters(JobListQuery)})
     def list_jobs(self, request: Request) -> JobList | JSONResponse:
         """Jobs newest first, optionally of one status and model, a bounded page at a time."""
-        try:
-            query = JobListQuery.model_validate(dict(request.query_params))
-        except ValidationError as invalid:
-            return errors.invalid_query(invalid.errors(include_url=False, include_input=False))
+        query = errors.validated_query(JobListQuery, request.query_params)
+        if isinstance(query, JSONResponse):
+            return query
         try:
             # One more than asked: whether there is a next page, without a count.
             page = jobs.page(query.limit + 1, status=query.status, model_name=query.model_name, after=query.cursor)
@@ -408,10 +407,9 @@ class Gateway:
         """The examples the model is trained from, in the order they were added, a page at a time."""
         if not is_valid_model_name(model_name):
             return errors.invalid_model_name()
-        try:
-            query = ExampleListQuery.model_validate(dict(request.query_params))
-        except ValidationError as invalid:
-            return errors.invalid_query(invalid.errors(include_url=False, include_input=False))
+        query = errors.validated_query(ExampleListQuery, request.query_params)
+        if isinstance(query, JSONResponse):
+            return query
         held = example_sets.all(model_name)
         if not held and store.resolve(model_name) is None:
             return errors.unknown_model(model_name)
@@ -569,10 +567,9 @@ class Gateway:
         points to; and labels with too few examples to tell."""
         if not is_valid_model_name(model_name):
             return errors.invalid_model_name()
-        try:
-            query = SuspectsQuery.model_validate(dict(request.query_params))
-        except ValidationError as invalid:
-            return errors.invalid_query(invalid.errors(include_url=False, include_input=False))
+        query = errors.validated_query(SuspectsQuery, request.query_params)
+        if isinstance(query, JSONResponse):
+            return query
         examples = await asyncio.to_thread(example_sets.all, model_name)
         version = await asyncio.to_thread(store.resolve, model_name)
         if version is None:

@@ -11,11 +11,11 @@ on FastAPI's routes); the OpenAPI document lists exactly those, described by `ST
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 from starlette.types import Send
 
@@ -114,8 +114,15 @@ def queue_full_response(message: str) -> JSONResponse:
     return error_response(429, message, headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)})
 
 
-def invalid_query(errors: list[dict[str, Any]]) -> JSONResponse:
-    return invalid(describe_validation_errors(errors))
+Query = TypeVar("Query", bound=BaseModel)
+
+
+def validated_query(model: type[Query], parameters: Mapping[str, str]) -> Query | JSONResponse:
+    """A GET route's query parameters as `model`, or the 400 that names the field and its rule."""
+    try:
+        return model.model_validate(dict(parameters))
+    except ValidationError as invalid_parameters:
+        return invalid(describe_validation_errors(invalid_parameters.errors(include_url=False, include_input=False)))
 
 
 def invalid_model_reference() -> JSONResponse:
