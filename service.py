@@ -45,7 +45,7 @@ from fewshot.api.example_schemas import (
     training_request,
 )
 from fewshot.api.learning import (
-    audit_targets,
+    audit_set,
     gather_pool,
     is_multi_label,
     probability_matrix,
@@ -88,7 +88,6 @@ from fewshot.api.views import accepted_view, job_view, model_versions, model_vie
 from fewshot.bentoml_fixes.dependency_clients import keep_sessions_open, once_more_if_disconnected
 from fewshot.bentoml_fixes.openapi_document import query_parameters
 from fewshot.bentoml_fixes.readiness import dependencies_ready
-from fewshot.learning.audit import audit, audit_multi_label
 from fewshot.learning.selection import rank_pool
 from fewshot.model_archive import ARCHIVE_MEDIA_TYPE, archive_name, write_archive_file
 from fewshot.serving.coalesce import Coalescer
@@ -580,9 +579,7 @@ class Gateway:
         vectors = await self._vectors(version, [example.text for example in examples])
         if vectors is None:
             return errors.unknown_model(version.tag)
-        targets = audit_targets(examples)
-        found = await asyncio.to_thread(audit_multi_label if examples[0].labels is not None else audit, vectors,
-                                        targets)
+        found = await asyncio.to_thread(audit_set, vectors, examples)
         return suspects_view(version, examples, found, query.limit)
 
 

@@ -34,8 +34,8 @@ import numpy as np
 from bench.report_files import in_process_machine, write_report
 from bench.retraining import read_csv
 from fewshot.base_models import resolve_base_model
-from fewshot.learning.audit import FOLDS, audit, fold_of
-from fewshot.learning.selection import normalized, rank_pool
+from fewshot.learning.audit import Head, audit, least_squares_probabilities
+from fewshot.learning.selection import rank_pool
 from harness.fixtures import BASE_MODEL
 from harness.live_server import PROJECT_ROOT
 
@@ -82,22 +82,21 @@ def labels_to_reach(curve: list[float], target: float) -> int | None:
     return next((round_number * PER_ROUND for round_number, value in enumerate(curve) if value >= target), None)
 
 
-def logistic_out_of_fold(embeddings: np.ndarray, labels: list[str], classes: list[str]) -> np.ndarray:
-    """The baseline: out-of-fold probabilities from the logistic regression a `head` version serves."""
+def logistic_probabilities(points: np.ndarray, targets: np.ndarray, classes: int, queries: np.ndarray) -> np.ndarray:
+    """The baseline audit head: the logistic regression a `head` version serves (as `audit`'s `head`)."""
     from sklearn.linear_model import LogisticRegression
 
-    points = normalized(embeddings)
-    targets = np.array([classes.index(label) for label in labels])
-    assignment = fold_of(len(labels), labels)
-    probabilities = np.zeros((len(labels), len(classes)))
-    for fold in range(FOLDS):
-        held_out = assignment == fold
-        head = LogisticRegression(class_weight="balanced").fit(points[~held_out], targets[~held_out])
-        probabilities[np.ix_(held_out, head.classes_)] = head.predict_proba(points[held_out])
+    head = LogisticRegression(class_weight="balanced").fit(points, targets)
+    probabilities = np.zeros((len(queries), classes))
+    probabilities[:, head.classes_] = head.predict_proba(queries)
     return probabilities
 
 
-def label_audit(train: dict[str, list[str]], encode, seed: int, out_of_fold=None) -> dict:
+HEADS: dict[str, Head] = {"least squares": least_squares_probabilities, "logistic regression": logistic_probabilities}
+"""The audit's own head, and the baseline."""
+
+
+def label_audit(train: dict[str, list[str]], encode, seed: int, head: str) -> dict:
     rng = random.Random(seed)
     labels = sorted(train)
     texts, given = [], []
@@ -110,12 +109,12 @@ def label_audit(train: dict[str, list[str]], encode, seed: int, out_of_fold=None
              for row, label in enumerate(given)]
     vectors = encode(texts)
     started = time.perf_counter()
-    found = audit(vectors, noisy, out_of_fold)
+    found = audit(vectors, noisy, HEADS[head])
     seconds = time.perf_counter() - started
     ranked = [suspect.index for suspect in found.suspects]
     top = ranked[:2 * len(flipped)]
     caught = len(flipped & set(ranked))
-    return {"head": "logistic regression" if out_of_fold else "least squares", "seed": seed, "examples": len(texts),
+    return {"head": head, "seed": seed, "examples": len(texts),
             "flipped": len(flipped),
             "flipped_in_top_2x": round(len(flipped & set(top)) / len(flipped), 4),
             "suspects": len(ranked), "precision": round(caught / len(ranked), 4) if ranked else None,
@@ -162,8 +161,7 @@ def main() -> None:
                         "labels_ours_needs": labels_to_reach([float(v) for v in mean["ours"]], random_final),
                         "labels_margin_needs": labels_to_reach([float(v) for v in mean["margin"]], random_final)})
     banking77 = read_csv(args.data / "banking77" / "train.csv")
-    audits = [label_audit(banking77, encode, seed, out_of_fold) for out_of_fold in (None, logistic_out_of_fold)
-              for seed in range(SEEDS)]
+    audits = [label_audit(banking77, encode, seed, head) for head in HEADS for seed in range(SEEDS)]
     for row in audits:
         print("audit", row, flush=True)
     # The whole training split as one set (10,003 examples, 77 labels): how long an audit of a set
@@ -172,9 +170,9 @@ def main() -> None:
     labels_of = [label for label in sorted(banking77) for _ in banking77[label]]
     vectors = encode(everything)
     large = []
-    for name, out_of_fold in (("least squares", None), ("logistic regression", logistic_out_of_fold)):
+    for name, head in HEADS.items():
         started = time.perf_counter()
-        found = audit(vectors, labels_of, out_of_fold)
+        found = audit(vectors, labels_of, head)
         large.append({"head": name, "examples": len(everything), "seconds": round(time.perf_counter() - started, 2),
                       "suspects": len(found.suspects)})
         print("large audit", large[-1], flush=True)

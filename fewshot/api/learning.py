@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fewshot.api.learning_schemas import Suggestion, SuggestResponse, Suspect, SuspectsResponse, ThinLabel
-from fewshot.learning.audit import MIN_LABEL_EXAMPLES, NONE_OF_THESE, Audit
+from fewshot.learning.audit import MIN_LABEL_EXAMPLES, NONE_OF_THESE, Audit, audit, audit_multi_label
 from fewshot.learning.selection import Suggestion as Picked
 from fewshot.serving.items import ItemPrediction
 from fewshot.store import StoredModel
@@ -74,11 +74,12 @@ def suggestions_view(version: StoredModel, pool: Pool, answers: Sequence[ItemPre
         model_version=version.tag, pool=len(pool.texts), already_labelled=pool.already_labelled, logged=pool.logged)
 
 
-def audit_targets(examples: Sequence[StoredExample]) -> list[str] | list[list[str]]:
-    """What the audit compares: each example's label (NONE_OF_THESE for null), or its label set."""
+def audit_set(vectors: np.ndarray, examples: Sequence[StoredExample]) -> Audit:
+    """The label audit of an example set (its rows embedded as `vectors`): by label, with NONE_OF_THESE
+    for `label: null` examples, or by label set for a multi-label set."""
     if examples and examples[0].labels is not None:
-        return [list(example.labels or []) for example in examples]
-    return [example.label if example.label is not None else NONE_OF_THESE for example in examples]
+        return audit_multi_label(vectors, [list(example.labels or []) for example in examples])
+    return audit(vectors, [example.label if example.label is not None else NONE_OF_THESE for example in examples])
 
 
 def suspects_view(version: StoredModel, examples: Sequence[StoredExample], found: Audit,

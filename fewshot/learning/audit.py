@@ -82,30 +82,37 @@ def least_squares_head(points: np.ndarray, targets: np.ndarray, classes: int, ri
     return np.linalg.solve(gram, weighted.T @ np.eye(classes)[targets])
 
 
+Head = Callable[[np.ndarray, np.ndarray, int, np.ndarray], np.ndarray]
+"""(training rows, their class indices, how many classes, rows to score) → each scored row's
+probability of every class (0 for a class absent from the training rows)."""
+
+
+def least_squares_probabilities(points: np.ndarray, targets: np.ndarray, classes: int,
+                                queries: np.ndarray) -> np.ndarray:
+    """`least_squares_head`'s scores, clipped at 0 and scaled to sum to 1 per row."""
+    scores = np.hstack([queries, np.ones((len(queries), 1))]) @ least_squares_head(points, targets, classes)
+    scores[:, np.bincount(targets, minlength=classes) == 0] = 0.0
+    scores = np.clip(scores, 0.0, None) + 1e-9
+    return scores / scores.sum(axis=1, keepdims=True)
+
+
 def out_of_fold_probabilities(embeddings: np.ndarray, labels: Sequence[str], classes: Sequence[str],
-                              folds: int = FOLDS) -> np.ndarray:
+                              folds: int = FOLDS, head: Head = least_squares_probabilities) -> np.ndarray:
     """Probabilities of `classes` for each row from a head fitted without its fold.
 
     The head is least squares, not the logistic regression a version serves: on banking77's 10,003
     training texts (77 labels, MiniLM) five logistic-regression fits took 32 s on 2 CPU cores, the
-    closed form 1.8 s (bench/active_learning.py, same run). It found slightly fewer flipped labels
-    (0.94 of them in the top 2× suspects against 0.96, banking77 8-shot), and an audit answered in
-    seconds is one that gets used. Its scores are clipped at 0 and scaled to sum to 1 per
-    row. A class absent from a fold's training rows gets probability 0 there."""
+    closed form 1.8 s (bench/active_learning.py, same run, which passes the logistic one as `head`).
+    It found slightly fewer flipped labels (0.94 of them in the top 2× suspects against 0.96,
+    banking77 8-shot), and an audit answered in seconds is one that gets used."""
     points = normalized(embeddings).astype(np.float64)
     targets = np.array([classes.index(label) for label in labels])
     assignment = fold_of(len(labels), labels, folds)
     probabilities = np.zeros((len(labels), len(classes)), dtype=np.float64)
     for fold in range(folds):
         held_out = assignment == fold
-        if not held_out.any():
-            continue
-        trained_on = ~held_out
-        weights = least_squares_head(points[trained_on], targets[trained_on], len(classes))
-        scores = np.hstack([points[held_out], np.ones((int(held_out.sum()), 1))]) @ weights
-        scores[:, np.bincount(targets[trained_on], minlength=len(classes)) == 0] = 0.0
-        scores = np.clip(scores, 0.0, None) + 1e-9
-        probabilities[held_out] = scores / scores.sum(axis=1, keepdims=True)
+        if held_out.any():
+            probabilities[held_out] = head(points[~held_out], targets[~held_out], len(classes), points[held_out])
     return probabilities
 
 
@@ -162,17 +169,14 @@ class Audit:
     thin: dict[str, int]
 
 
-OutOfFold = Callable[[np.ndarray, Sequence[str], Sequence[str]], np.ndarray]
-
-
-def audit(embeddings: np.ndarray, labels: Sequence[str], out_of_fold: OutOfFold | None = None) -> Audit:
-    """Suspect labels of a single-label set (NONE_OF_THESE for `label: null` examples). `out_of_fold`:
-    another way to get out-of-fold probabilities (the benchmark's logistic-regression baseline)."""
+def audit(embeddings: np.ndarray, labels: Sequence[str], head: Head = least_squares_probabilities) -> Audit:
+    """Suspect labels of a single-label set (NONE_OF_THESE for `label: null` examples). `head`: another
+    head for the out-of-fold probabilities (the benchmark's logistic-regression baseline)."""
     thin = thin_labels(labels)
     classes = sorted(set(labels))
     suspects: list[Suspect] = []
     if len(classes) - len(thin) >= 2:
-        probabilities = (out_of_fold or out_of_fold_probabilities)(embeddings, labels, classes)
+        probabilities = out_of_fold_probabilities(embeddings, labels, classes, head=head)
         suspects = disagreements(probabilities, labels, classes, auditable=set(classes) - set(thin))
     listed = {suspect.index for suspect in suspects}
     for suspect in near_duplicates(embeddings, labels):
