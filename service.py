@@ -518,12 +518,12 @@ class Gateway:
             return errors.invalid(f"{'texts' if body.texts else 'logged'}: every text of the pool is already in the "
                                   "example set")
         answers = await self._answers(version.tag, pool.texts, top_k=min(len(version.labels), settings.max_labels))
-        vectors = await self._vectors(version, pool.texts)
-        labelled_vectors = await self._vectors(version, labelled)
-        if answers is None or vectors is None or labelled_vectors is None:
+        vectors = await self._vectors(version, pool.texts + labelled)  # one read of the version's cache
+        if answers is None or vectors is None:
             return errors.unknown_model(version.tag)
         picked = await asyncio.to_thread(
-            rank_pool, probability_matrix(version, answers), vectors, body.k, labelled_vectors,
+            rank_pool, probability_matrix(version, answers), vectors[:len(pool.texts)], body.k,
+            vectors[len(pool.texts):],
             thresholds_of(version), np.array([bool(answer.abstained) for answer in answers]))
         return suggestions_view(version, pool, answers, picked)
 
