@@ -17,6 +17,9 @@ import json
 import logging
 import os
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -97,13 +100,25 @@ def version_directory(name: str, version: str) -> Path:
     return root() / name / version
 
 
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A file to write `path`'s new content into, renamed over `path` when the block ends: readers see
+    the old file or the new one, never half of one. The staged name is the writer's own (process and
+    thread): two threads of the inference worker load one version at once (a request and the refresh)
+    and both record its status; with the process id alone, one renamed the other's staged file away
+    and the second rename failed (a 500 for the request that loaded it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        yield staged
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
 def write_status(name: str, version: str, status: ServingBackend) -> None:
-    """Written beside and renamed over the old file: readers never see half of one."""
-    directory = version_directory(name, version)
-    directory.mkdir(parents=True, exist_ok=True)
-    staged = directory / f".{STATUS_FILE}.{os.getpid()}"
-    staged.write_text(status.model_dump_json(), encoding="utf8")
-    os.replace(staged, directory / STATUS_FILE)
+    with replacing(version_directory(name, version) / STATUS_FILE) as staged:
+        staged.write_text(status.model_dump_json(), encoding="utf8")
 
 
 def read_status(name: str, version: str) -> ServingBackend | None:

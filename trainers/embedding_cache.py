@@ -10,7 +10,6 @@ a version, removed with it), as numpy arrays read without pickle.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
@@ -44,9 +43,8 @@ def write(name: str, version: str, cache: EmbeddingCache) -> None:
     """Written beside and renamed into place: a reader never sees half a file."""
     if not cache:
         return
-    directory = backend_cache.version_directory(name, version)
-    directory.mkdir(parents=True, exist_ok=True)
-    staged = directory / f".{CACHE_FILE}.{os.getpid()}.npz"
     texts = list(cache)
-    np.savez(staged, texts=np.array(texts, dtype=str), vectors=np.stack([cache[text] for text in texts]))
-    os.replace(staged, directory / CACHE_FILE)
+    path = backend_cache.version_directory(name, version) / CACHE_FILE
+    with backend_cache.replacing(path) as staged, staged.open("wb") as handle:
+        # a file object: np.savez adds ".npz" to a file name that lacks it
+        np.savez(handle, texts=np.array(texts, dtype=str), vectors=np.stack([cache[text] for text in texts]))

@@ -90,11 +90,8 @@ def kept_decision(stored: store.StoredModel, threads: int) -> AutoChoice | None:
 
 
 def keep_decision(stored: store.StoredModel, threads: int, decision: AutoChoice) -> None:
-    path = decision_file(stored, threads)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.{os.getpid()}")
-    staged.write_text(decision.model_dump_json(), encoding="utf8")
-    os.replace(staged, path)
+    with backend_cache.replacing(decision_file(stored, threads)) as staged:
+        staged.write_text(decision.model_dump_json(), encoding="utf8")
 
 
 def timing_texts(calibration: list[str]) -> list[str]:
