@@ -189,6 +189,7 @@ def model_metadata(record: JobRecord, request: TrainRequest, base_model: str, tr
         **evaluation_metadata(evaluation),
         "thresholds": trained.thresholds,
         "abstention": trained.abstention.model_dump() if trained.abstention else None,
+        "scope": trained.scope.model_dump() if trained.scope else None,
         "eval_source": None if evaluation is None else "eval_examples" if split.separate_evaluation else "holdout",
         "comparison": comparison.model_dump() if comparison else None,
         "training_duration_seconds": round(trained.training_duration_seconds, 3),

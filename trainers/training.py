@@ -30,6 +30,7 @@ from fewshot.base_models import BaseModelSource, load_failure_message
 from fewshot.serving.backends import MAX_CALIBRATION_TEXTS
 from fewshot.serving.decisions import DEFAULT_THRESHOLD
 from fewshot.serving.labels import column_labels
+from fewshot.serving.scope import ScopeIndex
 from fewshot.store import CALIBRATION_TEXTS_FILE
 from trainers.embedding_cache import EmbeddingCache
 from trainers.errors import TrainingFailed
@@ -45,6 +46,7 @@ from trainers.holdout import (
     stratified_split,
     target_labels,
 )
+from trainers.scope import Scope, fit_scope
 from trainers.thresholds import evaluate_multi_label, evaluate_single_label, untested_abstention
 
 logger = logging.getLogger("fewshot.training")
@@ -145,7 +147,11 @@ class TrainedClassifier:
     calibration_texts: list[str]
     """Training texts kept with the version: OpenVINO's int8 calibration (fewshot/serving/backends.py)."""
     embeddings: EmbeddingCache | None = None
-    """The texts it embedded with its body (a head-only training), kept for the next retrain."""
+    """The texts it embedded with its body, kept for the next retrain and the label audit."""
+    scope: Scope | None = None
+    """Single-label: how it tells foreign texts apart (trainers/scope.py)."""
+    scope_index: ScopeIndex | None = None
+    """Single-label: its training embeddings, which the scope score reads (saved with the version)."""
 
     @property
     def accuracy(self) -> float | None:
@@ -157,6 +163,8 @@ class TrainedClassifier:
 
     def save(self, directory: Path) -> None:
         save_classifier(self.model, directory, self.calibration_texts)
+        if self.scope_index is not None:
+            self.scope_index.save(directory)
 
 
 def save_classifier(model: SetFitModel, directory: Path, calibration_texts: list[str] | None = None) -> None:
@@ -282,15 +290,12 @@ def _targets(split: Split, pairs: Sequence[LabelledText]) -> list[int] | list[li
     return [len(split.labels) if target is None else ids[target] for _, target in pairs]  # type: ignore[index]
 
 
-def _evaluate(model: SetFitModel, split: Split, coverage: float,
-              cache: EmbeddingCache | None = None) -> Evaluation | None:
+def _evaluate(model: SetFitModel, split: Split, coverage: float, cache: EmbeddingCache) -> Evaluation | None:
     if not split.evaluation:
         return None
     texts = [text for text, _ in split.evaluation]
-    if cache is not None:  # a head on a frozen body: its embeddings, cached or computed once
-        probabilities = np.asarray(model.model_head.predict_proba(embed(model, texts, cache)))
-    else:
-        probabilities = np.asarray(model.predict_proba(texts, as_numpy=True, show_progress_bar=False))
+    # what SetFitModel.predict_proba does (its sklearn head on the body's embeddings), the embeddings kept
+    probabilities = np.asarray(model.model_head.predict_proba(embed(model, texts, cache)))
     columns = column_labels(model.model_head, split.labels, refuses=split.refuses)
     expected = [target for _, target in split.evaluation]
     if split.multi_label:
@@ -301,7 +306,18 @@ def _evaluate(model: SetFitModel, split: Split, coverage: float,
 
 def _finish(model: SetFitModel, split: Split, strategy: str, started: float, coverage: float,
             cache: EmbeddingCache | None = None) -> TrainedClassifier:
+    """Score the trained model and fit its scope. `cache`: the frozen body's embeddings (a head); a
+    fine-tuned body embeds its examples here, once for the evaluation and the scope."""
+    body_saw_training = cache is None
+    cache = {} if cache is None else cache
     evaluation = _evaluate(model, split, coverage, cache)
+    scope, scope_index = None, None
+    if not split.multi_label:
+        train_texts, eval_texts = [text for text, _ in split.train], [text for text, _ in split.evaluation]
+        eval_vectors = embed(model, eval_texts, cache) if eval_texts else np.empty((0, 1), dtype=np.float32)
+        scope_index, scope = fit_scope(embed(model, train_texts, cache), [target for _, target in split.train],
+                                       eval_vectors, [target for _, target in split.evaluation], coverage,
+                                       body_saw_training)
     duration = time.perf_counter() - started
     logger.info("%s: trained on %d examples in %.1fs; accuracy %s on %d evaluation examples", strategy,
                 len(split.train), duration, evaluation and round(evaluation.accuracy, 4), len(split.evaluation))
@@ -317,7 +333,8 @@ def _finish(model: SetFitModel, split: Split, strategy: str, started: float, cov
     return TrainedClassifier(model=model, labels=split.labels, strategy=strategy, evaluation=evaluation,
                              multi_label=split.multi_label, thresholds=thresholds, abstention=abstention,
                              num_examples=split.num_examples, training_duration_seconds=duration,
-                             calibration_texts=texts[::every][:MAX_CALIBRATION_TEXTS], embeddings=cache)
+                             calibration_texts=texts[::every][:MAX_CALIBRATION_TEXTS], embeddings=cache, scope=scope,
+                             scope_index=scope_index)
 
 
 def train_head(split: Split, options: TrainingOptions, model: SetFitModel | None = None,
