@@ -296,7 +296,8 @@ class Gateway:
             self.sampler.offer(request.model_name, request.texts)
         return PredictResponse(predictions=[
             Prediction(text=text, label=result.label, score=result.score, labels=result.labels,
-                       abstained=result.abstained, scores=result.scores)
+                       abstained=result.abstained, reason=result.reason, scope_score=result.scope_score,
+                       scores=result.scores)
             for text, result in zip(request.texts, results, strict=True)
         ])
 

@@ -86,9 +86,20 @@ def served(live_server_factory, train_examples, test_examples) -> dict:
         train(client, "plain", BASE_MODEL, train_examples)  # the same model, never loaded before the full disk
         texts = [example["text"] for example in test_examples]
         predictions, embeddings = answers(client, "intents", texts)
+        scoped = abstaining(client, "intents", [*texts, FOREIGN])
         assert client.get("/v1/models/intents").json()["backend"]["backend"] == "torch"
     return {"server": server, "version": version, "texts": texts, "predictions": predictions,
-            "embeddings": embeddings}
+            "embeddings": embeddings, "scope_scores": [p["scope_score"] for p in scoped]}
+
+
+FOREIGN = "the recipe needs two cups of flour"
+
+
+def abstaining(client: httpx.Client, model: str, texts: list[str]) -> list[dict]:
+    """Predictions with `abstain`: the scope score reads the body's embeddings of the texts."""
+    predicted = client.post("/v1/predict", json={"model_name": model, "texts": texts, "abstain": True})
+    assert predicted.status_code == 200, predicted.text
+    return predicted.json()["predictions"]
 
 
 def export_directory(server: LiveServer, version: str, variant: str) -> Path:
@@ -128,6 +139,14 @@ def test_every_backend_answers_as_torch(served: dict, backend: str, quantize: st
     if quantize == "none":
         assert all(abs(ours["score"] - theirs["score"]) < 1e-3
                    for ours, theirs in zip(predictions, served["predictions"], strict=True))
+    # abstention by the scope score, on the numpy path's embeddings too
+    with server.client() as client:
+        before = computed(client)
+        scoped = abstaining(client, "intents", [*texts, FOREIGN])
+        assert computed_since(client, before) == {("predict", backend, "numpy"): len(texts) + 1}
+    assert scoped[-1]["abstained"] is True and scoped[-1]["reason"] == "out_of_scope"
+    differences = np.abs(np.array([p["scope_score"] for p in scoped]) - served["scope_scores"])
+    assert differences.max() < (1e-3 if quantize == "none" else 0.05), differences.max()
     assert any(export_directory(server, served["version"], f"{backend}-{quantize}").iterdir())
 
 

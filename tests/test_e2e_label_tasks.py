@@ -170,12 +170,83 @@ def test_abstain_refuses_a_foreign_text_and_keeps_an_in_scope_one(client: httpx.
     plain = predict(client, {"model_name": "intents", "texts": [FOREIGN]})[0]
     assert plain["label"] is not None and set(plain) == {"text", "label", "score"}  # the original shape
     foreign, in_scope = predict(client, {"model_name": "intents", "texts": [FOREIGN, IN_SCOPE], "abstain": True})
-    assert foreign["label"] is None and foreign["abstained"] is True
-    assert foreign["score"] < intents["abstention"]["threshold"] <= in_scope["score"]
+    assert foreign["label"] is None and foreign["abstained"] is True and foreign["reason"] == "out_of_scope"
+    assert foreign["scope_score"] < intents["scope"]["threshold"] <= in_scope["scope_score"]
     assert len(foreign["scores"]) == 4  # every label's probability, to see what it hesitated between
     assert in_scope["label"] == "exchange_rate" and in_scope["abstained"] is False and "scores" not in in_scope
+    assert "reason" not in in_scope
     strict = predict(client, {"model_name": "intents", "texts": [IN_SCOPE], "threshold": 0.99})[0]
     assert strict["label"] is None and strict["abstained"] is True  # threshold alone implies abstain
+    # an explicit threshold is on the top probability: it replaces the scope rule
+    assert strict["reason"] == "low_confidence" and "scope_score" not in strict
+
+
+# Clearly foreign texts: questions, film reviews, comments, none about a bank.
+FAR_AWAY = ["the recipe needs two cups of flour", "who won the football match last night",
+            "this film was a delight from start to finish", "what is the capital of australia",
+            "my cat likes to sleep on the sofa", "how tall is mount everest", "I love hiking in the mountains",
+            "the concert was far too loud", "what year did the war end", "please recommend a good novel"]
+# Banking questions none of the 4 labels covers (banking77 intents cash_withdrawal_charge, change_pin,
+# pin_blocked, transfer_not_received_by_recipient): in-domain out-of-scope text, the hard kind.
+NEARBY_NEGATIVES = [{"text": text, "label": None} for text in (
+    "Why is there a charge when I took out money?", "Why have I been charged a fee for cash withdrawal?",
+    "Is it possible for me to change my PIN number?", "What are the steps to change my PIN to something else?",
+    "I have exceeded the number of PIN attempts", "I mistook my pin and now I am locked.  Can you unlock me?",
+    "I am worried that too much time has gone by for a transfer to be completed.",
+    "My money transaction can't be seen by the person I sent it to")]
+NEARBY = ["I see some fees for cash withdraw.", "How come I was charged extra when I withdrew cash?",
+          "Why am I being charged when I withdraw cash?", "Where do I change my PIN?",
+          "Is the bank the only place I can change my PIN>", "How do I get my PIN unlocked?",
+          "Will you reinstate my PIN?", "My money transfer has not arrived.",
+          "I am still waiting for a transaction to be completed"]
+
+
+@pytest.fixture(scope="module")
+def scoped(client: httpx.Client, train_examples: list[dict]) -> dict:
+    """A single-label model on the default hold-out (2 of each label's 8 examples): the test texts are new to it."""
+    job = train(client, {"model_name": "scoped", "examples": train_examples})
+    return client.get(f"/v1/models/scoped:{job['model_version']}").json()
+
+
+def refused(client: httpx.Client, model: str, texts: list[str]) -> list[dict]:
+    return [p for p in predict(client, {"model_name": model, "texts": texts, "abstain": True}) if p["abstained"]]
+
+
+def test_a_version_refuses_clearly_foreign_texts_and_keeps_its_own_at_the_documented_coverage(
+        client: httpx.Client, scoped: dict, test_examples: list[dict]) -> None:
+    scope = scoped["scope"]
+    assert scope["score"] == "knn" and scope["coverage"] == 0.95 and scope["calibration"] == "cross_fitted"
+    # a frozen body saw no example: all 32 in-scope ones calibrate it (24 cross-fitted, 8 held out)
+    assert scope["calibration_examples"] == 32 and 0 < scope["threshold"] < 1 and scope["in_scope_kept"] >= 0.85
+    far = refused(client, "scoped", FAR_AWAY)
+    assert len(far) == len(FAR_AWAY) and all(p["reason"] == "out_of_scope" for p in far)
+    assert all(p["scope_score"] < scope["threshold"] for p in far)
+    own = predict(client, {"model_name": "scoped", "texts": [e["text"] for e in test_examples], "abstain": True})
+    kept = [p for p in own if not p["abstained"]]
+    # 20 new texts: 0.95 is 19 of them; one text more or less is 5 points, hence the margin
+    assert len(kept) / len(own) >= 0.95 - 0.1
+    assert all(p["scope_score"] >= scope["threshold"] for p in kept)
+
+
+def test_none_of_these_examples_make_a_version_refuse_more_of_the_texts_like_them(
+        client: httpx.Client, scoped: dict, train_examples: list[dict], test_examples: list[dict]) -> None:
+    job = train(client, {"model_name": "scoped-null", "examples": train_examples + NEARBY_NEGATIVES})
+    view = client.get(f"/v1/models/scoped-null:{job['model_version']}").json()
+    assert view["scope"]["none_of_these_examples"] + view["scope"]["out_of_scope_examples"] == len(NEARBY_NEGATIVES)
+    before, after = refused(client, "scoped", NEARBY), refused(client, "scoped-null", NEARBY)
+    assert len(after) > len(before) and len(after) >= len(NEARBY) - 2, (before, after)
+    assert {p["reason"] for p in after} <= {"out_of_scope", "none_of_these"}
+    own = predict(client, {"model_name": "scoped-null", "texts": [e["text"] for e in test_examples], "abstain": True})
+    assert sum(not p["abstained"] for p in own) / len(own) >= 0.95 - 0.1
+
+
+def test_a_fine_tuned_version_is_calibrated_on_the_texts_its_body_never_saw(
+        client: httpx.Client, train_examples: list[dict], test_examples: list[dict]) -> None:
+    job = train(client, {"model_name": "scoped-tuned", "strategy": "setfit", "num_iterations": 1,
+                         "examples": train_examples, "eval_examples": test_examples})
+    scope = client.get(f"/v1/models/scoped-tuned:{job['model_version']}").json()["scope"]
+    assert scope["calibration"] == "evaluation" and scope["calibration_examples"] == len(test_examples)
+    assert len(refused(client, "scoped-tuned", FAR_AWAY)) >= len(FAR_AWAY) - 1
 
 
 def test_a_model_trained_with_none_of_these_examples_always_refuses_foreign_texts(
@@ -199,7 +270,8 @@ def test_the_python_client_reads_label_sets_and_abstentions(server: LiveServer, 
         both = api.predict("topics", [BOTH]).predictions[0]
         assert both.labels is not None and sorted(both.labels) == [BILLING, SHIPPING]
         foreign = api.predict("intents", [FOREIGN], abstain=True).predictions[0]
-        assert foreign.label is None and foreign.abstained is True
+        assert foreign.label is None and foreign.abstained is True and foreign.reason == "out_of_scope"
+        assert api.model("intents").scope.threshold > foreign.scope_score  # type: ignore[union-attr,operator]
         model = api.model("topics")
         assert model.task == "multi_label" and model.thresholds == topics["thresholds"]
 
@@ -242,6 +314,9 @@ def test_the_openapi_document_describes_the_new_fields(server: LiveServer) -> No
     assert {"label", "labels"} <= set(example["properties"]) and "oneOf" in example
     assert "abstention_coverage" in body("/v1/train")["properties"]
     assert {"threshold", "abstain"} <= set(body("/v1/predict")["properties"])
-    assert {"labels", "abstained"} <= set(schemas["Prediction"]["properties"])
-    assert {"task", "thresholds", "micro_f1", "macro_f1", "abstention"} <= set(schemas["ModelView"]["properties"])
+    assert {"labels", "abstained", "reason", "scope_score"} <= set(schemas["Prediction"]["properties"])
+    assert {"task", "thresholds", "micro_f1", "macro_f1", "abstention", "scope"} <= set(
+        schemas["ModelView"]["properties"])
     assert "out_of_scope_refused" in schemas["Abstention"]["properties"]
+    assert {"score", "threshold", "calibration", "calibration_examples", "in_scope_kept",
+            "out_of_scope_refused"} <= set(schemas["Scope"]["properties"])

@@ -32,6 +32,7 @@ from fewshot.timestamps import UtcTimestamp
 from trainers.holdout import DEFAULT_ABSTENTION_COVERAGE, Abstention, ConfusionMatrix, LabelMetrics, Target
 from trainers.jobs import JobKind, JobStatus, StrategyComparison
 from trainers.promotion import Promotion
+from trainers.scope import Scope
 
 # Request limits are settings (docs/settings.md); read once, when the schemas are built.
 LIMITS = get_settings()
@@ -481,8 +482,12 @@ class ModelView(BaseModel):
         "toward the one maximising F1 over all labels the fewer positive examples it has (that one alone for a "
         "label without any; 0.5 when no label has any)."))
     abstention: Abstention | None = Field(default=None, description=(
-        "Single-label: the learned abstention threshold (`abstain: true` in predict) and what abstaining did "
-        "on the evaluation examples."))
+        "Single-label: the top-probability abstention threshold and what abstaining by it did on the evaluation "
+        "examples; what `abstain: true` uses for a version without `scope` (trained before scope scores)."))
+    scope: Scope | None = Field(default=None, description=(
+        "Single-label: how the version tells foreign texts apart (`abstain: true` in predict): the scope score, its "
+        "threshold, what set it and what it refused on the evaluation examples. Null for a version trained before "
+        "scope scores (it abstains by `abstention.threshold` until retrained), a multi-label or imported one."))
     training_duration_seconds: float | None = Field(description="Null for an imported version.")
     num_examples: int | None = Field(description="Examples received, hold-out included; null for an imported version.")
     eval_num_examples: int = Field(description="Evaluation examples accuracy was measured on.")
@@ -552,8 +557,9 @@ class PredictRequest(TextsRequest):
         "Multi-label: predict the labels whose probability reaches this, instead of each label's learned threshold. "
         "Single-label: abstain below this instead of the learned abstention threshold (implies `abstain`)."))
     abstain: bool = Field(default=False, description=(
-        "Single-label: answer `label: null`, `abstained: true` for a text whose most probable label is below the "
-        "version's learned abstention threshold (its `abstention.threshold`): it is none of the labels. Versions "
+        "Single-label: answer `label: null`, `abstained: true` for a text that is none of the version's labels: "
+        "its scope score (similarity to the nearest training example) is below the version's `scope.threshold`; "
+        "a version trained before scope scores uses its top probability and `abstention.threshold`. Versions "
         "trained with `label: null` examples always abstain."))
 
     def items(self) -> list[TextItem]:
@@ -572,15 +578,23 @@ class Prediction(BaseModel):
     abstained: bool | None = Field(default=None, description=(
         "Present where abstention applied (`abstain`, `threshold`, or a version trained with none-of-these "
         "examples): whether it refused the text."))
+    reason: Literal["out_of_scope", "none_of_these", "low_confidence"] | None = Field(default=None, description=(
+        "Where it abstained, why: `out_of_scope`, its scope score is below the version's `scope.threshold` (far "
+        "from every training example); `none_of_these`, the `label: null` examples' class is the most probable; "
+        "`low_confidence`, the top probability is below `threshold` (or a version trained before scope scores: its "
+        "`abstention.threshold`)."))
+    scope_score: float | None = Field(default=None, description=(
+        "Present where the version abstained by its scope score: the cosine similarity to the nearest training "
+        "example, lowered where a `label: null` example is nearer; compared with its `scope.threshold`."))
     scores: list[LabelScore] | None = Field(default=None, description=(
         "The top_k labels, most probable first; every label for a multi-label model or an abstained answer "
         "(top_k of them when given). Absent otherwise."))
 
     @model_serializer(mode="wrap")
     def _without_absent_fields(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # A single-label prediction keeps its original shape: no `scores`, `labels` or `abstained` keys.
+        # A single-label prediction keeps its original shape: no `scores`, `labels`, `abstained` (...) keys.
         data = serialize(self)
-        for key in ("scores", "labels", "abstained"):
+        for key in ("scores", "labels", "abstained", "reason", "scope_score"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data

@@ -36,6 +36,7 @@ def model_view(stored: StoredModel) -> ModelView:
         macro_f1=meta.get("macro_f1"),
         thresholds=meta.get("thresholds"),
         abstention=meta.get("abstention"),
+        scope=meta.get("scope"),
         training_duration_seconds=meta.get("training_duration_seconds"),  # null: imported
         num_examples=meta.get("num_examples"),
         eval_num_examples=meta["eval_num_examples"],

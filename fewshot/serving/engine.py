@@ -51,7 +51,11 @@ def _per_model(cache: ModelCache, items: Sequence[TextItem], missing: Result,
 
 def predict_items(cache: ModelCache, items: Sequence[TextItem], computed: Computed = _ignore) -> list[ItemPrediction]:
     def run(loaded: LoadedModel, group: list[TextItem]) -> list[ItemPrediction]:
-        return loaded.decisions.answer(loaded.predict_proba([item.text for item in group]), group)
+        texts = [item.text for item in group]
+        if loaded.decisions.reads_embeddings(group):  # abstention by the scope score: one pass gives both
+            probabilities, embeddings = loaded.predict_with_embeddings(texts)
+            return loaded.decisions.answer(probabilities, group, embeddings)
+        return loaded.decisions.answer(loaded.predict_proba(texts), group)
 
     return _per_model(cache, items, ItemPrediction(found=False), run, computed)
 

@@ -41,6 +41,10 @@ class ItemPrediction(BaseModel):
     """Multi-label: every label whose probability reaches its threshold."""
     abstained: bool | None = None
     """Set where abstention applied (asked for, or a version that refuses)."""
+    reason: str | None = None
+    """Where it abstained, why: none_of_these, out_of_scope or low_confidence (fewshot/serving/decisions.py)."""
+    scope_score: float | None = None
+    """Where abstention applied by the version's scope score: the score (fewshot/serving/scope.py)."""
 
 
 class ItemEmbedding(BaseModel):

@@ -27,6 +27,7 @@ from fewshot.serving.backends import BackendChoice, ExportedBody
 from fewshot.serving.decisions import DecisionRule
 from fewshot.serving.labels import column_labels
 from fewshot.serving.numpy_pipeline import SAVED_DIRECTORY, NumpyPipeline, Refused
+from fewshot.serving.scope import ScopeIndex
 
 logger = logging.getLogger("fewshot.inference")
 
@@ -151,7 +152,7 @@ class LoadedModel:
                     "; its saved numpy path, no torch" if model is None else "",
                     f"; torch until its {serving.requested} export is made" if serving.exporting else "")
         columns = column_labels(head, stored.labels, refuses=stored.refuses)
-        decisions = DecisionRule.from_metadata(stored.tag, stored.metadata, columns)
+        decisions = DecisionRule.from_metadata(stored.tag, stored.metadata, columns, ScopeIndex.load(stored.path))
         loaded = cls(stored.name, stored.version, model, stored.labels, decisions, runtime.max_batch_tokens, serving,
                      pipeline)
         if record:
@@ -184,6 +185,17 @@ class LoadedModel:
             return self.pipeline.predict_proba(texts)
         return self._in_sub_batches(texts, lambda sub: self.model.predict_proba(
             sub, batch_size=len(sub), as_numpy=True))
+
+    def predict_with_embeddings(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The probabilities and the body's embeddings they were computed from (the scope score reads them)."""
+        if self.pipeline is not None:
+            embeddings = self.pipeline.embed(texts)
+            return self.pipeline.probabilities(embeddings), embeddings
+        embeddings = self._in_sub_batches(texts, lambda sub: self.model.encode(sub, batch_size=len(sub)))
+        probabilities = self.model.model_head.predict_proba(embeddings)  # as SetFitModel.predict_proba does
+        if isinstance(probabilities, list):
+            probabilities = np.stack(probabilities, axis=1)
+        return np.asarray(probabilities, dtype=np.float32), embeddings
 
     def embed(self, texts: list[str], count_tokens: bool = False) -> tuple[np.ndarray, list[int] | None]:
         """Sentence embeddings (float32), and each text's token count when asked for (the numpy
