@@ -139,8 +139,9 @@ class Inference:
     def __init__(self) -> None:
         from fewshot import metrics
         from fewshot.serving.model_cache import ModelCache
-        from fewshot.serving.model_loading import InferenceRuntime
+        from fewshot.serving.model_loading import InferenceRuntime, single_threaded_numpy
 
+        single_threaded_numpy()
         runtime = InferenceRuntime.resolve(settings.inference_dtype, settings.max_batch_tokens,
                                            trust_remote_code=settings.trust_remote_code,
                                            backend=settings.inference_backend, quantize=settings.inference_quantize,
