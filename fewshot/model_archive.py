@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fewshot import __version__
+from fewshot.serving.scope import SCOPE_FILE
 from fewshot.store import CALIBRATION_TEXTS_FILE, MODEL_INFO_FILE, StoredModel
 
 ARCHIVE_MEDIA_TYPE = "application/gzip"
 MODEL_CARD_FILE = "README.md"
-LEFT_IN_THE_STORE = frozenset({MODEL_INFO_FILE, CALIBRATION_TEXTS_FILE, MODEL_CARD_FILE})
+LEFT_IN_THE_STORE = frozenset({MODEL_INFO_FILE, CALIBRATION_TEXTS_FILE, MODEL_CARD_FILE, SCOPE_FILE})
+"""Not in a download: the store's own record, and what is derived from the user's examples (texts kept for
+int8 calibration, the training embeddings of the scope score): data, not the model."""
 
 
 def archive_name(stored: StoredModel) -> str:
@@ -76,7 +79,14 @@ def _decision_lines(meta: dict[str, Any]) -> list[str]:
     if abstention.get("none_of_these_examples"):
         lines.append(f"Trained with {abstention['none_of_these_examples']} \"none of these\" examples: the head's "
                      "last class is theirs, and SetFit's `model.predict` answers `None` for it.")
-    if abstention.get("threshold") is not None:
+    scope = meta.get("scope") or {}
+    if scope.get("threshold") is not None:
+        lines.append(f"Out-of-scope threshold {_number(scope['threshold'])} on the cosine similarity to the nearest "
+                     f"training example (keeps {scope.get('coverage')} of in-scope texts, set on "
+                     f"{scope.get('calibration_examples')} of them): below it the service answers no label when "
+                     "asked to abstain. Plain SetFit does not know it, and a download leaves the training embeddings "
+                     "it reads in the store: an imported copy abstains by its top probability.")
+    elif abstention.get("threshold") is not None:
         lines.append(f"Abstention threshold {_number(abstention['threshold'])} (keeps "
                      f"{abstention.get('coverage')} of in-scope texts): below this top probability the service "
                      "answers no label when asked to abstain.")

@@ -339,7 +339,21 @@ function versionDetail(version) {
   children.push(labelMetricsTable(version));
   children.push(el("h3", {}, "Confusion matrix"));
   children.push(confusionMatrix(version));
-  if (version.abstention && version.abstention.threshold !== null) {
+  const calibrations = {
+    cross_fitted: "the training examples, each scored without its fold, and the evaluation ones",
+    evaluation: "the evaluation examples (the fine-tuned body saw the training ones)",
+    training: "the training examples, which the fine-tuned body saw: the coverage is optimistic",
+  };
+  if (version.scope && version.scope.threshold !== null && version.scope.threshold !== undefined) {
+    const scope = version.scope;
+    children.push(el("h3", {}, "None of these"));
+    children.push(el("p", { id: "scope-line" },
+      `With abstain, a text whose similarity to the nearest training example is under ${fixed(scope.threshold)} gets `
+      + `no label: set on ${scope.calibration_examples} texts (${calibrations[scope.calibration]}) to keep `
+      + `${percent(scope.coverage)} of in-scope texts; it kept ${percent(scope.in_scope_kept)} of them, each by a `
+      + `threshold set on the other half`
+      + (scope.out_of_scope_examples ? `, and refused ${percent(scope.out_of_scope_refused)} of ${scope.out_of_scope_examples} none-of-these evaluation texts.` : ".")));
+  } else if (version.abstention && version.abstention.threshold !== null) {
     const abstention = version.abstention;
     children.push(el("h3", {}, "None of these"));
     children.push(el("p", {},
