@@ -13,7 +13,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-label-names bench-active-learning bench-out-of-scope bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-label-names bench-active-learning bench-out-of-scope bench-scope-cost bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -115,10 +115,16 @@ bench-label-names: install-test
 bench-active-learning: install-test
 	$(BIN)/python -m bench.active_learning
 
-## Out-of-scope scores (head probability, k-NN, Mahalanobis, k-NN + head) on Banking77-OOS and
-## out-of-domain texts, 3 seeds (~2 min): writes bench/results/out-of-scope-<time>.*
+## Out-of-scope scores (head probability, k-NN, Mahalanobis, k-NN + head, the service's) on
+## Banking77-OOS and out-of-domain texts, 3 seeds (~15 min): writes bench/results/out-of-scope-<time>.*
 bench-out-of-scope: install-test
 	$(BIN)/python -m bench.out_of_scope
+
+## What abstaining by the scope score costs a prediction, in-process and through HTTP, with 32 and
+## 4,000 training examples (~8 min): writes bench/results/scope-cost-<time>.*
+bench-scope-cost: install-test
+	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
+	$(BIN)/python -m bench.scope_cost
 
 ## Time from POST /v1/train (strategy head) to a served model, p50/p95 over 20 jobs, with our trainer
 ## polling and Huey's default in the same run (~20 min: idle gaps up to 60 s): writes bench/results/time-to-model-<time>.*
