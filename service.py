@@ -253,8 +253,9 @@ class Gateway:
         return answers if all(answer.found for answer in answers) else None
 
     async def _vectors(self, version: StoredModel, texts: list[str]) -> np.ndarray | None:
-        """The version's embeddings of `texts`: those its trainer cached (a head version's example set), the
-        rest from the inference service a request's worth at a time (None: deleted meanwhile)."""
+        """The version's embeddings of `texts`: those its trainer cached (the texts it was trained and
+        evaluated on), the rest from the inference service a request's worth at a time (None: deleted
+        meanwhile)."""
         cached = await asyncio.to_thread(embedding_cache.read, version.name, version.version) if texts else {}
         missing = list(dict.fromkeys(text for text in texts if text not in cached))
         size = settings.max_texts_per_request

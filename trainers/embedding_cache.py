@@ -25,8 +25,8 @@ example set (GET /v1/models/{name}/suspects)."""
 
 
 def read(name: str, version: str) -> EmbeddingCache:
-    """The version's cached embeddings by text; empty when it kept none (a fine-tuned version, an
-    import, one made before the cache) or the file cannot be read."""
+    """The version's cached embeddings by text; empty when it kept none (an import, one made before the
+    cache) or the file cannot be read. A multi-label fine-tuned version kept its evaluation texts' only."""
     path = backend_cache.version_directory(name, version) / CACHE_FILE
     try:
         with np.load(path, allow_pickle=False) as stored:
