@@ -65,6 +65,16 @@ def main(output: Path) -> int:
             predict = client.post("/v1/predict", json={"model_name": "gpu-smoke", "texts": texts})
             embed = client.post("/v1/embeddings", json={"model_name": "gpu-smoke", "texts": texts})
             report["predict_status"] = predict.status_code
+            # abstention by the scope score: the CUDA body's (float16) embeddings, read back as numpy
+            abstaining = client.post("/v1/predict", json={"model_name": "gpu-smoke", "abstain": True,
+                                                          "texts": [*texts, "the recipe needs two cups of flour"]})
+            report["abstain_status"] = abstaining.status_code
+            scope = client.get("/v1/models/gpu-smoke").json().get("scope") or {}
+            report["scope"] = scope
+            if abstaining.status_code == 200:
+                answers = abstaining.json()["predictions"]
+                report["abstained"] = sum(bool(a["abstained"]) for a in answers)
+                report["scope_scores_present"] = all(isinstance(a.get("scope_score"), float) for a in answers)
             report["embeddings_status"] = embed.status_code
             report["embedding_dims"] = len(embed.json()["embeddings"][0]) if embed.status_code == 200 else None
     finally:
@@ -74,6 +84,8 @@ def main(output: Path) -> int:
     report["served_on_cuda"] = bool(re.search(r"loaded model gpu-smoke:\S+ in [\d.]+s on cuda", log))
     ok = (report["cuda_available"] and report["train_job"]["status"] == "completed"
           and report["predict_status"] == 200 and report["embeddings_status"] == 200
+          and report["abstain_status"] == 200 and report.get("scope_scores_present")
+          and report["scope"].get("calibration") == "evaluation"
           and report["trained_on_cuda"] and report["served_on_cuda"])
     report["ok"] = bool(ok)
     (output / "gpu_smoke.json").write_text(json.dumps(report, indent=2))
