@@ -199,6 +199,10 @@ def test_models_screen_shows_versions_label_bars_and_the_confusion_matrix(
              for row in cells.all()]
     assert shown == matrix["counts"]
     assert sum(map(sum, shown)) == newest["eval_num_examples"]
+    # How it says "none of these": the version's scope threshold and what set it.
+    scope = newest["scope"]
+    expect(page.page.locator("#scope-line")).to_contain_text(
+        f"under {scope['threshold']:.3f} gets no label: set on {scope['calibration_examples']} texts")
     page.screenshot("models")
 
 
@@ -363,7 +367,9 @@ def test_try_it_abstains_when_asked(page: RecordedPage, client: httpx.Client, ve
     page.page.check("#try-abstain")
     page.page.get_by_role("button", name="Predict").click()
     answers = page.page.locator(".prediction .answer .label")
-    expect(answers).to_have_text(["none of these (abstained)", expected["predictions"][1]["label"]])
+    assert expected["predictions"][0]["reason"] == "out_of_scope"
+    expect(answers).to_have_text(["none of these (far from every training example)",
+                                  expected["predictions"][1]["label"]])
 
 
 def test_try_it_predicts_with_a_pinned_version(page: RecordedPage, client: httpx.Client, versions: list[dict],

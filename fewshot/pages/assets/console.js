@@ -971,10 +971,17 @@ async function busy(form, saying, work) {
   }
 }
 
+const ABSTAINED_BECAUSE = {
+  out_of_scope: "far from every training example",
+  none_of_these: "like the none-of-these examples",
+  low_confidence: "top probability under the threshold",
+};
+
 function predictionCard(prediction) {
   const answer = prediction.labels
     ? (prediction.labels.length ? prediction.labels.join(", ") : "no label over its threshold")
-    : prediction.label === null ? "none of these (abstained)" : prediction.label;
+    : prediction.label === null ? `none of these (${ABSTAINED_BECAUSE[prediction.reason] || "abstained"})`
+    : prediction.label;
   const scores = prediction.scores || [{ label: prediction.label, score: prediction.score }];
   return el("div", { class: "prediction panel" },
     el("div", { class: "text" }, `“${prediction.text}”`),
