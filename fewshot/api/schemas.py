@@ -133,15 +133,23 @@ class Example(OneLabelForm):
     text: NonBlankText
     label: NonBlankText | None = Field(default=None, description=(
         "Its label. null: the text belongs to none of the labels (teaches a model what to refuse)."))
-    labels: Annotated[list[NonBlankText], AfterValidator(distinct)] | None = Field(
+    # A list when sent (the schema says so: `labels: null` is no form of its own); None: not sent.
+    labels: Annotated[Annotated[list[NonBlankText], AfterValidator(distinct)] | None,
+                      WithJsonSchema({"type": "array", "items": {"type": "string", "minLength": 1},
+                                      "maxItems": LIMITS.max_labels})] = Field(
         default=None, max_length=LIMITS.max_labels, description=(
             "Instead of `label`, for a multi-label model: every label of the text (distinct; [] for none)."))
 
     @model_validator(mode="after")
     def _label_or_labels(self) -> Example:
+        # exactly one of the two keys, as the schema's oneOf says (found by the fuzz test: `label` with
+        # `labels: null`, or `labels: null` alone, were accepted though the schema refuses them)
         sent = {"label", "labels"} & self.model_fields_set
-        if sent == {"label", "labels"} and self.labels is not None:
+        if sent == {"label", "labels"}:
             raise ValueError("send `label` (one label, or null) or `labels` (a list, multi-label), not both")
+        if sent == {"labels"} and self.labels is None:
+            raise ValueError("labels: must be a list ([] for none of the labels); for one label, or none of them, "
+                             "send `label`")
         if not sent:
             raise ValueError("label: field required (one label, or null for none of them; or `labels`, a list, for "
                              "a multi-label model)")
