@@ -531,7 +531,7 @@ class Gateway:
         return suggestions_view(version, pool, answers, picked)
 
     @routes.delete("/v1/models/{model_name}/prediction-log", response_model=PredictionLogDeleted,
-                   responses=documented(400))
+                   responses=documented(400, 404))  # 404: a path the router matches to no route (a name with a newline)
     def delete_prediction_log(self, model_name: str) -> PredictionLogDeleted | JSONResponse:
         """Forget the texts the prediction log kept of this model's traffic (PREDICTION_LOG_SAMPLE)."""
         if not is_valid_model_name(model_name):
