@@ -71,11 +71,11 @@ def fit_scope(train_vectors: np.ndarray, train_labels: Sequence[str | None], eva
         scores = np.r_[_cross_fitted_training_scores(train_vectors, train_labels),
                        [] if body_saw_training else evaluation_scores]
     threshold = conformal_threshold(scores, coverage)
-    kept: list[bool] = [True] * len(scores)
+    kept = np.ones(len(scores), dtype=bool)
 
     def apply(fitted: float | None, rows: np.ndarray) -> None:
-        for row in rows:
-            kept[row] = fitted is None or bool(scores[row] >= fitted)
+        if fitted is not None:
+            kept[rows] = scores[rows] >= fitted
 
     # the two halves interleaved in a shuffled order: `scores` lists the training examples label by label
     order = np.random.default_rng(0).permutation(len(scores))

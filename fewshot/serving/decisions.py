@@ -164,10 +164,11 @@ class DecisionRule:
             for item, wanted, scoped in zip(items, abstaining, by_scope, strict=True)], dtype=np.float64)
         answers = single_label_answers(probabilities, self.columns, thresholds)
         scope_scores = np.full(len(items), np.nan)
+        foreign = np.zeros(len(items), dtype=bool)
         if by_scope.any():
             assert self.scope is not None and self.scope_threshold is not None and embeddings is not None
             scope_scores[by_scope] = self.scope.scores(embeddings[by_scope])
-        foreign = by_scope & (scope_scores < (self.scope_threshold if self.scoped else np.inf))
+            foreign = scope_scores < self.scope_threshold  # NaN (not by scope) compares False
         abstained = answers.abstained | foreign
         reasons = np.where(answers.none_of_these, "none_of_these",
                            np.where(foreign, "out_of_scope", np.where(abstained, "low_confidence", "")))

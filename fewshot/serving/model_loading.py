@@ -199,7 +199,8 @@ class LoadedModel:
             sub, batch_size=len(sub), as_numpy=True))
 
     def predict_with_embeddings(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The probabilities and the body's embeddings they were computed from (the scope score reads them)."""
+        """The probabilities and the body's embeddings they were computed from (the scope score reads them).
+        Only versions trained here have a scope, so the torch path assumes their scikit-learn head."""
         if self.pipeline is not None:
             embeddings = self.pipeline.embed(texts)
             return self.pipeline.probabilities(embeddings), embeddings

@@ -27,15 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fewshot.learning.selection import normalized
+
 SCOPE_FILE = "fewshot_scope.npz"
 """In a version's files: the unit-length embeddings of its training examples, in scope and not."""
 KNN = "knn"
 """The score's name in a version's metadata (`scope.score`)."""
-
-
-def unit_rows(rows: np.ndarray) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.float32)
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass(frozen=True)
@@ -49,13 +46,13 @@ class ScopeIndex:
 
     @classmethod
     def of(cls, in_scope: np.ndarray, negatives: np.ndarray | None = None) -> ScopeIndex:
-        in_scope = unit_rows(in_scope)
+        in_scope = normalized(in_scope)
         empty = np.empty((0, in_scope.shape[1]), dtype=np.float32)
-        return cls(in_scope, empty if negatives is None or not len(negatives) else unit_rows(negatives))
+        return cls(in_scope, empty if negatives is None or not len(negatives) else normalized(negatives))
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         """Each embedding's scope score (module docstring); -1 nearest similarity without in-scope examples."""
-        queries = unit_rows(embeddings)
+        queries = normalized(embeddings)
         nearest = _nearest(queries, self.in_scope)
         if len(self.negatives):
             nearest = nearest - np.maximum(0.0, _nearest(queries, self.negatives) - nearest)
