@@ -2,7 +2,8 @@
 public base images present (pulled, or stand-ins made from Debian's packages where no registry answers);
 containers and compose projects driven through the real `docker` and compose command lines.
 
-Nothing here fakes the engine: when it cannot be had, `DockerUnavailable` says why and the tests skip.
+Nothing here fakes the engine: when it cannot be had, `DockerUnavailable` says why and the tests skip
+(`without_docker`), or fail where REQUIRE_DOCKER=1 (`.ci/run` sets it: CI must build and run the image).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
+import pytest
 
 from harness.live_server import PROJECT_ROOT
 
@@ -35,6 +38,19 @@ SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 class DockerUnavailable(Exception):
     """No Docker engine could be found or started here; the message says why."""
+
+
+def docker_required() -> bool:
+    """REQUIRE_DOCKER=1 (set by `.ci/run`): the image and compose tests must run; without Docker they fail."""
+    return os.environ.get("REQUIRE_DOCKER", "").strip() not in ("", "0")
+
+
+def without_docker(reason: str) -> NoReturn:
+    """What a test does where Docker (the engine, a compose command) cannot be had: skip saying why, or
+    fail saying why where REQUIRE_DOCKER=1 (a skip there would leave CI green with the image never built)."""
+    if docker_required():
+        pytest.fail(f"REQUIRE_DOCKER=1 and {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def docker_cli() -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.tiny_model import make_tiny_model
-from harness.docker_engine import DockerEngine, DockerUnavailable
+from harness.docker_engine import DockerEngine, DockerUnavailable, without_docker
 from harness.fixtures import read_examples
 from harness.live_server import LiveServer, TrainerProcess
 from harness.redis_server import RedisServer
@@ -116,15 +116,17 @@ def pytest_terminal_summary(terminalreporter) -> None:
 @pytest.fixture(scope="session")
 def docker_engine(tmp_path_factory: pytest.TempPathFactory, measured) -> Iterator[DockerEngine]:
     """A Docker engine (started here when none runs) with the base images present; the image tests
-    skip, saying why, where there is none."""
-    engine = None
+    skip, saying why, where there is none (fail, where REQUIRE_DOCKER=1: `.ci/run`)."""
+    engine, unavailable = None, None
     try:
         engine = DockerEngine.start(tmp_path_factory.mktemp("docker"))
         engine.ensure_base_images()
     except DockerUnavailable as reason:
         if engine is not None:
             engine.close()
-        pytest.skip(f"no Docker engine: {reason}")
+        unavailable = str(reason)
+    if unavailable is not None or engine is None:  # skipped or failed outside the except: no chained traceback
+        without_docker(f"no Docker engine: {unavailable}")
     measured(f"docker engine: {'; '.join(engine.log)}")
     yield engine
     engine.close()

@@ -6,7 +6,8 @@ Compose v2 (`docker compose`) runs the default profile and Debian's docker-compo
 when both are here (either runs both otherwise). Without an NVIDIA runtime in the engine the services
 run with FEWSHOT_DEVICE=cpu (the GPU reservation needs one). CA_BUNDLE is the machine's trust store,
 copied into the build context. Needs a Docker engine (the `docker_engine` fixture starts one, or every
-test here skips saying why). The tests share one compose project and run in file order.
+test here skips saying why; fails, where REQUIRE_DOCKER=1). The tests share one compose project and run in
+file order.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from harness.docker_engine import (
     build_steps,
     ca_bundle_in_context,
     wait_ready,
+    without_docker,
 )
 from harness.fixtures import CLEAR_TEXTS, read_examples
 from harness.live_server import PROJECT_ROOT, free_port, wait_for_job
@@ -74,7 +76,7 @@ def project(docker_engine: DockerEngine, measured) -> Iterator[Project]:
         env["CA_BUNDLE"] = str(ca_bundle.relative_to(PROJECT_ROOT))
     composes = Compose.available(f"fewshot-e2e-{uuid.uuid4().hex[:6]}", env)
     if not composes:
-        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+        without_docker("neither `docker compose` nor `docker-compose` is installed")
     project = Project(default=composes[0], redis=composes[-1], engine=docker_engine, url=f"http://127.0.0.1:{port}")
     measured(f"compose: default profile by {project.default.name}, redis profile by {project.redis.name}, "
              f"FEWSHOT_DEVICE={device}")

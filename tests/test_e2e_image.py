@@ -1,7 +1,8 @@
 """The image as users build and run it: `make image` builds fewshot:latest from this checkout (through
 `bentoml containerize`), `docker run` serves it on port 8000 with its state on a named volume.
 
-Needs a Docker engine (the `docker_engine` fixture starts one, or every test here skips saying why).
+Needs a Docker engine (the `docker_engine` fixture starts one, or every test here skips saying why; fails,
+where REQUIRE_DOCKER=1, as `.ci/run` sets it).
 Trains on the packaged all-MiniLM-L6-v2 copied into the volume's base-models/ (no Hub), on the CPU.
 The tests share one container and run in file order: health → users → key → train → restart → stop.
 """
