@@ -79,7 +79,13 @@ def test_none_of_these_examples_shape_the_score_and_measure_the_refusals() -> No
     index, scope = fit_scope(train, train_labels, evaluation, ["l0"] * 6 + [None, None], 0.9, False)
     assert scope.none_of_these_examples == 4 and len(index.negatives) == 4 and len(index.in_scope) == 60
     assert scope.calibration_examples == 60 + 6  # `label: null` examples never calibrate
-    assert scope.out_of_scope_examples == 2 and scope.out_of_scope_refused is not None
+    assert scope.out_of_scope_examples == 2
+    # both held-out `label: null` texts are random directions, far under the threshold: both refused
+    assert max(index.scores(evaluation[6:])) < scope.threshold and scope.out_of_scope_refused == 1.0
+    # one of them in a cluster instead (a text wrongly marked "none of these"): it is kept, half are refused
+    inside = np.concatenate([evaluation[:7], points[7:8] + 0.01])
+    index, kept_one = fit_scope(train, train_labels, inside, ["l0"] * 6 + [None, None], 0.9, False)
+    assert index.scores(inside[7:])[0] >= kept_one.threshold and kept_one.out_of_scope_refused == 0.5
 
 
 def rule(threshold: float | None, columns: list[str | None] | None = None) -> DecisionRule:
