@@ -19,11 +19,12 @@ from typing import Any, BinaryIO
 
 from fewshot import __version__
 from fewshot.serving.scope import SCOPE_FILE
-from fewshot.store import CALIBRATION_TEXTS_FILE, MODEL_INFO_FILE, StoredModel
+from fewshot.store import CALIBRATION_TEXTS_FILE, MODEL_INFO_FILE, TRAINING_EXAMPLES_FILE, StoredModel
 
 ARCHIVE_MEDIA_TYPE = "application/gzip"
 MODEL_CARD_FILE = "README.md"
-LEFT_IN_THE_STORE = frozenset({MODEL_INFO_FILE, CALIBRATION_TEXTS_FILE, MODEL_CARD_FILE, SCOPE_FILE})
+LEFT_IN_THE_STORE = frozenset({MODEL_INFO_FILE, CALIBRATION_TEXTS_FILE, MODEL_CARD_FILE, SCOPE_FILE,
+                               TRAINING_EXAMPLES_FILE})
 """Not in a download: the store's own record, and what is derived from the user's examples (texts kept for
 int8 calibration, the training embeddings of the scope score): data, not the model."""
 

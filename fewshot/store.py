@@ -38,6 +38,10 @@ CALIBRATION_TEXTS_FILE = "fewshot_calibration_texts.json"
 """In a version's files: training texts the trainer kept for static int8 calibration (OpenVINO;
 fewshot/serving/backends.py). Never part of a download: they are the user's data, not the model."""
 
+TRAINING_EXAMPLES_FILE = "fewshot_training_examples.json"
+"""In a version's files: the examples it was trained on, `[[text, label | null | [labels]], ...]`: what a
+retrain's promotion judges it without (trainers/promotion.py). Never part of a download, as above."""
+
 # Marks our models in the store, so that `bentoml models list` users can tell them apart.
 STORE_LABELS = {"kind": "setfit-classifier", "owner": "fewshot"}
 HELD = "held"

@@ -1,30 +1,34 @@
 """Whether a retrained version replaces the one a model serves, and on which evaluation examples.
 
-Both versions are scored on the same examples: the example set's fixed evaluation part
-(`fixed_evaluation`), a share of each label picked by a hash of each text, so that every retrain of
-a model evaluates on the same texts as far as its set allows, and the new version is never judged
-on texts it was trained on. The new version replaces the served one unless it is worse overall or
-on a label both know (`decide`). Pure Python: no model, no HTTP.
+A retrain trains on the example set but for its fixed evaluation part (`fixed_evaluation`: a share
+of each label picked by a hash of each text, the same texts as far as the set allows), which the
+version's metrics are scored on. Whether it replaces the served version is judged only on evidence
+neither version was trained on (`decide`):
+- a `head` retrain on the served version's body: both versions' training sets refitted on folds of
+  the example set (`cross_fitted`): every text of the set is evidence;
+- other retrains: the evaluation texts the served version was not trained on either (`unseen`);
+- none of either: served only when the new version was trained on a superset (`without_evidence`).
+The served version's training examples are kept with it (TRAINING_EXAMPLES_FILE). numpy only: the
+heads are fitted by the caller's function; no model, no HTTP.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
+import numpy as np
 from pydantic import BaseModel, Field
 
-from trainers.holdout import Evaluation, Target, target_labels
+from trainers.holdout import Target, evaluate, target_labels
 
 EVALUATION_SHARE = 5
 """One example in 5 of each label is evaluated on (as /v1/train's default hold-out of 0.2)."""
 MIN_LABEL_EXAMPLES = 4
 """A label with fewer examples is never evaluated on (as /v1/train's hold-out)."""
-LABEL_F1_TOLERANCE = 0.05
-"""How much a label's F1 may drop before the new version counts as worse on it: a few evaluation
-texts per label make F1 move in steps of 0.1-0.3, and one text more or less right is noise."""
 
 
 def text_rank(text: str) -> int:
@@ -32,16 +36,21 @@ def text_rank(text: str) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
 
 
-def fixed_evaluation(examples: Sequence[tuple[str, Target]]) -> tuple[list[int], list[int]]:
+def fixed_evaluation(examples: Sequence[tuple[str, Target]],
+                     always_train: Collection[str] = ()) -> tuple[list[int], list[int]]:
     """Positions of the examples to train on and to evaluate on. Each label (multi-label: each
     example's rarest label; `label: null` examples as one more) with MIN_LABEL_EXAMPLES examples or
     more gives one in EVALUATION_SHARE of them, at least one: those whose texts rank lowest
     (`text_rank`). So a label is evaluated in proportion and keeps most of its examples to train on,
     and as a set grows its evaluation texts stay, but for a new text ranking lower or a larger share.
-    Multi-label: an example stays in training when one of its labels would keep none there."""
+    Multi-label: an example stays in training when one of its labels would keep none there.
+    Texts in `always_train` (a user's corrections: feedback) are never evaluated on: the next
+    retrain learns from them, as feedback promises."""
     counts = Counter(label for _, target in examples for label in target_labels(target))
     strata: dict[str, list[int]] = {}
-    for position, (_, target) in enumerate(examples):
+    for position, (text, target) in enumerate(examples):
+        if text in always_train:
+            continue
         labels = target_labels(target)
         key = min(labels, key=lambda label: (counts[label], label)) if labels else ""
         strata.setdefault(key, []).append(position)
@@ -66,43 +75,239 @@ class LabelChange(BaseModel):
     new_f1: float
 
 
+Method = Literal["cross_fitted", "unseen_texts", "no_evidence", "always", "first_version"]
+
+
 class Promotion(BaseModel):
     """Why a retrained version is served, or kept and not served."""
 
     promoted: bool
     reason: str
     rule: Literal["if_better", "always"] = "if_better"
+    method: Method = Field(default="unseen_texts", description=(
+        "What decided: cross_fitted (a head on the served version's body: both versions' training sets refitted "
+        "on folds of the example set and scored on the texts each fold left out), unseen_texts (both versions "
+        "answered the set's texts that neither was trained on), no_evidence (no text to compare on: served only "
+        "when trained on everything the served version was, with every label of it), always (promote: always), "
+        "first_version (nothing was served)."))
     served_version: str | None = Field(default=None, description="The version it was compared with.")
     metric: Literal["accuracy", "micro_f1"] = "accuracy"
-    served_score: float | None = None
-    new_score: float | None = None
+    served_score: float | None = Field(default=None, description=(
+        "The served version's accuracy on the compared texts (multi-label: the share of label decisions right)."))
+    new_score: float | None = Field(default=None, description="The new version's, on the same texts.")
+    evaluation_examples: int = Field(default=0, description="Texts both versions were compared on.")
+    new_better: int = Field(default=0, description="Compared texts only the new version answered right.")
+    served_better: int = Field(default=0, description="Compared texts only the served version answered right.")
+    difference: float | None = Field(default=None, description=(
+        "Mean over the compared texts of the probability the new version gives the text's label minus the "
+        "served version's: what decides (served unless below -MARGIN)."))
+    standard_error: float | None = Field(default=None, description="Of `difference`, over the compared texts.")
     labels: dict[str, LabelChange] = Field(default_factory=dict, description=(
-        "Per label both versions know and the evaluation examples have: F1 of each."))
-    evaluation_examples: int = 0
+        "Per label both versions know and the compared texts have: F1 of each."))
 
 
-def decide(served: Evaluation, new: Evaluation, served_labels: Sequence[str], served_version: str,
-           multi_label: bool) -> Promotion:
-    """Served unless worse: a lower overall score (accuracy; micro F1 for multi-label), or a label both
-    versions know whose F1 drops by more than LABEL_F1_TOLERANCE. Labels new to this version cannot
-    be worse (the served version never answers them)."""
+@dataclass(frozen=True)
+class PairedScores:
+    """Both versions' answers on the same texts: for each, whether each was right and the probability
+    each gave the text's label (multi-label: the mean, over the labels, of the probability given to
+    the right decision, present or absent)."""
+
+    method: Method
+    targets: list[Target]
+    served_right: np.ndarray
+    new_right: np.ndarray
+    served_probability: np.ndarray
+    new_probability: np.ndarray
+    served_answers: list[Target]
+    new_answers: list[Target]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+class Head(Protocol):
+    """What the cross-fitting refits: a scikit-learn classifier (the service's logistic regression)."""
+
+    classes_: np.ndarray
+
+    def predict_proba(self, vectors: np.ndarray) -> np.ndarray: ...
+
+
+Fit = Callable[[np.ndarray, list[str]], Head]
+"""Fit a single-label head on embeddings and their labels (NONE for `label: null`)."""
+Embed = Callable[[Sequence[str]], np.ndarray]
+
+NONE = "\x00none of these"
+"""A `label: null` target as a class of the refitted heads (no label may hold a NUL)."""
+FOLDS = 5
+"""Cross-fitting folds: each text is answered by heads refitted on the other four fifths."""
+MARGIN = 0.0
+"""How far below the served version the new one's mean probability of the right label may be and
+still be served: bench/promotion.py measured the rules (docs/benchmarks.md, "Promotion")."""
+LABEL_GUARD_TEXTS = 20
+"""A label both versions know is checked on its own only with this many compared texts or more:
+below it one text moves its accuracy by 5 points or more, which is noise, not evidence."""
+LABEL_GUARD_Z = 3.0
+"""A label counts as worse only when its mean difference is below -LABEL_GUARD_Z standard errors (a
+one-sided test at ~0.1%, so that checking many labels rarely finds one by chance)."""
+
+
+def comparable(examples: Sequence[tuple[str, Target]], served_trained: Sequence[tuple[str, Target]]
+               ) -> list[tuple[str, Target]]:
+    """The set's examples both versions can be judged on: all but those the served version was trained
+    on under another label. A relabelled text is the user's word against the served version's training
+    data: the evidence the served version learned from, not a test of it."""
+    trained = dict(served_trained)
+    return [(text, target) for text, target in examples if text not in trained or trained[text] == target]
+
+
+def unseen(evaluation: Sequence[tuple[str, Target]], served_trained: Sequence[tuple[str, Target]]
+           ) -> list[tuple[str, Target]]:
+    """The new version's evaluation examples that the served version was not trained on either."""
+    trained = {text for text, _ in served_trained}
+    return [(text, target) for text, target in evaluation if text not in trained]
+
+
+def fold_of(text: str) -> int:
+    return text_rank(text) % FOLDS
+
+
+def _class(target: Target) -> str:
+    if isinstance(target, tuple):
+        raise ValueError("cross-fitting compares single-label versions")
+    return NONE if target is None else target
+
+
+def _fold_answers(fit: Fit, vectors: np.ndarray, classes: list[str], queries: np.ndarray,
+                  targets: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Right or not, the probability of the target, and the answer of a head fitted on (vectors,
+    classes) for each query; a head of one class answers it always (logistic regression needs two)."""
+    if len(set(classes)) == 1:
+        answers = [classes[0]] * len(queries)
+        probability = np.array([1.0 if target == classes[0] else 0.0 for target in targets])
+    else:
+        head = fit(vectors, classes)
+        known = [str(label) for label in head.classes_]
+        probabilities = np.asarray(head.predict_proba(queries))
+        answers = [known[i] for i in probabilities.argmax(axis=1)]
+        column = {label: i for i, label in enumerate(known)}
+        probability = np.array([probabilities[row, column[target]] if target in column else 0.0
+                                for row, target in enumerate(targets)])
+    right = np.array([answer == target for answer, target in zip(answers, targets, strict=True)])
+    return right, probability, answers
+
+
+def cross_fitted(embed: Embed, served_trained: Sequence[tuple[str, Target]],
+                 new_trained: Sequence[tuple[str, Target]], examples: Sequence[tuple[str, Target]],
+                 fit: Fit) -> PairedScores:
+    """Both versions' training sets, each refitted as a head on one body without the fold a text
+    falls in, answer every comparable text of the example set (`comparable`): what a `head` retrain
+    compares. The served version's own head was fitted on all of its training set and the new one on
+    all of its own: each refit lacks a fifth of that, alike for both, so the comparison is of what
+    each set teaches, on texts neither refit saw, with every text of the set as evidence (a few
+    texts per label are enough to tell then; a fixed evaluation of one text per label is not)."""
+    judged = comparable(examples, served_trained)
+    texts = list(dict.fromkeys([text for text, _ in [*judged, *served_trained, *new_trained]]))
+    position = {text: row for row, text in enumerate(texts)}
+    vectors = embed(texts)
+    targets = [_class(target) for _, target in judged]
+    folds = np.array([fold_of(text) for text, _ in judged])
+    n = len(judged)
+    served_right, new_right = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    served_probability, new_probability = np.zeros(n), np.zeros(n)
+    served_answers: list[str] = [""] * n
+    new_answers: list[str] = [""] * n
+    for fold in sorted(set(folds.tolist())):
+        rows = np.flatnonzero(folds == fold)
+        queries = vectors[[position[judged[row][0]] for row in rows]]
+        wanted = [targets[row] for row in rows]
+        for trained, right, probability, answers in ((served_trained, served_right, served_probability,
+                                                      served_answers),
+                                                     (new_trained, new_right, new_probability, new_answers)):
+            kept = [(text, target) for text, target in trained if fold_of(text) != fold]
+            if not kept:  # a whole training set in one fold: fitted on nothing, it answers nothing right
+                right[rows], probability[rows] = False, 0.0
+                continue
+            fold_right, fold_probability, fold_answers = _fold_answers(
+                fit, vectors[[position[text] for text, _ in kept]], [_class(target) for _, target in kept],
+                queries, wanted)
+            right[rows], probability[rows] = fold_right, fold_probability
+            for row, answer in zip(rows, fold_answers, strict=True):
+                answers[row] = answer
+    as_target: Callable[[str], Target] = lambda label: None if label == NONE else label  # noqa: E731
+    return PairedScores("cross_fitted", [target for _, target in judged], served_right, new_right,
+                        served_probability, new_probability, [as_target(a) for a in served_answers],
+                        [as_target(a) for a in new_answers])
+
+
+def _label_changes(scores: PairedScores, served_labels: Sequence[str], multi_label: bool) -> dict[str, LabelChange]:
+    if multi_label:
+        return {}
+    every = sorted({label for target in [*scores.targets, *scores.served_answers, *scores.new_answers]
+                    for label in target_labels(target)})
+    served = evaluate(scores.targets, scores.served_answers, every)
+    new = evaluate(scores.targets, scores.new_answers, every)
+    return {label: LabelChange(served_f1=served.per_label[label].f1, new_f1=new.per_label[label].f1)
+            for label in every if label in served_labels and new.per_label[label].support > 0}
+
+
+def decide(scores: PairedScores, served_labels: Sequence[str], served_version: str, multi_label: bool) -> Promotion:
+    """Served unless the evidence says worse: the mean, over the compared texts, of the probability
+    the new version gives each text's label minus the served version's is below -MARGIN; or a label
+    both versions know, with LABEL_GUARD_TEXTS compared texts or more, is worse beyond doubt
+    (LABEL_GUARD_Z standard errors). The probability, not right-or-wrong: on tens of texts it tells
+    the two apart with far less noise (bench/promotion.py measured both). Labels new to this version
+    count against the served one, which never answers them."""
+    n = len(scores)
+    difference = scores.new_probability - scores.served_probability
+    mean = float(difference.mean())
+    error = float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else None
     metric: Literal["accuracy", "micro_f1"] = "micro_f1" if multi_label else "accuracy"
-    served_score = (served.micro_f1 if multi_label else served.accuracy) or 0.0
-    new_score = (new.micro_f1 if multi_label else new.accuracy) or 0.0
-    shared = [label for label in served_labels
-              if label in new.per_label and label in served.per_label and new.per_label[label].support > 0]
-    changes = {label: LabelChange(served_f1=round(served.per_label[label].f1, 4),
-                                  new_f1=round(new.per_label[label].f1, 4)) for label in shared}
-    worse_labels = [label for label, change in changes.items()
-                    if change.new_f1 < change.served_f1 - LABEL_F1_TOLERANCE]
-    common = {"served_version": served_version, "metric": metric, "served_score": round(served_score, 4),
-              "new_score": round(new_score, 4), "labels": changes, "evaluation_examples": new.num_examples}
-    if new_score < served_score:
-        return Promotion(promoted=False, reason=f"{metric} {new_score:.3f} is below the served version's "
-                         f"{served_score:.3f} on the same {new.num_examples} evaluation examples", **common)
-    if worse_labels:
-        named = ", ".join(f"{label} {changes[label].served_f1:.2f} -> {changes[label].new_f1:.2f}"
-                          for label in worse_labels[:5])
-        return Promotion(promoted=False, reason=f"F1 dropped by more than {LABEL_F1_TOLERANCE} on: {named}", **common)
-    return Promotion(promoted=True, reason=f"{metric} {new_score:.3f} against the served version's "
-                     f"{served_score:.3f}, and no label worse by more than {LABEL_F1_TOLERANCE} F1", **common)
+    common = {"method": scores.method, "served_version": served_version, "metric": metric,
+              "served_score": round(float(scores.served_right.mean()), 4),
+              "new_score": round(float(scores.new_right.mean()), 4), "evaluation_examples": n,
+              "new_better": int(np.sum(scores.new_right & ~scores.served_right)),
+              "served_better": int(np.sum(scores.served_right & ~scores.new_right)),
+              "difference": round(mean, 4), "standard_error": error and round(error, 4),
+              "labels": _label_changes(scores, served_labels, multi_label)}
+    where = {"cross_fitted": f"{n} texts of the set, each answered by both training sets refitted without it",
+             "unseen_texts": f"the {n} evaluation texts neither version was trained on"}[scores.method]
+    summary = (f"{metric.replace('_', ' ')} {common['served_score']:.3f} -> {common['new_score']:.3f}, mean "
+               f"probability of the right label {mean:+.3f} on {where}")
+    if mean < -MARGIN:
+        return Promotion(promoted=False, reason=f"worse: {summary}", **common)
+    worse = [label for label in served_labels if _label_worse(scores, difference, label)]
+    if worse:
+        return Promotion(promoted=False, reason=f"worse on {', '.join(worse[:5])} ({LABEL_GUARD_TEXTS}+ texts each, "
+                         f"beyond {LABEL_GUARD_Z:g} standard errors), though {summary}", **common)
+    return Promotion(promoted=True, reason=f"no worse: {summary}", **common)
+
+
+def _label_worse(scores: PairedScores, difference: np.ndarray, label: str) -> bool:
+    rows = np.array([label in target_labels(target) for target in scores.targets])
+    if rows.sum() < LABEL_GUARD_TEXTS:
+        return False
+    mean, error = float(difference[rows].mean()), float(difference[rows].std(ddof=1) / np.sqrt(rows.sum()))
+    return mean < -LABEL_GUARD_Z * max(error, 1e-9)
+
+
+def without_evidence(served_trained: Sequence[tuple[str, Target]] | None, new_trained: Sequence[tuple[str, Target]],
+                     served_labels: Sequence[str], new_labels: Sequence[str], served_version: str) -> Promotion:
+    """No text to compare on: served when the new version was trained on everything the served one
+    was (same labels) and knows each of its labels; otherwise kept, with the reason."""
+    common = {"method": "no_evidence", "served_version": served_version}
+    if served_trained is None:
+        return Promotion(promoted=False, reason="no text to compare the versions on, and the served version's training "
+                         "examples are unknown (an import, or made before they were kept): kept, not served; "
+                         "retrain with promote: always to serve it", **common)
+    dropped = sorted(set(served_labels) - set(new_labels))
+    if dropped:
+        return Promotion(promoted=False, reason=f"no text to compare the versions on, and it no longer knows "
+                         f"{', '.join(dropped[:5])}: kept, not served", **common)
+    new = set(new_trained)
+    missing = [text for text, target in served_trained if (text, target) not in new]
+    if missing:
+        return Promotion(promoted=False, reason=f"no text to compare the versions on, and {len(missing)} of the served "
+                         "version's training examples are gone or relabelled: kept, not served", **common)
+    return Promotion(promoted=True, reason="no text to compare the versions on; trained on every example the served "
+                     "version was, and more: served", **common)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,18 +22,21 @@ from fewshot import store
 from fewshot.api.schemas import TrainRequest
 from fewshot.base_models import links_out_problem, resolve_base_model
 from fewshot.settings import Settings
+from fewshot.store import StoredModel
 from fewshot.timestamps import utc_now
 from trainers import embedding_cache
 from trainers.errors import TrainingFailed
 from trainers.examples import examples_digest
-from trainers.holdout import evaluation_metadata
+from trainers.holdout import Target, evaluation_metadata
 from trainers.jobs import JobRecord, RetrainPlan, StrategyComparison
-from trainers.promotion import Promotion, decide
+from trainers.promotion import Promotion, cross_fitted, decide, unseen, without_evidence
 from trainers.training import (
+    DEFAULT_SEED,
     ProgressCallback,
     Split,
     TrainedClassifier,
     TrainingOptions,
+    embed,
     fine_tune,
     load_version_body,
     split_examples,
@@ -118,7 +122,7 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
     def register(trained: TrainedClassifier, comparison: StrategyComparison | None = None) -> str:
         metadata = model_metadata(record, request, base_model, trained, split, comparison)
         if plan is not None:
-            promotion = promote_or_hold(plan, request.model_name, trained, split)
+            promotion = promote_or_hold(plan, request.model_name, trained, split, options)
             promotions.append(promotion)
             metadata.update(promotion=promotion.model_dump(), examples_digest=plan.digest, num_examples=plan.set_size)
             if not promotion.promoted:
@@ -161,21 +165,62 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
     return outcome(register(tuned, comparison), comparison)
 
 
-def promote_or_hold(plan: RetrainPlan, model_name: str, trained: TrainedClassifier, split: Split) -> Promotion:
+def promote_or_hold(plan: RetrainPlan, model_name: str, trained: TrainedClassifier, split: Split,
+                    options: TrainingOptions) -> Promotion:
     """Whether a retrained version replaces the one `model_name` serves now: always, or (`if_better`)
-    unless it scores worse on the same evaluation examples (trainers/promotion.py)."""
+    unless the evidence neither was trained on says it is worse (trainers/promotion.py)."""
     served = store.latest(model_name)
-    if plan.promote == "always" or served is None:
-        return Promotion(promoted=True, rule=plan.promote, reason="promote: always" if served is not None
-                         else "the model served no version yet", served_version=served and served.version)
-    if trained.evaluation is None:
-        return Promotion(promoted=True, reason="no evaluation examples to compare on (the example set has too few "
-                         "per label): served", served_version=served.version)
-    from trainers.scoring import score_version
-
+    if served is None:
+        return Promotion(promoted=True, rule=plan.promote, method="first_version",
+                         reason="the model served no version yet")
+    if plan.promote == "always":
+        return Promotion(promoted=True, rule="always", method="always", reason="promote: always",
+                         served_version=served.version)
+    served_trained = trained_examples(served)
     same_body = trained.strategy == "head" and plan.head_from == "version" and plan.from_version == served.tag
-    scored = score_version(served, split, trained.embeddings if same_body else None)
-    return decide(scored, trained.evaluation, served.labels, served.version, split.multi_label)
+    if same_body and served_trained is not None and not split.multi_label and served.metadata.get("strategy") \
+            in ("head", "setfit"):
+        from sklearn.linear_model import LogisticRegression
+
+        cache = trained.embeddings if trained.embeddings is not None else {}
+        scores = cross_fitted(lambda texts: embed(trained.model, list(texts), cache), served_trained, split.train,
+                              [*split.train, *split.evaluation],
+                              lambda vectors, labels: LogisticRegression(class_weight=options.class_weight)
+                              .fit(vectors, labels))
+        return decide(scores, served.labels, served.version, multi_label=False)
+    neither = unseen(split.evaluation, served_trained) if served_trained is not None else []
+    if neither:
+        from trainers.scoring import new_version_probabilities, paired_on, version_probabilities
+
+        texts = [text for text, _ in neither]
+        scores = paired_on(neither, version_probabilities(served, texts, trained.embeddings if same_body else None),
+                           new_version_probabilities(trained, texts, split.refuses), split.multi_label,
+                           served.metadata.get("thresholds"), trained.thresholds)
+        return decide(scores, served.labels, served.version, split.multi_label)
+    return without_evidence(served_trained, split.train, served.labels, trained.labels, served.version)
+
+
+def trained_examples(version: StoredModel) -> list[tuple[str, Target]] | None:
+    """The examples `version` was trained on: kept in its files; for a version made before they were,
+    the split its job's request gives again (the same seed), while the job's record lasts; else None
+    (an import: trained elsewhere)."""
+    path = version.path / store.TRAINING_EXAMPLES_FILE
+    if path.is_file():
+        try:
+            return [(text, tuple(target) if isinstance(target, list) else target)
+                    for text, target in json.loads(path.read_text(encoding="utf8"))]
+        except (ValueError, TypeError) as error:
+            logger.warning("%s: its training examples could not be read (%s)", version.tag, error)
+            return None
+    from trainers.queue import jobs
+
+    record = jobs.get(version.metadata.get("job_id") or "") if version.metadata.get("strategy") != "imported" else None
+    if record is None or record.kind not in ("train", "retrain"):
+        return None
+    request = TrainRequest.model_validate(record.request)
+    return split_examples([(e.text, e.target) for e in request.examples], request.holdout_fraction,
+                          DEFAULT_SEED,
+                          [(e.text, e.target) for e in request.eval_examples or []]).train
 
 
 def model_metadata(record: JobRecord, request: TrainRequest, base_model: str, trained: TrainedClassifier,

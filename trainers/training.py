@@ -31,7 +31,7 @@ from fewshot.serving.backends import MAX_CALIBRATION_TEXTS
 from fewshot.serving.decisions import DEFAULT_THRESHOLD
 from fewshot.serving.labels import column_labels
 from fewshot.serving.scope import ScopeIndex
-from fewshot.store import CALIBRATION_TEXTS_FILE
+from fewshot.store import CALIBRATION_TEXTS_FILE, TRAINING_EXAMPLES_FILE
 from trainers.embedding_cache import EmbeddingCache
 from trainers.errors import TrainingFailed
 from trainers.heads import save_safe_head
@@ -55,6 +55,8 @@ ProgressCallback = Callable[[int, int], None]
 """Called with (steps done, total steps) while the body is fine-tuned."""
 
 LabelledText = tuple[str, Target]
+DEFAULT_SEED = 42
+"""The hold-out split's and fine-tuning's seed: a request's split is the same each time it is made."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class TrainingOptions:
     learning_rate: float = 2e-5
     batch_size: int = 16
     holdout_fraction: float | None = None
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     hf_token: str | None = None
     trust_remote_code: bool = False
     max_seconds: float | None = None
@@ -152,6 +154,8 @@ class TrainedClassifier:
     """Single-label: how it tells foreign texts apart (trainers/scope.py)."""
     scope_index: ScopeIndex | None = None
     """Single-label: its training embeddings, which the scope score reads (saved with the version)."""
+    trained_on: list[LabelledText] | None = None
+    """The examples it was trained on (saved with the version: a retrain's promotion judges it without them)."""
 
     @property
     def accuracy(self) -> float | None:
@@ -165,6 +169,10 @@ class TrainedClassifier:
         save_classifier(self.model, directory, self.calibration_texts)
         if self.scope_index is not None:
             self.scope_index.save(directory)
+        if self.trained_on is not None:
+            (directory / TRAINING_EXAMPLES_FILE).write_text(json.dumps(
+                [[text, list(target) if isinstance(target, tuple) else target] for text, target in self.trained_on],
+                ensure_ascii=False), encoding="utf8")
 
 
 def save_classifier(model: SetFitModel, directory: Path, calibration_texts: list[str] | None = None) -> None:
@@ -334,7 +342,7 @@ def _finish(model: SetFitModel, split: Split, strategy: str, started: float, cov
                              multi_label=split.multi_label, thresholds=thresholds, abstention=abstention,
                              num_examples=split.num_examples, training_duration_seconds=duration,
                              calibration_texts=texts[::every][:MAX_CALIBRATION_TEXTS], embeddings=cache, scope=scope,
-                             scope_index=scope_index)
+                             scope_index=scope_index, trained_on=list(split.train))
 
 
 def train_head(split: Split, options: TrainingOptions, model: SetFitModel | None = None,

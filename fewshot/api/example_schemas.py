@@ -141,7 +141,9 @@ def training_request(model_name: str, examples: list[StoredExample], served: dic
     evaluation part (trainers/promotion.py) as `eval_examples`, the served version's base model and
     settings as far as `retrain` does not say otherwise."""
     served = served or {}
-    train, evaluation = fixed_evaluation([(example.text, example.target) for example in examples])
+    train, evaluation = fixed_evaluation([(example.text, example.target) for example in examples],
+                                         always_train={example.text for example in examples
+                                                       if example.source == "feedback"})
     request: dict[str, Any] = {"model_name": model_name, "strategy": TRAINING_STRATEGY[retrain.strategy],
                                "examples": [examples[i].as_training_example() for i in train],
                                "holdout_fraction": 0}
