@@ -12,7 +12,8 @@ import pytest
 
 from fewshot.api.prediction_sampling import FLUSH_SECONDS
 from fewshot.client import FewshotClient
-from harness.fixtures import BASE_MODEL, CLEAR_TEXTS
+from fewshot.learning.selection import CANDIDATES_PER_PICK
+from harness.fixtures import BASE_MODEL, CLEAR_TEXTS, read_examples
 from harness.live_server import LiveServer
 from trainers.promotion import fixed_evaluation
 
@@ -23,9 +24,15 @@ OFF_TOPIC = ["Do you have a branch near the station?", "Can I change the name on
              "What happens if I forget my PIN?", "Can my child get a card too?"]
 
 
+MAX_POOL_TEXTS = 200
+"""Room for the suggestion test's pool (~150 texts: more than CANDIDATES_PER_PICK × k of them)."""
+POOL = [example["text"] for example in read_examples("banking77_pool.csv")]
+"""120 banking77 texts the model never saw: of its 4 labels and of 8 labels near them (tests/data/SOURCE.txt)."""
+
+
 @pytest.fixture(scope="module")
 def server(live_server_factory) -> LiveServer:
-    return live_server_factory("learning", DEFAULT_BASE_MODEL=BASE_MODEL, MAX_POOL_TEXTS="60",
+    return live_server_factory("learning", DEFAULT_BASE_MODEL=BASE_MODEL, MAX_POOL_TEXTS=str(MAX_POOL_TEXTS),
                                PREDICTION_LOG_SAMPLE="1")
 
 
@@ -49,12 +56,16 @@ def test_suggestions_are_uncertain_distinct_and_unlabelled(server: LiveServer, m
                                                            test_examples: list[dict]) -> None:
     labelled = [e["text"] for e in train_examples[:3]]
     near_copies = ["My card has not arrived yet", "my card has not arrived yet!!"]
-    pool = [*[e["text"] for e in test_examples], *OFF_TOPIC, *near_copies, *labelled, *OFF_TOPIC[:3]]
+    pool = [*[e["text"] for e in test_examples], *OFF_TOPIC, *near_copies, *labelled, *OFF_TOPIC[:3], *POOL]
+    k = 8
+    # the selection clusters the CANDIDATES_PER_PICK × k most uncertain texts: a pool no larger than that
+    # would make every text a candidate, and the suggestions could not show that uncertainty chose them
+    assert len(set(pool)) - len(labelled) >= 3 * CANDIDATES_PER_PICK * k
     with FewshotClient(server.url) as client:
         version = client.model(model)
-        answer = client.suggest(model, pool, k=8)
+        answer = client.suggest(model, pool, k=k)
         texts = [s.text for s in answer.suggestions]
-        assert answer.model_version == version.tag and len(texts) == 8
+        assert answer.model_version == version.tag and len(texts) == k
         assert answer.already_labelled == 3 and answer.pool == len(set(pool)) - 3
         assert not set(texts) & set(labelled) and len(set(texts)) == len(texts)  # repeats count once
         assert not {"My card has not arrived yet.", *near_copies} <= set(texts)
@@ -63,8 +74,12 @@ def test_suggestions_are_uncertain_distinct_and_unlabelled(server: LiveServer, m
         scores = [s.score for s in answer.suggestions]
         assert scores == sorted(scores, reverse=True)
         measured = uncertainty(client, list(dict.fromkeys(t for t in pool if t not in labelled)))
-        assert scores[0] >= np.quantile(list(measured.values()), 0.75)  # among the most uncertain of the pool
         assert all(s.score == pytest.approx(measured[s.text], abs=1e-3) for s in answer.suggestions)
+        # measurably more uncertain than the pool: 8 texts drawn at random from it have a mean above its
+        # upper quartile 0.4% of the time (measured on this pool: their mean is 0.73 ± 0.07, the quartile
+        # 0.90, the suggestions' 0.97); and the most uncertain of them is in the pool's top decile
+        spread = np.quantile(list(measured.values()), [0.5, 0.75, 0.9])
+        assert np.mean(scores) > spread[1] and scores[0] >= spread[2], (scores, spread)
         unchosen = [value for text, value in measured.items() if text not in texts]
         assert np.mean(scores) > np.mean(unchosen)
         assert all(measured[text] < scores[-1] + 0.5 for text in CLEAR_TEXTS if text in measured)
@@ -105,11 +120,12 @@ def test_feedback_joins_the_set_and_a_retrain_learns_it(server: LiveServer, mode
             scores = client.predict(reference, [text], top_k=4).predictions[0].scores
             return next(s.score for s in scores if s.label == label)
 
-        # against the control, every fed label gained; the answer moved to it for at least one (one
-        # example among ~30 may not outweigh the rest for a text that sits between labels)
+        # against the control, every fed label gained, and each fed text is now answered with its fed label
         retrained = f"{model}:{job.model_version}"  # pinned: `model` reaches it within MODEL_REFRESH_SECONDS
-        assert all(probability(retrained, t, label) > probability(served, t, label) for t, label in fed.items())
-        assert any(client.predict(retrained, [t]).predictions[0].label == label for t, label in fed.items())
+        gained = {t: (probability(served, t, label), probability(retrained, t, label)) for t, label in fed.items()}
+        assert all(after > before for before, after in gained.values()), gained
+        answered = {t: client.predict(retrained, [t]).predictions[0].label for t in fed}
+        assert answered == fed, gained
 
         # a correction replaces what the set held for the text
         text, label = held[0]
@@ -177,8 +193,9 @@ def test_bad_input_is_a_400_that_names_the_field(server: LiveServer, model: str)
         assert status == 400 and "texts" in message
         status, message = error("POST", f"/v1/models/{model}/suggest", json={"k": 3})
         assert status == 400 and "texts: send the pool" in message
-        status, message = error("POST", f"/v1/models/{model}/suggest", json={"texts": [f"t {n}" for n in range(61)]})
-        assert status == 400 and "texts" in message and "60" in message  # MAX_POOL_TEXTS
+        too_many = [f"t {n}" for n in range(MAX_POOL_TEXTS + 1)]
+        status, message = error("POST", f"/v1/models/{model}/suggest", json={"texts": too_many})
+        assert status == 400 and "texts" in message and str(MAX_POOL_TEXTS) in message  # MAX_POOL_TEXTS
         status, message = error("POST", f"/v1/models/{model}/suggest", json={"texts": ["a"], "k": 0})
         assert status == 400 and "k" in message
         examples = http.get(f"/v1/models/{model}/examples", params={"limit": 2}).json()["examples"]
@@ -214,9 +231,18 @@ def test_a_multi_label_model_is_suggested_texts_near_its_thresholds_and_audited(
             assert suggestion.labels == predicted[suggestion.text].labels  # the model's own guess
         given = client.feedback("tagged", answer.suggestions[0].text, labels=[BILLING := "billing"])
         assert given.example.labels == [BILLING] and given.example.source == "feedback"
+        # a planted wrong label set: a parcel that never came, tagged billing alone
+        planted = "my parcel still has not been delivered and the tracking page has not moved"
+        added = client.add_examples("tagged", [{"text": planted, "labels": [BILLING]}])
         found = client.suspects("tagged")
-        assert found.examples == len(MULTI_LABEL_EXAMPLES) + 1 and found.model_version == version.tag
+        assert found.examples == len(MULTI_LABEL_EXAMPLES) + 2 and found.model_version == version.tag
+        assert found.suspects, "the audit found no suspect in a set with a planted wrong label set"
         assert all(s.labels is not None and s.suggested_labels is not None for s in found.suspects)
+        top = found.suspects[0]  # the most suspect (measured: 0.49, the next 0.31)
+        assert top.text == planted, [(s.text, s.labels, s.suggested_labels, s.score) for s in found.suspects]
+        assert (top.labels, top.suggested_labels, top.reason) == ([BILLING], ["shipping"], "disagrees")
+        assert 0 < top.score <= 1
+        client.delete_examples("tagged", [e.id for e in added.added])
         with httpx.Client(base_url=server.url) as http:
             refused = http.post("/v1/models/tagged/feedback", json={"text": "hello", "label": BILLING})
             assert refused.status_code == 400 and "multi-label" in refused.json()["error"]
