@@ -30,6 +30,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from fewshot import bentoml_fixes, store
 from fewshot.api import errors
 from fewshot.api.auth import APIKeyMiddleware
+from fewshot.api.body_limit import RequestBodyLimitMiddleware
 from fewshot.api.errors import describe_validation_errors, documented, responds
 from fewshot.api.example_schemas import (
     AddExamplesRequest,
@@ -82,7 +83,6 @@ from fewshot.api.schemas import (
     TrainRequest,
     is_valid_model_name,
     is_valid_model_reference,
-    label_counts,
 )
 from fewshot.api.views import accepted_view, job_view, model_versions, model_view
 from fewshot.bentoml_fixes.dependency_clients import keep_sessions_open, once_more_if_disconnected
@@ -95,7 +95,17 @@ from fewshot.serving.items import ItemEmbedding, ItemPrediction, TextItem
 from fewshot.settings import apply_process_environment, get_settings
 from fewshot.store import StoredModel
 from trainers import embedding_cache
-from trainers.examples import StoredExample, UnknownExampleCursor, set_digest
+from trainers.examples import (
+    SetFull,
+    SetRuleBroken,
+    SetRules,
+    StoredExample,
+    TooManyLabels,
+    UnknownExampleCursor,
+    UnknownLabel,
+    WrongForm,
+    set_digest,
+)
 from trainers.jobs import JobRecord, RetrainPlan, UnknownCursor, count_by_status
 from trainers.queue import example_sets, jobs, prediction_log
 from trainers.tasks import (
@@ -119,6 +129,11 @@ BATCH = {"batchable": True, "max_batch_size": settings.max_batch_size, "max_late
 # A fixed content type spares BentoML from deriving it from the JSON schema on every response.
 Predictions = Annotated[list[ItemPrediction], ContentType("application/json")]
 Embeddings = Annotated[list[ItemEmbedding], ContentType("application/json")]
+
+
+def form_to_send(multi_label: bool) -> str:
+    """What a set (or model) of this form is, and what to send it."""
+    return "multi-label: send `labels` (a list)" if multi_label else "single-label: send `label` (one label, or null)"
 
 
 def queued(ctx: bentoml.Context, submit: Callable[[], JobRecord]) -> TrainAccepted | JSONResponse:
@@ -412,8 +427,8 @@ class Gateway:
         query = errors.validated_query(ExampleListQuery, request.query_params)
         if isinstance(query, JSONResponse):
             return query
-        held = example_sets.all(model_name)
-        if not held and store.resolve(model_name) is None:
+        state = example_sets.state(model_name)  # the stored count and digest: no page reads the whole set
+        if not state.count and store.resolve(model_name) is None:
             return errors.unknown_model(model_name)
         try:
             page = example_sets.page(model_name, query.limit + 1, label=query.label, after=query.cursor)
@@ -421,29 +436,30 @@ class Gateway:
             return errors.invalid("cursor: no example with this id in the set (deleted meanwhile?); start again "
                                   "without cursor")
         shown = page[:query.limit]
-        total = len(held) if query.label is None else sum(query.label in e.named_labels for e in held)
+        total = state.count if query.label is None else state.labels.get(query.label, 0)
         return ExampleList(examples=[ExampleView.of(example) for example in shown], total=total,
-                           next_cursor=shown[-1].id if len(page) > query.limit else None, digest=set_digest(held))
+                           next_cursor=shown[-1].id if len(page) > query.limit else None, digest=state.digest)
 
     @routes.post("/v1/models/{model_name}/examples", response_model=ExamplesAdded, responses=documented(400))
     def add_examples(self, model_name: str, body: AddExamplesRequest) -> ExamplesAdded | JSONResponse:
         """Add examples to the model's set (made if it has none); POST /v1/models/{name}/retrain trains on it."""
         if not is_valid_model_name(model_name):
             return errors.invalid_model_name()
-        held = example_sets.all(model_name)
-        multi_label = body.examples[0].is_multi_label
-        if held and (held[0].labels is not None) != multi_label:
-            return errors.invalid("examples: the example set of {!r} is {}: send {}".format(
-                model_name, *(("single-label", "`label` (one label, or null)") if held[0].labels is None
-                              else ("multi-label", "`labels` (a list)"))))
-        labels = {label for example in held for label in example.named_labels} | set(label_counts(body.examples))
-        if len(labels) > settings.max_labels:
-            return errors.invalid(f"examples: the set would have {len(labels)} labels, more than MAX_LABELS="
-                                  f"{settings.max_labels}")
-        if len(held) + len(body.examples) > settings.max_train_examples:
-            return errors.invalid(f"examples: the set holds {len(held)} examples; with {len(body.examples)} more it "
-                                  f"could exceed MAX_TRAIN_EXAMPLES={settings.max_train_examples}: delete some first")
-        outcome = example_sets.add(model_name, new_examples(body.examples), "added")
+        # The set's rules are checked by the store inside its write: checked here first, two requests at
+        # once could each pass and together mix the set's forms or pass its caps.
+        rules = SetRules(max_labels=settings.max_labels, max_examples=settings.max_train_examples)
+        try:
+            outcome = example_sets.add(model_name, new_examples(body.examples), "added", rules=rules)
+        except WrongForm as wrong:
+            return errors.invalid(f"examples: the example set of {model_name!r} is {form_to_send(wrong.multi_label)}")
+        except TooManyLabels as labels:
+            return errors.invalid(f"examples: the set would have {labels.labels} labels, more than MAX_LABELS="
+                                  f"{labels.limit}")
+        except SetFull as full:
+            return errors.invalid(f"examples: the set holds {full.held} examples; with {full.sent} more it could "
+                                  f"exceed MAX_TRAIN_EXAMPLES={full.limit}: delete some first")
+        except SetRuleBroken as broken:  # no other rule is asked here; never a 500 if one is added
+            return errors.invalid(f"examples: {broken}")
         return ExamplesAdded(added=[ExampleView.of(e) for e in outcome.added],
                              duplicates=[ExampleView.of(e) for e in outcome.duplicates],
                              conflicts=[ExampleConflict(existing=ExampleView.of(c.existing), label=c.label,
@@ -544,20 +560,23 @@ class Gateway:
         into the example set as `source: feedback`, replacing what the set held for the text."""
         if not is_valid_model_name(model_name):
             return errors.invalid_model_name()
-        held = example_sets.all(model_name)
         version = store.resolve(model_name)
-        if not held and version is None:
+        if version is None and not example_sets.count(model_name):
             return errors.unknown_model(model_name)
-        multi = held[0].labels is not None if held else is_multi_label(version)
-        if body.is_multi_label != multi:
-            return errors.invalid("label: {!r} is {}: send {}".format(model_name, *(
-                ("multi-label", "`labels` (a list)") if multi else ("single-label", "`label` (one label, or null)"))))
-        known = {label for example in held for label in example.named_labels} | set(version.labels if version else [])
-        if unknown := [label for label in body.named_labels if label not in known]:
-            return errors.invalid(f"{'labels' if multi else 'label'}: {unknown[0]!r} is not a label of "
-                                  f"{model_name!r} (its labels: {', '.join(sorted(known))}); a new label is added with "
-                                  f"POST /v1/models/{model_name}/examples")
-        outcome = example_sets.add(model_name, new_examples([body]), "feedback", overrule=True)
+        # Checked by the store inside its write, against the set as it is then: the set's form (an empty
+        # set's: the version's) and its labels or the version's.
+        rules = SetRules(known_labels=frozenset(version.labels if version else ()),
+                         multi_label_if_empty=is_multi_label(version) if version else None)
+        try:
+            outcome = example_sets.add(model_name, new_examples([body]), "feedback", overrule=True, rules=rules)
+        except WrongForm as wrong:
+            return errors.invalid(f"label: {model_name!r} is {form_to_send(wrong.multi_label)}")
+        except UnknownLabel as unknown:
+            return errors.invalid(f"{'labels' if body.is_multi_label else 'label'}: {unknown.label!r} is not a label "
+                                  f"of {model_name!r} (its labels: {', '.join(unknown.known)}); a new label is added "
+                                  f"with POST /v1/models/{model_name}/examples")
+        except SetRuleBroken as broken:  # no other rule is asked of feedback; never a 500 if one is added
+            return errors.invalid(f"{'labels' if body.is_multi_label else 'label'}: {broken}")
         example: StoredExample = (outcome.added or outcome.duplicates)[0]
         return FeedbackResponse(example=ExampleView.of(example), duplicate=not outcome.added, total=outcome.total,
                                 replaced=ExampleView.of(outcome.replaced[0]) if outcome.replaced else None)
@@ -588,6 +607,8 @@ class Gateway:
 
 routes.add_exception_handler(RequestValidationError, errors.request_validation_failed)
 Gateway.add_asgi_middleware(APIKeyMiddleware, api_key=settings.api_key)
+# Behind the key check (a client without the key is refused before its body is read), before all else.
+Gateway.add_asgi_middleware(RequestBodyLimitMiddleware, max_bytes=settings.max_request_bytes)
 bentoml_fixes.install(Gateway, routes, settings, job_counts=lambda: count_by_status(jobs))
 # After install(), which re-executes a `bentoml serve` CLI started without them: every process
 # of the server (and the trainer it starts) shares the store under MODEL_PATH and configuration.yaml.
