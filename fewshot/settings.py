@@ -127,6 +127,8 @@ class Settings:
     """MAX_TRAIN_EXAMPLES: examples in one training request."""
     max_pool_texts: int
     """MAX_POOL_TEXTS: unlabelled texts in one suggest request (POST /v1/models/{name}/suggest)."""
+    max_request_bytes: int
+    """MAX_REQUEST_BYTES: bytes of one request body; more is answered 413 before it is parsed."""
     prediction_log_sample: float
     """PREDICTION_LOG_SAMPLE: share of the texts sent to /v1/predict kept per model as a pool to suggest from
     (0: off; trainers/prediction_log.py)."""
@@ -211,6 +213,9 @@ def load_settings() -> Settings:
         max_text_chars=_int("MAX_TEXT_CHARS", 10_000, minimum=1),
         max_train_examples=_int("MAX_TRAIN_EXAMPLES", 10_000, minimum=2),
         max_pool_texts=_int("MAX_POOL_TEXTS", 10_000, minimum=1),
+        # 32 MiB: 10,000 training examples (MAX_TRAIN_EXAMPLES) of ~3,300 bytes, and a full predict request
+        # (256 texts of 10,000 characters: 15 MB even with every character sent as a \uXXXX escape).
+        max_request_bytes=_int("MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024),
         prediction_log_sample=_float("PREDICTION_LOG_SAMPLE", 0.0, minimum=0.0),
         prediction_log_days=_float("PREDICTION_LOG_DAYS", 7.0, minimum=0.0),
         prediction_log_max_texts=_int("PREDICTION_LOG_MAX_TEXTS", 10_000, minimum=1),
