@@ -282,8 +282,10 @@ def test_the_example_set_is_listed_added_to_deleted_and_retrained_from(page: Rec
     page.page.locator('#model-list button[data-model="taught"]').click()
     promotion = job["promotion"]
     expect(page.page.locator("#retrain-effect")).to_contain_text(
-        f"Retrained: accuracy on the set's {promotion['evaluation_examples']} fixed evaluation examples "
-        f"{promotion['served_score']:.3f} ({first['model_version']}) → {promotion['new_score']:.3f}")
+        f"Retrained: accuracy {promotion['served_score']:.3f} ({first['model_version']}) → "
+        f"{promotion['new_score']:.3f} on {promotion['evaluation_examples']} texts of the set, each left out of both "
+        "versions' refitted heads")
+    assert promotion["method"] == "cross_fitted" and promotion["evaluation_examples"] == 16, promotion
 
 
 def test_the_inbox_labels_suggested_texts_by_keyboard_and_fixes_a_suspect(page: RecordedPage, client: httpx.Client,

@@ -331,8 +331,10 @@ function versionDetail(version) {
   if (version.promotion && version.promotion.served_score !== null && version.promotion.served_score !== undefined) {
     const promotion = version.promotion;
     children.push(el("p", { class: "facts-line", id: "retrain-effect" },
-      `Retrained: ${promotion.metric.replace("_", " ")} on the set's ${promotion.evaluation_examples} fixed evaluation `
-      + `examples ${fixed(promotion.served_score)} (${promotion.served_version}) → ${fixed(promotion.new_score)}; `
+      `Retrained: ${promotion.metric.replace("_", " ")} ${fixed(promotion.served_score)} (${promotion.served_version}) `
+      + `→ ${fixed(promotion.new_score)} on ${promotion.evaluation_examples} `
+      + (promotion.method === "cross_fitted" ? "texts of the set, each left out of both versions' refitted heads; "
+        : "evaluation texts neither version was trained on; ")
       + (promotion.promoted ? "served." : `held: ${promotion.reason}`)));
   }
   children.push(el("h3", {}, "Precision, recall and F1 per label"));
