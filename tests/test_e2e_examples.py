@@ -7,10 +7,11 @@ scripts use it, and raw HTTP for the errors."""
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import pytest
 
 from fewshot.client import FewshotClient, FewshotError
-from harness.fixtures import BASE_MODEL
+from harness.fixtures import BASE_MODEL, CLEAR_TEXTS
 from harness.live_server import LiveServer, wait_for_job, wait_for_log
 from trainers.promotion import fixed_evaluation
 
@@ -18,6 +19,8 @@ pytestmark = pytest.mark.e2e
 
 GREETINGS = [{"text": "hello there, good morning", "label": "greeting"},
              {"text": "hi! nice to meet you", "label": "greeting"}]
+GREETINGS_UNSEEN = ["good evening everyone, how are you?", "hey, hello!", "hi there, lovely to see you"]
+"""Greetings in no example set: a version that learned the label answers them with it."""
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +64,10 @@ def test_an_example_set_grows_is_retrained_on_and_survives_a_restart(server: Liv
         version = client.model("intents")
         assert version.model_version == retrained != first
         assert "greeting" in version.labels and version.num_examples == added.total
+        # learned, not just listed: greetings in no set are answered with it, and the old labels still are
+        learned = client.predict(f"intents:{retrained}", [*GREETINGS_UNSEEN, *CLEAR_TEXTS]).predictions
+        assert [p.label for p in learned] == ["greeting"] * len(GREETINGS_UNSEEN) + list(CLEAR_TEXTS.values()), \
+            [(p.text, p.label, p.score) for p in learned]
         assert version.examples_digest == client.examples("intents").digest
         assert version.base_model == BASE_MODEL and version.strategy == "head"
         assert version.promotion is not None and version.promotion.promoted and version.held is None
@@ -187,16 +194,34 @@ def test_a_worse_retrain_is_kept_but_not_served_and_says_why(server: LiveServer,
 
 
 def test_continue_fine_tunes_the_served_body_further(server: LiveServer, train_examples: list[dict]) -> None:
+    """Proven by the bodies themselves: fine-tuning is seeded, so `continue` from the served (fine-tuned)
+    body and `full` from the base model, on the same set with the same options, would give the same body
+    if `continue` started from the base model too; they give different ones, and `continue`'s differs
+    from the served body it started from (one more iteration)."""
+    probe = [*GREETINGS_UNSEEN, *(example["text"] for example in train_examples[::4])]
     with FewshotClient(server.url) as client:
-        first = finished(client, client.train("tuned", train_examples, base_model=BASE_MODEL, strategy="head").job_id)
+        first = finished(client, client.train("tuned", train_examples, base_model=BASE_MODEL, strategy="setfit",
+                                              num_iterations=1).job_id)
         client.add_examples("tuned", GREETINGS)
         job = client.wait(client.retrain("tuned", strategy="continue", promote="always", num_iterations=1).job_id,
                           poll_seconds=0.2, timeout=600)
         version = client.model("tuned")
         assert job.kind == "retrain" and version.model_version == job.model_version != first
         assert version.strategy == "setfit" and "greeting" in version.labels
-        wait_for_log(server, f"retrain (continue, promote always) on the example set of {len(train_examples) + 2}; "
-                             f"head from the base model, fine-tuning from tuned:{first}")
+        # the control: the same set and options, fine-tuned from the base model
+        full = finished(client, client.retrain("tuned", strategy="full", promote="always", num_iterations=1).job_id)
+
+        def body(model_version: str) -> np.ndarray:
+            return np.array(client.embeddings(f"tuned:{model_version}", probe).embeddings)
+
+        served, continued, from_base = body(first), body(job.model_version), body(full)
+    # the largest 1 - cosine similarity over the probe texts (unit vectors): measured 0.005-0.007 here, and
+    # 1e-7 (float rounding) between `continue` and `full` when `continue` started from the base model
+    apart = {"continue vs full": 1 - (continued * from_base).sum(axis=1).min(),
+             "continue vs served": 1 - (continued * served).sum(axis=1).min()}
+    assert min(apart.values()) > 1e-4, apart
+    wait_for_log(server, f"retrain (continue, promote always) on the example set of {len(train_examples) + 2}; "
+                         f"head from the base model, fine-tuning from tuned:{first}")
 
 
 def test_a_model_from_label_names_alone_answers_the_obvious_label(server: LiveServer) -> None:
