@@ -49,14 +49,16 @@ def test_only_health_probes_docs_and_the_consoles_page_are_open() -> None:
 
 def test_document_correction() -> None:
     spec = {"paths": {
-        "/v1/train": {"post": {"responses": {200: {"description": "ok"}, 400: {"$ref": "x"}, 500: {}}}},
+        "/v1/train": {"post": {"responses": {200: {"description": "ok"}, 400: {"$ref": "x"}, 500: {}},
+                               "requestBody": {"content": {}}}},
         "/health": {"get": {"responses": {"200": {"description": "ok"}, "422": {}}}},
         "/v1/jobs/{job_id}": {"get": {"responses": {"200": {"description": "ok"}, "422": {}}},
                               "parameters": []},
     }, "components": {"schemas": {"InvalidArgument": {}, "HTTPValidationError": {}}}}
     fixed = correct_document(spec, {("/v1/train", "post"): (202, (400,)), ("/v1/jobs/{job_id}", "get"): (200, (404,))})
     train = fixed["paths"]["/v1/train"]["post"]
-    assert set(train["responses"]) == {"202", "400", "401", "500"}
+    assert set(train["responses"]) == {"202", "400", "401", "413", "500"}  # a body: MAX_REQUEST_BYTES
+    assert train["requestBody"]["required"]
     assert train["security"] == [{"APIKeyHeader": []}, {"BearerAuth": []}]
     health = fixed["paths"]["/health"]["get"]
     assert set(health["responses"]) == {"200"} and "security" not in health

@@ -38,6 +38,7 @@ STATUS_DESCRIPTIONS = {
     401: "Missing or wrong API key.",
     404: "Unknown job or model.",
     409: "The job has already finished: only pending or running jobs can be cancelled.",
+    413: "The request body is larger than MAX_REQUEST_BYTES.",
     415: "The body must be JSON (Content-Type: application/json).",
     429: "Too many training jobs pending (MAX_QUEUED_JOBS); retry after Retry-After seconds.",
     500: "Internal error.",

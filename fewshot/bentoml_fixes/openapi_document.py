@@ -166,6 +166,7 @@ def correct_document(spec: dict[str, Any], declared: dict[Operation, tuple[int, 
                     del responses[status]  # BentoML's and FastAPI's own error schemas (422 included)
             if "requestBody" in operation:  # every body of ours is required; BentoML leaves it optional
                 operation["requestBody"]["required"] = True
+                responses["413"] = _error_response(413)  # fewshot/api/body_limit.py, on every body
             success, errors = declared.get((path, method), (200, ()))
             if success != 200 and "200" in responses:
                 responses[str(success)] = responses.pop("200")
