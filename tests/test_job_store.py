@@ -3,6 +3,7 @@ persistence across opens, expiry, and trainer heartbeats."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -11,9 +12,21 @@ from pathlib import Path
 
 import pytest
 
+from fewshot.api.schemas import TrainRequest
 from fewshot.api.views import job_view
 from fewshot.timestamps import utc_now
-from trainers.jobs import JobRecord, JobStore, RedisJobStore, SqliteJobStore, UnknownCursor, expire_finished, new_job
+from trainers.jobs import (
+    EXAMPLES_REF,
+    JobRecord,
+    JobStore,
+    MissingExamples,
+    RedisJobStore,
+    SqliteJobStore,
+    UnknownCursor,
+    expire_finished,
+    new_job,
+    request_with_examples,
+)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -133,3 +146,88 @@ def test_redis_lists_records_written_before_its_listing_index(redis_url: str) ->
     redis.Redis.from_url(redis_url).delete(f"{prefix}:jobs:by_created")  # as a store from before the index
     reopened = RedisJobStore(redis_url, prefix=prefix)
     assert {r.job_id for r in reopened.page(10)} == {r.job_id for r in records}
+
+
+def _train_request(count: int, eval_count: int = 0) -> dict:
+    """A /v1/train request as submit_training stores it (TrainRequest.model_dump(mode="json"))."""
+    examples = [{"text": f"text {index}", "label": f"l{index % 3}"} for index in range(count)]
+    evaluation = [{"text": f"held {index}", "label": f"l{index % 3}"} for index in range(eval_count)]
+    return TrainRequest.model_validate({"model_name": "m", "examples": examples,
+                                        "eval_examples": evaluation or None}).model_dump(mode="json")
+
+
+def test_a_jobs_examples_are_kept_apart_from_its_record_and_go_with_it(open_store) -> None:
+    store = open_store()
+    submitted = _train_request(50, eval_count=6)
+    retrain = new_job("m", {**submitted, "retrain": {"strategy": "head", "digest": "d", "set_size": 50}},
+                      kind="retrain")
+    store.create(retrain)
+    store.transition(retrain.job_id, {"pending"}, status="running", attempts=1)
+
+    reopened = open_store()  # as the trainer's process would
+    record = reopened.get(retrain.job_id)
+    assert record is not None and "examples" not in record.request and "eval_examples" not in record.request
+    assert record.request[EXAMPLES_REF] == {"job_id": retrain.job_id, "examples": 50, "eval_examples": 6}
+    assert record.request["retrain"]["set_size"] == 50  # the rest of the request stays in the record
+    # the trainer gets the request back as submitted, and it validates as one
+    assert request_with_examples(reopened, record) == retrain.request
+    assert TrainRequest.model_validate(request_with_examples(reopened, record)).model_dump(mode="json") == submitted
+    # a listing, and the status changes, carry no examples
+    listed = reopened.page(10)
+    assert [r.job_id for r in listed] == [retrain.job_id] and "examples" not in listed[0].request
+    assert "examples" not in reopened.with_status("running")[0].request
+    assert job_view(record) == job_view(retrain.model_copy(update={"status": "running", "attempts": 1}))
+
+    reopened.delete(retrain.job_id)
+    assert store.get(retrain.job_id) is None and store.examples(retrain.job_id) is None
+    with pytest.raises(MissingExamples):
+        request_with_examples(store, record)
+
+
+def test_expired_records_take_their_examples_along(open_store) -> None:
+    store = open_store()
+    old, kept = new_job("m", _train_request(5)), new_job("m", _train_request(7))
+    for record in (old, kept):
+        store.create(record)
+        store.transition(record.job_id, {"pending"}, status="completed", finished_at=utc_now())
+    store.transition(old.job_id, {"completed"}, finished_at=utc_now() - timedelta(days=40))
+    assert expire_finished(store, finished_before=utc_now() - timedelta(days=30)) == 1
+    assert store.examples(old.job_id) is None
+    assert len((store.examples(kept.job_id) or {})["examples"]) == 7
+
+
+def test_records_without_examples_are_stored_as_they_are(open_store) -> None:
+    store = open_store()
+    imported = new_job("m", {"model_name": "m", "source": "hub", "examples": [{"text": "t", "label": "a"}]},
+                       kind="import")  # an import's request is no training set: never split
+    bare = new_job("m", {"model_name": "m"})
+    for record in (imported, bare):
+        store.create(record)
+        got = store.get(record.job_id)
+        assert got is not None and got.request == record.request and store.examples(record.job_id) is None
+        assert request_with_examples(store, got) == record.request
+
+
+def test_records_written_with_their_examples_inline_still_train(open_store, tmp_path: Path) -> None:
+    """A record from before the examples were kept apart: read, listed, trained on as it is."""
+    store = open_store()
+    old = new_job("m", _train_request(20))
+    if isinstance(store, SqliteJobStore):
+        with sqlite3.connect(tmp_path / "jobs.db") as db:
+            db.execute("INSERT INTO jobs (job_id, status, created_at, record) VALUES (?, ?, ?, ?)",
+                       (old.job_id, old.status, old.created_at.isoformat(), old.model_dump_json()))
+    else:
+        assert isinstance(store, RedisJobStore)
+        raw = store._redis  # written as a store from before would: the record alone, examples inline
+        raw.set(store._key(old.job_id), old.model_dump_json())
+        raw.sadd(store._status_key(old.status), old.job_id)
+        raw.zadd(store._by_created, {old.job_id: old.created_at.timestamp()})
+    reopened = open_store()
+    record = reopened.get(old.job_id)
+    assert record is not None and len(record.request["examples"]) == 20
+    assert request_with_examples(reopened, record) == old.request
+    assert [r.job_id for r in reopened.page(10)] == [old.job_id]
+    reopened.transition(old.job_id, {"pending"}, status="running")
+    assert (reopened.get(old.job_id) or record).request == old.request  # a status change keeps them
+    reopened.delete(old.job_id)
+    assert reopened.get(old.job_id) is None

@@ -3,10 +3,17 @@
 Two backends behind one interface: SQLite under MODEL_PATH (embedded default) and Redis (when
 REDIS_URL is set, for several trainer machines). Every status change is a compare-and-set, so a
 late signal can never overwrite a newer state (e.g. "interrupted" after "completed").
+
+A training job's examples (`request["examples"]`, `request["eval_examples"]`) are stored apart from
+its record, written and deleted with it: the record keeps `request["examples_ref"]` (the job id and
+the counts). A 10,000-example set is ~1 MB of JSON, and every status change (a compare-and-set:
+read, parse, write), every progress step and every listed job parsed it again; the trainer reads
+them once (`request_with_examples`). Records written before hold them inline and are read as they are.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterable
@@ -100,6 +107,50 @@ def new_job(model_name: str, request: dict[str, Any], kind: JobKind = "train") -
                      created_at=utc_now(), request=request, kind=kind)
 
 
+EXAMPLES_REF = "examples_ref"
+"""The key of `request` that replaces a job's examples in its stored record."""
+EXAMPLE_FIELDS = ("examples", "eval_examples")
+
+
+class ExamplesRef(BaseModel):
+    """`request["examples_ref"]`: where a job's examples are (its own id) and how many there are."""
+
+    job_id: str
+    examples: int
+    eval_examples: int
+
+
+def split_off_examples(record: JobRecord) -> tuple[JobRecord, str | None]:
+    """The record as stored (its request's examples replaced by a reference) and the examples as JSON;
+    the record as it is and None when its request carries no examples (an import, a test's record)."""
+    request = record.request
+    if record.kind not in ("train", "retrain") or not isinstance(request.get("examples"), list):
+        return record, None
+    held = {field: request.get(field) for field in EXAMPLE_FIELDS}
+    ref = ExamplesRef(job_id=record.job_id, examples=len(held["examples"] or []),
+                      eval_examples=len(held["eval_examples"] or []))
+    kept = {key: value for key, value in request.items() if key not in EXAMPLE_FIELDS}
+    return (record.model_copy(update={"request": {**kept, EXAMPLES_REF: ref.model_dump()}}),
+            json.dumps(held, ensure_ascii=False, separators=(",", ":")))
+
+
+class MissingExamples(LookupError):
+    """A record refers to examples that are not in the store (deleted with the record meanwhile)."""
+
+
+def request_with_examples(store: JobStore, record: JobRecord) -> dict[str, Any]:
+    """The job's request as it was submitted: its examples read back by reference, or (a record written
+    before they were kept apart) its request as stored. Raises MissingExamples if they are gone."""
+    if EXAMPLES_REF not in record.request:
+        return record.request
+    ref = ExamplesRef.model_validate(record.request[EXAMPLES_REF])
+    held = store.examples(ref.job_id)
+    if held is None:
+        raise MissingExamples(f"the examples of job {ref.job_id} are no longer stored")
+    kept = {key: value for key, value in record.request.items() if key != EXAMPLES_REF}
+    return {**kept, **held}
+
+
 class UnknownCursor(LookupError):
     """A page was asked for after a job that does not exist (never did, or expired meanwhile)."""
 
@@ -108,6 +159,11 @@ class JobStore(Protocol):
     def create(self, record: JobRecord) -> None: ...
 
     def get(self, job_id: str) -> JobRecord | None: ...
+
+    def examples(self, job_id: str) -> dict[str, Any] | None:
+        """The examples stored apart for the job (`{"examples": [...], "eval_examples": [...] | None}`),
+        None when it has none there (no such job, or one whose record holds them inline)."""
+        ...
 
     def transition(self, job_id: str, allowed_from: Iterable[JobStatus], **changes: Any) -> JobRecord | None:
         """Apply `changes` if the job's status is in `allowed_from`; the new record, else None."""
@@ -163,12 +219,21 @@ class SqliteJobStore(SqliteFile):
             "created_at TEXT NOT NULL, record TEXT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status)",
             "CREATE INDEX IF NOT EXISTS jobs_newest ON jobs (created_at DESC, job_id DESC)",
-            "CREATE TABLE IF NOT EXISTS workers (worker TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
+            "CREATE TABLE IF NOT EXISTS workers (worker TEXT PRIMARY KEY, expires_at REAL NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS job_examples (job_id TEXT PRIMARY KEY, examples TEXT NOT NULL)")
 
     def create(self, record: JobRecord) -> None:
-        with self._write() as db:
+        stored, examples = split_off_examples(record)
+        with self._write() as db:  # one transaction: never a record without its examples, nor the reverse
             db.execute("INSERT INTO jobs (job_id, status, created_at, record) VALUES (?, ?, ?, ?)",
-                       (record.job_id, record.status, record.created_at.isoformat(), record.model_dump_json()))
+                       (stored.job_id, stored.status, stored.created_at.isoformat(), stored.model_dump_json()))
+            if examples is not None:
+                db.execute("INSERT INTO job_examples (job_id, examples) VALUES (?, ?)", (stored.job_id, examples))
+
+    def examples(self, job_id: str) -> dict[str, Any] | None:
+        with self._connection() as db:
+            row = db.execute("SELECT examples FROM job_examples WHERE job_id = ?", (job_id,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._connection() as db:
@@ -221,6 +286,7 @@ class SqliteJobStore(SqliteFile):
     def delete(self, job_id: str) -> None:
         with self._write() as db:
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM job_examples WHERE job_id = ?", (job_id,))
 
     def beat(self, worker: str, ttl_seconds: float) -> None:
         now = time.time()
@@ -235,8 +301,8 @@ class SqliteJobStore(SqliteFile):
 
 
 class RedisJobStore:
-    """Each record a JSON string under `<prefix>:job:<id>`, plus one set of ids per status and a
-    sorted set of every id by creation time (for listing newest first).
+    """Each record a JSON string under `<prefix>:job:<id>`, its examples under `<prefix>:job_examples:<id>`,
+    plus one set of ids per status and a sorted set of every id by creation time (for listing newest first).
 
     A trainer's heartbeat is a key `<prefix>:worker:<id>` that Redis expires by itself.
     """
@@ -267,12 +333,22 @@ class RedisJobStore:
     def _status_key(self, status: str) -> str:
         return f"{self._prefix}:jobs:{status}"
 
+    def _examples_key(self, job_id: str) -> str:
+        return f"{self._prefix}:job_examples:{job_id}"
+
     def create(self, record: JobRecord) -> None:
-        with self._redis.pipeline() as pipe:
-            pipe.set(self._key(record.job_id), record.model_dump_json())
-            pipe.sadd(self._status_key(record.status), record.job_id)
-            pipe.zadd(self._by_created, {record.job_id: record.created_at.timestamp()})
+        stored, examples = split_off_examples(record)
+        with self._redis.pipeline() as pipe:  # MULTI/EXEC: the record and its examples together
+            if examples is not None:
+                pipe.set(self._examples_key(stored.job_id), examples)
+            pipe.set(self._key(stored.job_id), stored.model_dump_json())
+            pipe.sadd(self._status_key(stored.status), stored.job_id)
+            pipe.zadd(self._by_created, {stored.job_id: stored.created_at.timestamp()})
             pipe.execute()
+
+    def examples(self, job_id: str) -> dict[str, Any] | None:
+        raw = self._redis.get(self._examples_key(job_id))
+        return json.loads(raw) if raw else None
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self._redis.get(self._key(job_id))
@@ -336,7 +412,7 @@ class RedisJobStore:
     def delete(self, job_id: str) -> None:
         record = self.get(job_id)
         with self._redis.pipeline() as pipe:
-            pipe.delete(self._key(job_id))
+            pipe.delete(self._key(job_id), self._examples_key(job_id))
             pipe.zrem(self._by_created, job_id)
             if record is not None:
                 pipe.srem(self._status_key(record.status), job_id)

@@ -28,7 +28,14 @@ from trainers import embedding_cache
 from trainers.errors import TrainingFailed
 from trainers.examples import examples_digest
 from trainers.holdout import Target, evaluation_metadata
-from trainers.jobs import JobRecord, RetrainPlan, StrategyComparison
+from trainers.jobs import (
+    EXAMPLES_REF,
+    JobRecord,
+    MissingExamples,
+    RetrainPlan,
+    StrategyComparison,
+    request_with_examples,
+)
 from trainers.promotion import Promotion, cross_fitted, decide, unseen, without_evidence
 from trainers.training import (
     DEFAULT_SEED,
@@ -85,7 +92,10 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
     """
     if settings.training_threads:  # in the thread that trains: OpenMP's thread count is per thread
         torch.set_num_threads(settings.training_threads)
-    request = TrainRequest.model_validate(record.request)
+    try:
+        request = TrainRequest.model_validate(submitted_request(record))
+    except MissingExamples as missing:
+        raise TrainingFailed(f"{missing}; submit the training request again") from missing
     base_model = request.base_model or settings.default_base_model
     options = TrainingOptions(
         base_model=resolve_base_model(base_model),
@@ -200,6 +210,16 @@ def promote_or_hold(plan: RetrainPlan, model_name: str, trained: TrainedClassifi
     return without_evidence(served_trained, split.train, served.labels, trained.labels, served.version)
 
 
+def submitted_request(record: JobRecord) -> dict[str, Any]:
+    """The job's request with its examples, read from the job store when its record refers to them (a
+    record made here, by a test, that holds them inline needs no store)."""
+    if EXAMPLES_REF not in record.request:
+        return record.request
+    from trainers.queue import jobs  # opened on first use: as in trained_examples
+
+    return request_with_examples(jobs, record)
+
+
 def trained_examples(version: StoredModel) -> list[tuple[str, Target]] | None:
     """The examples `version` was trained on: kept in its files; for a version made before they were,
     the split its job's request gives again (the same seed), while the job's record lasts; else None
@@ -217,7 +237,10 @@ def trained_examples(version: StoredModel) -> list[tuple[str, Target]] | None:
     record = jobs.get(version.metadata.get("job_id") or "") if version.metadata.get("strategy") != "imported" else None
     if record is None or record.kind not in ("train", "retrain"):
         return None
-    request = TrainRequest.model_validate(record.request)
+    try:
+        request = TrainRequest.model_validate(request_with_examples(jobs, record))
+    except MissingExamples:
+        return None
     return split_examples([(e.text, e.target) for e in request.examples], request.holdout_fraction,
                           DEFAULT_SEED,
                           [(e.text, e.target) for e in request.eval_examples or []]).train
