@@ -11,14 +11,17 @@ A third of the rounds have 10-30% of their new examples' labels corrupted: half 
 other label, half systematically (each label's to the next one's, an annotator who confused two).
 
 Ground truth: each version's accuracy on the data set's test split (the session's labels; a label
-the served version does not know counts as wrong). For every retrain, each rule decides, on the
+the served version does not know counts as wrong), and its paired standard error: a few hundred
+test texts measure a 2-point difference with noise of their own, so the rates are also given for
+the retrains whose difference is beyond that noise. For every retrain, each rule decides, on the
 same pair of versions:
 - today's: both versions on the set's fixed evaluation examples (which the served version may have
   been trained on), held if lower accuracy or a label's F1 drops by more than 0.05;
 - the service's (`trainers.promotion.decide` on `cross_fitted`, what a `head` retrain runs now: held
-  only when worse by more than 1.645 standard errors of the paired right-or-wrong difference), and
-  variants of it measured to choose it: held when worse at all (right_or_wrong), and the same two
-  on the probability each version gives the right label (probability, probability_significant);
+  only when worse beyond doubt, an exact one-sided McNemar test at 5% on the texts only one version
+  answers right), and variants measured to choose it: held when worse at all (right_or_wrong), and
+  the probability each version gives the right label, held when lower at all (probability) or by
+  more than 1.645 standard errors (probability_significant);
 - unseen texts: the service's rule on the evaluation texts neither version was trained on (what a
   fine-tuning retrain runs, which cannot be refitted per fold).
 Goals (issue 40): retrains truly better by >= 2 points served in >= 95% of cases, truly worse by >=
@@ -83,11 +86,18 @@ class Data:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.vectors[[self.row[text] for text in texts]]
 
-    def accuracy(self, head, labels: set[str]) -> float:
-        """On the test texts of `labels`; a head that does not know a label is wrong on its texts."""
+    def right(self, head, labels: set[str]) -> np.ndarray:
+        """Right or not on each test text of `labels`; a head that does not know a label is wrong on its texts."""
         wanted = np.isin(self.test_labels, sorted(labels))
         texts = [text for text, keep in zip(self.test_texts, wanted, strict=True) if keep]
-        return float(np.mean(head.predict(self.embed(texts)) == self.test_labels[wanted]))
+        return head.predict(self.embed(texts)) == self.test_labels[wanted]
+
+
+def true_difference(data: Data, new_head, served_head, labels: set[str]) -> tuple[float, float]:
+    """The new version's test accuracy minus the served one's, and its standard error (paired): the
+    test split is a sample too, and a 2-point difference on a few hundred texts is within its noise."""
+    difference = data.right(new_head, labels).astype(float) - data.right(served_head, labels)
+    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
 
 
 def trained(data: Data, pairs: Sequence[Pair]):
@@ -210,9 +220,10 @@ def session(data: Data, seed: int) -> list[dict]:
         new_head, new_trained, decisions, detail = retrain_decisions(data, served_head, served_trained,
                                                                      served_labels, examples)
         labels = {label for label in chosen if given[label] > 0}
-        truth = data.accuracy(new_head, labels) - data.accuracy(served_head, labels)
+        truth, truth_error = true_difference(data, new_head, served_head, labels)
         events.append({"dataset": data.name, "seed": seed, "round": round_number, "corruption": round(corruption, 3),
-                       "corruption_kind": kind, "true_difference": round(truth, 4), "decisions": decisions, **detail})
+                       "corruption_kind": kind, "true_difference": round(truth, 4),
+                       "true_standard_error": round(truth_error, 4), "decisions": decisions, **detail})
         if decisions["service"]:
             served_head, served_trained, served_labels = new_head, new_trained, sorted({label for _, label in examples
                                                                                        if label is not None})
@@ -255,6 +266,9 @@ def summarize(events: list[dict]) -> dict:
         better = [event for event in mine if event["true_difference"] >= POINTS]
         worse = [event for event in mine if event["true_difference"] <= -POINTS]
         truth = [event["true_difference"] for event in mine]
+        # beyond the test split's own noise too: a 2-point difference that is 1.645 of its standard errors
+        sure_better = [e for e in better if e["true_difference"] > 1.645 * e["true_standard_error"]]
+        sure_worse = [e for e in worse if e["true_difference"] < -1.645 * e["true_standard_error"]]
         summary[dataset] = {"retrains": len(mine), "truly_better": len(better), "truly_worse": len(worse),
                             "correlation": round(float(np.corrcoef(truth, [e["difference"] for e in mine])[0, 1]), 3),
                             "probability_correlation": round(float(np.corrcoef(
@@ -264,8 +278,13 @@ def summarize(events: list[dict]) -> dict:
                                 if better else None,
                                 "worse_held": round(np.mean([not e["decisions"][rule] for e in worse]), 4)
                                 if worse else None,
-                                "served": round(np.mean([e["decisions"][rule] for e in mine]), 4)}
-                                for rule in RULES}}
+                                "served": round(np.mean([e["decisions"][rule] for e in mine]), 4),
+                                "sure_better_served": round(np.mean([e["decisions"][rule] for e in sure_better]), 4)
+                                if sure_better else None,
+                                "sure_worse_held": round(np.mean([not e["decisions"][rule] for e in sure_worse]), 4)
+                                if sure_worse else None}
+                                for rule in RULES},
+                            "sure_better": len(sure_better), "sure_worse": len(sure_worse)}
     return summary
 
 
@@ -279,14 +298,18 @@ def markdown(report: dict) -> str:
                   f"{summary['truly_better']} truly better, {summary['truly_worse']} truly worse", "",
                   f"Correlation of the true difference with the cross-fitted one: {summary['correlation']} "
                   f"(right-or-wrong), {summary['probability_correlation']} (probability of the right label).", "",
-                  "| rule | better served | worse held | all served |", "|---|---|---|---|"]
+                  f"Of those, beyond the test split's own noise (1.645 standard errors of the paired test "
+                  f"difference): {summary['sure_better']} better, {summary['sure_worse']} worse.", "",
+                  "| rule | better served | worse held | all served | better served (beyond noise) | "
+                  "worse held (beyond noise) |", "|---|---|---|---|---|---|"]
         for rule, rates in summary["rules"].items():
             def cell(value, goal=True):
                 if value is None:
                     return "-"
                 return f"**{value:.3f}**" if goal and value >= GOAL else f"{value:.3f}"
             lines.append(f"| {rule}{' (the service)' if rule == 'service' else ''} | {cell(rates['better_served'])} | "
-                         f"{cell(rates['worse_held'])} | {cell(rates['served'], False)} |")
+                         f"{cell(rates['worse_held'])} | {cell(rates['served'], False)} | "
+                         f"{cell(rates['sure_better_served'])} | {cell(rates['sure_worse_held'])} |")
         lines.append("")
     scenario = report["scenarios"]
     lines += [f"## The issue's scenarios, banking77, {len(scenario)} seeds", "",
@@ -326,7 +349,7 @@ def main() -> None:
               "setup": f"{in_process_machine()}; body {BASE_MODEL} (frozen), head: balanced logistic regression; "
                        f"{args.sessions} sessions per data set, 2 -> {MAX_PER_LABEL} examples per label; "
                        f"{CORRUPTED_ROUNDS:.0%} of rounds corrupted ({CORRUPTION[0]:.0%}-{CORRUPTION[1]:.0%} of their "
-                       f"new labels); Z={promotion.Z}",
+                       f"new labels); ALPHA={promotion.ALPHA}",
               "summary": summarize(events), "scenarios": scenarios, "events": events,
               "cross_fit_seconds_per_retrain": float(np.mean([event["cross_fit_seconds"] for event in events])),
               "mean_set_size": float(np.mean([event["set"] for event in events])),

@@ -15,6 +15,7 @@ heads are fitted by the caller's function; no model, no HTTP.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -99,9 +100,11 @@ class Promotion(BaseModel):
     new_better: int = Field(default=0, description="Compared texts only the new version answered right.")
     served_better: int = Field(default=0, description="Compared texts only the served version answered right.")
     difference: float | None = Field(default=None, description=(
-        "new_score - served_score: the mean over the compared texts of (new right) - (served right). Held when it "
-        "is below -1.645 standard_error (worse beyond doubt, one-sided at 5%)."))
+        "new_score - served_score: the mean over the compared texts of (new right) - (served right)."))
     standard_error: float | None = Field(default=None, description="Of `difference`, over the compared texts.")
+    p_value: float | None = Field(default=None, description=(
+        "One-sided exact McNemar test on the texts only one version answered right: the chance of the served "
+        "version winning that many of them were both equally good. Held when below 0.05 (worse beyond doubt)."))
     labels: dict[str, LabelChange] = Field(default_factory=dict, description=(
         "Per label both versions know and the compared texts have: F1 of each."))
 
@@ -141,15 +144,14 @@ NONE = "\x00none of these"
 """A `label: null` target as a class of the refitted heads (no label may hold a NUL)."""
 FOLDS = 5
 """Cross-fitting folds: each text is answered by heads refitted on the other four fifths."""
-Z = 1.645
-"""A retrain is held when it is worse by more than Z standard errors of the paired difference (a
-one-sided test at 5%): bench/promotion.py measured the rules (docs/benchmarks.md, "Promotion")."""
+ALPHA = 0.05
+"""A retrain is held when a one-sided exact McNemar test says worse at this level: bench/promotion.py
+measured the rules (docs/benchmarks.md, "Promotion")."""
 LABEL_GUARD_TEXTS = 20
 """A label both versions know is checked on its own only with this many compared texts or more:
 below it one text moves its accuracy by 5 points or more, which is noise, not evidence."""
-LABEL_GUARD_Z = 3.0
-"""A label counts as worse only when its mean difference is below -LABEL_GUARD_Z standard errors (a
-one-sided test at ~0.1%, so that checking many labels rarely finds one by chance)."""
+LABEL_ALPHA = 0.001
+"""A label counts as worse only at this level, so that checking tens of labels rarely finds one by chance."""
 
 
 def comparable(examples: Sequence[tuple[str, Target]], served_trained: Sequence[tuple[str, Target]]
@@ -251,48 +253,57 @@ def _label_changes(scores: PairedScores, served_labels: Sequence[str], multi_lab
             for label in every if label in served_labels and new.per_label[label].support > 0}
 
 
+def mcnemar_p(served_better: int, new_better: int) -> float:
+    """One-sided exact McNemar test: the chance of the served version winning `served_better` or more
+    of the texts where only one of the two is right, were both equally good (a fair coin per text)."""
+    discordant = served_better + new_better
+    return sum(math.comb(discordant, k) for k in range(served_better, discordant + 1)) / 2 ** discordant
+
+
 def decide(scores: PairedScores, served_labels: Sequence[str], served_version: str, multi_label: bool) -> Promotion:
-    """Served unless the evidence says worse beyond doubt: the mean, over the compared texts, of (new
-    version right) - (served version right) is below -Z standard errors; or a label both versions
-    know, with LABEL_GUARD_TEXTS compared texts or more, is worse beyond LABEL_GUARD_Z of them. At the
-    sizes users have (tens of texts) "worse by a text or two" is noise: bench/promotion.py measured
-    that this rule serves >= 97% of retrains truly better by 2 points, where "held if lower at all"
-    served 88% on trec6, and the probability of the right label (less noisy, but sharper with every
-    example added) served worse ones as readily as better ones. Labels new to this version count
-    against the served one, which never answers them."""
+    """Served unless the evidence says worse beyond doubt: on the compared texts where only one of the
+    two versions is right, the served one wins more often than a fair coin would (exact one-sided
+    McNemar test, p < ALPHA); or so does it on a label both know with LABEL_GUARD_TEXTS compared
+    texts or more (p < LABEL_ALPHA: many labels are checked). At the sizes users have (tens of
+    texts) "worse by a text or two" is noise: bench/promotion.py measured that this rule serves
+    retrains truly better by 2 points where "held if lower at all" held many of them on trec6, and
+    the probability of the right label (less noisy, but sharper with every example added) served
+    worse ones as readily as better ones. Labels new to this version count against the served one,
+    which never answers them."""
     n = len(scores)
     difference = scores.new_right.astype(float) - scores.served_right.astype(float)
     mean = float(difference.mean())
     error = float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    new_better = int(np.sum(scores.new_right & ~scores.served_right))
+    served_better = int(np.sum(scores.served_right & ~scores.new_right))
+    p_value = mcnemar_p(served_better, new_better)
     metric: Literal["accuracy", "micro_f1"] = "micro_f1" if multi_label else "accuracy"
     common = {"method": scores.method, "served_version": served_version, "metric": metric,
               "served_score": round(float(scores.served_right.mean()), 4),
               "new_score": round(float(scores.new_right.mean()), 4), "evaluation_examples": n,
-              "new_better": int(np.sum(scores.new_right & ~scores.served_right)),
-              "served_better": int(np.sum(scores.served_right & ~scores.new_right)),
-              "difference": round(mean, 4), "standard_error": round(error, 4),
+              "new_better": new_better, "served_better": served_better, "difference": round(mean, 4),
+              "standard_error": round(error, 4), "p_value": round(p_value, 4),
               "labels": _label_changes(scores, served_labels, multi_label)}
     where = {"cross_fitted": f"{n} texts of the set, each answered by both training sets refitted without it",
              "unseen_texts": f"the {n} evaluation texts neither version was trained on"}[scores.method]
     described = "exact match" if multi_label else "accuracy"
-    summary = (f"{described} {common['served_score']:.3f} -> {common['new_score']:.3f} ({common['new_better']} texts "
-               f"right only by the new version, {common['served_better']} only by the served one) on {where}")
-    if mean < -Z * error or (error == 0 and mean < 0):
-        return Promotion(promoted=False, reason=f"worse beyond doubt ({mean:+.3f}, more than {Z:g} standard errors "
-                         f"below): {summary}", **common)
-    worse = [label for label in served_labels if _label_worse(scores, difference, label)]
+    summary = (f"{described} {common['served_score']:.3f} -> {common['new_score']:.3f} ({new_better} texts right "
+               f"only by the new version, {served_better} only by the served one, p = {p_value:.3f}) on {where}")
+    if p_value < ALPHA:
+        return Promotion(promoted=False, reason=f"worse beyond doubt: {summary}", **common)
+    worse = [label for label in served_labels if _label_worse(scores, label)]
     if worse:
         return Promotion(promoted=False, reason=f"worse on {', '.join(worse[:5])} ({LABEL_GUARD_TEXTS}+ texts each, "
-                         f"beyond {LABEL_GUARD_Z:g} standard errors), though {summary}", **common)
+                         f"p < {LABEL_ALPHA:g}), though {summary}", **common)
     return Promotion(promoted=True, reason=f"not worse beyond doubt: {summary}", **common)
 
 
-def _label_worse(scores: PairedScores, difference: np.ndarray, label: str) -> bool:
-    rows = np.array([label in target_labels(target) for target in scores.targets])
+def _label_worse(scores: PairedScores, label: str) -> bool:
+    rows = np.array([label in target_labels(target) for target in scores.targets], dtype=bool)
     if rows.sum() < LABEL_GUARD_TEXTS:
         return False
-    mean, error = float(difference[rows].mean()), float(difference[rows].std(ddof=1) / np.sqrt(rows.sum()))
-    return mean < -LABEL_GUARD_Z * max(error, 1e-9)
+    new, served = scores.new_right[rows], scores.served_right[rows]
+    return mcnemar_p(int(np.sum(served & ~new)), int(np.sum(new & ~served))) < LABEL_ALPHA
 
 
 def without_evidence(served_trained: Sequence[tuple[str, Target]] | None, new_trained: Sequence[tuple[str, Target]],
