@@ -128,7 +128,8 @@ def test_every_backend_answers_as_torch(served: dict, backend: str, quantize: st
                            "error": None, "prepare_seconds": served_with["prepare_seconds"], "exporting": False,
                            "pipeline": "numpy", "pipeline_error": None, "auto": None}
     assert served_with["prepare_seconds"] > 0  # exported after this first load
-    assert all(has_torch(worker) for worker in server.workers("fewshot-inference"))  # its torch phase
+    workers = server.workers("fewshot-inference")
+    assert workers and all(has_torch(worker) for worker in workers), workers  # its torch phase
     clear = [i for i, p in enumerate(served["predictions"])
              if p["scores"][0]["score"] - p["scores"][1]["score"] >= CLEAR_MARGIN]
     assert len(clear) >= len(served["texts"]) // 2, "too few clear texts to compare on"
