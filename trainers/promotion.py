@@ -6,7 +6,8 @@ version's metrics are scored on. Whether it replaces the served version is judge
 neither version was trained on (`decide`):
 - a `head` retrain on the served version's body: both versions' training sets refitted on folds of
   the example set (`cross_fitted`): every text of the set is evidence;
-- other retrains: the evaluation texts the served version was not trained on either (`unseen`);
+- other retrains, and any with ENOUGH_UNSEEN_TEXTS: the evaluation texts the served version was not
+  trained on either (`unseen`);
 - none of either: served only when the new version was trained on a superset (`without_evidence`).
 The served version's training examples are kept with it (TRAINING_EXAMPLES_FILE). numpy only: the
 heads are fitted by the caller's function; no model, no HTTP.
@@ -147,6 +148,10 @@ FOLDS = 5
 ALPHA = 0.05
 """A retrain is held when a one-sided exact McNemar test says worse at this level: bench/promotion.py
 measured the rules (docs/benchmarks.md, "Promotion")."""
+ENOUGH_UNSEEN_TEXTS = 200
+"""With this many evaluation texts that neither version was trained on, a `head` retrain compares the
+versions themselves on them (one prediction each) instead of cross-fitting, which refits ten heads:
+a balanced logistic regression on 8,000 MiniLM embeddings of 77 labels took 10-20 s to fit here."""
 LABEL_GUARD_TEXTS = 20
 """A label both versions know is checked on its own only with this many compared texts or more:
 below it one text moves its accuracy by 5 points or more, which is noise, not evidence."""

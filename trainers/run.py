@@ -36,7 +36,7 @@ from trainers.jobs import (
     StrategyComparison,
     request_with_examples,
 )
-from trainers.promotion import Promotion, cross_fitted, decide, unseen, without_evidence
+from trainers.promotion import ENOUGH_UNSEEN_TEXTS, Promotion, cross_fitted, decide, unseen, without_evidence
 from trainers.training import (
     DEFAULT_SEED,
     ProgressCallback,
@@ -187,9 +187,10 @@ def promote_or_hold(plan: RetrainPlan, model_name: str, trained: TrainedClassifi
         return Promotion(promoted=True, rule="always", method="always", reason="promote: always",
                          served_version=served.version)
     served_trained = trained_examples(served)
+    neither = unseen(split.evaluation, served_trained) if served_trained is not None else []
     same_body = trained.strategy == "head" and plan.head_from == "version" and plan.from_version == served.tag
     if same_body and served_trained is not None and not split.multi_label and served.metadata.get("strategy") \
-            in ("head", "setfit"):
+            in ("head", "setfit") and len(neither) < ENOUGH_UNSEEN_TEXTS:
         from sklearn.linear_model import LogisticRegression
 
         cache = trained.embeddings if trained.embeddings is not None else {}
@@ -197,8 +198,8 @@ def promote_or_hold(plan: RetrainPlan, model_name: str, trained: TrainedClassifi
                               [*split.train, *split.evaluation],
                               lambda vectors, labels: LogisticRegression(class_weight=options.class_weight)
                               .fit(vectors, labels))
-        return decide(scores, served.labels, served.version, multi_label=False)
-    neither = unseen(split.evaluation, served_trained) if served_trained is not None else []
+        if len(scores):  # none when every text was relabelled since the served version learned it
+            return decide(scores, served.labels, served.version, multi_label=False)
     if neither:
         from trainers.scoring import new_version_probabilities, paired_on, version_probabilities
 
