@@ -13,7 +13,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-label-names bench-active-learning bench-out-of-scope bench-scope-cost bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-label-names bench-active-learning bench-out-of-scope bench-scope-cost bench-scope-backends bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -125,6 +125,12 @@ bench-out-of-scope: install-test
 bench-scope-cost: install-test
 	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
 	$(BIN)/python -m bench.scope_cost
+
+## The scope threshold (calibrated on torch float32 embeddings) applied to each serving backend's
+## embeddings: in-scope kept, out-of-scope refused, score drift, 3 seeds (~6 min on 2 idle cores): writes
+## bench/results/scope-backends-<time>.*
+bench-scope-backends: install-test
+	$(BIN)/python -m bench.scope_backends
 
 ## Time from POST /v1/train (strategy head) to a served model, p50/p95 over 20 jobs, with our trainer
 ## polling and Huey's default in the same run (~20 min: idle gaps up to 60 s): writes bench/results/time-to-model-<time>.*
