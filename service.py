@@ -292,6 +292,11 @@ class Gateway:
             return queued(ctx, lambda: submit_training(request, max_queued=settings.max_queued_jobs))
         except SetNotTrainable as invalid:
             return errors.invalid_in(ctx, f"{invalid}: {describe_validation_errors(invalid.errors)}")
+        except WrongForm as wrong:
+            return errors.invalid_in(ctx, f"examples: the example set of {request.model_name!r} is "
+                                          f"{form_to_send(wrong.multi_label)}")
+        except SetRuleBroken as broken:  # MAX_LABELS, MAX_TRAIN_EXAMPLES: checked in the store's write
+            return errors.invalid_in(ctx, f"examples: {broken} (MAX_LABELS, MAX_TRAIN_EXAMPLES)")
 
     @bentoml.api(route="/v1/models/import")
     @responds(400, 415, 429, success=202)

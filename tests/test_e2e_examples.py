@@ -137,6 +137,13 @@ def test_bad_example_requests_get_400s_that_name_the_field(server: LiveServer, t
         assert http.post("/v1/models/shapes/examples", json={"examples": GREETINGS}).status_code == 200
         other_form = http.post("/v1/models/shapes/examples", json={"examples": [{"text": "x", "labels": ["a"]}]})
         assert other_form.status_code == 400 and "single-label" in other_form.json()["error"]
+        # `mode: add` joins the set inside the store's write too: the other form is refused, nothing queued
+        other_add = http.post("/v1/train", json={"model_name": "shapes", "base_model": BASE_MODEL, "mode": "add",
+                                                 "examples": [{"text": "y", "labels": ["a"]},
+                                                              {"text": "z", "labels": ["b"]}]})
+        assert other_add.status_code == 400 and other_add.json()["error"].startswith("examples:"), other_add.text
+        assert "single-label" in other_add.json()["error"]
+        assert http.get("/v1/models/shapes/examples").json()["total"] == len(GREETINGS)
         page = http.get("/v1/models/shapes/examples", params={"limit": 0})
         assert page.status_code == 400 and page.json()["error"].startswith("limit:")
         cursor = http.get("/v1/models/shapes/examples", params={"cursor": "nope"})

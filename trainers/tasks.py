@@ -22,7 +22,7 @@ from fewshot.api.example_schemas import new_examples
 from fewshot.api.schemas import Example, ImportRequest, TrainRequest, label_counts
 from fewshot.settings import get_settings
 from fewshot.timestamps import utc_now
-from trainers.examples import NewExample, sort_out
+from trainers.examples import NewExample, SetRuleBroken, SetRules
 from trainers.holdout import data_warnings
 from trainers.jobs import JobRecord, RetrainPlan, StrategyComparison, expire_finished, new_job
 from trainers.label_names import templated_texts
@@ -95,31 +95,49 @@ def submit_training(request: TrainRequest, max_queued: int) -> JobRecord:
         request = request.model_copy(update={
             "examples": [*request.examples, *(Example(text=e.text, label=e.label) for e in templated)],
             "holdout_fraction": 0 if request.holdout_fraction is None else request.holdout_fraction})
-    added = [*sent, *templated]
-    set_warnings: list[str] = []
     if mode == "add":
-        held = {example.text: example for example in example_sets.all(request.model_name)}
-        outcome = sort_out(held, added, "train")
-        whole_set = [example.as_training_example() for example in [*held.values(), *outcome.added]]
+        return _submit_to_the_set(request, sent, templated, max_queued)
+    record = new_job(request.model_name, request.model_dump(mode="json"), kind="train")
+    record.warnings = data_warnings(label_counts(request.examples))
+    submitted = _submit(record, max_queued)
+    example_sets.add(request.model_name, sent, "train", replace=True)
+    if templated:
+        example_sets.add(request.model_name, templated, "template")
+    return submitted
+
+
+def _submit_to_the_set(request: TrainRequest, sent: list[NewExample], templated: list[NewExample],
+                       max_queued: int) -> JobRecord:
+    """`mode: add`: the examples join the set first, its rules checked inside the store's write (two
+    requests at once must not mix the set's forms or pass its caps: SetRuleBroken), then the job
+    trains on the whole set as it is then. A set that cannot be trained on, or a full queue, takes
+    the added examples back out: a refused request changes no set."""
+    settings = get_settings()
+    rules = SetRules(max_labels=settings.max_labels, max_examples=settings.max_train_examples)
+    outcomes = [example_sets.add(request.model_name, sent, "train", rules=rules)]
+    try:
+        if templated:
+            outcomes.append(example_sets.add(request.model_name, templated, "template", rules=rules))
+        whole_set = [example.as_training_example() for example in example_sets.all(request.model_name)]
         try:
             request = TrainRequest.model_validate({**request.model_dump(mode="json"), "mode": "replace",
                                                    "examples": whole_set})
         except ValidationError as invalid:
             raise SetNotTrainable(request.model_name, invalid.errors(include_url=False, include_input=False)) \
                 from invalid
-        if outcome.conflicts:
-            set_warnings.append(
-                f"{len(outcome.conflicts)} text(s) are in the example set with another label, which was kept "
+        conflicts = [conflict for outcome in outcomes for conflict in outcome.conflicts]
+        record = new_job(request.model_name, request.model_dump(mode="json"), kind="train")
+        record.warnings = data_warnings(label_counts(request.examples))
+        if conflicts:
+            record.warnings.append(
+                f"{len(conflicts)} text(s) are in the example set with another label, which was kept "
                 f"(delete them from the set to relabel): " + "; ".join(
                     f"{conflict.existing.text[:60]!r} stays {conflict.existing.target!r}"
-                    for conflict in outcome.conflicts[:5]))
-    record = new_job(request.model_name, request.model_dump(mode="json"), kind="train")
-    record.warnings = [*data_warnings(label_counts(request.examples)), *set_warnings]
-    submitted = _submit(record, max_queued)
-    example_sets.add(request.model_name, sent, "train", replace=mode == "replace")
-    if templated:
-        example_sets.add(request.model_name, templated, "template")
-    return submitted
+                    for conflict in conflicts[:5]))
+        return _submit(record, max_queued)
+    except (SetNotTrainable, SetRuleBroken, QueueFull):
+        example_sets.delete(request.model_name, [example.id for outcome in outcomes for example in outcome.added])
+        raise
 
 
 def submit_retrain(request: TrainRequest, plan: RetrainPlan, max_queued: int) -> JobRecord:
