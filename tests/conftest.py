@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from harness.docker_engine import DockerEngine, DockerUnavailable, without_docke
 from harness.fixtures import read_examples
 from harness.live_server import LiveServer, TrainerProcess
 from harness.redis_server import RedisServer
+from trainers.examples import ExampleStore, RedisExampleStore, SqliteExampleStore
 
 
 @pytest.fixture(scope="session")
@@ -130,3 +132,13 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory, measured) -> Iterato
     measured(f"docker engine: {'; '.join(engine.log)}")
     yield engine
     engine.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def open_example_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ExampleStore]:
+    """Opens the same example store again on each call, as another process would: SQLite, then Redis."""
+    if request.param == "sqlite":
+        return lambda: SqliteExampleStore(tmp_path / "jobs.db")
+    url = request.getfixturevalue("redis_url")
+    prefix = f"test-{uuid.uuid4().hex}"
+    return lambda: RedisExampleStore(url, prefix=prefix)

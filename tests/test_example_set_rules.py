@@ -35,16 +35,6 @@ from trainers.examples import (
 )
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ExampleStore]:
-    """Opens the same store again on each call, as another process would."""
-    if request.param == "sqlite":
-        return lambda: SqliteExampleStore(tmp_path / "jobs.db")
-    url = request.getfixturevalue("redis_url")
-    prefix = f"test-{uuid.uuid4().hex}"
-    return lambda: RedisExampleStore(url, prefix=prefix)
-
-
 def assert_figures_match_the_set(store: ExampleStore, model: str) -> None:
     """The stored figures are what reading the whole set gives."""
     held = store.all(model)
@@ -81,27 +71,27 @@ def race(*writers: Callable[[], object]) -> list[object]:
     return results
 
 
-def test_two_writers_at_once_never_mix_the_forms_of_a_set(open_store) -> None:
+def test_two_writers_at_once_never_mix_the_forms_of_a_set(open_example_store) -> None:
     single = [NewExample(f"single {n}", "a" if n % 2 else "b") for n in range(30)]
     multi = [NewExample(f"multi {n}", labels=("a", "c") if n % 2 else ("b",)) for n in range(30)]
     rules = SetRules(max_labels=500, max_examples=10_000)
     for round_ in range(8):
         model = f"forms-{round_}"
-        first, second = open_store(), open_store()  # as two processes: a connection each
+        first, second = open_example_store(), open_example_store()  # as two processes: a connection each
         results = race(partial(first.add, model, single, "added", rules=rules),
                        partial(second.add, model, multi, "added", rules=rules))
         refused = [result for result in results if isinstance(result, SetRuleBroken)]
         assert len(refused) == 1 and isinstance(refused[0], WrongForm), results
-        held = open_store().all(model)
+        held = open_example_store().all(model)
         assert len({example.labels is not None for example in held}) == 1  # one form, whichever came first
         assert len(held) == 30 and refused[0].multi_label == (held[0].labels is not None)
-        assert_figures_match_the_set(open_store(), model)
+        assert_figures_match_the_set(open_example_store(), model)
 
 
-def test_two_writers_at_once_never_pass_the_size_cap_or_max_labels(open_store) -> None:
+def test_two_writers_at_once_never_pass_the_size_cap_or_max_labels(open_example_store) -> None:
     for round_ in range(8):
         model = f"capped-{round_}"
-        first, second = open_store(), open_store()
+        first, second = open_example_store(), open_example_store()
         rules = SetRules(max_examples=30)
         results = race(partial(first.add, model, [NewExample(f"one {n}", "a") for n in range(20)], "added",
                                rules=rules),
@@ -110,7 +100,7 @@ def test_two_writers_at_once_never_pass_the_size_cap_or_max_labels(open_store) -
         refused = [result for result in results if isinstance(result, SetRuleBroken)]
         assert len(refused) == 1 and isinstance(refused[0], SetFull), results
         assert (refused[0].held, refused[0].sent, refused[0].limit) == (20, 20, 30)
-        assert open_store().count(model) == 20
+        assert open_example_store().count(model) == 20
 
         labelled = f"labels-{round_}"
         rules = SetRules(max_labels=4)
@@ -121,11 +111,11 @@ def test_two_writers_at_once_never_pass_the_size_cap_or_max_labels(open_store) -
         refused = [result for result in results if isinstance(result, SetRuleBroken)]
         assert len(refused) == 1 and isinstance(refused[0], TooManyLabels), results
         assert (refused[0].labels, refused[0].limit) == (6, 4)
-        assert len(open_store().state(labelled).labels) == 3
+        assert len(open_example_store().state(labelled).labels) == 3
 
 
-def test_rules_refuse_before_anything_is_written(open_store) -> None:
-    store = open_store()
+def test_rules_refuse_before_anything_is_written(open_example_store) -> None:
+    store = open_example_store()
     store.add("m", [NewExample("late", "late"), NewExample("cold", "cold"), NewExample("none", None)], "train")
     before = store.all("m")
     with pytest.raises(WrongForm) as wrong:
@@ -159,8 +149,8 @@ def random_example(rng: random.Random, form: str, n: int) -> NewExample:
     return NewExample(f"text {n}", labels=tuple(rng.sample(["a", "b", "c", "d"], rng.randint(0, 3))))
 
 
-def test_stored_figures_follow_every_kind_of_change(open_store) -> None:
-    store, rng = open_store(), random.Random(7)
+def test_stored_figures_follow_every_kind_of_change(open_example_store) -> None:
+    store, rng = open_example_store(), random.Random(7)
     for form in ("single", "multi"):
         model = f"churn-{form}"
         for step in range(60):
@@ -174,16 +164,16 @@ def test_stored_figures_follow_every_kind_of_change(open_store) -> None:
             else:
                 sent = [random_example(rng, form, rng.randint(0, 40)) for _ in range(rng.randint(1, 6))]
                 store.add(model, sent, "added", overrule=kind == "overrule")
-            assert_figures_match_the_set(open_store(), model)
+            assert_figures_match_the_set(open_example_store(), model)
         held = store.all(model)
         assert held and store.drop(model) == len(held)
         assert store.drop(model) == 0
-        assert_figures_match_the_set(open_store(), model)
+        assert_figures_match_the_set(open_example_store(), model)
 
 
-def test_the_digest_is_the_one_versions_record(open_store) -> None:
+def test_the_digest_is_the_one_versions_record(open_example_store) -> None:
     """A version records examples_digest of what it was trained on; the set's stored digest must equal it."""
-    store = open_store()
+    store = open_example_store()
     added = store.add("d", [NewExample("b", "y"), NewExample("a", "x"), NewExample("c", None)], "train").added
     trained_on = [("a", "x"), ("c", None), ("b", "y"), ("a", "x")]  # any order, repeats once
     assert store.digest("d") == examples_digest(trained_on)

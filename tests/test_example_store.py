@@ -5,38 +5,22 @@ another process sees; the set's content hash."""
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from trainers.examples import (
     ExampleStore,
     NewExample,
-    RedisExampleStore,
-    SqliteExampleStore,
     UnknownExampleCursor,
     set_digest,
 )
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ExampleStore]:
-    """Opens the same store again on each call, as another process would."""
-    if request.param == "sqlite":
-        return lambda: SqliteExampleStore(tmp_path / "jobs.db")
-    url = request.getfixturevalue("redis_url")
-    prefix = f"test-{uuid.uuid4().hex}"
-    return lambda: RedisExampleStore(url, prefix=prefix)
-
 
 CARD = [NewExample("where is my card", "card"), NewExample("card not arrived", "card")]
 TRANSFER = [NewExample("send money to a friend", "transfer"), NewExample("transfer failed", "transfer")]
 
 
-def test_texts_are_kept_once_duplicates_and_conflicts_are_reported(open_store) -> None:
-    store = open_store()
+def test_texts_are_kept_once_duplicates_and_conflicts_are_reported(open_example_store) -> None:
+    store = open_example_store()
     first = store.add("intents", [*CARD, *TRANSFER], "train")
     assert [e.text for e in first.added] == [e.text for e in [*CARD, *TRANSFER]]
     assert (first.duplicates, first.conflicts, first.total) == ([], [], 4)
@@ -50,14 +34,14 @@ def test_texts_are_kept_once_duplicates_and_conflicts_are_reported(open_store) -
     assert [(c.existing.text, c.existing.label, c.label) for c in again.conflicts] == [
         ("transfer failed", "transfer", "card"), ("top up by card", "top_up", "card")]
     assert again.total == 5
-    reopened = open_store()
+    reopened = open_example_store()
     assert reopened.count("intents") == 5 and reopened.count("intents", label="card") == 2
     assert [e.label for e in reopened.all("intents")] == ["card", "card", "transfer", "transfer", "top_up"]
     assert reopened.count("other") == 0 and reopened.all("other") == []
 
 
-def test_pages_follow_the_order_added_and_filter_by_label(open_store) -> None:
-    store = open_store()
+def test_pages_follow_the_order_added_and_filter_by_label(open_example_store) -> None:
+    store = open_example_store()
     store.add("m", [NewExample(f"text {n}", "even" if n % 2 == 0 else "odd") for n in range(7)], "train")
     first = store.page("m", 3)
     assert [e.text for e in first] == ["text 0", "text 1", "text 2"]
@@ -71,8 +55,8 @@ def test_pages_follow_the_order_added_and_filter_by_label(open_store) -> None:
         store.page("m", 2, after="no-such-id")
 
 
-def test_multi_label_examples_are_one_text_with_its_labels(open_store) -> None:
-    store = open_store()
+def test_multi_label_examples_are_one_text_with_its_labels(open_example_store) -> None:
+    store = open_example_store()
     store.add("tags", [NewExample("late and cold", labels=("late", "cold")), NewExample("fine", labels=())], "train")
     outcome = store.add("tags", [NewExample("late and cold", labels=("cold", "late")),
                                  NewExample("fine", labels=("late",))], "added")
@@ -82,8 +66,8 @@ def test_multi_label_examples_are_one_text_with_its_labels(open_store) -> None:
         {"text": "late and cold", "labels": ["cold", "late"]}, {"text": "fine", "labels": []}]
 
 
-def test_deleting_examples_replacing_and_dropping_a_set(open_store) -> None:
-    store = open_store()
+def test_deleting_examples_replacing_and_dropping_a_set(open_example_store) -> None:
+    store = open_example_store()
     added = store.add("m", [*CARD, *TRANSFER], "train").added
     assert store.delete("m", [added[0].id, "not-there", added[0].id]) == [added[0].id]
     assert store.count("m") == 3 and store.delete("other", [added[1].id]) == []  # ids belong to their model
@@ -95,8 +79,8 @@ def test_deleting_examples_replacing_and_dropping_a_set(open_store) -> None:
     assert store.drop("m") == 2 and store.count("m") == 0
 
 
-def test_the_digest_names_the_content_not_the_order_or_ids(open_store) -> None:
-    one, other = open_store(), open_store()
+def test_the_digest_names_the_content_not_the_order_or_ids(open_example_store) -> None:
+    one, other = open_example_store(), open_example_store()
     one.add("a", [*CARD, *TRANSFER], "train")
     other.add("b", [*reversed(TRANSFER), *CARD], "added")
     assert set_digest(one.all("a")) == set_digest(other.all("b"))
@@ -104,7 +88,7 @@ def test_the_digest_names_the_content_not_the_order_or_ids(open_store) -> None:
     assert set_digest(one.all("a")) != set_digest(other.all("b"))
 
 
-def test_concurrent_writers_never_store_a_text_twice(open_store) -> None:
+def test_concurrent_writers_never_store_a_text_twice(open_example_store) -> None:
     """Two processes (here: stores opened twice, in threads) adding the same texts at once."""
     texts = [NewExample(f"text {n}", "a" if n % 2 else "b") for n in range(40)]
     outcomes = []
@@ -112,17 +96,17 @@ def test_concurrent_writers_never_store_a_text_twice(open_store) -> None:
     def add(store: ExampleStore) -> None:
         outcomes.append(store.add("m", texts, "added"))
 
-    threads = [threading.Thread(target=add, args=(open_store(),)) for _ in range(2)]
+    threads = [threading.Thread(target=add, args=(open_example_store(),)) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert open_store().count("m") == 40
+    assert open_example_store().count("m") == 40
     assert sorted(len(outcome.added) for outcome in outcomes) == [0, 40]
 
 
-def test_overruling_replaces_a_conflicting_example_with_the_one_sent(open_store) -> None:
-    store = open_store()
+def test_overruling_replaces_a_conflicting_example_with_the_one_sent(open_example_store) -> None:
+    store = open_example_store()
     first = store.add("intents", [*CARD, *TRANSFER], "train")
     outcome = store.add("intents", [NewExample("transfer failed", "card"), NewExample("where is my card", "card"),
                                     NewExample("brand new text", None)], "feedback", overrule=True)
@@ -131,7 +115,7 @@ def test_overruling_replaces_a_conflicting_example_with_the_one_sent(open_store)
                                                                    ("brand new text", None, "feedback")]
     assert [e.text for e in outcome.duplicates] == ["where is my card"] and outcome.conflicts == []
     assert outcome.total == 5
-    held = {e.text: e for e in open_store().all("intents")}
+    held = {e.text: e for e in open_example_store().all("intents")}
     assert held["transfer failed"].label == "card" and held["transfer failed"].id == outcome.added[0].id
-    assert open_store().count("intents", label="transfer") == 1
-    assert open_store().delete("intents", [first.added[3].id]) == []  # the replaced one is gone for good
+    assert open_example_store().count("intents", label="transfer") == 1
+    assert open_example_store().delete("intents", [first.added[3].id]) == []  # the replaced one is gone for good
