@@ -13,7 +13,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-label-names bench-active-learning bench-out-of-scope bench-scope-cost bench-scope-backends bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-teach-loop bench-label-names bench-active-learning bench-promotion bench-out-of-scope bench-scope-cost bench-scope-backends bench-quality bench-label-tasks bench-time-to-model image standin-images dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +105,12 @@ RETRAINING_ARGS ?=
 bench-retraining: install-test
 	$(BIN)/python -m bench.retraining $(RETRAINING_ARGS)
 
+## The teach loop at 10,000 examples (~15 min on 2 CPU cores): train, list, add, suggest, audit, retrain,
+## each timed with the gateway's, inference's and trainer's peak RSS: writes bench/results/teach-loop-<time>.*
+TEACH_LOOP_ARGS ?=
+bench-teach-loop: install-test
+	$(BIN)/python -m bench.teach_loop $(TEACH_LOOP_ARGS)
+
 ## A model from label names alone against 2 and 8 examples per label, banking77 and trec6 (~3 min):
 ## writes bench/results/label-names-<time>.*
 bench-label-names: install-test
@@ -114,6 +120,12 @@ bench-label-names: install-test
 ## flipped labels (~4 min): writes bench/results/active-learning-<time>.*
 bench-active-learning: install-test
 	$(BIN)/python -m bench.active_learning
+
+## Promotion rules against test-split accuracy: 40 simulated teach sessions each on banking77 and trec6
+## (2 -> 16 examples per label, new labels arriving, a third of rounds with corrupted labels) and the
+## issue-40 scenarios (~10 min): writes bench/results/promotion-<time>.json and .md.
+bench-promotion: install-test
+	$(BIN)/python -m bench.promotion
 
 ## Out-of-scope scores (head probability, k-NN, Mahalanobis, k-NN + head, the service's) on
 ## Banking77-OOS and out-of-domain texts, 3 seeds (~15 min): writes bench/results/out-of-scope-<time>.*
