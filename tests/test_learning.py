@@ -15,10 +15,12 @@ from fewshot.learning.audit import (
 )
 from fewshot.learning.selection import (
     NEAR_DUPLICATE_DISTANCE,
+    SHORTLIST_PER_PICK,
     margin_uncertainty,
     normalized,
     rank_pool,
     select,
+    shortlist,
     threshold_uncertainty,
     typicality,
 )
@@ -165,3 +167,21 @@ def test_of_each_group_the_typical_uncertain_text_is_suggested_not_its_outlier()
     assert typical[:12].min() > typical[12]
     assert select(uncertainty, embeddings, 1)[0].index != 12
     assert select(uncertainty, embeddings, 1, diverse=False)[0].index == 12
+
+
+def test_ranking_the_shortlist_answers_as_ranking_the_whole_pool() -> None:
+    """Only the shortlist is embedded for a suggestion: it must not change what is suggested."""
+    generator = np.random.default_rng(7)
+    centres = generator.normal(size=(12, 32))
+    points = centres[generator.integers(12, size=3000)] + generator.normal(scale=0.6, size=(3000, 32))
+    logits = generator.normal(size=(3000, 6)) * generator.uniform(0.2, 4, size=(3000, 1))
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labelled = points[:50] + generator.normal(scale=0.01, size=(50, 32))  # near copies: never suggested
+    abstained = generator.random(3000) < 0.002
+    for k in (1, 5, 20):
+        whole = rank_pool(probabilities, points, k, labelled, abstained=abstained)
+        rows = shortlist(probabilities, k, abstained=abstained)
+        assert len(rows) == SHORTLIST_PER_PICK * k and list(rows) == sorted(rows)
+        assert set(np.flatnonzero(abstained)) <= set(rows.tolist())  # refused texts rank as fully uncertain
+        short = rank_pool(probabilities[rows], points[rows], k, labelled, abstained=abstained[rows])
+        assert [(int(rows[s.index]), s.uncertainty) for s in short] == [(s.index, s.uncertainty) for s in whole]
