@@ -13,6 +13,7 @@ file order.
 from __future__ import annotations
 
 import importlib.resources
+import json
 import os
 import time
 import uuid
@@ -116,6 +117,12 @@ def assert_ran_in_the_trainer_container(project: Project, job: dict) -> None:
     assert "trainers.consumer" not in api_processes, api_processes  # EMBEDDED_TRAINER=false
 
 
+def in_redis(project: Project, *command: str) -> str:
+    """A redis-cli command run in the compose project's redis container; its output."""
+    redis = project.redis.container(project.engine, "redis")
+    return project.engine.docker("exec", redis, "redis-cli", *command).stdout.strip()
+
+
 def wait_up(project: Project) -> float:
     """Seconds until the API answers /readyz and its container's HEALTHCHECK says healthy."""
     started = time.monotonic()
@@ -164,9 +171,17 @@ def test_the_redis_profile_queues_in_redis_and_keeps_its_jobs(project: Project, 
     assert_serves(project, "intents")  # the model store is the same volume
     redis_log = project.engine.logs(project.redis.container(project.engine, "redis"))
     assert "Ready to accept connections" in redis_log, redis_log
+    # the queue and the job records really are in Redis (with REDIS_URL unset the profile still ran, on
+    # SQLite in the shared volume): the job's record, and the trainer's heartbeat, are keys of the redis service
+    record = in_redis(project, "GET", f"fewshot:job:{job['job_id']}")
+    assert record, f"no record of job {job['job_id']} in the compose project's Redis: {in_redis(project, 'KEYS', '*')}"
+    assert (json.loads(record)["status"], json.loads(record)["model_version"]) == ("completed", job["model_version"])
+    assert in_redis(project, "KEYS", "fewshot:worker:*"), "no trainer heartbeat in Redis"
+    assert not in_redis(project, "GET", f"fewshot:job:{project.jobs['intents']['job_id']}")  # that one: SQLite
     project.redis("--profile", "redis", "down", "--timeout", "30", **redis_url)
     project.redis("--profile", "redis", "up", "--detach", **redis_url)
     wait_up(project)
     with project.client() as client:  # the job record was in Redis: its append-only file is on a volume
         assert client.get(f"/v1/jobs/{job['job_id']}").json()["status"] == "completed"
+    assert json.loads(in_redis(project, "GET", f"fewshot:job:{job['job_id']}"))["status"] == "completed"
     assert_serves(project, "intents-redis")
