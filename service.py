@@ -447,7 +447,8 @@ class Gateway:
         return ExampleList(examples=[ExampleView.of(example) for example in shown], total=total,
                            next_cursor=shown[-1].id if len(page) > query.limit else None, digest=state.digest)
 
-    @routes.post("/v1/models/{model_name}/examples", response_model=ExamplesAdded, responses=documented(400))
+    # 404: a path the router matches to no route (a name with a newline), as on every route with a name in its path
+    @routes.post("/v1/models/{model_name}/examples", response_model=ExamplesAdded, responses=documented(400, 404))
     def add_examples(self, model_name: str, body: AddExamplesRequest) -> ExamplesAdded | JSONResponse:
         """Add examples to the model's set (made if it has none); POST /v1/models/{name}/retrain trains on it."""
         if not is_valid_model_name(model_name):
@@ -484,7 +485,7 @@ class Gateway:
         return ExamplesDeleted(deleted=deleted, not_found=[], total=example_sets.count(model_name))
 
     @routes.post("/v1/models/{model_name}/delete-examples", response_model=ExamplesDeleted,
-                 responses=documented(400))
+                 responses=documented(400, 404))  # 404: the router's, for a name with a newline
     def delete_examples(self, model_name: str, body: DeleteExamplesRequest) -> ExamplesDeleted | JSONResponse:
         """Delete many examples of the set at once, by id."""
         if not is_valid_model_name(model_name):

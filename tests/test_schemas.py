@@ -141,3 +141,13 @@ except ValidationError:
                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "text refused"
+
+
+def test_numbers_are_numbers_not_booleans_or_strings() -> None:
+    """The fuzz test sent `batch_size: true` and `holdout_fraction: false`, taken as 1 and 0.0."""
+    for field, value in (("batch_size", True), ("holdout_fraction", False), ("num_iterations", "3"),
+                         ("learning_rate", "0.1"), ("abstention_coverage", True)):
+        message = error_message(TrainRequest, {"model_name": "m", "examples": TWO_LABELS, field: value})
+        assert message.startswith(f"{field}:"), message
+    assert TrainRequest.model_validate({"model_name": "m", "examples": TWO_LABELS, "holdout_fraction": 0,
+                                        "learning_rate": 1}).holdout_fraction == 0.0  # an int is a number

@@ -124,10 +124,10 @@ class RetrainRequest(BaseModel):
         default="if_better", description="if_better: the new version is served only if it scores no worse than "
         "the served one on the set's fixed evaluation examples, overall and per label; otherwise it is kept, "
         "not served, and the job says why. always: served in any case.")
-    num_iterations: int | None = Field(default=None, gt=0, le=LIMITS.max_num_iterations, description=(
+    num_iterations: int | None = Field(strict=True, default=None, gt=0, le=LIMITS.max_num_iterations, description=(
         "SetFit pair-generation iterations of continue, full and auto; default: the served version's (continue: a "
         "quarter of them)."))
-    abstention_coverage: float | None = Field(default=None, gt=0, le=1, description="As in /v1/train.")
+    abstention_coverage: float | None = Field(strict=True, default=None, gt=0, le=1, description="As in /v1/train.")
 
 
 CONTINUE_ITERATIONS_SHARE = 4

@@ -24,7 +24,7 @@ class SuggestRequest(BaseModel):
     logged: bool = Field(default=False, description=(
         "Also choose from the texts the prediction log sampled from this model's /v1/predict traffic "
         "(PREDICTION_LOG_SAMPLE), newest first, up to MAX_POOL_TEXTS in all."))
-    k: int = Field(default=20, ge=1, le=MAX_SUGGESTIONS, description="How many texts to suggest.")
+    k: int = Field(strict=True, default=20, ge=1, le=MAX_SUGGESTIONS, description="How many texts to suggest.")
 
     @model_validator(mode="after")
     def _some_pool(self) -> SuggestRequest:

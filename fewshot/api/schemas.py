@@ -237,12 +237,12 @@ class TrainRequest(BaseModel):
         default_factory=list, max_length=LIMITS.max_train_examples, validate_default=True,
         description="Labelled examples, at least 2 labels (with `labels`: any, or none). Each has `label` (null: "
         "none of the labels), or each has `labels` (a list, possibly empty): then a multi-label model is trained.")
-    num_iterations: int = Field(default=20, gt=0, le=LIMITS.max_num_iterations,
+    num_iterations: int = Field(strict=True, default=20, gt=0, le=LIMITS.max_num_iterations,
                                 description="SetFit pair-generation iterations.")
-    learning_rate: float = Field(default=2e-5, gt=0, le=1, description="Learning rate of the SetFit body.")
-    batch_size: int = Field(default=16, gt=0, le=LIMITS.max_train_batch_size,
+    learning_rate: float = Field(strict=True, default=2e-5, gt=0, le=1, description="Learning rate of the SetFit body.")
+    batch_size: int = Field(strict=True, default=16, gt=0, le=LIMITS.max_train_batch_size,
                             description="Contrastive training batch size.")
-    holdout_fraction: float | None = Field(
+    holdout_fraction: float | None = Field(strict=True,
         default=None,
         ge=0,
         lt=1,
@@ -262,7 +262,7 @@ class TrainRequest(BaseModel):
         "null` ones measure refusals): scored instead of a hold-out, and all of `examples` is trained on.",
     )
 
-    abstention_coverage: float | None = Field(
+    abstention_coverage: float | None = Field(strict=True,
         default=None, gt=0, le=1,
         description=f"Single-label: the share of in-scope texts the learned abstention threshold keeps "
         f"(default {DEFAULT_ABSTENTION_COVERAGE}); predictions with `abstain: true` refuse the texts below it.")
@@ -559,9 +559,9 @@ class TextsRequest(BaseModel):
 
 
 class PredictRequest(TextsRequest):
-    top_k: int | None = Field(default=None, ge=1, le=LIMITS.max_labels,
+    top_k: int | None = Field(strict=True, default=None, ge=1, le=LIMITS.max_labels,
                               description="Also return the k most probable labels of each text, in `scores`.")
-    threshold: float | None = Field(default=None, ge=0, le=1, description=(
+    threshold: float | None = Field(strict=True, default=None, ge=0, le=1, description=(
         "Multi-label: predict the labels whose probability reaches this, instead of each label's learned threshold. "
         "Single-label: abstain below this instead of the learned abstention threshold (implies `abstain`)."))
     abstain: bool = Field(default=False, description=(
@@ -623,7 +623,7 @@ class OpenAIEmbeddingsBody(BaseModel):
     encoding_format: Literal["float", "base64"] | None = Field(
         default=None, description="float (default): lists of numbers; base64: each vector's float32 "
         "little-endian bytes, base64-encoded (what the openai client asks for when numpy is installed).")
-    dimensions: int | None = Field(default=None, ge=1, le=MAX_EMBEDDING_DIMENSIONS, description=(
+    dimensions: int | None = Field(strict=True, default=None, ge=1, le=MAX_EMBEDDING_DIMENSIONS, description=(
         "Keep the first n components and re-normalise to unit length; at most the model's size."))
     user: str | None = Field(default=None, max_length=256, description="Accepted and ignored.")
 
@@ -656,7 +656,7 @@ class EmbeddingsRequest(BaseModel):
     input: Annotated[list[NonBlankText] | None, BeforeValidator(_one_text_as_list)] = Field(
         default=None, min_length=1, max_length=LIMITS.max_texts_per_request)
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = Field(default=None, ge=1, le=MAX_EMBEDDING_DIMENSIONS)
+    dimensions: int | None = Field(strict=True, default=None, ge=1, le=MAX_EMBEDDING_DIMENSIONS)
     user: str | None = Field(default=None, max_length=256)
 
     @model_validator(mode="after")
