@@ -99,10 +99,10 @@ def test_finished_records_expire_after_their_retention_others_stay(open_store) -
 def test_a_trainer_is_live_until_its_heartbeat_expires(open_store) -> None:
     store, other_process = open_store(), open_store()
     assert store.live_workers() == set()
-    store.beat("host-a:1", ttl_seconds=0.6)
+    store.beat("host-a:1", ttl_seconds=3)  # long enough to be read back on a busy machine
     store.beat("host-b:2", ttl_seconds=30)
     assert other_process.live_workers() == {"host-a:1", "host-b:2"}
-    time.sleep(1.0)
+    time.sleep(3.5)  # past host-a's ttl: waiting longer only makes the test surer
     assert other_process.live_workers() == {"host-b:2"}
     store.beat("host-a:1", ttl_seconds=30)  # a late beat brings it back
     assert other_process.live_workers() == {"host-a:1", "host-b:2"}
