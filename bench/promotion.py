@@ -54,6 +54,7 @@ from harness.live_server import PROJECT_ROOT
 from trainers import promotion
 from trainers.holdout import Evaluation, evaluate
 from trainers.promotion import PairedScores, cross_fitted, fixed_evaluation, unseen
+from trainers.scoring import paired_on
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 MAX_PER_LABEL, START_PER_LABEL = 16, 2
@@ -125,20 +126,10 @@ def variant(scores: PairedScores, soft: bool, significant: bool) -> bool:
 
 
 def unseen_scores(data: Data, served_head, new_head, texts: list[Pair]) -> PairedScores:
-    """Both fitted heads on the same texts, as the service's unseen-texts comparison does."""
+    """Both fitted heads on the same texts: the service's unseen-texts comparison (trainers/scoring.py)."""
     vectors = data.embed([text for text, _ in texts])
-    targets = [label for _, label in texts]
-
-    def answer(head) -> tuple[np.ndarray, np.ndarray, list]:
-        probabilities = head.predict_proba(vectors)
-        classes = [str(label) for label in head.classes_]
-        answers = [classes[i] for i in probabilities.argmax(axis=1)]
-        probability = np.array([probabilities[row, classes.index(t)] if t in classes else 0.0
-                                for row, t in enumerate(targets)])
-        return np.array([a == t for a, t in zip(answers, targets, strict=True)]), probability, answers
-
-    served, new = answer(served_head), answer(new_head)
-    return PairedScores("unseen_texts", targets, served[0], new[0], served[1], new[1], served[2], new[2])
+    return paired_on(texts, *[(np.asarray(head.predict_proba(vectors)), [str(label) for label in head.classes_])
+                              for head in (served_head, new_head)], multi_label=False)
 
 
 RULES = ("today", "service", "right_or_wrong", "probability", "probability_significant", "unseen_texts")

@@ -217,8 +217,9 @@ def cross_fitted(embed: Embed, served_trained: Sequence[tuple[str, Target]],
     texts = list(dict.fromkeys([text for text, _ in [*judged, *served_trained, *new_trained]]))
     position = {text: row for row, text in enumerate(texts)}
     vectors = embed(texts)
+    fold_of_text = {text: fold_of(text) for text in texts}  # a hash each, read by every fold's refits
     targets = [_class(target) for _, target in judged]
-    folds = np.array([fold_of(text) for text, _ in judged])
+    folds = np.array([fold_of_text[text] for text, _ in judged])
     n = len(judged)
     served_right, new_right = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     served_probability, new_probability = np.zeros(n), np.zeros(n)
@@ -231,7 +232,7 @@ def cross_fitted(embed: Embed, served_trained: Sequence[tuple[str, Target]],
         for trained, right, probability, answers in ((served_trained, served_right, served_probability,
                                                       served_answers),
                                                      (new_trained, new_right, new_probability, new_answers)):
-            kept = [(text, target) for text, target in trained if fold_of(text) != fold]
+            kept = [(text, target) for text, target in trained if fold_of_text[text] != fold]
             if not kept:  # a whole training set in one fold: fitted on nothing, it answers nothing right
                 right[rows], probability[rows] = False, 0.0
                 continue

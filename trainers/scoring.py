@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fewshot.serving.decisions import DEFAULT_THRESHOLD
-from fewshot.serving.labels import column_labels
+from fewshot.serving.labels import best_labels, column_labels
 from fewshot.store import StoredModel
 from trainers.embedding_cache import EmbeddingCache
 from trainers.heads import load_safe_head
@@ -46,8 +46,7 @@ def paired_on(texts: Sequence[tuple[str, Target]], served: tuple[np.ndarray, lis
         if multi_label:
             outcomes.append(_multi_label_outcome(probabilities, columns, targets, thresholds or {}))
         else:
-            best = probabilities.argmax(axis=1)
-            answers = [columns[i] for i in best]
+            answers, _ = best_labels(probabilities, columns)
             index = {label: i for i, label in enumerate(columns)}
             probability = np.array([probabilities[row, index[target]] if target in index else 0.0
                                     for row, target in enumerate(targets)])
