@@ -92,12 +92,8 @@ from fewshot.bentoml_fixes.readiness import dependencies_ready
 from fewshot.learning.selection import SHORTLIST_PER_PICK, rank_pool, shortlist
 from fewshot.learning.selection import Suggestion as Picked
 from fewshot.model_archive import ARCHIVE_MEDIA_TYPE, archive_name, write_archive_file
-from fewshot.serving.coalesce import Coalescer
-from fewshot.serving.items import ItemEmbedding, ItemPrediction, TextItem
-from fewshot.settings import apply_process_environment, get_settings
-from fewshot.store import StoredModel
-from trainers import embedding_cache
-from trainers.examples import (
+from fewshot.records import embedding_cache
+from fewshot.records.examples import (
     SetFull,
     SetRuleBroken,
     SetRules,
@@ -108,12 +104,21 @@ from trainers.examples import (
     WrongForm,
     set_digest,
 )
-from trainers.jobs import JobRecord, RetrainPlan, UnknownCursor, count_by_status
-from trainers.queue import example_sets, jobs, prediction_log
-from trainers.tasks import (
+from fewshot.records.jobs import (
+    JobRecord,
     NotCancellable,
     QueueFull,
+    RetrainPlan,
     SetNotTrainable,
+    UnknownCursor,
+    count_by_status,
+)
+from fewshot.records.stores import example_sets, jobs, prediction_log
+from fewshot.serving.coalesce import Coalescer
+from fewshot.serving.items import ItemEmbedding, ItemPrediction, TextItem
+from fewshot.settings import apply_process_environment, get_settings
+from fewshot.store import StoredModel
+from trainers.tasks import (
     cancel_job,
     submit_import,
     submit_retrain,

@@ -49,11 +49,12 @@ import numpy as np
 from bench.report_files import in_process_machine, write_report
 from bench.retraining import read_csv
 from fewshot.base_models import resolve_base_model
+from fewshot.records.outcomes import fixed_evaluation
 from harness.fixtures import BASE_MODEL
 from harness.live_server import PROJECT_ROOT
 from trainers import promotion
 from trainers.holdout import Evaluation, evaluate
-from trainers.promotion import PairedScores, cross_fitted, fixed_evaluation, unseen
+from trainers.promotion import PairedScores, cross_fitted, unseen
 from trainers.scoring import paired_on
 
 RESULTS = PROJECT_ROOT / "bench" / "results"

@@ -34,7 +34,7 @@ MODEL_EVICTIONS = Counter("fewshot_model_evictions",
 
 
 def set_job_gauges(counts: Mapping[str, int]) -> None:
-    """How many jobs have each status (`trainers.jobs.count_by_status`)."""
+    """How many jobs have each status (`fewshot.records.jobs.count_by_status`)."""
     for status, count in counts.items():
         TRAINING_JOBS.labels(status).set(count)
 PREDICTION_LOG_DROPPED = Counter(

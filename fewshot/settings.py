@@ -109,7 +109,7 @@ class Settings:
     """INFERENCE_DTYPE: AUTO (float16 on CUDA, float32 on CPU), FLOAT32, FLOAT16 or BFLOAT16."""
     inference_threads: int | None
     """INFERENCE_THREADS: threads of a forward pass in the inference worker (torch's, ONNX Runtime's or
-    OpenVINO's); None = one per physical core (fewshot/serving/model_loading.py: default_threads)."""
+    OpenVINO's); None = one per physical core (fewshot/serving/runtime.py: default_threads)."""
     inference_backend: str
     """INFERENCE_BACKEND: AUTO, TORCH, ONNX (ONNX Runtime) or OPENVINO: what runs a model's body (see
     fewshot/serving/backends.py; AUTO: torch on a GPU; on CPU, with INFERENCE_QUANTIZE AUTO, every backend timed on
@@ -131,7 +131,7 @@ class Settings:
     """MAX_REQUEST_BYTES: bytes of one request body; more is answered 413 before it is parsed."""
     prediction_log_sample: float
     """PREDICTION_LOG_SAMPLE: share of the texts sent to /v1/predict kept per model as a pool to suggest from
-    (0: off; trainers/prediction_log.py)."""
+    (0: off; fewshot/records/prediction_log.py)."""
     prediction_log_days: float
     """PREDICTION_LOG_DAYS: how long a logged text is kept after it was last seen."""
     prediction_log_max_texts: int

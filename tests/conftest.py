@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from bench.tiny_model import make_tiny_model
+from fewshot.records.examples import ExampleStore, RedisExampleStore, SqliteExampleStore
 from harness.docker_engine import DockerEngine, DockerUnavailable, without_docker
 from harness.fixtures import read_examples
 from harness.live_server import LiveServer, TrainerProcess
 from harness.redis_server import RedisServer
-from trainers.examples import ExampleStore, RedisExampleStore, SqliteExampleStore
 
 
 @pytest.fixture(scope="session")

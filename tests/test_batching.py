@@ -15,7 +15,7 @@ from fewshot.bentoml_fixes.continuous_batching import ContinuousBatchingOptimize
 from fewshot.serving.batching import plan_sub_batches
 from fewshot.serving.coalesce import Coalescer
 from fewshot.serving.model_cache import ModelCache
-from fewshot.serving.model_loading import CPU_MAX_BATCH_TOKENS, GPU_MAX_BATCH_TOKENS, InferenceRuntime
+from fewshot.serving.runtime import CPU_MAX_BATCH_TOKENS, GPU_MAX_BATCH_TOKENS, InferenceRuntime
 from fewshot.store import StoredModel
 
 # --- length-aware sub-batches -------------------------------------------------------------------

@@ -9,8 +9,8 @@ import bentoml
 import httpx
 import pytest
 
+from fewshot.records.jobs import SqliteJobStore
 from harness.live_server import LiveServer
-from trainers.jobs import SqliteJobStore
 
 pytestmark = pytest.mark.e2e
 

@@ -14,6 +14,7 @@ from datetime import datetime
 import httpx
 import pytest
 
+from fewshot.records.jobs import RedisJobStore
 from harness.fixtures import BASE_MODEL, LONG_FINE_TUNING
 from harness.live_server import (
     PROJECT_ROOT,
@@ -24,7 +25,6 @@ from harness.live_server import (
     version_directories,
     wait_for_job,
 )
-from trainers.jobs import RedisJobStore
 from trainers.tasks import DIED_WHILE_RUNNING
 
 pytestmark = pytest.mark.e2e

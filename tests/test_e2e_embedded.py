@@ -28,9 +28,9 @@ import bentoml
 import httpx
 import pytest
 
+from fewshot.records.jobs import RedisJobStore, SqliteJobStore
 from harness.fixtures import BASE_MODEL, CLEAR_TEXTS
 from harness.live_server import BENTOML, PROJECT_ROOT, LiveServer, metric, wait_for_job
-from trainers.jobs import RedisJobStore, SqliteJobStore
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from fewshot.client import FewshotClient, FewshotError
+from fewshot.records.outcomes import fixed_evaluation
 from harness.fixtures import BASE_MODEL, CLEAR_TEXTS
 from harness.live_server import LiveServer, wait_for_job, wait_for_log
-from trainers.promotion import fixed_evaluation
 
 pytestmark = pytest.mark.e2e
 

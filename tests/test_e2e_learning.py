@@ -13,9 +13,9 @@ import pytest
 from fewshot.api.prediction_sampling import FLUSH_SECONDS
 from fewshot.client import FewshotClient
 from fewshot.learning.selection import CANDIDATES_PER_PICK
+from fewshot.records.outcomes import fixed_evaluation
 from harness.fixtures import BASE_MODEL, CLEAR_TEXTS, read_examples
 from harness.live_server import LiveServer
-from trainers.promotion import fixed_evaluation
 
 pytestmark = pytest.mark.e2e
 

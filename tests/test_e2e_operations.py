@@ -25,6 +25,7 @@ from setfit import SetFitModel
 from bench.tiny_model import HIDDEN_SIZE, make_static_embedding_model
 from fewshot.base_models import resolve_base_model
 from fewshot.client import FewshotClient
+from fewshot.records.jobs import SqliteJobStore, new_job
 from fewshot.timestamps import utc_now
 from harness.fixtures import BASE_MODEL, LONG_FINE_TUNING
 from harness.live_server import (
@@ -37,7 +38,6 @@ from harness.live_server import (
     wait_for_log,
 )
 from trainers.heads import SAFE_HEAD_FILES
-from trainers.jobs import SqliteJobStore, new_job
 
 pytestmark = pytest.mark.e2e
 

@@ -10,9 +10,9 @@ import httpx
 import psutil
 import pytest
 
+from fewshot.records.jobs import SqliteJobStore
 from harness.fixtures import LONG_FINE_TUNING
 from harness.live_server import LiveServer, fine_tuning_lasting, wait_for_fine_tuning, wait_for_job
-from trainers.jobs import SqliteJobStore
 from trainers.tasks import DIED_WHILE_RUNNING
 
 pytestmark = pytest.mark.e2e

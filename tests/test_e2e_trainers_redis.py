@@ -14,6 +14,7 @@ import pytest
 
 from fewshot.api.schemas import TrainRequest
 from fewshot.client import FewshotClient
+from fewshot.records.jobs import RedisJobStore, new_job
 from harness.fixtures import BASE_MODEL, LONG_FINE_TUNING
 from harness.live_server import (
     LiveServer,
@@ -24,7 +25,6 @@ from harness.live_server import (
     wait_for_fine_tuning,
     wait_for_job,
 )
-from trainers.jobs import RedisJobStore, new_job
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""A version's cached embeddings (trainers/embedding_cache.py) on a real file: its size follows the
+"""A version's cached embeddings (fewshot/records/embedding_cache.py) on a real file: its size follows the
 texts' total length, not the longest text's; every text comes back exactly; files in the layout
 written before (a fixed-width unicode array, key `texts`) still read; a damaged file reads as empty."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from fewshot import backend_cache
+from fewshot.records import embedding_cache
 from fewshot.settings import get_settings
-from trainers import embedding_cache
 
 DIMENSIONS = 384  # all-MiniLM-L6-v2's
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from trainers.examples import (
+from fewshot.records.examples import (
     ExampleStore,
     NewExample,
     RedisExampleStore,

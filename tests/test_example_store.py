@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from trainers.examples import (
+from fewshot.records.examples import (
     ExampleStore,
     NewExample,
     UnknownExampleCursor,

@@ -14,8 +14,7 @@ import pytest
 
 from fewshot.api.schemas import TrainRequest
 from fewshot.api.views import job_view
-from fewshot.timestamps import utc_now
-from trainers.jobs import (
+from fewshot.records.jobs import (
     EXAMPLES_REF,
     JobRecord,
     JobStore,
@@ -27,6 +26,7 @@ from trainers.jobs import (
     new_job,
     request_with_examples,
 )
+from fewshot.timestamps import utc_now
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from fewshot.api.prediction_sampling import PredictionSampler
+from fewshot.records.prediction_log import PredictionLog, RedisPredictionLog, SqlitePredictionLog, open_prediction_log
 from fewshot.settings import load_settings
-from trainers.prediction_log import PredictionLog, RedisPredictionLog, SqlitePredictionLog, open_prediction_log
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -132,7 +132,7 @@ def test_the_log_expires_with_sampling_off(backend: str, request: pytest.Fixture
                     else SqlitePredictionLog(settings.jobs_file))
     kept_earlier.add("intents", ["two days old"], max_texts=10, now=time.time() - 2 * 86400)
     kept_earlier.add("intents", ["an hour old"], max_texts=10, now=time.time() - 3600)
-    log = open_prediction_log(settings)  # what every process does at start (trainers/queue.py)
+    log = open_prediction_log(settings)  # what every process does at start (fewshot/records/stores.py)
     try:
         assert wait_for(lambda: log.texts("intents", 10) == ["an hour old"])  # at once: no sampler, no read needed
     finally:

@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from fewshot.records.outcomes import EVALUATION_SHARE, MIN_LABEL_EXAMPLES, fixed_evaluation, text_rank
 from trainers.promotion import (
-    EVALUATION_SHARE,
     LABEL_GUARD_TEXTS,
-    MIN_LABEL_EXAMPLES,
     PairedScores,
     comparable,
     cross_fitted,
     decide,
-    fixed_evaluation,
-    text_rank,
     unseen,
     without_evidence,
 )

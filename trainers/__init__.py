@@ -1,7 +1,8 @@
-"""Training: job records, the queue, and the trainer process that turns a job into a model version.
+"""Training: the queue and the trainer process that turns a job into a model version. The job
+records, example sets and prediction log it reads and writes are fewshot.records's, shared with the
+API (nothing in fewshot/ imports this package).
 
-- `jobs`: job records (SQLite or Redis), their statuses, listing pages, trainers' heartbeats.
-- `queue`: the Huey instance and the job store, opened once.
+- `queue`: the Huey instance, opened once (beside the stores of fewshot.records.stores).
 - `tasks`: submitting and cancelling jobs, the training task, and the job lifecycle around it.
 - `run`: one job from its record to a registered version, by strategy (setfit, head, auto).
 - `training`: SetFit training itself (single- or multi-label), no queue, store or HTTP; `holdout`:
@@ -14,6 +15,6 @@
 May import: `fewshot.settings`, `fewshot.store`, `fewshot.base_models`, `fewshot.metrics`,
 `fewshot.serving.labels` and `fewshot.serving.decisions`, the request schema
 `fewshot.api.schemas.TrainRequest` a job carries, and the ML stack (lazily, in `tasks`: the gateway
-imports it to submit jobs). `jobs`, `holdout` and `thresholds` know nothing of HTTP; the API builds
-its views from them (contracts in pyproject.toml).
+imports it to submit jobs). `holdout` and `thresholds` know nothing of HTTP; the API builds its
+views from the records and outcomes of fewshot.records (contracts in pyproject.toml).
 """

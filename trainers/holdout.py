@@ -8,21 +8,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field
+from fewshot.records.outcomes import Abstention, ConfusionMatrix, LabelMetrics
 
 DEFAULT_HOLDOUT_FRACTION = 0.2
 MIN_EXAMPLES_PER_LABEL_FOR_DEFAULT_HOLDOUT = 4
 
 Example = TypeVar("Example")
-
-Target = str | None | tuple[str, ...]
-"""What an example says of its text: its label, None (none of the labels), or its labels (multi-label)."""
-
-
-def target_labels(target: Target) -> tuple[str, ...]:
-    """The labels a target names."""
-    return target if isinstance(target, tuple) else () if target is None else (target,)
-
 
 def choose_holdout_fraction(label_counts: Counter[str], requested: float | None) -> float:
     """The request's fraction, else 20% when every label has enough examples to spare some, else 0."""
@@ -87,58 +78,6 @@ def accuracy(expected: Sequence[str | None], predicted: Sequence[str | None]) ->
     if not expected:
         return None
     return sum(e == p for e, p in zip(expected, predicted, strict=True)) / len(expected)
-
-
-DEFAULT_ABSTENTION_COVERAGE = 0.95
-
-
-class Abstention(BaseModel):
-    """A single-label version's "none of these": its learned threshold and what abstaining does on
-    the evaluation examples. Stored in the version's metadata, shown by the API."""
-
-    threshold: float | None = Field(default=None, description=(
-        "The top probability below which the version answers `label: null` (with `abstain: true`, or always for "
-        "a version trained with none-of-these examples): split-conformal, the lowest that keeps `coverage` of the "
-        "in-scope evaluation texts. Null without in-scope evaluation examples."))
-    coverage: float = Field(description="The share of in-scope texts the threshold is set to keep "
-                                        "(abstention_coverage of the training request).")
-    none_of_these_examples: int = Field(default=0, description=(
-        "Training examples with `label: null`; when > 0 the version always abstains where they say so."))
-    in_scope_kept: float | None = Field(default=None, description=(
-        "Share of in-scope evaluation texts answered (not refused) when abstaining, each scored with a threshold "
-        "fitted on the other half of the evaluation examples."))
-    in_scope_accuracy: float | None = Field(default=None, description="Accuracy on the in-scope texts answered.")
-    out_of_scope_examples: int = Field(default=0, description="Evaluation examples with `label: null`.")
-    out_of_scope_refused: float | None = Field(default=None, description=(
-        "Share of the `label: null` evaluation texts refused when abstaining; null without them."))
-
-
-class LabelMetrics(BaseModel):
-    """One label's scores on the evaluation examples: stored in the version's metadata, shown by the API."""
-
-    precision: float
-    recall: float
-    f1: float
-    support: int = Field(description="Evaluation examples of this label.")
-
-    @classmethod
-    def of(cls, true_positives: int, predicted: int, support: int) -> LabelMetrics:
-        """From counts; 0 where undefined, as sklearn's zero_division=0."""
-        precision = true_positives / predicted if predicted else 0.0
-        recall = true_positives / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return cls(precision=round(precision, 4), recall=round(recall, 4), f1=round(f1, 4), support=support)
-
-
-class ConfusionMatrix(BaseModel):
-    """A single-label version's answers on its evaluation examples, by true label (rows) and answer
-    (columns), both in `labels` order: counts[i][j] texts of labels[i] were answered labels[j]."""
-
-    labels: list[str]
-    counts: list[list[int]]
-    none_of_these: bool = Field(default=False, description=(
-        "One more row and column, last: texts of none of the labels (`label: null` evaluation examples) and "
-        "answers of none (the version's none-of-these class)."))
 
 
 def confusion_matrix(expected: Sequence[str | None], predicted: Sequence[str | None],

@@ -28,13 +28,14 @@ from fewshot.base_models import (
     links_out_problem,
     resolve_base_model,
 )
+from fewshot.records.jobs import JobRecord
+from fewshot.records.outcomes import DEFAULT_ABSTENTION_COVERAGE
 from fewshot.serving.backends import MAX_CALIBRATION_TEXTS
 from fewshot.settings import Settings
 from fewshot.timestamps import utc_now
 from trainers.errors import TrainingFailed
 from trainers.heads import PICKLED_HEAD_FILE, UnsafeHead, has_safe_head, load_safe_head
-from trainers.holdout import DEFAULT_ABSTENTION_COVERAGE, Evaluation, evaluation_metadata
-from trainers.jobs import JobRecord
+from trainers.holdout import Evaluation, evaluation_metadata
 from trainers.run import JobOutcome, prune_old_versions
 from trainers.thresholds import evaluate_single_label, untested_abstention
 from trainers.training import hub_mixin_config, save_classifier

@@ -1,9 +1,10 @@
 """Whether a retrained version replaces the one a model serves, and on which evaluation examples.
 
-A retrain trains on the example set but for its fixed evaluation part (`fixed_evaluation`: a share
-of each label picked by a hash of each text, the same texts as far as the set allows), which the
-version's metrics are scored on. Whether it replaces the served version is judged only on evidence
-neither version was trained on (`decide`):
+A retrain trains on the example set but for its fixed evaluation part (`fixed_evaluation`, in
+fewshot/records/outcomes.py with the `Promotion` record: a share of each label picked by a hash of
+each text, the same texts as far as the set allows), which the version's metrics are scored on.
+Whether it replaces the served version is judged only on evidence neither version was trained on
+(`decide`):
 - a `head` retrain on the served version's body: both versions' training sets refitted on folds of
   the example set (`cross_fitted`): every text of the set is evidence;
 - other retrains, and any with ENOUGH_UNSEEN_TEXTS: the evaluation texts the served version was not
@@ -15,99 +16,15 @@ heads are fitted by the caller's function; no model, no HTTP.
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, Field
 
-from trainers.holdout import Target, evaluate, target_labels
-
-EVALUATION_SHARE = 5
-"""One example in 5 of each label is evaluated on (as /v1/train's default hold-out of 0.2)."""
-MIN_LABEL_EXAMPLES = 4
-"""A label with fewer examples is never evaluated on (as /v1/train's hold-out)."""
-
-
-def text_rank(text: str) -> int:
-    """Where a text falls in the order that picks evaluation examples: a hash of the text alone."""
-    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
-
-
-def fixed_evaluation(examples: Sequence[tuple[str, Target]],
-                     always_train: Collection[str] = ()) -> tuple[list[int], list[int]]:
-    """Positions of the examples to train on and to evaluate on. Each label (multi-label: each
-    example's rarest label; `label: null` examples as one more) with MIN_LABEL_EXAMPLES examples or
-    more gives one in EVALUATION_SHARE of them, at least one: those whose texts rank lowest
-    (`text_rank`). So a label is evaluated in proportion and keeps most of its examples to train on,
-    and as a set grows its evaluation texts stay, but for a new text ranking lower or a larger share.
-    Multi-label: an example stays in training when one of its labels would keep none there.
-    Texts in `always_train` (a user's corrections: feedback) are never evaluated on: the next
-    retrain learns from them, as feedback promises."""
-    counts = Counter(label for _, target in examples for label in target_labels(target))
-    strata: dict[str, list[int]] = {}
-    for position, (text, target) in enumerate(examples):
-        if text in always_train:
-            continue
-        labels = target_labels(target)
-        key = min(labels, key=lambda label: (counts[label], label)) if labels else ""
-        strata.setdefault(key, []).append(position)
-    chosen: set[int] = set()
-    for positions in strata.values():
-        if len(positions) >= MIN_LABEL_EXAMPLES:
-            ranked = sorted(positions, key=lambda position: text_rank(examples[position][0]))
-            chosen.update(ranked[:max(1, len(positions) // EVALUATION_SHARE)])
-    left_to_train = Counter(counts)
-    evaluation = []
-    for position in sorted(chosen, key=lambda position: text_rank(examples[position][0])):
-        labels = target_labels(examples[position][1])
-        if all(left_to_train[label] > 1 for label in labels):
-            evaluation.append(position)
-            left_to_train.subtract(labels)
-    taken = set(evaluation)
-    return [position for position in range(len(examples)) if position not in taken], sorted(evaluation)
-
-
-class LabelChange(BaseModel):
-    served_f1: float
-    new_f1: float
-
-
-Method = Literal["cross_fitted", "unseen_texts", "no_evidence", "always", "first_version"]
-
-
-class Promotion(BaseModel):
-    """Why a retrained version is served, or kept and not served."""
-
-    promoted: bool
-    reason: str
-    rule: Literal["if_better", "always"] = "if_better"
-    method: Method = Field(default="unseen_texts", description=(
-        "What decided: cross_fitted (a head on the served version's body: both versions' training sets refitted "
-        "on folds of the example set and scored on the texts each fold left out), unseen_texts (both versions "
-        "answered the set's texts that neither was trained on), no_evidence (no text to compare on: served only "
-        "when trained on everything the served version was, with every label of it), always (promote: always), "
-        "first_version (nothing was served)."))
-    served_version: str | None = Field(default=None, description="The version it was compared with.")
-    metric: Literal["accuracy", "micro_f1"] = "accuracy"
-    served_score: float | None = Field(default=None, description=(
-        "The served version's accuracy on the compared texts (multi-label: the share of label decisions right)."))
-    new_score: float | None = Field(default=None, description="The new version's, on the same texts.")
-    evaluation_examples: int = Field(default=0, description="Texts both versions were compared on.")
-    new_better: int = Field(default=0, description="Compared texts only the new version answered right.")
-    served_better: int = Field(default=0, description="Compared texts only the served version answered right.")
-    difference: float | None = Field(default=None, description=(
-        "new_score - served_score: the mean over the compared texts of (new right) - (served right)."))
-    standard_error: float | None = Field(default=None, description="Of `difference`, over the compared texts.")
-    p_value: float | None = Field(default=None, description=(
-        "One-sided exact McNemar test on the texts only one version answered right: the chance of the served "
-        "version winning that many of them were both equally good. Held when below 0.05 (worse beyond doubt)."))
-    labels: dict[str, LabelChange] = Field(default_factory=dict, description=(
-        "Per label both versions know and the compared texts have: F1 of each."))
+from fewshot.records.outcomes import LabelChange, Method, Promotion, Target, target_labels, text_rank
+from trainers.holdout import evaluate
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,18 @@
-"""The Huey queue, the job store, the example sets and the prediction log: SQLite files under
-MODEL_PATH, or Redis when REDIS_URL is set.
+"""The Huey queue: a SQLite file under MODEL_PATH, or Redis when REDIS_URL is set.
 
-Both are opened when this module is imported (Huey registers tasks on its instance at import).
+Opened when this module is imported (Huey registers tasks on its instance at import), after the
+shared stores (fewshot/records/stores.py), whose import creates the directory the SQLite queue is in.
+`jobs`, `example_sets` and `prediction_log` are those stores, for the trainers' code.
 """
 
 from __future__ import annotations
 
 from huey import Huey, RedisHuey, SqliteHuey
 
-from fewshot.settings import Settings, get_settings
-from trainers.examples import open_example_store
-from trainers.jobs import open_job_store
-from trainers.prediction_log import open_prediction_log
+from fewshot.records.stores import example_sets, jobs, prediction_log, settings
+from fewshot.settings import Settings
+
+__all__ = ["QUEUE_NAME", "example_sets", "huey", "jobs", "make_huey", "prediction_log", "settings"]
 
 QUEUE_NAME = "fewshot-training"
 
@@ -23,10 +24,4 @@ def make_huey(settings: Settings) -> Huey:
     return SqliteHuey(QUEUE_NAME, filename=str(settings.queue_file), results=False)
 
 
-settings = get_settings()
-if not settings.redis_url:  # the one place that creates it: the SQLite queue, job records, consumer lock
-    settings.queue_dir.mkdir(parents=True, exist_ok=True)
 huey = make_huey(settings)
-jobs = open_job_store(settings)
-example_sets = open_example_store(settings)
-prediction_log = open_prediction_log(settings)

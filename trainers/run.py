@@ -21,14 +21,9 @@ import torch
 from fewshot import store
 from fewshot.api.schemas import TrainRequest
 from fewshot.base_models import links_out_problem, resolve_base_model
-from fewshot.settings import Settings
-from fewshot.store import StoredModel
-from fewshot.timestamps import utc_now
-from trainers import embedding_cache
-from trainers.errors import TrainingFailed
-from trainers.examples import examples_digest
-from trainers.holdout import Target, evaluation_metadata
-from trainers.jobs import (
+from fewshot.records import embedding_cache
+from fewshot.records.examples import examples_digest
+from fewshot.records.jobs import (
     EXAMPLES_REF,
     JobRecord,
     MissingExamples,
@@ -36,7 +31,13 @@ from trainers.jobs import (
     StrategyComparison,
     request_with_examples,
 )
-from trainers.promotion import ENOUGH_UNSEEN_TEXTS, Promotion, cross_fitted, decide, unseen, without_evidence
+from fewshot.records.outcomes import Promotion, Target
+from fewshot.settings import Settings
+from fewshot.store import StoredModel
+from fewshot.timestamps import utc_now
+from trainers.errors import TrainingFailed
+from trainers.holdout import evaluation_metadata
+from trainers.promotion import ENOUGH_UNSEEN_TEXTS, cross_fitted, decide, unseen, without_evidence
 from trainers.training import (
     DEFAULT_SEED,
     ProgressCallback,

@@ -19,43 +19,15 @@ and, held out, measure what the threshold refuses.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from fewshot.learning.audit import fold_of
-from fewshot.serving.scope import KNN, ScopeIndex
+from fewshot.records.outcomes import Calibration, Scope
+from fewshot.serving.scope import ScopeIndex
 from trainers.thresholds import conformal_threshold, cross_fitted
 
 FOLDS = 5
-Calibration = Literal["cross_fitted", "evaluation", "training"]
-
-
-class Scope(BaseModel):
-    """How a single-label version tells in-scope texts from foreign ones: stored in its metadata, shown by the API."""
-
-    score: Literal["knn"] = Field(default=KNN, description=(
-        "knn: cosine similarity to the nearest training example, lowered where a `label: null` example is nearer "
-        "(the difference is subtracted)."))
-    threshold: float | None = Field(description=(
-        "The scope score below which the version abstains (`abstain: true`, or always for a version trained with "
-        "`label: null` examples): split-conformal, the lowest that keeps `coverage` of the calibration texts."))
-    coverage: float = Field(description="The share of in-scope texts the threshold is set to keep.")
-    calibration: Calibration = Field(description=(
-        "Which in-scope texts set the threshold: `cross_fitted`, the training examples (each scored without its "
-        "fold) and the evaluation ones, for a frozen body (`head`); `evaluation`, the evaluation examples, for a "
-        "fine-tuned body (it saw the training ones); `training`, a fine-tuned body without evaluation examples: "
-        "its coverage is optimistic."))
-    calibration_examples: int = Field(description="In-scope texts the threshold was set on.")
-    none_of_these_examples: int = Field(default=0, description="Training examples with `label: null` in the score.")
-    in_scope_kept: float | None = Field(default=None, description=(
-        "Share of the calibration texts kept, each by a threshold set on the other half of them."))
-    out_of_scope_examples: int = Field(default=0, description="Evaluation examples with `label: null`.")
-    out_of_scope_refused: float | None = Field(default=None, description=(
-        "Share of the `label: null` evaluation texts whose scope score is below the threshold; null without them."))
-
-
 def fit_scope(train_vectors: np.ndarray, train_labels: Sequence[str | None], eval_vectors: np.ndarray,
               eval_labels: Sequence[str | None], coverage: float, body_saw_training: bool) -> tuple[ScopeIndex, Scope]:
     """The version's scope index (its training embeddings) and its calibrated threshold (module docstring)."""

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fewshot.records.embedding_cache import EmbeddingCache
+from fewshot.records.outcomes import Target, target_labels
 from fewshot.serving.decisions import DEFAULT_THRESHOLD
 from fewshot.serving.labels import best_labels, column_labels
 from fewshot.store import StoredModel
-from trainers.embedding_cache import EmbeddingCache
 from trainers.heads import load_safe_head
-from trainers.holdout import Target, target_labels
 from trainers.promotion import PairedScores
 from trainers.training import TrainedClassifier, embed, version_body_with
 

@@ -20,14 +20,23 @@ from pydantic import ValidationError
 
 from fewshot.api.example_schemas import new_examples
 from fewshot.api.schemas import Example, ImportRequest, TrainRequest, label_counts
+from fewshot.records.examples import NewExample, SetRuleBroken, SetRules
+from fewshot.records.jobs import (
+    JobRecord,
+    NotCancellable,
+    QueueFull,
+    RetrainPlan,
+    SetNotTrainable,
+    StrategyComparison,
+    expire_finished,
+    new_job,
+)
+from fewshot.records.outcomes import Promotion
 from fewshot.settings import get_settings
 from fewshot.timestamps import utc_now
-from trainers.examples import NewExample, SetRuleBroken, SetRules
 from trainers.holdout import data_warnings
-from trainers.jobs import JobRecord, RetrainPlan, StrategyComparison, expire_finished, new_job
 from trainers.label_names import templated_texts
 from trainers.logs import job_context
-from trainers.promotion import Promotion
 from trainers.queue import example_sets, huey, jobs
 
 logger = logging.getLogger("fewshot.trainer")
@@ -37,23 +46,6 @@ DIED_WHILE_RUNNING = (
     "the trainer process stopped unexpectedly (killed or crashed) while training this job; "
     "no model was registered. Submit the training request again."
 )
-
-
-class QueueFull(Exception):
-    """The queue already holds MAX_QUEUED_JOBS pending jobs."""
-
-
-class SetNotTrainable(Exception):
-    """`mode: add`: the example set with the request's examples is not a valid training set;
-    `errors`: pydantic's, as validating it as a /v1/train request found them."""
-
-    def __init__(self, model_name: str, errors: list[dict[str, Any]]) -> None:
-        super().__init__(f"the example set of {model_name!r} with these examples")
-        self.errors = errors
-
-
-class NotCancellable(Exception):
-    """The job has already finished (completed or failed)."""
 
 
 def cancel_job(job_id: str) -> JobRecord | None:
@@ -141,7 +133,7 @@ def _submit_to_the_set(request: TrainRequest, sent: list[NewExample], templated:
 
 
 def submit_retrain(request: TrainRequest, plan: RetrainPlan, max_queued: int) -> JobRecord:
-    """A retrain job: `request` trains on the example set (trainers.promotion.fixed_evaluation split it),
+    """A retrain job: `request` trains on the example set (fewshot.records.outcomes.fixed_evaluation split it),
     `plan` says where it starts from and whether its version replaces the served one."""
     record = new_job(request.model_name, {**request.model_dump(mode="json"), "retrain": plan.model_dump()},
                      kind="retrain")

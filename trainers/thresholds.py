@@ -30,8 +30,9 @@ from typing import TypeVar
 
 import numpy as np
 
+from fewshot.records.outcomes import Abstention, LabelMetrics
 from fewshot.serving.decisions import DEFAULT_THRESHOLD, Column, multi_label_sets, single_label_answers
-from trainers.holdout import Abstention, Evaluation, LabelMetrics, evaluate
+from trainers.holdout import Evaluation, evaluate
 
 Fitted = TypeVar("Fitted")
 

@@ -27,26 +27,23 @@ from setfit import SetFitModel, Trainer, TrainingArguments
 from transformers import TrainerCallback
 
 from fewshot.base_models import BaseModelSource, load_failure_message
+from fewshot.records.embedding_cache import EmbeddingCache
+from fewshot.records.outcomes import DEFAULT_ABSTENTION_COVERAGE, Abstention, Scope, Target, target_labels
 from fewshot.serving.backends import MAX_CALIBRATION_TEXTS
 from fewshot.serving.decisions import DEFAULT_THRESHOLD
 from fewshot.serving.labels import column_labels
 from fewshot.serving.scope import ScopeIndex
 from fewshot.store import CALIBRATION_TEXTS_FILE, TRAINING_EXAMPLES_FILE
-from trainers.embedding_cache import EmbeddingCache
 from trainers.errors import TrainingFailed
 from trainers.heads import save_safe_head
 from trainers.holdout import (
-    DEFAULT_ABSTENTION_COVERAGE,
-    Abstention,
     Evaluation,
-    Target,
     choose_holdout_fraction,
     keep_every_label_in_training,
     multi_label_strata,
     stratified_split,
-    target_labels,
 )
-from trainers.scope import Scope, fit_scope
+from trainers.scope import fit_scope
 from trainers.thresholds import evaluate_multi_label, evaluate_single_label, untested_abstention
 
 logger = logging.getLogger("fewshot.training")

@@ -8,7 +8,7 @@
 - `asgi`: the plumbing our ASGI middlewares share.
 
 May import: `fewshot.settings`, `fewshot.store`, `fewshot.base_models`, `fewshot.serving.items`,
-the job records (`trainers.jobs`, `trainers.holdout`), pydantic and Starlette. Never torch,
+the shared records (`fewshot.records`), pydantic and Starlette. Never torch,
 SetFit or transformers: the gateway serves with this package and must not load the ML stack
 (enforced by the import contracts in pyproject.toml and tests/test_layering.py).
 """

@@ -15,9 +15,9 @@ from pydantic import (
 )
 
 from fewshot.api.schemas import LIMITS, Example, NonBlankText, OneLabelForm, distinct, one_form
+from fewshot.records.examples import ExampleSource, NewExample, StoredExample
+from fewshot.records.outcomes import fixed_evaluation
 from fewshot.timestamps import UtcTimestamp
-from trainers.examples import ExampleSource, NewExample, StoredExample
-from trainers.promotion import fixed_evaluation
 
 MAX_EXAMPLES_PAGE = 1000
 MAX_DELETE_IDS = 1000

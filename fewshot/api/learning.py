@@ -15,9 +15,9 @@ import numpy as np
 from fewshot.api.learning_schemas import Suggestion, SuggestResponse, Suspect, SuspectsResponse, ThinLabel
 from fewshot.learning.audit import MIN_LABEL_EXAMPLES, NONE_OF_THESE, Audit, audit, audit_multi_label
 from fewshot.learning.selection import Suggestion as Picked
+from fewshot.records.examples import StoredExample
 from fewshot.serving.items import ItemPrediction
 from fewshot.store import StoredModel
-from trainers.examples import StoredExample
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The gateway's side of the prediction log (trainers/prediction_log.py): a sampled share of the
+"""The gateway's side of the prediction log (fewshot/records/prediction_log.py): a sampled share of the
 texts sent to /v1/predict, written off the request path.
 
 `offer` only draws the sample and appends it, with the time it was taken, to a bounded in-memory
@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-from trainers.prediction_log import PredictionLog
+from fewshot.records.prediction_log import PredictionLog
 
 logger = logging.getLogger("fewshot.gateway")
 

@@ -26,13 +26,19 @@ from pydantic import (
 
 from fewshot.backend_cache import ServingBackend
 from fewshot.base_models import base_model_problem, is_local_path
+from fewshot.records.jobs import JobKind, JobStatus, StrategyComparison
+from fewshot.records.outcomes import (
+    DEFAULT_ABSTENTION_COVERAGE,
+    Abstention,
+    ConfusionMatrix,
+    LabelMetrics,
+    Promotion,
+    Scope,
+    Target,
+)
 from fewshot.serving.items import LabelScore, TextItem
 from fewshot.settings import get_settings
 from fewshot.timestamps import UtcTimestamp
-from trainers.holdout import DEFAULT_ABSTENTION_COVERAGE, Abstention, ConfusionMatrix, LabelMetrics, Target
-from trainers.jobs import JobKind, JobStatus, StrategyComparison
-from trainers.promotion import Promotion
-from trainers.scope import Scope
 
 # Request limits are settings (docs/settings.md); read once, when the schemas are built.
 LIMITS = get_settings()

@@ -1,6 +1,6 @@
 """The API's views of stored things: what a job record and a model version show over HTTP.
 
-Records (`trainers.jobs.JobRecord`) and stored versions (`fewshot.store.StoredModel`) know nothing
+Records (`fewshot.records.jobs.JobRecord`) and stored versions (`fewshot.store.StoredModel`) know nothing
 of HTTP; the views here are the only place that decides which of their fields the API shows.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from fewshot import backend_cache, store
 from fewshot.api.schemas import JobView, ModelVersions, ModelView, TrainAccepted
+from fewshot.records.jobs import JobRecord
 from fewshot.store import StoredModel
-from trainers.jobs import JobRecord
 
 
 def accepted_view(record: JobRecord) -> TrainAccepted:

@@ -4,9 +4,10 @@ them, and how their outputs become labels and vectors. No HTTP.
 - `items`: the inference service's interface (one item per text; plain pydantic).
 - `coalesce`: the gateway's side, merging concurrent requests into one call of that interface.
 - `batching`: a batch cut by model, then into length-aware forward passes.
-- `model_loading`: device, dtype and token budget; a stored version loaded and run (from its export
-  and saved numpy path with no torch where it can: `numpy_pipeline`, `backends`; else through
-  `torch_loading`, which `exporting` serves).
+- `runtime`: device, dtype and token budget (`InferenceRuntime`).
+- `model_loading`: a stored version loaded and run (from its export and saved numpy path with no
+  torch where it can: `numpy_pipeline`, `backends`; else through `torch_loading`, which `exporting`
+  serves).
 - `model_cache`: the loaded versions, kept current with the store, least recently used unloaded.
 - `engine`: a batch of items in, results in batch order out.
 - `labels`: probability columns back to the user's label strings (the trainer scores with it too).

@@ -18,8 +18,8 @@ from fewshot import store
 from fewshot.backend_cache import ServingBackend
 from fewshot.serving import backends, exporting
 from fewshot.serving.batching import plan_sub_batches
-from fewshot.serving.model_loading import InferenceRuntime
 from fewshot.serving.numpy_pipeline import PROBE_TEXTS, SAVED_DIRECTORY, NumpyPipeline, Refused, mismatch
+from fewshot.serving.runtime import InferenceRuntime
 
 logger = logging.getLogger("fewshot.inference")
 

@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from fewshot.records.sqlite_file import SqliteFile
 from fewshot.settings import Settings
-from trainers.sqlite_file import SqliteFile
 
 logger = logging.getLogger("fewshot.prediction_log")
 

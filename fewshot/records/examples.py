@@ -25,9 +25,9 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
+from fewshot.records.sqlite_file import SqliteFile
 from fewshot.settings import Settings
 from fewshot.timestamps import UtcTimestamp, utc_now
-from trainers.sqlite_file import SqliteFile
 
 ExampleSource = Literal["train", "added", "template", "feedback", "import"]
 EXAMPLE_SOURCES: tuple[ExampleSource, ...] = ("train", "added", "template", "feedback", "import")

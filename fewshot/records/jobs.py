@@ -23,10 +23,10 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
+from fewshot.records.outcomes import Promotion
+from fewshot.records.sqlite_file import SqliteFile
 from fewshot.settings import Settings
 from fewshot.timestamps import UtcTimestamp, utc_now
-from trainers.promotion import Promotion
-from trainers.sqlite_file import SqliteFile
 
 JobKind = Literal["train", "import", "retrain"]
 JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
@@ -59,7 +59,7 @@ class RetrainPlan(BaseModel):
     """The version (name:version) it starts from: the one served when the retrain was asked for."""
     promote: Literal["if_better", "always"] = "if_better"
     digest: str
-    """The example set's digest when the job was made (trainers/examples.py: set_digest)."""
+    """The example set's digest when the job was made (fewshot/records/examples.py: set_digest)."""
     set_size: int
 
     @property
@@ -153,6 +153,24 @@ def request_with_examples(store: JobStore, record: JobRecord) -> dict[str, Any]:
 
 class UnknownCursor(LookupError):
     """A page was asked for after a job that does not exist (never did, or expired meanwhile)."""
+
+
+# Refusals of trainers/tasks.py's submit and cancel functions, which the gateway answers (409, 429).
+class QueueFull(Exception):
+    """The queue already holds MAX_QUEUED_JOBS pending jobs."""
+
+
+class SetNotTrainable(Exception):
+    """`mode: add`: the example set with the request's examples is not a valid training set;
+    `errors`: pydantic's, as validating it as a /v1/train request found them."""
+
+    def __init__(self, model_name: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"the example set of {model_name!r} with these examples")
+        self.errors = errors
+
+
+class NotCancellable(Exception):
+    """The job has already finished (completed or failed)."""
 
 
 class JobStore(Protocol):
@@ -427,7 +445,7 @@ class RedisJobStore:
 
 
 def open_job_store(settings: Settings) -> JobStore:
-    """Redis when REDIS_URL is set, else SQLite in the queue directory (which `trainers.queue` creates)."""
+    """Redis when REDIS_URL is set, else SQLite in the queue directory (which `fewshot.records.stores` creates)."""
     if settings.redis_url:
         return RedisJobStore(settings.redis_url)
     return SqliteJobStore(settings.jobs_file)
