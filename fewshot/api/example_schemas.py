@@ -138,7 +138,7 @@ TRAINING_STRATEGY = {"head": "head", "continue": "setfit", "full": "setfit", "au
 def training_request(model_name: str, examples: list[StoredExample], served: dict[str, Any] | None,
                      retrain: RetrainRequest) -> dict[str, Any]:
     """A /v1/train request (to validate as one) training `model_name` on its set: the set's fixed
-    evaluation part (trainers/promotion.py) as `eval_examples`, the served version's base model and
+    evaluation part (fewshot/records/outcomes.py) as `eval_examples`, the served version's base model and
     settings as far as `retrain` does not say otherwise."""
     served = served or {}
     train, evaluation = fixed_evaluation([(example.text, example.target) for example in examples],

@@ -1,0 +1,98 @@
+"""Predictions and embeddings: the gateway's client to the inference service, and the two serving routes.
+
+Every text a request (or a learning route) needs answered goes through `InferenceClient`: concurrent
+requests share one call to the inference service (fewshot.serving.coalesce), and a request that waited
+MAX_LATENCY_MS for a call is answered 503 (with one gateway worker, requests queue here rather than in
+BentoML's dispatcher, so this is where load is shed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+from bentoml.exceptions import ServiceUnavailable
+from starlette.responses import JSONResponse
+
+from fewshot.api import errors
+from fewshot.api.openai_compat import openai_response
+from fewshot.api.prediction_sampling import PredictionSampler
+from fewshot.api.schemas import (
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    OpenAIEmbeddingsResponse,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+)
+from fewshot.records import embedding_cache
+from fewshot.serving.coalesce import Coalescer
+from fewshot.serving.items import ItemEmbedding, ItemPrediction, TextItem
+from fewshot.store import StoredModel
+
+Send = Callable[[list[TextItem]], Awaitable[list]]
+
+
+class InferenceClient:
+    """The inference service as the gateway's routes call it: items in, results out, in order."""
+
+    def __init__(self, send_predict: Send, send_embed: Send, refresh: Callable[[list[str]], Awaitable[None]],
+                 max_batch_size: int, max_latency_ms: float, max_texts_per_request: int) -> None:
+        shed = {"max_wait_seconds": max_latency_ms / 1000,
+                "waited_too_long": lambda: ServiceUnavailable("too many requests are waiting; retry shortly")}
+        self.predict: Coalescer[TextItem, ItemPrediction] = Coalescer(send_predict, max_items=max_batch_size, **shed)
+        self.embed: Coalescer[TextItem, ItemEmbedding] = Coalescer(send_embed, max_items=max_batch_size, **shed)
+        self.refresh = refresh
+        """Re-read these models from the store now (after a deletion)."""
+        self._chunk = max_texts_per_request
+
+    async def answers(self, version: str, texts: list[str], **options: object) -> list[ItemPrediction] | None:
+        """The version's predictions for any number of texts, a request's worth at a time (None: deleted meanwhile)."""
+        answers: list[ItemPrediction] = []
+        for start in range(0, len(texts), self._chunk):
+            answers += await self.predict([TextItem(model_name=version, text=text, **options)
+                                           for text in texts[start:start + self._chunk]])
+        return answers if all(answer.found for answer in answers) else None
+
+    async def vectors(self, version: StoredModel, texts: list[str]) -> np.ndarray | None:
+        """The version's embeddings of `texts`: those its trainer cached (the texts it was trained and
+        evaluated on), the rest from the inference service a request's worth at a time (None: deleted
+        meanwhile)."""
+        cached = await asyncio.to_thread(embedding_cache.read, version.name, version.version) if texts else {}
+        missing = list(dict.fromkeys(text for text in texts if text not in cached))
+        for start in range(0, len(missing), self._chunk):
+            chunk = missing[start:start + self._chunk]
+            results = await self.embed([TextItem(model_name=version.tag, text=text) for text in chunk])
+            if not all(result.found for result in results):
+                return None
+            cached.update((text, np.frombuffer(result.vector, dtype=np.float32))
+                          for text, result in zip(chunk, results, strict=True))
+        return np.stack([cached[text] for text in texts]) if texts else np.empty((0, 0), dtype=np.float32)
+
+
+async def predict(client: InferenceClient, request: PredictRequest,
+                  sampler: PredictionSampler | None) -> PredictResponse | JSONResponse:
+    results = await client.predict(request.items())
+    if not all(result.found for result in results):
+        return errors.unknown_model(request.model_name)
+    if refused := next((result.error for result in results if result.error), None):
+        return errors.invalid(refused)  # asked what this version cannot do (e.g. abstain, multi-label)
+    if sampler is not None:
+        sampler.offer(request.model_name, request.texts)
+    return PredictResponse(predictions=[
+        Prediction(text=text, label=result.label, score=result.score, labels=result.labels,
+                   abstained=result.abstained, reason=result.reason, scope_score=result.scope_score,
+                   scores=result.scores)
+        for text, result in zip(request.texts, results, strict=True)
+    ])
+
+
+async def embeddings(client: InferenceClient,
+                     request: EmbeddingsRequest) -> EmbeddingsResponse | OpenAIEmbeddingsResponse | JSONResponse:
+    results = await client.embed(request.items())
+    if not all(result.found for result in results):
+        return errors.unknown_model(request.reference, request.field)
+    if request.is_openai:
+        return openai_response(request, results)
+    return EmbeddingsResponse(embeddings=[result.floats() for result in results])
