@@ -108,11 +108,25 @@ def measured() -> Callable[[str], None]:
     return MEASURED.append
 
 
+IMAGE_TESTS = ("tests/test_e2e_image.py", "tests/test_e2e_compose.py")
+"""Build and run the image (Docker): reported apart, as their time is the image build's, not the service's."""
+SECONDS_BY_PART: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    part = "image and compose" if report.nodeid.startswith(IMAGE_TESTS) else "the rest"
+    SECONDS_BY_PART[part] = SECONDS_BY_PART.get(part, 0.0) + report.duration
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     if MEASURED:
         terminalreporter.section("measured")
         for line in MEASURED:
             terminalreporter.write_line(line)
+    if SECONDS_BY_PART:
+        terminalreporter.section("time by part (setup, call and teardown of its tests)")
+        for part, seconds in sorted(SECONDS_BY_PART.items()):
+            terminalreporter.write_line(f"{part}: {seconds / 60:.1f} min")
 
 
 @pytest.fixture(scope="session")
