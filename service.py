@@ -28,17 +28,15 @@ from fewshot.api.auth import APIKeyMiddleware
 from fewshot.api.body_limit import RequestBodyLimitMiddleware
 from fewshot.api.errors import responds
 from fewshot.api.inference import InferenceClient
-from fewshot.api.schemas import (
+from fewshot.api.inference_schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
-    HealthResponse,
-    ImportRequest,
     OpenAIEmbeddingsResponse,
     PredictRequest,
     PredictResponse,
-    TrainAccepted,
-    TrainRequest,
 )
+from fewshot.api.schemas import HealthResponse
+from fewshot.api.training_schemas import ImportRequest, TrainAccepted, TrainRequest
 from fewshot.bentoml_fixes.dependency_clients import keep_sessions_open, once_more_if_disconnected
 from fewshot.bentoml_fixes.readiness import dependencies_ready
 from fewshot.records.jobs import count_by_status

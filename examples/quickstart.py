@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from fewshot.api.schemas import JobView
+from fewshot.api.job_schemas import JobView
 from fewshot.client import FewshotClient, JobFailed
 
 EXAMPLES = [

@@ -27,17 +27,11 @@ import httpx
 from bentoml.exceptions import BentoMLException
 
 from fewshot.api.example_schemas import ExampleList, ExamplesAdded, ExamplesDeleted
+from fewshot.api.inference_schemas import EmbeddingsResponse, PredictResponse
+from fewshot.api.job_schemas import JobList, JobView
 from fewshot.api.learning_schemas import FeedbackResponse, SuggestResponse, SuspectsResponse
-from fewshot.api.schemas import (
-    EmbeddingsResponse,
-    JobList,
-    JobView,
-    ModelList,
-    ModelsDeleted,
-    ModelView,
-    PredictResponse,
-    TrainAccepted,
-)
+from fewshot.api.model_schemas import ModelList, ModelsDeleted, ModelView
+from fewshot.api.training_schemas import TrainAccepted
 
 
 class FewshotError(Exception):

@@ -74,7 +74,7 @@ def test_client_errors_are_logged_as_one_warning_line_without_the_input() -> Non
 
     from pydantic import ValidationError
 
-    from fewshot.api.schemas import PredictRequest
+    from fewshot.api.inference_schemas import PredictRequest
     from fewshot.bentoml_fixes.worker_logging import ClientErrorsWithoutTracebacks
 
     def record_for(error: BaseException) -> logging.LogRecord:

@@ -8,7 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from fewshot.api.errors import describe_validation_errors
-from fewshot.api.schemas import ImportRequest, PredictRequest, TrainRequest, label_counts
+from fewshot.api.inference_schemas import PredictRequest
+from fewshot.api.schemas import label_counts
+from fewshot.api.training_schemas import ImportRequest, TrainRequest
 from fewshot.serving.decisions import DecisionRule, multi_label_sets, single_label_answers
 from fewshot.serving.items import TextItem
 from trainers.holdout import confusion_matrix, keep_every_label_in_training, multi_label_strata, stratified_split

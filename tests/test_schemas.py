@@ -11,7 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from fewshot.api.errors import describe_validation_errors
-from fewshot.api.schemas import MODEL_NAME_RULE, MODEL_REFERENCE_RULE, PredictRequest, TrainRequest, is_valid_model_name
+from fewshot.api.inference_schemas import PredictRequest
+from fewshot.api.schemas import MODEL_NAME_RULE, MODEL_REFERENCE_RULE, is_valid_model_name
+from fewshot.api.training_schemas import TrainRequest
 
 TWO_LABELS = [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
 
@@ -128,7 +130,8 @@ def test_strategy_and_evaluation_examples_rules() -> None:
 def test_max_text_chars_limits_texts_not_the_base_model() -> None:
     """MAX_TEXT_CHARS (read at import) bounds texts and labels; a Hub id or a path is not a text."""
     script = """
-from fewshot.api.schemas import TrainRequest, PredictRequest
+from fewshot.api.inference_schemas import PredictRequest
+from fewshot.api.training_schemas import TrainRequest
 from pydantic import ValidationError
 TrainRequest.model_validate({"model_name": "m", "base_model": "sentence-transformers/all-MiniLM-L6-v2",
                              "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]})

@@ -19,7 +19,7 @@ import numpy as np
 from setfit import SetFitModel
 
 from fewshot import store
-from fewshot.api.schemas import ImportRequest
+from fewshot.api.training_schemas import ImportRequest
 from fewshot.base_models import (
     HUB_HINT,
     REMOTE_CODE_HINT,

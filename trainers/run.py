@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from fewshot import store
-from fewshot.api.schemas import TrainRequest
+from fewshot.api.training_schemas import TrainRequest
 from fewshot.base_models import links_out_problem, resolve_base_model
 from fewshot.records import embedding_cache
 from fewshot.records.examples import examples_digest

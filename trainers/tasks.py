@@ -19,7 +19,8 @@ from huey import signals
 from pydantic import ValidationError
 
 from fewshot.api.example_schemas import new_examples
-from fewshot.api.schemas import Example, ImportRequest, TrainRequest, label_counts
+from fewshot.api.schemas import Example, label_counts
+from fewshot.api.training_schemas import ImportRequest, TrainRequest
 from fewshot.records.examples import NewExample, SetRuleBroken, SetRules
 from fewshot.records.jobs import (
     JobRecord,

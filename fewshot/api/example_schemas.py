@@ -6,13 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from fewshot.api.schemas import LIMITS, Example, NonBlankText, OneLabelForm, distinct, one_form
 from fewshot.records.examples import ExampleSource, NewExample, StoredExample

@@ -16,9 +16,7 @@ from bentoml.exceptions import ServiceUnavailable
 from starlette.responses import JSONResponse
 
 from fewshot.api import errors
-from fewshot.api.openai_compat import openai_response
-from fewshot.api.prediction_sampling import PredictionSampler
-from fewshot.api.schemas import (
+from fewshot.api.inference_schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
     OpenAIEmbeddingsResponse,
@@ -26,6 +24,8 @@ from fewshot.api.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from fewshot.api.openai_compat import openai_response
+from fewshot.api.prediction_sampling import PredictionSampler
 from fewshot.records import embedding_cache
 from fewshot.serving.coalesce import Coalescer
 from fewshot.serving.items import ItemEmbedding, ItemPrediction, TextItem

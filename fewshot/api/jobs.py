@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 from fewshot.api import errors
 from fewshot.api.errors import documented
 from fewshot.api.gateway import training_queue
-from fewshot.api.schemas import JobList, JobListQuery, JobView
+from fewshot.api.job_schemas import JobList, JobListQuery, JobView
 from fewshot.api.training import TrainingQueue
 from fewshot.api.views import job_view
 from fewshot.bentoml_fixes.openapi_document import query_parameters

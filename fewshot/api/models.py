@@ -15,7 +15,8 @@ from fewshot.api import errors
 from fewshot.api.errors import documented
 from fewshot.api.gateway import inference_client
 from fewshot.api.inference import InferenceClient
-from fewshot.api.schemas import ModelList, ModelsDeleted, ModelView, is_valid_model_reference
+from fewshot.api.model_schemas import ModelList, ModelsDeleted, ModelView
+from fewshot.api.schemas import is_valid_model_reference
 from fewshot.api.views import model_versions, model_view
 from fewshot.model_archive import ARCHIVE_MEDIA_TYPE, archive_name, write_archive_file
 from fewshot.records.stores import example_sets, prediction_log

@@ -15,7 +15,7 @@ import numpy as np
 from starlette.responses import JSONResponse, Response
 
 from fewshot.api.errors import invalid
-from fewshot.api.schemas import EmbeddingsRequest, OpenAIEmbedding, OpenAIEmbeddingsResponse, OpenAIUsage
+from fewshot.api.inference_schemas import EmbeddingsRequest, OpenAIEmbedding, OpenAIEmbeddingsResponse, OpenAIUsage
 from fewshot.serving.items import ItemEmbedding
 
 LITTLE_ENDIAN_FLOAT32 = np.dtype("<f4")

@@ -19,7 +19,8 @@ from fewshot.api.errors import describe_validation_errors, documented
 from fewshot.api.example_schemas import RetrainRequest, training_request
 from fewshot.api.examples import form_to_send
 from fewshot.api.gateway import training_queue
-from fewshot.api.schemas import ImportRequest, TrainAccepted, TrainRequest, is_valid_model_name
+from fewshot.api.schemas import is_valid_model_name
+from fewshot.api.training_schemas import ImportRequest, TrainAccepted, TrainRequest
 from fewshot.api.views import accepted_view
 from fewshot.records.examples import SetRuleBroken, WrongForm, set_digest
 from fewshot.records.jobs import JobRecord, QueueFull, RetrainPlan, SetNotTrainable

@@ -7,7 +7,9 @@ of HTTP; the views here are the only place that decides which of their fields th
 from __future__ import annotations
 
 from fewshot import backend_cache, store
-from fewshot.api.schemas import JobView, ModelVersions, ModelView, TrainAccepted
+from fewshot.api.job_schemas import JobView
+from fewshot.api.model_schemas import ModelVersions, ModelView
+from fewshot.api.training_schemas import TrainAccepted
 from fewshot.records.jobs import JobRecord
 from fewshot.store import StoredModel
 
