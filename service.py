@@ -27,6 +27,7 @@ from fewshot.api import errors, examples, inference, jobs, learning, models, tra
 from fewshot.api.auth import APIKeyMiddleware
 from fewshot.api.body_limit import RequestBodyLimitMiddleware
 from fewshot.api.errors import responds
+from fewshot.api.gateway import TrainingQueue
 from fewshot.api.inference import InferenceClient
 from fewshot.api.inference_schemas import (
     EmbeddingsRequest,
@@ -153,7 +154,7 @@ class Gateway:
         self.client = InferenceClient(self._send_predict, self._send_embed, self._refresh_models,
                                       settings.max_batch_size, settings.max_latency_ms,
                                       settings.max_texts_per_request)
-        self.queue: training.TrainingQueue = training_queue
+        self.queue: TrainingQueue = training_queue
         self.sampler = None  # PREDICTION_LOG_SAMPLE: a share of predicted texts kept as a pool to suggest from
         if settings.prediction_log_sample > 0:
             from fewshot import metrics

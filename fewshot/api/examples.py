@@ -24,6 +24,7 @@ from fewshot.api.example_schemas import (
     ExampleView,
     new_examples,
 )
+from fewshot.api.gateway import ExampleStoreDep
 from fewshot.api.schemas import is_valid_model_name
 from fewshot.bentoml_fixes.openapi_document import query_parameters
 from fewshot.records.examples import (
@@ -35,7 +36,6 @@ from fewshot.records.examples import (
     UnknownExampleCursor,
     WrongForm,
 )
-from fewshot.records.stores import example_sets
 from fewshot.settings import get_settings
 
 router = APIRouter()
@@ -48,18 +48,18 @@ def form_to_send(multi_label: bool) -> str:
 
 @router.get("/v1/models/{model_name}/examples", response_model=ExampleList, responses=documented(400, 404),
             openapi_extra={"parameters": query_parameters(ExampleListQuery)})
-def list_examples(model_name: str, request: Request) -> ExampleList | JSONResponse:
+def list_examples(model_name: str, request: Request, sets: ExampleStoreDep) -> ExampleList | JSONResponse:
     """The examples the model is trained from, in the order they were added, a page at a time."""
     if not is_valid_model_name(model_name):
         return errors.invalid_model_name()
     query = errors.validated_query(ExampleListQuery, request.query_params)
     if isinstance(query, JSONResponse):
         return query
-    state = example_sets.state(model_name)  # the stored count and digest: no page reads the whole set
+    state = sets.state(model_name)  # the stored count and digest: no page reads the whole set
     if not state.count and store.resolve(model_name) is None:
         return errors.unknown_model(model_name)
     try:
-        page = example_sets.page(model_name, query.limit + 1, label=query.label, after=query.cursor)
+        page = sets.page(model_name, query.limit + 1, label=query.label, after=query.cursor)
     except UnknownExampleCursor:
         return errors.invalid("cursor: no example with this id in the set (deleted meanwhile?); start again "
                               "without cursor")
@@ -71,14 +71,14 @@ def list_examples(model_name: str, request: Request) -> ExampleList | JSONRespon
 
 # 404: a path the router matches to no route (a name with a newline), as on every route with a name in its path
 @router.post("/v1/models/{model_name}/examples", response_model=ExamplesAdded, responses=documented(400, 404))
-def add_examples(model_name: str, body: AddExamplesRequest) -> ExamplesAdded | JSONResponse:
+def add_examples(model_name: str, body: AddExamplesRequest, sets: ExampleStoreDep) -> ExamplesAdded | JSONResponse:
     """Add examples to the model's set (made if it has none); POST /v1/models/{name}/retrain trains on it."""
     if not is_valid_model_name(model_name):
         return errors.invalid_model_name()
     settings = get_settings()
     rules = SetRules(max_labels=settings.max_labels, max_examples=settings.max_train_examples)
     try:
-        outcome = example_sets.add(model_name, new_examples(body.examples), "added", rules=rules)
+        outcome = sets.add(model_name, new_examples(body.examples), "added", rules=rules)
     except WrongForm as wrong:
         return errors.invalid(f"examples: the example set of {model_name!r} is {form_to_send(wrong.multi_label)}")
     except TooManyLabels as labels:
@@ -102,21 +102,22 @@ def added_view(outcome: AddOutcome) -> ExamplesAdded:
 
 @router.delete("/v1/models/{model_name}/examples/{example_id}", response_model=ExamplesDeleted,
                responses=documented(400, 404))
-def delete_example(model_name: str, example_id: str) -> ExamplesDeleted | JSONResponse:
+def delete_example(model_name: str, example_id: str, sets: ExampleStoreDep) -> ExamplesDeleted | JSONResponse:
     if not is_valid_model_name(model_name):
         return errors.invalid_model_name()
-    deleted = example_sets.delete(model_name, [example_id])
+    deleted = sets.delete(model_name, [example_id])
     if not deleted:
         return errors.error_response(404, f"example_id: no example {example_id!r} in the set of {model_name!r}")
-    return ExamplesDeleted(deleted=deleted, not_found=[], total=example_sets.count(model_name))
+    return ExamplesDeleted(deleted=deleted, not_found=[], total=sets.count(model_name))
 
 
 @router.post("/v1/models/{model_name}/delete-examples", response_model=ExamplesDeleted,
              responses=documented(400, 404))  # 404: the router's, for a name with a newline
-def delete_examples(model_name: str, body: DeleteExamplesRequest) -> ExamplesDeleted | JSONResponse:
+def delete_examples(model_name: str, body: DeleteExamplesRequest,
+                    sets: ExampleStoreDep) -> ExamplesDeleted | JSONResponse:
     """Delete many examples of the set at once, by id."""
     if not is_valid_model_name(model_name):
         return errors.invalid_model_name()
-    deleted = example_sets.delete(model_name, body.ids)
+    deleted = sets.delete(model_name, body.ids)
     return ExamplesDeleted(deleted=deleted, not_found=[i for i in body.ids if i not in set(deleted)],
-                           total=example_sets.count(model_name))
+                           total=sets.count(model_name))

@@ -1,19 +1,37 @@
-"""What the routes take from the running gateway service, as FastAPI dependencies.
+"""What the routes take from the running gateway, as FastAPI dependencies: the shared stores, the
+inference client and the training queue.
 
-BentoML hands a service method its `self` the same way (`Depends(bentoml.get_current_service)`,
-_bentoml_sdk/_internals.py); routes that live in their resource's module ask for the one part they
-use instead: the inference client, or the training queue.
+Each handler declares the parts it uses (`sets: ExampleStoreDep`), so a room is called without HTTP
+by handing it those parts (tests/test_api_rooms.py), and importing a room opens no store. BentoML
+hands a service method its `self` the same way (`Depends(bentoml.get_current_service)`,
+_bentoml_sdk/_internals.py).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Annotated, Protocol
 
 from bentoml import get_current_service
+from fastapi import Depends
 
-if TYPE_CHECKING:
-    from fewshot.api.inference import InferenceClient
-    from fewshot.api.training import TrainingQueue
+from fewshot.api.inference import InferenceClient
+from fewshot.api.training_schemas import ImportRequest, TrainRequest
+from fewshot.records.examples import ExampleStore
+from fewshot.records.jobs import JobRecord, JobStore, RetrainPlan
+from fewshot.records.prediction_log import PredictionLog
+
+
+class TrainingQueue(Protocol):
+    """What the routes ask of the training queue (trainers/tasks.py is one, handed over by service.py):
+    each submit records the job, then queues it, and raises QueueFull past `max_queued` pending jobs."""
+
+    def submit_training(self, request: TrainRequest, max_queued: int) -> JobRecord: ...
+
+    def submit_retrain(self, request: TrainRequest, plan: RetrainPlan, max_queued: int) -> JobRecord: ...
+
+    def submit_import(self, request: ImportRequest, max_queued: int) -> JobRecord: ...
+
+    def cancel_job(self, job_id: str) -> JobRecord | None: ...
 
 
 def inference_client() -> InferenceClient:
@@ -22,3 +40,29 @@ def inference_client() -> InferenceClient:
 
 def training_queue() -> TrainingQueue:
     return get_current_service().queue
+
+
+# fewshot.records.stores opens the stores when first imported: here, when a request first asks.
+def job_store() -> JobStore:
+    from fewshot.records.stores import jobs
+
+    return jobs
+
+
+def example_store() -> ExampleStore:
+    from fewshot.records.stores import example_sets
+
+    return example_sets
+
+
+def prediction_log_store() -> PredictionLog:
+    from fewshot.records.stores import prediction_log
+
+    return prediction_log
+
+
+InferenceDep = Annotated[InferenceClient, Depends(inference_client)]
+QueueDep = Annotated[TrainingQueue, Depends(training_queue)]
+JobStoreDep = Annotated[JobStore, Depends(job_store)]
+ExampleStoreDep = Annotated[ExampleStore, Depends(example_store)]
+PredictionLogDep = Annotated[PredictionLog, Depends(prediction_log_store)]

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from fewshot.api import errors
 from fewshot.api.errors import documented
-from fewshot.api.gateway import training_queue
+from fewshot.api.gateway import JobStoreDep, QueueDep
 from fewshot.api.job_schemas import JobList, JobListQuery, JobView
-from fewshot.api.training import TrainingQueue
 from fewshot.api.views import job_view
 from fewshot.bentoml_fixes.openapi_document import query_parameters
 from fewshot.records.jobs import NotCancellable, UnknownCursor
-from fewshot.records.stores import jobs
 
 router = APIRouter()
 
 
 @router.get("/v1/jobs", response_model=JobList, responses=documented(400),
             openapi_extra={"parameters": query_parameters(JobListQuery)})
-def list_jobs(request: Request) -> JobList | JSONResponse:
+def list_jobs(request: Request, jobs: JobStoreDep) -> JobList | JSONResponse:
     """Jobs newest first, optionally of one status and model, a bounded page at a time."""
     query = errors.validated_query(JobListQuery, request.query_params)
     if isinstance(query, JSONResponse):
@@ -38,13 +34,13 @@ def list_jobs(request: Request) -> JobList | JSONResponse:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, responses=documented(404))
-def get_job(job_id: str) -> JobView | JSONResponse:
+def get_job(job_id: str, jobs: JobStoreDep) -> JobView | JSONResponse:
     record = jobs.get(job_id)
     return job_view(record) if record else errors.unknown_job(job_id)
 
 
 @router.post("/v1/jobs/{job_id}/cancel", response_model=JobView, responses=documented(404, 409))
-def cancel_job(job_id: str, queue: Annotated[TrainingQueue, Depends(training_queue)]) -> JobView | JSONResponse:
+def cancel_job(job_id: str, queue: QueueDep) -> JobView | JSONResponse:
     """A pending job ends `cancelled` at once; a running one at its trainer's next step."""
     try:
         record = queue.cancel_job(job_id)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from fewshot import store
@@ -20,7 +19,7 @@ from fewshot.api import errors
 from fewshot.api.errors import documented
 from fewshot.api.example_schemas import ExampleView, new_examples
 from fewshot.api.examples import form_to_send
-from fewshot.api.gateway import inference_client
+from fewshot.api.gateway import ExampleStoreDep, InferenceDep, PredictionLogDep
 from fewshot.api.inference import InferenceClient
 from fewshot.api.learning_schemas import (
     FeedbackRequest,
@@ -40,7 +39,6 @@ from fewshot.learning.audit import MIN_LABEL_EXAMPLES, NONE_OF_THESE, Audit, aud
 from fewshot.learning.selection import SHORTLIST_PER_PICK, rank_pool, shortlist
 from fewshot.learning.selection import Suggestion as Picked
 from fewshot.records.examples import SetRuleBroken, SetRules, StoredExample, UnknownLabel, WrongForm
-from fewshot.records.stores import example_sets, prediction_log
 from fewshot.serving.items import ItemPrediction
 from fewshot.settings import get_settings
 from fewshot.store import StoredModel
@@ -133,8 +131,8 @@ def suspects_view(version: StoredModel, examples: Sequence[StoredExample], found
 
 
 @router.post("/v1/models/{model_name}/suggest", response_model=SuggestResponse, responses=documented(400, 404))
-async def suggest(model_name: str, body: SuggestRequest,
-                  client: Annotated[InferenceClient, Depends(inference_client)]) -> SuggestResponse | JSONResponse:
+async def suggest(model_name: str, body: SuggestRequest, client: InferenceDep, sets: ExampleStoreDep,
+                  logged_texts: PredictionLogDep) -> SuggestResponse | JSONResponse:
     """The texts of a pool whose labels would teach the served version most: uncertain, no two alike, none
     already in the example set; each with the model's guess."""
     if not is_valid_model_name(model_name):
@@ -143,8 +141,8 @@ async def suggest(model_name: str, body: SuggestRequest,
     version = await asyncio.to_thread(store.resolve, model_name)
     if version is None:
         return errors.unknown_model(model_name)
-    labelled = [example.text for example in await asyncio.to_thread(example_sets.all, model_name)]
-    logged = await asyncio.to_thread(prediction_log.texts, model_name, settings.max_pool_texts) if body.logged else []
+    labelled = [example.text for example in await asyncio.to_thread(sets.all, model_name)]
+    logged = await asyncio.to_thread(logged_texts.texts, model_name, settings.max_pool_texts) if body.logged else []
     if body.logged and not logged:
         off = settings.prediction_log_sample == 0
         return errors.invalid(f"logged: no texts of {model_name!r} are logged"
@@ -186,21 +184,21 @@ async def _picks(client: InferenceClient, version: StoredModel, texts: list[str]
 
 @router.delete("/v1/models/{model_name}/prediction-log", response_model=PredictionLogDeleted,
                responses=documented(400, 404))  # 404: a path the router matches to no route (a name with a newline)
-def delete_prediction_log(model_name: str) -> PredictionLogDeleted | JSONResponse:
+def delete_prediction_log(model_name: str, logged: PredictionLogDep) -> PredictionLogDeleted | JSONResponse:
     """Forget the texts the prediction log kept of this model's traffic (PREDICTION_LOG_SAMPLE)."""
     if not is_valid_model_name(model_name):
         return errors.invalid_model_name()
-    return PredictionLogDeleted(deleted=prediction_log.drop(model_name))
+    return PredictionLogDeleted(deleted=logged.drop(model_name))
 
 
 @router.post("/v1/models/{model_name}/feedback", response_model=FeedbackResponse, responses=documented(400, 404))
-def feedback(model_name: str, body: FeedbackRequest) -> FeedbackResponse | JSONResponse:
+def feedback(model_name: str, body: FeedbackRequest, sets: ExampleStoreDep) -> FeedbackResponse | JSONResponse:
     """The right label for a text (the model's answer confirmed or corrected, or null: none of the labels):
     into the example set as `source: feedback`, replacing what the set held for the text."""
     if not is_valid_model_name(model_name):
         return errors.invalid_model_name()
     version = store.resolve(model_name)
-    if version is None and not example_sets.count(model_name):
+    if version is None and not sets.count(model_name):
         return errors.unknown_model(model_name)
     # Checked by the store inside its write, against the set as it is then: the set's form (an empty
     # set's: the version's) and its labels or the version's.
@@ -208,7 +206,7 @@ def feedback(model_name: str, body: FeedbackRequest) -> FeedbackResponse | JSONR
                      multi_label_if_empty=is_multi_label(version) if version else None)
     field = "labels" if body.is_multi_label else "label"
     try:
-        outcome = example_sets.add(model_name, new_examples([body]), "feedback", overrule=True, rules=rules)
+        outcome = sets.add(model_name, new_examples([body]), "feedback", overrule=True, rules=rules)
     except WrongForm as wrong:
         return errors.invalid(f"label: {model_name!r} is {form_to_send(wrong.multi_label)}")
     except UnknownLabel as unknown:
@@ -224,8 +222,8 @@ def feedback(model_name: str, body: FeedbackRequest) -> FeedbackResponse | JSONR
 
 @router.get("/v1/models/{model_name}/suspects", response_model=SuspectsResponse, responses=documented(400, 404),
             openapi_extra={"parameters": query_parameters(SuspectsQuery)})
-async def suspects(model_name: str, request: Request,
-                   client: Annotated[InferenceClient, Depends(inference_client)]) -> SuspectsResponse | JSONResponse:
+async def suspects(model_name: str, request: Request, client: InferenceDep,
+                   sets: ExampleStoreDep) -> SuspectsResponse | JSONResponse:
     """Examples of the set whose label looks wrong, most suspect first, each with the label the evidence
     points to; and labels with too few examples to tell."""
     if not is_valid_model_name(model_name):
@@ -233,7 +231,7 @@ async def suspects(model_name: str, request: Request,
     query = errors.validated_query(SuspectsQuery, request.query_params)
     if isinstance(query, JSONResponse):
         return query
-    examples = await asyncio.to_thread(example_sets.all, model_name)
+    examples = await asyncio.to_thread(sets.all, model_name)
     version = await asyncio.to_thread(store.resolve, model_name)
     if version is None:
         return errors.error_response(404, f"model_name: {model_name!r} has no version to audit its examples "

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from fewshot import store
 from fewshot.api import errors
 from fewshot.api.errors import documented
-from fewshot.api.gateway import inference_client
-from fewshot.api.inference import InferenceClient
+from fewshot.api.gateway import ExampleStoreDep, InferenceDep, PredictionLogDep
 from fewshot.api.model_schemas import ModelList, ModelsDeleted, ModelView
 from fewshot.api.schemas import is_valid_model_reference
 from fewshot.api.views import model_versions, model_view
 from fewshot.model_archive import ARCHIVE_MEDIA_TYPE, archive_name, write_archive_file
-from fewshot.records.stores import example_sets, prediction_log
 
 logger = logging.getLogger("fewshot.gateway")
 router = APIRouter()
@@ -59,17 +56,17 @@ async def download_model(model_name: str) -> Response:
 
 
 @router.delete("/v1/models/{model_name}", response_model=ModelsDeleted, responses=documented(400, 404))
-async def delete_model(model_name: str,
-                       client: Annotated[InferenceClient, Depends(inference_client)]) -> ModelsDeleted | JSONResponse:
+async def delete_model(model_name: str, client: InferenceDep, sets: ExampleStoreDep,
+                       logged: PredictionLogDep) -> ModelsDeleted | JSONResponse:
     """Every version of a model and its example set, or one version (`name:version`); deleting the
     latest version serves the previous."""
     if not is_valid_model_reference(model_name):
         return errors.invalid_model_reference()
     deleted = await asyncio.to_thread(store.delete, model_name)
     name, version = store.split_reference(model_name)
-    examples_deleted = await asyncio.to_thread(example_sets.drop, name) if version is None else 0
+    examples_deleted = await asyncio.to_thread(sets.drop, name) if version is None else 0
     if version is None:
-        await asyncio.to_thread(prediction_log.drop, name)
+        await asyncio.to_thread(logged.drop, name)
     if not deleted:
         if examples_deleted:
             return ModelsDeleted(deleted=[], examples_deleted=examples_deleted)

@@ -1,15 +1,15 @@
 """Training, importing and retraining: a request becomes a queued job (202) or an error naming its rule.
 
 The queue itself is the trainers' (trainers/tasks.py); the gateway hands it to these routes as a
-`TrainingQueue`, so this room knows the jobs it submits, not how they are run.
+`TrainingQueue` (fewshot/api/gateway.py), so this room knows the jobs it submits, not how they are run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Protocol
+from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
@@ -18,32 +18,18 @@ from fewshot.api import errors
 from fewshot.api.errors import describe_validation_errors, documented
 from fewshot.api.example_schemas import RetrainRequest, training_request
 from fewshot.api.examples import form_to_send
-from fewshot.api.gateway import training_queue
+from fewshot.api.gateway import ExampleStoreDep, QueueDep, TrainingQueue
 from fewshot.api.schemas import is_valid_model_name
 from fewshot.api.training_schemas import ImportRequest, TrainAccepted, TrainRequest
 from fewshot.api.views import accepted_view
 from fewshot.records.examples import SetRuleBroken, WrongForm, set_digest
 from fewshot.records.jobs import JobRecord, QueueFull, RetrainPlan, SetNotTrainable
-from fewshot.records.stores import example_sets
 from fewshot.settings import get_settings
 
 if TYPE_CHECKING:
     import bentoml
 
 router = APIRouter()
-
-
-class TrainingQueue(Protocol):
-    """What the routes ask of the training queue (trainers/tasks.py is one): each submit records the
-    job, then queues it, and raises QueueFull past `max_queued` pending jobs."""
-
-    def submit_training(self, request: TrainRequest, max_queued: int) -> JobRecord: ...
-
-    def submit_retrain(self, request: TrainRequest, plan: RetrainPlan, max_queued: int) -> JobRecord: ...
-
-    def submit_import(self, request: ImportRequest, max_queued: int) -> JobRecord: ...
-
-    def cancel_job(self, job_id: str) -> JobRecord | None: ...
 
 
 def _queued(ctx: bentoml.Context, submit: Callable[[], JobRecord]) -> TrainAccepted | JSONResponse:
@@ -76,14 +62,14 @@ def import_model(queue: TrainingQueue, request: ImportRequest, ctx: bentoml.Cont
 
 @router.post("/v1/models/{model_name}/retrain", status_code=202, response_model=TrainAccepted,
              responses=documented(400, 404, 429))
-def retrain(model_name: str, queue: Annotated[TrainingQueue, Depends(training_queue)],
+def retrain(model_name: str, queue: QueueDep, sets: ExampleStoreDep,
             body: RetrainRequest | None = None) -> TrainAccepted | JSONResponse:
     """Train the model again on its example set, from its served version (`strategy`), served only if no
     worse on the set's fixed evaluation examples (`promote`): a job like any other (GET /v1/jobs/{job_id})."""
     if not is_valid_model_name(model_name):
         return errors.invalid_model_name()
     body = body or RetrainRequest()  # no body: every default
-    held = example_sets.all(model_name)
+    held = sets.all(model_name)
     if not held:
         return errors.error_response(404, f"model_name: {model_name!r} has no example set; add examples with "
                                           f"POST /v1/models/{model_name}/examples or train with POST /v1/train")
