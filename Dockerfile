@@ -97,14 +97,16 @@ COPY --from=bento --chown=bentoml:bentoml /bento/ ./
 # Block SETUP_BENTO_ENTRYPOINT
 # State (model store, queue, job records) lives on a volume at MODEL_PATH, outside /home/bentoml,
 # where the bento's code is: a volume there would hide it. It must exist, owned by the runtime
-# user, or a named volume mounted on it is root's and unwritable.
+# user, or a named volume mounted on it is root's and unwritable; and it must be empty: Docker copies
+# what it holds into a new volume once per container, and the api and trainer containers compose
+# creates at once raced copying a `base-models/` (each process makes it at start instead).
 ENV MODEL_PATH=/var/lib/fewshot \
     BENTOML_HOME=/var/lib/fewshot/bentoml \
     BENTOML_CONFIG=/home/bentoml/bento/src/configuration.yaml \
     BENTOML_PORT=8000 \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
-RUN mkdir -p /var/lib/fewshot/base-models && chown -R bentoml:bentoml /var/lib/fewshot
+RUN mkdir -p /var/lib/fewshot && chown -R bentoml:bentoml /var/lib/fewshot
 # The gateway's port (service.py: http port 8000; metrics are served on it too, at /metrics).
 EXPOSE 8000
 # Healthy once /readyz answers 200: the API and the inference service are up and models load

@@ -246,3 +246,38 @@ def ca_bundle_in_context() -> Path | None:
     copy = PROJECT_ROOT / "ca-bundle.pem"
     shutil.copyfile(SYSTEM_CA_BUNDLE, copy)
     return copy
+
+
+@dataclass
+class FreshUps:
+    """What `first_ups_on_fresh_volumes` saw: how many first `up`s succeeded, and why the others failed."""
+
+    tries: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> str:
+        return f"{self.tries - len(self.failures)} of {self.tries}"
+
+
+def first_ups_on_fresh_volumes(compose: Compose, engine: DockerEngine, tries: int, **env: str) -> FreshUps:
+    """`up -d` of a new compose project (so a new, empty state volume) `tries` times, each taken `down -v`
+    again: the first `up` a new user runs. One succeeds when compose exits 0 with the api and the trainer
+    running, and the state directory owned by the image's user (1034), which each process writes."""
+    seen = FreshUps()
+    for attempt in range(tries):
+        fresh = Compose(compose.command, f"{compose.project}-fresh{attempt}", {**compose.env, **env})
+        seen.tries += 1
+        try:
+            fresh("up", "--detach", timeout=600)
+            for service in ("api", "trainer"):
+                container = fresh.container(engine, service)
+                assert engine.inspect(container)["State"]["Running"], f"{service}: {engine.logs(container)[-2000:]}"
+                owner = engine.docker("exec", container, "stat", "-c", "%u", "/var/lib/fewshot").stdout.strip()
+                assert owner == "1034", f"{service}: /var/lib/fewshot is owned by uid {owner}"
+        except AssertionError as failed:
+            seen.failures.append(str(failed)[-600:])
+        finally:
+            fresh("down", "--volumes", "--timeout", "1", timeout=600)
+    return seen
+

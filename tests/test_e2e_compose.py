@@ -30,6 +30,7 @@ from harness.docker_engine import (
     DockerEngine,
     build_steps,
     ca_bundle_in_context,
+    first_ups_on_fresh_volumes,
     wait_ready,
     without_docker,
 )
@@ -157,6 +158,27 @@ def test_down_and_up_keep_models_and_jobs(project: Project, measured) -> None:
         job = project.jobs["intents"]
         assert client.get(f"/v1/jobs/{job['job_id']}").json()["status"] == "completed"
     assert_serves(project, "intents")
+
+
+FRESH_VOLUME_UPS = 10
+
+
+def test_every_first_up_on_a_fresh_volume_succeeds(project: Project, measured) -> None:
+    """The seed's first command, run as a new user runs it: compose creates the api and trainer containers
+    at once on a new state volume. When the image shipped files under the volume's mount point, Docker
+    copied them into the volume once per container and the second copy could fail ("failed to mkdir
+    …/base-models: file exists": 1 in 11 first `up`s with docker-compose 1.29). Every compose version here,
+    each device setting this engine can run (FEWSHOT_DEVICE=cpu always), FRESH_VOLUME_UPS times each."""
+    devices = dict.fromkeys([project.default.env["FEWSHOT_DEVICE"], "cpu"])
+    composes = [project.default] if project.redis is project.default else [project.default, project.redis]
+    failed = []
+    for compose in composes:
+        for device in devices:
+            seen = first_ups_on_fresh_volumes(compose, project.engine, FRESH_VOLUME_UPS, FEWSHOT_DEVICE=device,
+                                              PORT=str(free_port()))
+            measured(f"{compose.name}, FEWSHOT_DEVICE={device}: {seen.rate} first ups on a fresh volume succeeded")
+            failed += [f"{compose.name} {device}: {failure}" for failure in seen.failures]
+    assert not failed, "\n\n".join(failed)
 
 
 def test_the_redis_profile_queues_in_redis_and_keeps_its_jobs(project: Project, measured) -> None:
