@@ -61,7 +61,8 @@ def test_the_examples_room_adds_to_a_set_and_refuses_a_second_form_naming_the_ru
     name = f"rooms-{uuid.uuid4().hex[:8]}"
     added = examples.add_examples(name, AddExamplesRequest(examples=[{"text": "my card is lost", "label": "card"}]),
                                   sets)
-    assert isinstance(added, ExamplesAdded) and added.total == 1 and [e.text for e in added.added] == ["my card is lost"]
+    assert isinstance(added, ExamplesAdded) and added.total == 1
+    assert [example.text for example in added.added] == ["my card is lost"]
 
     refused = examples.add_examples(name, AddExamplesRequest(examples=[{"text": "both", "labels": ["card", "fee"]}]),
                                     sets)

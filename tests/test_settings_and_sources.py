@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,3 +146,15 @@ def test_the_settings_page_documents_every_setting_and_only_those() -> None:
                                 flags=re.MULTILINE))
     assert read, "no setting found: the pattern no longer fits fewshot/settings.py"
     assert documented - {"HF_HUB_OFFLINE"} == read, (read - documented, documented - read)
+
+
+def test_each_process_makes_the_state_directories_it_needs_at_start(tmp_path: Path) -> None:
+    """The image ships its state mount point empty (issue 45: Docker's copy of anything under it into a new
+    volume raced between compose's two containers): `base-models/` (LOCAL_MODEL_DIRS' default, where users
+    copy local models) and the model store are made by the process, at start."""
+    state = tmp_path / "state"
+    env = {key: value for key, value in os.environ.items() if key not in ("LOCAL_MODEL_DIRS", "BENTOML_HOME")}
+    subprocess.run([sys.executable, "-c", "from fewshot.settings import apply_process_environment, get_settings\n"
+                    "apply_process_environment(get_settings())"], cwd=PROJECT_ROOT, check=True, timeout=120,
+                   env={**env, "MODEL_PATH": str(state)})
+    assert (state / "base-models").is_dir() and (state / "bentoml").is_dir()
