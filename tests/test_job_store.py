@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fewshot.api.schemas import TrainRequest
+from fewshot.api.training_schemas import TrainRequest
 from fewshot.api.views import job_view
 from fewshot.records.jobs import (
     EXAMPLES_REF,
@@ -99,11 +99,14 @@ def test_finished_records_expire_after_their_retention_others_stay(open_store) -
 def test_a_trainer_is_live_until_its_heartbeat_expires(open_store) -> None:
     store, other_process = open_store(), open_store()
     assert store.live_workers() == set()
-    store.beat("host-a:1", ttl_seconds=3)  # long enough to be read back on a busy machine
-    store.beat("host-b:2", ttl_seconds=30)
+    store.beat("host-a:1", ttl_seconds=300)  # read back long before it expires, however busy the machine
+    store.beat("host-b:2", ttl_seconds=300)
     assert other_process.live_workers() == {"host-a:1", "host-b:2"}
-    time.sleep(3.5)  # past host-a's ttl: waiting longer only makes the test surer
-    assert other_process.live_workers() == {"host-b:2"}
+    store.beat("host-a:1", ttl_seconds=0.2)  # its next beat says: alive for 0.2 s only
+    deadline = time.monotonic() + 60  # expiry is the event waited for; the bound only stops a broken store
+    while (live := other_process.live_workers()) != {"host-b:2"}:
+        assert live == {"host-a:1", "host-b:2"} and time.monotonic() < deadline, live
+        time.sleep(0.05)
     store.beat("host-a:1", ttl_seconds=30)  # a late beat brings it back
     assert other_process.live_workers() == {"host-a:1", "host-b:2"}
 
