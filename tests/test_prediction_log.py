@@ -145,7 +145,9 @@ def test_the_log_expires_with_sampling_off(backend: str, request: pytest.Fixture
         log.stop_expiring()
 
 
-def wait_for(condition: Callable[[], bool], seconds: float = 10) -> bool:
+def wait_for(condition: Callable[[], bool], seconds: float = 60) -> bool:
+    """Until `condition` holds (True) or `seconds` pass (False): a generous bound for a busy machine, met at
+    once where the feature works."""
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
