@@ -33,6 +33,7 @@ from fewshot.api.learning_schemas import (
     SuspectsResponse,
     ThinLabel,
 )
+from fewshot.api.prediction_sampling import flush_current_sampler
 from fewshot.api.schemas import is_valid_model_name
 from fewshot.bentoml_fixes.openapi_document import query_parameters
 from fewshot.learning.audit import MIN_LABEL_EXAMPLES, NONE_OF_THESE, Audit, audit, audit_multi_label
@@ -142,6 +143,8 @@ async def suggest(model_name: str, body: SuggestRequest, client: InferenceDep, s
     if version is None:
         return errors.unknown_model(model_name)
     labelled = [example.text for example in await asyncio.to_thread(sets.all, model_name)]
+    if body.logged:
+        await asyncio.to_thread(flush_current_sampler)  # the texts predicted until now, not a second ago
     logged = await asyncio.to_thread(logged_texts.texts, model_name, settings.max_pool_texts) if body.logged else []
     if body.logged and not logged:
         off = settings.prediction_log_sample == 0
@@ -188,6 +191,7 @@ def delete_prediction_log(model_name: str, logged: PredictionLogDep) -> Predicti
     """Forget the texts the prediction log kept of this model's traffic (PREDICTION_LOG_SAMPLE)."""
     if not is_valid_model_name(model_name):
         return errors.invalid_model_name()
+    flush_current_sampler()  # what was predicted before this is forgotten too, not written just after it
     return PredictionLogDeleted(deleted=logged.drop(model_name))
 
 

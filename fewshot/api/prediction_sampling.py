@@ -7,7 +7,9 @@ transaction per model; the store refuses a sample taken before its model's log w
 delete routes), so nothing queued before a delete lands after it. A full queue (the store slower
 than the traffic) drops the newest samples and counts them (`fewshot_prediction_log_dropped_total`):
 a sample, not a record, so losing some is by design. Expiry (PREDICTION_LOG_DAYS) is the log's own,
-in every process, sampling or not.
+in every process, sampling or not. A read of the log (suggest with `logged`) and its deletion first
+write what the gateway worker serving them holds (`flush_current_sampler`): with the one gateway
+worker of configuration.yaml, they cover every text predicted before them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class PredictionSampler:
         self._max_texts = max_texts
         self._on_dropped = on_dropped
         self._queued: queue.Queue[tuple[str, str, float]] = queue.Queue(MAX_QUEUED)
+        self._flushing = threading.Lock()  # a flush returns once what was queued before it is written
         self._random = random.Random()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._write_forever, name="prediction-log", daemon=True)
@@ -55,18 +58,20 @@ class PredictionSampler:
                         self._on_dropped()
 
     def flush(self) -> None:
-        """Write everything queued now (also what the thread does every FLUSH_SECONDS)."""
-        by_model: defaultdict[str, dict[str, float]] = defaultdict(dict)
-        while True:
-            try:
-                name, text, taken_at = self._queued.get_nowait()
-            except queue.Empty:
-                break
-            seen = by_model[name]
-            seen.pop(text, None)  # a text sampled twice: once, at its last place and time
-            seen[text] = taken_at
-        for name, seen in by_model.items():
-            self._log.add(name, list(seen), self._max_texts, now=list(seen.values()))
+        """Write everything queued now (also what the thread does every FLUSH_SECONDS); with the
+        thread's flush under way, after it: what it took from the queue is written when this returns."""
+        with self._flushing:
+            by_model: defaultdict[str, dict[str, float]] = defaultdict(dict)
+            while True:
+                try:
+                    name, text, taken_at = self._queued.get_nowait()
+                except queue.Empty:
+                    break
+                seen = by_model[name]
+                seen.pop(text, None)  # a text sampled twice: once, at its last place and time
+                seen[text] = taken_at
+            for name, seen in by_model.items():
+                self._log.add(name, list(seen), self._max_texts, now=list(seen.values()))
 
     def _write_forever(self) -> None:
         while not self._stop.wait(FLUSH_SECONDS):
@@ -80,3 +85,17 @@ class PredictionSampler:
         self._stop.set()
         self._thread.join(timeout=5)
         self.flush()
+
+
+def flush_current_sampler() -> None:
+    """Write what this gateway worker's sampler holds (nothing: PREDICTION_LOG_SAMPLE is 0, or no service
+    runs here): a read or a deletion of the prediction log then covers every text predicted before it."""
+    from bentoml import get_current_service
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        sampler = getattr(get_current_service(), "sampler", None)
+    except BentoMLException:  # not inside a running service
+        return
+    if isinstance(sampler, PredictionSampler):
+        sampler.flush()
