@@ -7,11 +7,13 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from bentoml._internal.marshal import dispatcher
 
 from fewshot.bentoml_fixes.continuous_batching import ContinuousBatchingOptimizer, use_continuous_batching
+from fewshot.serving import coalesce
 from fewshot.serving.batching import plan_sub_batches
 from fewshot.serving.coalesce import Coalescer
 from fewshot.serving.model_cache import ModelCache
@@ -180,7 +182,10 @@ def test_a_cancelled_request_is_dropped_before_its_call() -> None:
     asyncio.run(scenario())
 
 
-def test_requests_that_waited_too_long_are_shed_not_sent() -> None:
+def test_requests_that_waited_too_long_are_shed_not_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]  # the coalescer's clock, moved by the test alone: a stalled process sheds nothing extra
+    monkeypatch.setattr(coalesce, "time", SimpleNamespace(monotonic=lambda: now[0]))
+
     async def scenario() -> None:
         backend = RecordingBackend()
         coalescer = Coalescer(backend, max_items=8, max_wait_seconds=0.05,
@@ -188,7 +193,8 @@ def test_requests_that_waited_too_long_are_shed_not_sent() -> None:
         first = asyncio.create_task(coalescer(["a"]))
         await settle()
         late = asyncio.create_task(coalescer(["late"]))
-        await asyncio.sleep(0.1)  # longer than it may wait, with the first call still in flight
+        await settle()
+        now[0] += 0.1  # longer than it may wait, with the first call still in flight
         fresh = asyncio.create_task(coalescer(["fresh"]))
         await settle()
         backend.release.set()
