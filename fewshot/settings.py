@@ -91,6 +91,9 @@ class Settings:
     """REDIS_URL: Huey queue and job records in Redis instead of SQLite under MODEL_PATH."""
     embedded_trainer: bool
     """EMBEDDED_TRAINER: `bentoml serve` starts and supervises the Huey consumer itself."""
+    trainer_restart_delay_seconds: float
+    """TRAINER_RESTART_DELAY_SECONDS: how long the embedded trainer's supervisor waits before restarting a
+    trainer that exited (not ready meanwhile; an exit followed by a shutdown within it is not restarted)."""
     model_refresh_seconds: float
     """MODEL_REFRESH_SECONDS: how often the inference side looks for newer model versions."""
     hf_token: str | None
@@ -197,6 +200,7 @@ def load_settings() -> Settings:
         default_base_model=os.environ.get("DEFAULT_BASE_MODEL") or DEFAULT_BASE_MODEL,
         redis_url=_text("REDIS_URL"),
         embedded_trainer=_flag("EMBEDDED_TRAINER", default=True),
+        trainer_restart_delay_seconds=_float("TRAINER_RESTART_DELAY_SECONDS", 2.0, minimum=1.0),
         model_refresh_seconds=_float("MODEL_REFRESH_SECONDS", 1.0, minimum=0.1),
         hf_token=_text("HF_TOKEN"),
         log_level=_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}),

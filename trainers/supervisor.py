@@ -15,10 +15,11 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from fewshot.settings import get_settings
+
 logger = logging.getLogger("fewshot.supervisor")
 
 PR_SET_PDEATHSIG = 1
-RESTART_DELAY_SECONDS = 2.0
 
 
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: the forked child must not load it
@@ -30,10 +31,13 @@ def _die_with_parent() -> None:
 
 
 class ChildSupervisor:
-    def __init__(self, command: Sequence[str], name: str, stop_timeout: float = 30.0) -> None:
+    def __init__(self, command: Sequence[str], name: str, stop_timeout: float = 30.0,
+                 restart_delay: float | None = None) -> None:
+        """`restart_delay`: seconds between a child's exit and its restart (TRAINER_RESTART_DELAY_SECONDS)."""
         self._command = list(command)
         self._name = name
         self._stop_timeout = stop_timeout
+        self._restart_delay = get_settings().trainer_restart_delay_seconds if restart_delay is None else restart_delay
         self._process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._spawn_lock = threading.Lock()  # no child is started once stop() has begun
@@ -79,6 +83,6 @@ class ChildSupervisor:
             # BentoML's process manager stops a worker's children together with the worker (circus
             # `stop_children=True`), so on every shutdown the child exits just before stop() is called:
             # wait for that first, and report only an exit that no shutdown follows.
-            if self._stopping.wait(RESTART_DELAY_SECONDS):
+            if self._stopping.wait(self._restart_delay):
                 return
             logger.error("%s exited with code %s; restarting it", self._name, code)
