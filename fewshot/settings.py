@@ -268,3 +268,10 @@ def apply_process_environment(settings: Settings) -> None:
     # two HTTP hops, measured. Set, spans keep unusual HTTP method names instead of "_OTHER".
     os.environ.setdefault("OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS", "true")
     settings.bentoml_home.mkdir(parents=True, exist_ok=True)
+    # Made here, by each process at start, not shipped in the image: Docker copies what an image holds
+    # under a volume's mount point into a new named volume once per container, and compose creates the
+    # api and trainer containers at once, so a second copy of `base-models/` raced the first
+    # ("failed to mkdir …/_data/base-models: file exists", 1 of 11 first `up`s; docs/operations.md).
+    for directory in settings.local_model_dirs:
+        if directory.is_relative_to(settings.model_path):
+            directory.mkdir(parents=True, exist_ok=True)
