@@ -1,11 +1,11 @@
 """Every serving backend (INFERENCE_BACKEND, INFERENCE_QUANTIZE) through a real `bentoml serve`.
 
 One server and one MODEL_PATH: models are trained once (torch serves them: the reference), then the
-server restarts with each backend. A version not exported yet answers at once (torch) while its
-export is made in the background, then switches. Every backend must answer the labels torch answers on the clear
-test texts and embeddings close to torch's; the export lives in MODEL_PATH/backends and is read back
-after a restart; a version whose export fails (the disk fills up) is served with torch and says so;
-deleting a version removes its exports.
+server restarts with each backend, its trainer off (nothing trains after that). A version not exported
+yet answers at once (torch) while its export is made in the background, then switches. Every backend
+must answer the labels torch answers on the clear test texts and embeddings close to torch's; the
+export lives in MODEL_PATH/backends and is read back after a restart; a version whose export fails
+(the disk fills up) is served with torch and says so; deleting a version removes its exports.
 """
 
 from __future__ import annotations
@@ -31,13 +31,22 @@ CLEAR_MARGIN = 0.1
 """Texts whose two most probable labels torch sets this far apart are clear: every backend must agree
 on them (int8 moves a 4-label head model's probabilities by ~0.01-0.03 on these texts)."""
 
-def train(client: httpx.Client, name: str, base_model: str, examples: list[dict[str, str]]) -> str:
-    response = client.post("/v1/train", json={"model_name": name, "base_model": base_model, "examples": examples,
-                                              "strategy": "head"})
-    assert response.status_code == 202, response.text
-    job = wait_for_job(client, response.json()["job_id"], {"completed", "failed"})
-    assert job["status"] == "completed", job
-    return job["model_version"]
+NO_TRAINER = {"EMBEDDED_TRAINER": "false"}
+"""Every restart's: the models are trained by then, and each trainer started would import torch and SetFit
+beside the model loads and exports the test waits for."""
+
+
+def train(client: httpx.Client, names: list[str], base_model: str, examples: list[dict[str, str]]) -> list[str]:
+    """Each model trained (all queued at once); their versions."""
+    jobs = []
+    for name in names:
+        response = client.post("/v1/train", json={"model_name": name, "base_model": base_model,
+                                                  "examples": examples, "strategy": "head"})
+        assert response.status_code == 202, response.text
+        jobs.append(response.json()["job_id"])
+    finished = [wait_for_job(client, job_id, {"completed", "failed"}) for job_id in jobs]
+    assert all(job["status"] == "completed" for job in finished), finished
+    return [job["model_version"] for job in finished]
 
 
 def answers(client: httpx.Client, model: str, texts: list[str]) -> tuple[list[dict], np.ndarray]:
@@ -82,14 +91,15 @@ def settled_backend(client: httpx.Client, model: str, timeout: float = 180) -> d
 def served(live_server_factory, train_examples, test_examples) -> dict:
     server: LiveServer = live_server_factory("backends")
     with server.client() as client:
-        version = train(client, "intents", BASE_MODEL, train_examples)
-        train(client, "plain", BASE_MODEL, train_examples)  # the same model, never loaded before the full disk
+        # "plain": the same model, never loaded before the full disk; "uncalibrated": nor before its test
+        version, _, uncalibrated = train(client, ["intents", "plain", "uncalibrated"], BASE_MODEL, train_examples)
         texts = [example["text"] for example in test_examples]
         predictions, embeddings = answers(client, "intents", texts)
         scoped = abstaining(client, "intents", [*texts, FOREIGN])
         assert client.get("/v1/models/intents").json()["backend"]["backend"] == "torch"
     return {"server": server, "version": version, "texts": texts, "predictions": predictions,
-            "embeddings": embeddings, "scope_scores": [p["scope_score"] for p in scoped]}
+            "embeddings": embeddings, "scope_scores": [p["scope_score"] for p in scoped],
+            "uncalibrated": uncalibrated}
 
 
 FOREIGN = "the recipe needs two cups of flour"
@@ -109,7 +119,7 @@ def export_directory(server: LiveServer, version: str, variant: str) -> Path:
 @pytest.mark.parametrize(("backend", "quantize"), VARIANTS, ids=[f"{b}-{q}" for b, q in VARIANTS])
 def test_every_backend_answers_as_torch(served: dict, backend: str, quantize: str) -> None:
     server: LiveServer = served["server"]
-    server.restart(INFERENCE_BACKEND=backend, INFERENCE_QUANTIZE=quantize)
+    server.restart(**NO_TRAINER, INFERENCE_BACKEND=backend, INFERENCE_QUANTIZE=quantize)
     texts = served["texts"]
     with server.client() as client:
         before = computed(client)
@@ -162,7 +172,7 @@ def test_the_export_is_read_back_after_a_restart(served: dict) -> None:
     server: LiveServer = served["server"]
     variant = export_directory(server, served["version"], "openvino-int8")
     written = {path.name: path.stat().st_mtime_ns for path in variant.iterdir()}
-    server.restart(INFERENCE_BACKEND="openvino", INFERENCE_QUANTIZE="int8")
+    server.restart(**NO_TRAINER, INFERENCE_BACKEND="openvino", INFERENCE_QUANTIZE="int8")
     with server.client() as client:
         before = computed(client)
         predictions, _ = answers(client, "intents", served["texts"][:3])
@@ -179,13 +189,13 @@ def test_the_export_is_read_back_after_a_restart(served: dict) -> None:
     assert workers and not any(has_torch(worker) for worker in workers)
 
 
-def test_a_version_without_calibration_texts_is_served_by_openvino_without_int8(served: dict, train_examples) -> None:
+def test_a_version_without_calibration_texts_is_served_by_openvino_without_int8(served: dict) -> None:
     """OpenVINO int8 calibrates on the version's training texts; a version that kept none (trained before
     they were kept, imported without eval_examples) gets OpenVINO's float32, `error` saying why."""
     server: LiveServer = served["server"]
-    server.running_with(INFERENCE_BACKEND="openvino", INFERENCE_QUANTIZE="int8")  # a new version: no restart needed
+    server.running_with(**NO_TRAINER, INFERENCE_BACKEND="openvino", INFERENCE_QUANTIZE="int8")  # not loaded yet
+    version = served["uncalibrated"]  # trained with the others, and loaded first here
     with server.client() as client:
-        version = train(client, "uncalibrated", BASE_MODEL, train_examples)
         kept = server.model_path / "bentoml" / "models" / "uncalibrated" / version / "fewshot_calibration_texts.json"
         kept.unlink()  # as a version trained before the trainer kept them
         answers(client, "uncalibrated", served["texts"][:1])
@@ -203,7 +213,7 @@ def test_a_version_without_calibration_texts_is_served_by_openvino_without_int8(
 def test_a_version_whose_export_fails_is_served_with_torch_and_says_why(served: dict) -> None:
     server: LiveServer = served["server"]
     # A full disk: every file write of the server stops at 20 MB, and MiniLM's ONNX graph is ~90 MB.
-    server.restart(max_file_bytes=20_000_000, INFERENCE_BACKEND="openvino", INFERENCE_QUANTIZE="none")
+    server.restart(max_file_bytes=20_000_000, **NO_TRAINER, INFERENCE_BACKEND="openvino", INFERENCE_QUANTIZE="none")
     with server.client() as client:
         predictions, _ = answers(client, "plain", served["texts"][:3])
         backend = settled_backend(client, "plain")
@@ -213,7 +223,7 @@ def test_a_version_whose_export_fails_is_served_with_torch_and_says_why(served: 
     wait_for_log(server, "with torch: its openvino-none body could not be prepared: ONNX export failed")
     assert not list((server.model_path / "backends" / "plain").glob("*/openvino-none"))
     # tried again at the next load: with room on the disk, the export is made and answers
-    server.restart(max_file_bytes=None)
+    server.restart(max_file_bytes=None, **NO_TRAINER)
     with server.client() as client:
         answers(client, "plain", served["texts"][:1])
         backend = settled_backend(client, "plain")
@@ -231,7 +241,7 @@ def test_auto_times_the_backends_on_this_machine_and_serves_the_fastest(served: 
     fastest eligible one answers, the model view shows the timings it was chosen by, and a restart
     loads the kept choice straight away."""
     server: LiveServer = served["server"]
-    server.restart(INFERENCE_BACKEND="AUTO", INFERENCE_QUANTIZE="AUTO")
+    server.restart(**NO_TRAINER, INFERENCE_BACKEND="AUTO", INFERENCE_QUANTIZE="AUTO")
     texts = served["texts"]
     with server.client() as client:
         before = computed(client)
@@ -258,7 +268,8 @@ def test_auto_times_the_backends_on_this_machine_and_serves_the_fastest(served: 
     assert [predictions[i]["label"] for i in clear] == [served["predictions"][i]["label"] for i in clear]
     wait_for_log(server, f"AUTO backend for intents:{served['version']} on this CPU: {fastest}")
     # kept: after a restart the choice loads at once, through sentence-transformers when asked to
-    server.restart(INFERENCE_BACKEND="AUTO", INFERENCE_QUANTIZE="AUTO", INFERENCE_PIPELINE="SENTENCE_TRANSFORMERS")
+    server.restart(**NO_TRAINER, INFERENCE_BACKEND="AUTO", INFERENCE_QUANTIZE="AUTO",
+                   INFERENCE_PIPELINE="SENTENCE_TRANSFORMERS")
     with server.client() as client:
         before = computed(client)
         answers(client, "intents", texts[:3])
