@@ -158,7 +158,10 @@ class Settings:
     trainer_poll_seconds: float
     """TRAINER_POLL_SECONDS: longest pause of an idle trainer between looks at the SQLite queue."""
     trainer_heartbeat_seconds: float
-    """TRAINER_HEARTBEAT_SECONDS: how often a trainer says it is alive; silent for 3 beats = dead."""
+    """TRAINER_HEARTBEAT_SECONDS: how often a trainer says it is alive; silent for
+    TRAINER_HEARTBEAT_MISSED_BEATS beats = dead."""
+    trainer_heartbeat_missed_beats: int
+    """TRAINER_HEARTBEAT_MISSED_BEATS: beats a trainer may miss before its running job is failed."""
     trainer_metrics_port: int | None
     """TRAINER_METRICS_PORT: a trainer run on its own serves Prometheus metrics on this port. None = off."""
     local_model_dirs: tuple[Path, ...]
@@ -233,6 +236,7 @@ def load_settings() -> Settings:
         max_queued_jobs=_int("MAX_QUEUED_JOBS", 100, minimum=1),
         trainer_poll_seconds=_float("TRAINER_POLL_SECONDS", 0.25, minimum=0.01),
         trainer_heartbeat_seconds=_float("TRAINER_HEARTBEAT_SECONDS", 10.0, minimum=0.1),
+        trainer_heartbeat_missed_beats=_int("TRAINER_HEARTBEAT_MISSED_BEATS", 3, minimum=2),
         trainer_metrics_port=_int("TRAINER_METRICS_PORT", 0, minimum=0) or None,
         local_model_dirs=_directories("LOCAL_MODEL_DIRS", default=(model_path / "base-models",)),
         trust_remote_code=_flag("TRUST_REMOTE_CODE", default=False),

@@ -76,7 +76,7 @@ def run_consumer(settings: Settings, sole_consumer: bool) -> None:
     store.remove_incomplete_versions()  # a model copy cut short by a crash of this or another trainer
     for tag in add_safe_heads_to_old_versions():
         logger.info("%s: saved its head without pickle too (model_head.skops), for downloads and imports", tag)
-    Heartbeat(settings.trainer_heartbeat_seconds).start()
+    Heartbeat(settings.trainer_heartbeat_seconds, settings.trainer_heartbeat_missed_beats).start()
     if settings.trainer_metrics_port:
         serve_metrics(settings.trainer_metrics_port)
     # One job at a time per trainer, in a thread: SIGTERM then fires SIGNAL_INTERRUPTED for the

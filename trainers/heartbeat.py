@@ -2,7 +2,7 @@
 
 With several trainer machines (REDIS_URL) no trainer can see another's process, so a job whose
 trainer died would stay `running` forever. Each trainer beats every TRAINER_HEARTBEAT_SECONDS and,
-on each beat, fails the running jobs of trainers silent for MISSED_BEATS beats.
+on each beat, fails the running jobs of trainers silent for TRAINER_HEARTBEAT_MISSED_BEATS beats.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from trainers.tasks import WORKER_ID, fail_jobs_of_dead_trainers
 logger = logging.getLogger("fewshot.trainer")
 
 MISSED_BEATS = 3
+"""TRAINER_HEARTBEAT_MISSED_BEATS' default."""
 
 
 class Heartbeat:
     """Runs for the life of the trainer process (a daemon thread: it ends with the process)."""
 
-    def __init__(self, interval_seconds: float) -> None:
+    def __init__(self, interval_seconds: float, missed_beats: int = MISSED_BEATS) -> None:
         self._interval = interval_seconds
+        self._missed_beats = missed_beats
         self._thread = threading.Thread(target=self._run, name="trainer-heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -31,7 +33,7 @@ class Heartbeat:
         self._thread.start()
 
     def beat(self) -> None:
-        jobs.beat(WORKER_ID, ttl_seconds=self._interval * MISSED_BEATS)
+        jobs.beat(WORKER_ID, ttl_seconds=self._interval * self._missed_beats)
 
     def _run(self) -> None:
         while True:
