@@ -1,7 +1,7 @@
 """End to end, embedded mode: what the README promises an operator, each checked over HTTP against
 one real `bentoml serve` started as a user types it (no BENTOML_CONFIG, no BENTOML_HOME).
 
-Its settings: finished job records expire after RETENTION_SECONDS (JOB_RETENTION_DAYS), and a
+Its settings: finished job records expire after RETENTION_DAYS (JOB_RETENTION_DAYS), and a
 request that waited MAX_LATENCY_MS for its batch is refused with 503. Tests run in file order; each
 also passes run alone (the model they serve is a fixture).
 """
@@ -41,14 +41,15 @@ from trainers.heads import SAFE_HEAD_FILES
 
 pytestmark = pytest.mark.e2e
 
-RETENTION_SECONDS = 8.0
+RETENTION_DAYS = 1
+"""Not the default (30): a record is made old by its finished_at, written here, never by waiting."""
 MAX_LATENCY_MS = 300
 RARE = "top_up_failed"
 
 
 @pytest.fixture(scope="module")
 def server(live_server_factory) -> LiveServer:
-    return live_server_factory("operations", JOB_RETENTION_DAYS=f"{RETENTION_SECONDS / 86400:.12f}",
+    return live_server_factory("operations", JOB_RETENTION_DAYS=str(RETENTION_DAYS),
                                MAX_LATENCY_MS=str(MAX_LATENCY_MS))
 
 
@@ -57,8 +58,8 @@ def client(server: LiveServer) -> httpx.Client:
     return server.client()
 
 
-def train(client: httpx.Client, model: str, examples: list[dict], **options) -> dict:
-    response = client.post("/v1/train", json={"model_name": model, "base_model": BASE_MODEL, "examples": examples,
+def train(client: httpx.Client, model: str, examples: list[dict], base_model: str = BASE_MODEL, **options) -> dict:
+    response = client.post("/v1/train", json={"model_name": model, "base_model": base_model, "examples": examples,
                                               "strategy": "head", **options})
     assert response.status_code == 202, response.text
     job = wait_for_job(client, response.json()["job_id"], {"completed", "failed", "cancelled"})
@@ -230,18 +231,27 @@ def test_an_auto_job_cancelled_during_fine_tuning_leaves_the_head_served(client:
 
 def test_finished_job_records_expire_after_the_next_job(server: LiveServer, client: httpx.Client,
                                                          train_examples, plain: dict) -> None:
-    # A job of this test's own: a record finished before it (the tests above) may already have expired
-    # when this one finished, had they taken longer than RETENTION_SECONDS on a slow machine; this one
-    # expires only when a job finishes RETENTION_SECONDS after it, and none runs meanwhile.
-    before = train(client, "expiry", train_examples)
-    old = [record.job_id for status in ("completed", "cancelled") for record in job_store(server).with_status(status)]
-    assert before["job_id"] in old
-    time.sleep(RETENTION_SECONDS)
+    # Records made old by their finished_at (no waiting for RETENTION_DAYS to pass): the record of the job
+    # that trained "plain", aged past the retention, and two planted ones, one past it and one just inside.
+    store, now = job_store(server), utc_now()
+    past, inside = now - timedelta(days=RETENTION_DAYS, hours=1), now - timedelta(days=RETENTION_DAYS, hours=-1)
+    assert store.transition(plain["job_id"], {"completed"}, finished_at=past) is not None
+    planted = {}
+    for name, status, finished_at in (("old", "cancelled", past), ("recent", "failed", inside)):
+        planted[name] = new_job("planted", {"model_name": "planted"})
+        planted[name].status, planted[name].finished_at = status, finished_at
+        store.create(planted[name])
+    for job_id in (plain["job_id"], planted["old"].job_id, planted["recent"].job_id):
+        assert client.get(f"/v1/jobs/{job_id}").status_code == 200, job_id  # nothing expires by itself
     fresh = train(client, "expiry", train_examples)
-    for job_id in old:
-        assert client.get(f"/v1/jobs/{job_id}").status_code == 404, job_id
+    deadline = time.monotonic() + 60  # the trainer expires records just after it marks its job completed
+    for job_id in (plain["job_id"], planted["old"].job_id):
+        while client.get(f"/v1/jobs/{job_id}").status_code != 404:
+            assert time.monotonic() < deadline, f"{job_id} outlived the job after it"
+            time.sleep(0.1)
+    assert client.get(f"/v1/jobs/{planted['recent'].job_id}").status_code == 200  # inside the retention: kept
     assert client.get(f"/v1/jobs/{fresh['job_id']}").status_code == 200  # finished just now: kept
-    assert client.get("/v1/models/plain").status_code == 200  # records expire; models stay
+    assert client.get("/v1/models/plain").status_code == 200  # its job's record expired; the model stays
     assert len(version_directories(server, "plain")) == 1
 
 
@@ -260,11 +270,12 @@ def test_expired_records_are_deleted_when_the_trainer_starts(server: LiveServer,
 
 
 def test_a_second_sqlite_trainer_waits_for_the_lock_and_nothing_trains_twice(
-        server: LiveServer, client: httpx.Client, trainer_factory, train_examples) -> None:
+        server: LiveServer, client: httpx.Client, trainer_factory, train_examples, tiny_base_model) -> None:
+    tiny = tiny_base_model(server.model_path / "base-models")  # which model the jobs train does not matter here
     embedded = next(iter(server.consumer_processes()))
     second = trainer_factory(server, "second-trainer")  # same MODEL_PATH, no REDIS_URL: the SQLite queue
     wait_for_log(server, "another trainer holds")
-    jobs = [train(client, f"once-{n}", train_examples) for n in range(2)]
+    jobs = [train(client, f"once-{n}", train_examples, tiny) for n in range(2)]
     for job in jobs:
         record = job_store(server).get(job["job_id"])
         assert record.attempts == 1 and record.worker.endswith(f":{embedded.pid}"), record
