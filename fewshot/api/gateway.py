@@ -15,6 +15,7 @@ from bentoml import get_current_service
 from fastapi import Depends
 
 from fewshot.api.inference import InferenceClient
+from fewshot.api.prediction_sampling import PredictionSampler
 from fewshot.api.training_schemas import ImportRequest, TrainRequest
 from fewshot.records.examples import ExampleStore
 from fewshot.records.jobs import JobRecord, JobStore, RetrainPlan
@@ -42,6 +43,11 @@ def training_queue() -> TrainingQueue:
     return get_current_service().queue
 
 
+def prediction_sampler() -> PredictionSampler | None:
+    """This gateway worker's sampler of predicted texts (None: PREDICTION_LOG_SAMPLE is 0)."""
+    return get_current_service().sampler
+
+
 # fewshot.records.stores opens the stores when first imported: here, when a request first asks.
 def job_store() -> JobStore:
     from fewshot.records.stores import jobs
@@ -66,3 +72,4 @@ QueueDep = Annotated[TrainingQueue, Depends(training_queue)]
 JobStoreDep = Annotated[JobStore, Depends(job_store)]
 ExampleStoreDep = Annotated[ExampleStore, Depends(example_store)]
 PredictionLogDep = Annotated[PredictionLog, Depends(prediction_log_store)]
+SamplerDep = Annotated[PredictionSampler | None, Depends(prediction_sampler)]

@@ -19,7 +19,7 @@ from fewshot.api import errors
 from fewshot.api.errors import documented
 from fewshot.api.example_schemas import ExampleView, new_examples
 from fewshot.api.examples import form_to_send
-from fewshot.api.gateway import ExampleStoreDep, InferenceDep, PredictionLogDep
+from fewshot.api.gateway import ExampleStoreDep, InferenceDep, PredictionLogDep, SamplerDep
 from fewshot.api.inference import InferenceClient
 from fewshot.api.learning_schemas import (
     FeedbackRequest,
@@ -33,7 +33,6 @@ from fewshot.api.learning_schemas import (
     SuspectsResponse,
     ThinLabel,
 )
-from fewshot.api.prediction_sampling import flush_current_sampler
 from fewshot.api.schemas import is_valid_model_name
 from fewshot.bentoml_fixes.openapi_document import query_parameters
 from fewshot.learning.audit import MIN_LABEL_EXAMPLES, NONE_OF_THESE, Audit, audit, audit_multi_label
@@ -133,7 +132,7 @@ def suspects_view(version: StoredModel, examples: Sequence[StoredExample], found
 
 @router.post("/v1/models/{model_name}/suggest", response_model=SuggestResponse, responses=documented(400, 404))
 async def suggest(model_name: str, body: SuggestRequest, client: InferenceDep, sets: ExampleStoreDep,
-                  logged_texts: PredictionLogDep) -> SuggestResponse | JSONResponse:
+                  logged_texts: PredictionLogDep, sampler: SamplerDep) -> SuggestResponse | JSONResponse:
     """The texts of a pool whose labels would teach the served version most: uncertain, no two alike, none
     already in the example set; each with the model's guess."""
     if not is_valid_model_name(model_name):
@@ -143,8 +142,8 @@ async def suggest(model_name: str, body: SuggestRequest, client: InferenceDep, s
     if version is None:
         return errors.unknown_model(model_name)
     labelled = [example.text for example in await asyncio.to_thread(sets.all, model_name)]
-    if body.logged:
-        await asyncio.to_thread(flush_current_sampler)  # the texts predicted until now, not a second ago
+    if body.logged and sampler is not None:
+        await asyncio.to_thread(sampler.flush)  # the texts predicted until now, not a second ago
     logged = await asyncio.to_thread(logged_texts.texts, model_name, settings.max_pool_texts) if body.logged else []
     if body.logged and not logged:
         off = settings.prediction_log_sample == 0
@@ -187,11 +186,13 @@ async def _picks(client: InferenceClient, version: StoredModel, texts: list[str]
 
 @router.delete("/v1/models/{model_name}/prediction-log", response_model=PredictionLogDeleted,
                responses=documented(400, 404))  # 404: a path the router matches to no route (a name with a newline)
-def delete_prediction_log(model_name: str, logged: PredictionLogDep) -> PredictionLogDeleted | JSONResponse:
+def delete_prediction_log(model_name: str, logged: PredictionLogDep,
+                          sampler: SamplerDep) -> PredictionLogDeleted | JSONResponse:
     """Forget the texts the prediction log kept of this model's traffic (PREDICTION_LOG_SAMPLE)."""
     if not is_valid_model_name(model_name):
         return errors.invalid_model_name()
-    flush_current_sampler()  # what was predicted before this is forgotten too, not written just after it
+    if sampler is not None:
+        sampler.flush()  # what was predicted before this is forgotten too, not written just after it
     return PredictionLogDeleted(deleted=logged.drop(model_name))
 
 

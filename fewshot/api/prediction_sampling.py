@@ -8,7 +8,7 @@ delete routes), so nothing queued before a delete lands after it. A full queue (
 than the traffic) drops the newest samples and counts them (`fewshot_prediction_log_dropped_total`):
 a sample, not a record, so losing some is by design. Expiry (PREDICTION_LOG_DAYS) is the log's own,
 in every process, sampling or not. A read of the log (suggest with `logged`) and its deletion first
-write what the gateway worker serving them holds (`flush_current_sampler`): with the one gateway
+write what the gateway worker serving them holds (the learning routes call `flush`): with the one gateway
 worker of configuration.yaml, they cover every text predicted before them.
 """
 
@@ -85,17 +85,3 @@ class PredictionSampler:
         self._stop.set()
         self._thread.join(timeout=5)
         self.flush()
-
-
-def flush_current_sampler() -> None:
-    """Write what this gateway worker's sampler holds (nothing: PREDICTION_LOG_SAMPLE is 0, or no service
-    runs here): a read or a deletion of the prediction log then covers every text predicted before it."""
-    from bentoml import get_current_service
-    from bentoml.exceptions import BentoMLException
-
-    try:
-        sampler = getattr(get_current_service(), "sampler", None)
-    except BentoMLException:  # not inside a running service
-        return
-    if isinstance(sampler, PredictionSampler):
-        sampler.flush()
