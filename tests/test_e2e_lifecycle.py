@@ -8,12 +8,20 @@ Tests share one server per mode and run in file order; each also passes run alon
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from harness.fixtures import BASE_MODEL, LONG_FINE_TUNING
-from harness.live_server import LiveServer, listed_versions, wait_for_fine_tuning, wait_for_job, wait_for_log
+from harness.live_server import (
+    LiveServer,
+    fine_tuning_lasting,
+    listed_versions,
+    wait_for_fine_tuning,
+    wait_for_job,
+    wait_for_log,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -25,14 +33,20 @@ NO_REFRESH = {"MODEL_REFRESH_SECONDS": "3600"}
 
 
 @pytest.fixture(scope="module", params=["embedded", "redis"])
-def server(request: pytest.FixtureRequest, live_server_factory, trainer_factory) -> LiveServer:
+def server(request: pytest.FixtureRequest, live_server_factory, trainer_factory) -> Iterator[LiveServer]:
+    """One mode's server, stopped when that mode's tests end: the other mode's does not run beside it."""
     if request.param == "embedded":
-        return live_server_factory("lifecycle", **NO_REFRESH)
+        server = live_server_factory("lifecycle", **NO_REFRESH)
+        yield server
+        server.close()
+        return
     redis_url = request.getfixturevalue("fresh_redis_database")()
     server = live_server_factory("lifecycle-redis", REDIS_URL=redis_url, EMBEDDED_TRAINER="false", **NO_REFRESH)
     # One trainer, as the embedded mode has: a second job stays pending while the first runs.
-    trainer_factory(server, "trainer").wait_until_consuming()
-    return server
+    trainer = trainer_factory(server, "trainer").wait_until_consuming()
+    yield server
+    trainer.stop()
+    server.close()
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +61,8 @@ def submit(client: httpx.Client, model: str, examples: list[dict[str, str]], **o
     return response.json()["job_id"]
 
 
-def train(client: httpx.Client, model: str, examples: list[dict[str, str]]) -> dict:
-    job = wait_for_job(client, submit(client, model, examples), {"completed", "failed", "cancelled"})
+def train(client: httpx.Client, model: str, examples: list[dict[str, str]], **options) -> dict:
+    job = wait_for_job(client, submit(client, model, examples, **options), {"completed", "failed", "cancelled"})
     assert job["status"] == "completed", job
     return job
 
@@ -72,9 +86,9 @@ def test_cancel_stops_a_running_job_and_ends_a_pending_one_at_once(server: LiveS
     assert running.status_code == 200, running.text
     assert running.json()["status"] == "running" and running.json()["cancel_requested"] is True
     asked = time.monotonic()
-    stopped = wait_for_job(client, slow, {"completed", "failed", "cancelled"}, timeout=60)
+    stopped = wait_for_job(client, slow, {"completed", "failed", "cancelled"}, timeout=90)
     assert stopped["status"] == "cancelled", stopped
-    assert time.monotonic() - asked < 15
+    assert time.monotonic() - asked < 60  # at its next step: long before the minutes its steps would take
     assert stopped["step"] < stopped["total_steps"] and "no model was registered" in stopped["note"]
     assert client.get("/v1/models/slow").status_code == 404
     # Its queued task reached the trainer once the running job had stopped, and did nothing.
@@ -88,10 +102,11 @@ def test_cancel_stops_a_running_job_and_ends_a_pending_one_at_once(server: LiveS
 
 @pytest.fixture(scope="module")
 def versions(client: httpx.Client, train_examples) -> dict[str, str]:
-    """life:v1 on four labels, life:v2 on two (so the two are told apart), then other:v1."""
-    four = train(client, "life", train_examples)
-    two = train(client, "life", [e for e in train_examples if e["label"] in TWO_LABELS])
-    other = train(client, "other", train_examples)
+    """life:v1 on four labels, life:v2 on two (so the two are told apart), then other:v1: heads on
+    MiniLM (seconds each), as versions, listings and pins do not depend on how a version was trained."""
+    four = train(client, "life", train_examples, strategy="head")
+    two = train(client, "life", [e for e in train_examples if e["label"] in TWO_LABELS], strategy="head")
+    other = train(client, "other", train_examples, strategy="head")
     return {"v1": four["model_version"], "v2": two["model_version"], "other": other["model_version"],
             "v1_job": four["job_id"]}
 
@@ -265,8 +280,17 @@ def test_head_strategy_trains_in_seconds_with_per_label_metrics(client: httpx.Cl
     assert predict(client, "quick").status_code == 200
 
 
-def test_auto_serves_the_head_first_then_keeps_the_better_model(client: httpx.Client, train_examples) -> None:
-    job_id = submit(client, "auto", train_examples, strategy="auto", num_iterations=10)
+@pytest.fixture(scope="module")
+def tiny(server: LiveServer, tiny_base_model) -> str:
+    """A base model that fine-tunes in a fraction of MiniLM's time, where the labels are not the point."""
+    return tiny_base_model(server.model_path / "base-models")
+
+
+def test_auto_serves_the_head_first_then_keeps_the_better_model(client: httpx.Client, train_examples,
+                                                                tiny: str) -> None:
+    # Fine-tuning that lasts ~10 s on this machine, whatever its speed: the head version is read while it runs.
+    job_id = submit(client, "auto", train_examples, strategy="auto", base_model=tiny,
+                    **fine_tuning_lasting(client, tiny, train_examples, 10))
     deadline = time.monotonic() + 120
     while (job := client.get(f"/v1/jobs/{job_id}").json())["model_version"] is None:
         assert time.monotonic() < deadline and job["status"] in ("pending", "running"), job
