@@ -99,12 +99,13 @@ def test_a_sample_taken_before_a_drop_is_refused_however_late_it_is_written(open
 
 def test_marks_are_kept_as_long_as_texts(open_log) -> None:
     log = open_log()
+    taken = time.time()  # before the drop, however long the machine then takes (was `now - 1` after it)
     log.drop("intents")
-    assert log.add("intents", ["taken before the drop"], max_texts=10, now=time.time() - 1) == 0
+    assert log.add("intents", ["taken before the drop"], max_texts=10, now=taken) == 0
     log.expire(seen_before=time.time() - 3600)  # the mark is younger than the retention: kept
-    assert log.add("intents", ["taken before the drop"], max_texts=10, now=time.time() - 1) == 0
+    assert log.add("intents", ["taken before the drop"], max_texts=10, now=taken) == 0
     log.expire(seen_before=time.time() + 1)  # older than any text would be kept: gone with them
-    assert log.add("intents", ["taken before the drop"], max_texts=10, now=time.time() - 1) == 1
+    assert log.add("intents", ["taken before the drop"], max_texts=10, now=taken) == 1
 
 
 def test_the_samplers_queue_does_not_outlive_a_drop(open_log) -> None:
