@@ -132,7 +132,7 @@ def test_two_jobs_for_one_model_train_at_once_as_two_versions(server: LiveServer
 
 def test_trainers_run_on_their_own_serve_their_metrics(trainers, twins: list[dict], metrics_ports: list[int]) -> None:
     # One job of the twins ran on each trainer.
-    scraped = [httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text for port in metrics_ports]
+    scraped = [httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=60).text for port in metrics_ports]
     assert sum(metric(text, "fewshot_training_jobs_finished_total", outcome="completed") for text in scraped) == 2
     assert sum(metric(text, "fewshot_training_duration_seconds_count") for text in scraped) == 2
 
