@@ -29,13 +29,14 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from harness.live_server import LiveServer, wait_for_job
+from harness.live_server import LiveServer, TrainerProcess, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -124,15 +125,24 @@ def trained_model_answers(har: Path) -> Counter:
     return answered
 
 
-def train_beside(servers: dict[str, LiveServer], trainer_factory, tiny_base_model, examples: list[dict]) -> None:
-    """TRAINED on each server, by a trainer process started beside it for this and stopped again (their
-    own trainers are off: fuzzed training requests must only queue); both at once."""
-    trainers = {name: trainer_factory(server, "trainer") for name, server in servers.items()}
-    clients = {name: server.client(**({"X-API-Key": KEY} if name == "with-key" else {}))
-               for name, server in servers.items()}
+def headers(name: str) -> dict[str, str]:
+    return {"X-API-Key": KEY} if name == "with-key" else {}
+
+
+def started_with_trainer(name: str, live_server_factory, trainer_factory) -> tuple[LiveServer, TrainerProcess]:
+    """One server, its own trainer off (fuzzed training requests must only queue), and a trainer process
+    started beside it to train TRAINED, consuming."""
+    server = live_server_factory(f"fuzz-{name}", EMBEDDED_TRAINER="false",
+                                 **({"API_KEY": KEY} if name == "with-key" else {}))
+    return server, trainer_factory(server, "trainer").wait_until_consuming()
+
+
+def train_beside(started: dict[str, tuple[LiveServer, TrainerProcess]], tiny_base_model,
+                 examples: list[dict]) -> None:
+    """TRAINED on each server, by the trainer process beside it, which then stops; both at once."""
+    clients = {name: server.client(**headers(name)) for name, (server, _) in started.items()}
     jobs = {}
-    for name, server in servers.items():
-        trainers[name].wait_until_consuming()
+    for name, (server, _) in started.items():
         response = clients[name].post("/v1/train", json={
             "model_name": TRAINED, "base_model": tiny_base_model(server.model_path / "base-models"),
             "examples": examples, "strategy": "head"})
@@ -141,20 +151,25 @@ def train_beside(servers: dict[str, LiveServer], trainer_factory, tiny_base_mode
     for name, client in clients.items():
         assert wait_for_job(client, jobs[name], {"completed", "failed"})["status"] == "completed"
         client.close()
-        trainers[name].process.terminate()  # both stop at once
-    for trainer in trainers.values():
+        started[name][1].process.terminate()  # both stop at once
+    for _, trainer in started.values():
         trainer.stop()  # waits for it to exit
 
 
 @pytest.fixture(scope="module")
-def fuzzed(live_server_factory, trainer_factory, tiny_base_model, train_examples,
+def fuzzed(live_server_factory, trainer_factory, train_examples, request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Fuzzed]:
     """Both servers, each with TRAINED, fuzzed by the four schemathesis runs at once: each run alternates
     between generating (the client's CPU) and waiting on the server, so four overlap on two cores (87 s
-    one after another, 44 s together here)."""
-    servers = {"without-key": live_server_factory("fuzz-open", EMBEDDED_TRAINER="false"),
-               "with-key": live_server_factory("fuzz-key", EMBEDDED_TRAINER="false", API_KEY=KEY)}
-    train_beside(servers, trainer_factory, tiny_base_model, train_examples)
+    one after another, 44 s together here). Before that, both servers and their trainers start at once,
+    while this process makes the tiny base model (tiny_base_model, asked for only now)."""
+    with ThreadPoolExecutor(len(SERVERS)) as pool:
+        starting = {name: pool.submit(started_with_trainer, name, live_server_factory, trainer_factory)
+                    for name in SERVERS}
+        tiny_base_model = request.getfixturevalue("tiny_base_model")
+        started = {name: future.result() for name, future in starting.items()}
+    train_beside(started, tiny_base_model, train_examples)
+    servers = {name: server for name, (server, _) in started.items()}
     reports = tmp_path_factory.mktemp("schemathesis")
     config = reports / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG)
