@@ -19,7 +19,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta
@@ -30,7 +29,7 @@ import pytest
 
 from fewshot.records.jobs import RedisJobStore, SqliteJobStore
 from harness.fixtures import BASE_MODEL, CLEAR_TEXTS
-from harness.live_server import BENTOML, PROJECT_ROOT, LiveServer, metric, wait_for_job
+from harness.live_server import BENTOML, PROJECT_ROOT, LiveServer, metric, wait_for_job, wait_for_log
 
 pytestmark = pytest.mark.e2e
 
@@ -407,6 +406,7 @@ def test_retraining_switches_predictions_within_seconds_without_failures(
     two_labels = [e for e in train_examples if e["label"] in {"card_arrival", "exchange_rate"}]
     stolen = "My card is lost! What can I do?"
     assert predict(client, [stolen]).json()["predictions"][0]["label"] == "lost_or_stolen_card"
+    served = client.get(f"/v1/models/{MODEL}").json()["model_version"]
 
     failures: list[str] = []
     stop = threading.Event()
@@ -426,10 +426,10 @@ def test_retraining_switches_predictions_within_seconds_without_failures(
         })
         job = wait_for_job(client, response.json()["job_id"], {"completed", "failed"})
         assert job["status"] == "completed", job
-        completed_at = time.monotonic()
-        while predict(client, [stolen]).json()["predictions"][0]["label"] not in {"card_arrival", "exchange_rate"}:
-            assert time.monotonic() - completed_at < 5, "new version not served within 5 s"
-            time.sleep(0.1)
+        # The inference service's refresh (every MODEL_REFRESH_SECONDS) loads the new version beside the
+        # one serving and swaps it in: once it says so, the very next request gets the new version.
+        wait_for_log(server, f"switched {MODEL} from version {served} to {job['model_version']}", timeout=120)
+        assert predict(client, [stolen]).json()["predictions"][0]["label"] in {"card_arrival", "exchange_rate"}
     finally:
         stop.set()
         hammer.join()
