@@ -6,6 +6,10 @@ PORT ?= 8000
 # a CUDA build on a GPU host's PyPI, the CPU build where the machine provides one.
 TORCH_SPEC ?= $(shell grep -E '^torch==' requirements.txt)
 BIN := $(VENV)/bin
+# The suite runs its modules in this many processes (pytest-xdist; a module's tests stay in one, with its
+# servers). Run one after another, the suite kept 2 cores 69% busy (19.9 min): its end-to-end tests wait
+# on servers, trainers and Docker. Each process starts its own servers: ~3 GB of memory each, at most.
+TEST_WORKERS ?= 2
 # The benchmarks' peer, Infinity, needs transformers<5: virtualenvs of its own (created on first use).
 INFINITY_VENV ?= bench/.venv-infinity
 INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
@@ -52,7 +56,7 @@ test: install-test
 		|| echo "docker buildx and compose v2 not installed: the compose tests use docker-compose 1.29 only"
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## Serving benchmark (not part of the tests, ~25 min): bench/results/serving-<time>.* (default settings
 ## against the in-process limit and a naive server), then bench/results/backends-<time>.* (every CPU

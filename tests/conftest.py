@@ -99,7 +99,10 @@ def fresh_redis_database(redis_url: str) -> Callable[[], str]:
 
 
 MEASURED: list[str] = []
-"""Lines the tests measured (build times, image sizes, times to ready): printed at the end of the run."""
+"""Lines the tests measured (build times, image sizes, times to ready), in the process that ran them."""
+REPORTED: list[str] = []
+"""Those lines as they reach the process that prints the run's end: each travels in the report of the
+test during which it was measured (a `user_properties` entry), as pytest-xdist's workers send theirs."""
 
 
 @pytest.fixture(scope="session")
@@ -110,23 +113,57 @@ def measured() -> Callable[[str], None]:
 
 IMAGE_TESTS = ("tests/test_e2e_image.py", "tests/test_e2e_compose.py")
 """Build and run the image (Docker): reported apart, as their time is the image build's, not the service's."""
-SECONDS_BY_PART: dict[str, float] = {}
+DOCKER_GROUP = (*IMAGE_TESTS, "tests/test_image.py")
+"""Modules that run in one xdist worker, one after another: they share the session's Docker engine (started here
+when none runs) and build the image in the working tree's build/."""
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`make test` runs the modules in two processes (pytest-xdist, `--dist loadfile`): a module's tests stay
+    in one process, as its module-scoped servers do, and the Docker modules are one unit. Not with
+    `--dist loadgroup` and marks: on pytest 9 that groups nothing, silently (pytest-xdist#1386, open)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class DockerModulesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "docker" if module in DOCKER_GROUP else module
+
+    return DockerModulesTogether(config, log)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    report = yield
+    report.user_properties.extend(("measured", line) for line in MEASURED)
+    MEASURED.clear()
+    return report
+
+
+SPANS_BY_PART: dict[str, list[float]] = {}
+"""Per part: [first start, last stop, seconds of its tests' setup, call and teardown summed]."""
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    REPORTED.extend(line for key, line in report.user_properties if key == "measured")
     part = "image and compose" if report.nodeid.startswith(IMAGE_TESTS) else "the rest"
-    SECONDS_BY_PART[part] = SECONDS_BY_PART.get(part, 0.0) + report.duration
+    span = SPANS_BY_PART.setdefault(part, [report.start, report.stop, 0.0])
+    span[0], span[1], span[2] = min(span[0], report.start), max(span[1], report.stop), span[2] + report.duration
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    if MEASURED:
+    if REPORTED:
         terminalreporter.section("measured")
-        for line in MEASURED:
+        for line in REPORTED:
             terminalreporter.write_line(line)
-    if SECONDS_BY_PART:
-        terminalreporter.section("time by part (setup, call and teardown of its tests)")
-        for part, seconds in sorted(SECONDS_BY_PART.items()):
-            terminalreporter.write_line(f"{part}: {seconds / 60:.1f} min")
+    if SPANS_BY_PART:
+        terminalreporter.section("time by part (its first test's start to its last test's end; the time of "
+                                 "its tests summed)")
+        for part, (first, last, summed) in sorted(SPANS_BY_PART.items()):
+            terminalreporter.write_line(f"{part}: {(last - first) / 60:.1f} min from first to last; "
+                                        f"{summed / 60:.1f} min of tests")
 
 
 @pytest.fixture(scope="session")
