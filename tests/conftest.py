@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.modernbert_standin import make_modernbert_standin
 from bench.tiny_model import make_tiny_model
 from fewshot.records.examples import ExampleStore, RedisExampleStore, SqliteExampleStore
 from harness.docker_engine import DockerEngine, DockerUnavailable, without_docker
@@ -37,6 +38,29 @@ def tiny_base_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path]
         """Copy it into `model_dir` (a server's LOCAL_MODEL_DIRS, by default its MODEL_PATH/base-models);
         the path to send as `base_model`."""
         target = model_dir / "tiny"
+        if not target.exists():
+            shutil.copytree(source, target)
+        return str(target)
+
+    return place
+
+
+STANDIN_LAYERS = 2
+"""The default model's stand-in in tests: global attention in its first layer, local (128 tokens) in its second."""
+
+
+@pytest.fixture(scope="session")
+def modernbert_standin(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], str]:
+    """A base model of the default's architecture (Alibaba-NLP/gte-modernbert-base, ModernBERT) for tests of
+    what that architecture does to our code: bench/modernbert_standin.py's random-weight stand-in, 2 layers
+    deep (~49 M parameters, ~200 MB: the 50k-token embedding table is most of it), made once and copied
+    into a model directory on request, as `tiny_base_model` is. Its labels are noise."""
+    source = make_modernbert_standin(tmp_path_factory.mktemp("modernbert-standin") / "gte-modernbert-standin",
+                                     layers=STANDIN_LAYERS)
+
+    def place(model_dir: Path) -> str:
+        """Copy it into `model_dir` (a server's LOCAL_MODEL_DIRS, or any directory); its path there."""
+        target = model_dir / source.name
         if not target.exists():
             shutil.copytree(source, target)
         return str(target)
