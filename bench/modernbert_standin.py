@@ -35,6 +35,12 @@ Assumed (not verifiable offline):
 - 1_Pooling/config.json's keys besides CLS (other modes off, include_prompt true) and
   config_sentence_transformers.json (cosine similarity, no prompts), as sentence-transformers writes them.
 
+Not mirrored: the weights' precision. The published pytorch_model.bin is 298 MB for 149 M parameters, so
+half precision on disk (float16 or bfloat16: its config's dtype not seen here); this one is float32.
+transformers 5 loads a checkpoint in its own dtype unless told otherwise (checked: a bfloat16 copy of this
+stand-in loads as bfloat16 through SetFit and sentence-transformers on CPU), so the real model may train and
+serve in half precision where the stand-in does not.
+
 Not the real model: the weights are random (torch.manual_seed(seed): the same files each time), so its
 labels are noise and its embeddings carry no meaning. It proves code paths, numerics and costs, not quality.
 """
