@@ -11,6 +11,7 @@ import pytest
 from bench.modernbert_standin import make_modernbert_standin
 from bench.tiny_model import make_tiny_model
 from fewshot.records.examples import ExampleStore, RedisExampleStore, SqliteExampleStore
+from fewshot.settings import get_settings
 from harness.docker_engine import DockerEngine, DockerUnavailable, without_docker
 from harness.fixtures import read_examples
 from harness.live_server import LiveServer, TrainerProcess
@@ -66,6 +67,18 @@ def modernbert_standin(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Pa
         return str(target)
 
     return place
+
+
+@pytest.fixture(scope="module")
+def module_model_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """MODEL_PATH for in-process tests of one module (exports go to MODEL_PATH/backends): a directory of
+    the module's own, the settings read again on entry and on exit."""
+    path = tmp_path_factory.mktemp("model-path")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MODEL_PATH", str(path))
+        get_settings.cache_clear()
+        yield path
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")

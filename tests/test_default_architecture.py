@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,6 @@ import pytest
 from bench.modernbert_standin import MAX_TOKENS, PUBLISHED, SPECIAL_TOKENS
 from fewshot.base_models import BaseModelSource
 from fewshot.serving.numpy_pipeline import EMBEDDING_COSINE, PROBE_TEXTS, mismatch
-from fewshot.settings import get_settings
 from fewshot.store import StoredModel
 from tests.test_e2e_backends import MIN_COSINE
 from tests.test_numpy_pipeline import TEXTS_FILE, assert_same_answers, load, saved_pipeline
@@ -34,17 +33,6 @@ EXAMPLES_PER_LABEL = 2
 all in one pass with a 600-token probe (ONNX Runtime float32, 3 layers: 5.5 s a pass for 21 texts, 2.7 s for 13)."""
 SHORT = "Where is my new card?"
 """8 tokens: in one pass with `long_text`, padded far past the local window (64 tokens either side)."""
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Exports go to MODEL_PATH/backends: a directory of this module's own."""
-    path = tmp_path_factory.mktemp("model-path")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MODEL_PATH", str(path))
-        get_settings.cache_clear()
-        yield path
-    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +77,7 @@ def test_it_loads_as_the_published_model_does(base: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(base: str, model_path: Path, train_examples: list[dict[str, str]]) -> Callable[[str], StoredModel]:
+def trained(base: str, module_model_path: Path, train_examples: list[dict[str, str]]) -> Callable[[str], StoredModel]:
     """The stand-in trained by our trainer with `strategy` (head or setfit: one iteration), saved as the trainer
     saves a version."""
     from trainers.training import TrainingOptions, fine_tune, split_examples, train_head
@@ -109,7 +97,7 @@ def trained(base: str, model_path: Path, train_examples: list[dict[str, str]]) -
             assert classifier.strategy == strategy
             predicted = classifier.model.predict([text for text, _ in split.evaluation or split.train])
             assert set(predicted) <= set(split.labels)
-            directory = model_path / "versions" / strategy
+            directory = module_model_path / "versions" / strategy
             classifier.save(directory)
             made[strategy] = StoredModel(strategy, "v1", directory, {"labels": classifier.labels})
         return made[strategy]

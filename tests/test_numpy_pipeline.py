@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +26,6 @@ from trainers.training import save_classifier
 
 TEXTS_FILE = Path(__file__).parents[1] / "bench" / "data" / "banking77_test_texts.json"
 LABELS = ["card", "transfer", "refund"]
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Exports go to MODEL_PATH/backends: a directory of this module's own."""
-    path = tmp_path_factory.mktemp("model-path")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MODEL_PATH", str(path))
-        get_settings.cache_clear()
-        yield path
-    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +75,7 @@ def stored_version(directory: Path, body: str, head: str, fit_texts: list[str]) 
 
 
 @pytest.fixture(scope="module")
-def versions(model_path: Path, tmp_path_factory: pytest.TempPathFactory,
+def versions(module_model_path: Path, tmp_path_factory: pytest.TempPathFactory,
              texts: list[str]) -> Callable[[str], StoredModel]:
     root = tmp_path_factory.mktemp("bodies")
     bodies: dict[str, Callable[[], str]] = {
@@ -104,7 +93,7 @@ def versions(model_path: Path, tmp_path_factory: pytest.TempPathFactory,
         """`body+head`, or `body+head#copy` for a version of its own (no export or saved path yet)."""
         if name not in made:
             body, head = name.split("#")[0].split("+")
-            made[name] = stored_version(model_path / "versions" / name.replace("+", "_"), bodies[body](), head,
+            made[name] = stored_version(module_model_path / "versions" / name.replace("+", "_"), bodies[body](), head,
                                         texts[:24])
         return made[name]
 
