@@ -7,7 +7,7 @@ PORT ?= 8000
 TORCH_SPEC ?= $(shell grep -E '^torch==' requirements.txt)
 BIN := $(VENV)/bin
 # The suite runs its modules in this many processes (pytest-xdist; a module's tests stay in one, with its
-# servers). Run one after another, the suite kept 2 cores 69% busy (19.9 min): its end-to-end tests wait
+# servers). Run one after another, the suite kept 2 cores 69% busy (19:45 for all but the image tests): its end-to-end tests wait
 # on servers, trainers and Docker. Each process starts its own servers: ~3 GB of memory each, at most.
 TEST_WORKERS ?= 2
 # The benchmarks' peer, Infinity, needs transformers<5: virtualenvs of its own (created on first use).
