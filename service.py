@@ -73,7 +73,8 @@ class Inference:
         runtime = InferenceRuntime.resolve(settings.inference_dtype, settings.max_batch_tokens,
                                            trust_remote_code=settings.trust_remote_code,
                                            backend=settings.inference_backend, quantize=settings.inference_quantize,
-                                           threads=settings.inference_threads, pipeline=settings.inference_pipeline)
+                                           threads=settings.inference_threads, pipeline=settings.inference_pipeline,
+                                           max_text_chars=settings.max_text_chars)
         self.models = ModelCache.for_runtime(runtime, settings.model_refresh_seconds, settings.max_loaded_models,
                                              on_load=lambda tag: metrics.MODEL_LOADS.inc(),
                                              on_evict=lambda name: metrics.MODEL_EVICTIONS.inc())

@@ -75,6 +75,10 @@ def _text(name: str) -> str | None:
     return raw if raw else None
 
 
+TEXT_CHARS_CEILING = 1_000_000
+"""Characters of one text in any request when MAX_TEXT_CHARS is not set: what the request schemas
+enforce before a version is known (each version then takes what its window allows)."""
+
 @dataclass(frozen=True)
 class Settings:
     model_path: Path
@@ -124,8 +128,10 @@ class Settings:
     that reproduces sentence-transformers; fewshot/serving/numpy_pipeline.py) or SENTENCE_TRANSFORMERS."""
     max_texts_per_request: int
     """MAX_TEXTS_PER_REQUEST: texts in one predict or embeddings request."""
-    max_text_chars: int
-    """MAX_TEXT_CHARS: characters in one text (predict, embeddings, training examples)."""
+    max_text_chars: int | None
+    """MAX_TEXT_CHARS: characters in one text (predict, embeddings, training examples); None = each
+    version's own, which follows its window (fewshot/serving/long_texts.py `text_limit`), and
+    TEXT_CHARS_CEILING for training examples."""
     max_train_examples: int
     """MAX_TRAIN_EXAMPLES: examples in one training request."""
     max_pool_texts: int
@@ -217,7 +223,7 @@ def load_settings() -> Settings:
         inference_quantize=_choice("INFERENCE_QUANTIZE", "AUTO", {"AUTO", "NONE", "INT8"}),
         inference_pipeline=_choice("INFERENCE_PIPELINE", "AUTO", {"AUTO", "SENTENCE_TRANSFORMERS"}),
         max_texts_per_request=_int("MAX_TEXTS_PER_REQUEST", 256, minimum=1),
-        max_text_chars=_int("MAX_TEXT_CHARS", 10_000, minimum=1),
+        max_text_chars=_int("MAX_TEXT_CHARS", 0, minimum=0) or None,
         max_train_examples=_int("MAX_TRAIN_EXAMPLES", 10_000, minimum=2),
         max_pool_texts=_int("MAX_POOL_TEXTS", 10_000, minimum=1),
         # 32 MiB: 10,000 training examples (MAX_TRAIN_EXAMPLES) of ~3,300 bytes, and a full predict request

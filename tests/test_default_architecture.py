@@ -136,7 +136,7 @@ def test_every_export_answers_as_sentence_transformers_and_as_torch(
     quantize = variant.split("-")[1]
     reference = torch_served.model.model_body
     cosines = [(unit(ours_rows) * unit(torch_rows)).sum(axis=1) for ours_rows, torch_rows in [
-        (ours.embed([*texts, *PROBE_TEXTS])[0], torch_served.embed([*texts, *PROBE_TEXTS])[0]),  # as served
+        (ours.embed([*texts, *PROBE_TEXTS]).vectors, torch_served.embed([*texts, *PROBE_TEXTS]).vectors),  # as served
         (ours.pipeline.embed(mixed, one_pass=True), reference.encode(mixed, batch_size=2))]]  # one padded pass
     measured(f"gte-modernbert stand-in, {strategy} version, {variant}: cosine to torch min "
              f"{cosines[0].min():.6f} (served passes), {cosines[1].min():.6f} (short and long text in one pass)")

@@ -112,12 +112,16 @@ def load(stored: StoredModel, backend: str, pipeline: str):
 
 
 def assert_same_answers(ours, theirs, texts: list[str]) -> None:
-    embedded, counts = ours.embed(texts, count_tokens=True)
-    expected, expected_counts = theirs.embed(texts, count_tokens=True)
-    cosine = (embedded * expected).sum(1) / np.linalg.norm(embedded, axis=1) / np.linalg.norm(expected, axis=1)
+    read, expected = ours.embed(texts), theirs.embed(texts)
+    cosine = (read.vectors * expected.vectors).sum(1) / np.linalg.norm(read.vectors, axis=1) \
+        / np.linalg.norm(expected.vectors, axis=1)
     assert cosine.min() >= 0.99999
-    assert counts == expected_counts
+    assert (read.tokens, read.truncated) == (expected.tokens, expected.truncated)
+    assert any(expected.truncated)  # the long probe text
     np.testing.assert_allclose(ours.predict_proba(texts), theirs.predict_proba(texts), atol=1e-5, rtol=0)
+    (served, served_read), (reference, reference_read) = ours.predict(texts), theirs.predict(texts)
+    np.testing.assert_allclose(served, reference, atol=1e-5, rtol=0)
+    assert (served_read.tokens, served_read.truncated) == (expected.tokens, expected.truncated)
 
 
 @pytest.mark.parametrize(("version", "backend"), [
@@ -190,11 +194,11 @@ for directory, variant in request["versions"]:
     runtime = InferenceRuntime.resolve(backend=backend, quantize=quantize, threads=2)
     stored = StoredModel(Path(directory).name, "v1", Path(directory), {"labels": request["labels"]})
     loaded = LoadedModel.load(stored, runtime, record=False)
-    vectors, tokens = loaded.embed(request["texts"], count_tokens=True)
+    read = loaded.embed(request["texts"])
     answers[directory] = {"model": loaded.model is None and "none", "pipeline": loaded.backend.pipeline,
                           "backend": f"{loaded.backend.backend}-{loaded.backend.quantize}",
                           "probabilities": loaded.predict_proba(request["texts"]).tolist(),
-                          "embeddings": vectors.tolist(), "tokens": tokens}
+                          "embeddings": read.vectors.tolist(), "tokens": read.tokens}
 heavy = sorted(name for name in sys.modules if name.split(".")[0] in
                ("torch", "setfit", "sentence_transformers", "transformers"))
 print(json.dumps({"answers": answers, "heavy_modules": heavy}))
@@ -226,7 +230,8 @@ def test_a_checked_pipeline_opens_again_with_no_torch_and_answers_the_same(versi
     for (version, variant), (directory, answer) in zip(cases, result["answers"].items(), strict=True):
         assert (answer["model"], answer["pipeline"], answer["backend"]) == ("none", "numpy", variant), version
         reference = references[directory]
-        expected, expected_tokens = reference.embed(sample, count_tokens=True)
+        expected_read = reference.embed(sample)
+        expected, expected_tokens = expected_read.vectors, expected_read.tokens
         embedded = np.asarray(answer["embeddings"], dtype=np.float32)
         cosine = (embedded * expected).sum(1) / np.linalg.norm(embedded, axis=1) / np.linalg.norm(expected, axis=1)
         assert cosine.min() >= 0.99999, version

@@ -108,6 +108,7 @@ def run_job(record: JobRecord, settings: Settings, progress: ProgressCallback | 
         trust_remote_code=settings.trust_remote_code,
         max_seconds=settings.max_training_seconds,
         abstention_coverage=request.coverage,
+        long_texts=request.long_texts,
     )
     if options.base_model.is_local:
         location = Path(options.base_model.location)
@@ -270,6 +271,7 @@ def model_metadata(record: JobRecord, request: TrainRequest, base_model: str, tr
         "num_iterations": request.num_iterations,
         "learning_rate": request.learning_rate,
         "batch_size": request.batch_size,
+        **(trained.long_texts.metadata() if trained.long_texts else {}),
     }
 
 

@@ -11,8 +11,10 @@ from fewshot.records.embedding_cache import EmbeddingCache
 from fewshot.records.outcomes import Target, target_labels
 from fewshot.serving.decisions import DEFAULT_THRESHOLD
 from fewshot.serving.labels import best_labels, column_labels
+from fewshot.serving.long_texts import TRUNCATE
 from fewshot.store import StoredModel
 from trainers.heads import load_safe_head
+from trainers.long_texts import embed_texts
 from trainers.promotion import PairedScores
 from trainers.training import TrainedClassifier, embed, version_body_with
 
@@ -27,7 +29,8 @@ def version_probabilities(version: StoredModel, texts: Sequence[str],
         probabilities = np.asarray(head.predict_proba(np.stack([same_body_embeddings[text] for text in texts])))
     else:
         model = version_body_with(version.path, head)
-        probabilities = model.predict_proba(list(texts), as_numpy=True, show_progress_bar=False)
+        probabilities = head.predict_proba(embed_texts(model, list(texts), version.metadata.get("long_texts")
+                                                       or TRUNCATE))
     if isinstance(probabilities, list):  # one-vs-rest heads may answer one array per label
         probabilities = np.stack(probabilities, axis=1)
     return np.asarray(probabilities), column_labels(head, version.labels, refuses=version.refuses)
@@ -73,5 +76,6 @@ def new_version_probabilities(trained: TrainedClassifier, texts: Sequence[str],
                               refuses: bool) -> tuple[np.ndarray, list[str | None]]:
     """The just-trained version's probabilities of `texts` (its embeddings of them are cached)."""
     cache = trained.embeddings if trained.embeddings is not None else {}
-    probabilities = np.asarray(trained.model.model_head.predict_proba(embed(trained.model, list(texts), cache)))
+    probabilities = np.asarray(trained.model.model_head.predict_proba(
+        embed(trained.model, list(texts), cache, trained.long_texts_policy)))
     return probabilities, column_labels(trained.model.model_head, trained.labels, refuses=refuses)

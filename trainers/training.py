@@ -32,6 +32,7 @@ from fewshot.records.outcomes import DEFAULT_ABSTENTION_COVERAGE, Abstention, Sc
 from fewshot.serving.backends import MAX_CALIBRATION_TEXTS
 from fewshot.serving.decisions import DEFAULT_THRESHOLD
 from fewshot.serving.labels import column_labels
+from fewshot.serving.long_texts import AUTO, TRUNCATE
 from fewshot.serving.scope import ScopeIndex
 from fewshot.store import CALIBRATION_TEXTS_FILE, TRAINING_EXAMPLES_FILE
 from trainers.errors import TrainingFailed
@@ -43,6 +44,7 @@ from trainers.holdout import (
     multi_label_strata,
     stratified_split,
 )
+from trainers.long_texts import LongTextsChoice, choose, embed_texts
 from trainers.scope import fit_scope
 from trainers.thresholds import evaluate_multi_label, evaluate_single_label, untested_abstention
 
@@ -74,6 +76,9 @@ class TrainingOptions:
     Multi-label: each label's one-vs-rest classifier weighs its positives against its negatives."""
     abstention_coverage: float = DEFAULT_ABSTENTION_COVERAGE
     """Single-label: the share of in-scope texts the abstention threshold keeps (trainers/thresholds.py)."""
+    long_texts: str = AUTO
+    """How the version reads a text longer than its window (fewshot/serving/long_texts.py; auto:
+    trainers/long_texts.py picks one on the examples)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,12 @@ class TrainedClassifier:
     """Single-label: its training embeddings, which the scope score reads (saved with the version)."""
     trained_on: list[LabelledText] | None = None
     """The examples it was trained on (saved with the version: a retrain's promotion judges it without them)."""
+    long_texts: LongTextsChoice | None = None
+    """How it reads a text longer than its window, and why (None: truncate, as before the choice)."""
+
+    @property
+    def long_texts_policy(self) -> str:
+        return self.long_texts.policy if self.long_texts else TRUNCATE
 
     @property
     def accuracy(self) -> float | None:
@@ -270,14 +281,12 @@ def version_body_with(version_path: Path, head: object, trust_remote_code: bool 
                        normalize_embeddings=bool(config.get("normalize_embeddings", False)), **setfit)
 
 
-def embed(model: SetFitModel, texts: Sequence[str], cache: EmbeddingCache) -> np.ndarray:
-    """The body's embeddings of `texts` (as SetFit feeds its head), those in `cache` not computed again;
-    the new ones are added to it."""
+def embed(model: SetFitModel, texts: Sequence[str], cache: EmbeddingCache, long_texts: str = TRUNCATE) -> np.ndarray:
+    """The body's embeddings of `texts` (as SetFit feeds its head; a text longer than the window read by
+    `long_texts`), those in `cache` not computed again; the new ones are added to it."""
     missing = list(dict.fromkeys(text for text in texts if text not in cache))
     if missing:
-        vectors = model.model_body.encode(missing, normalize_embeddings=model.normalize_embeddings,
-                                          convert_to_numpy=True, show_progress_bar=False)
-        cache.update(zip(missing, np.asarray(vectors, dtype=np.float32), strict=True))
+        cache.update(zip(missing, embed_texts(model, missing, long_texts), strict=True))
     return np.stack([cache[text] for text in texts]) if texts else np.empty((0, 0), dtype=np.float32)
 
 
@@ -295,12 +304,13 @@ def _targets(split: Split, pairs: Sequence[LabelledText]) -> list[int] | list[li
     return [len(split.labels) if target is None else ids[target] for _, target in pairs]  # type: ignore[index]
 
 
-def _evaluate(model: SetFitModel, split: Split, coverage: float, cache: EmbeddingCache) -> Evaluation | None:
+def _evaluate(model: SetFitModel, split: Split, coverage: float, cache: EmbeddingCache,
+              long_texts: str) -> Evaluation | None:
     if not split.evaluation:
         return None
     texts = [text for text, _ in split.evaluation]
     # what SetFitModel.predict_proba does (its sklearn head on the body's embeddings), the embeddings kept
-    probabilities = np.asarray(model.model_head.predict_proba(embed(model, texts, cache)))
+    probabilities = np.asarray(model.model_head.predict_proba(embed(model, texts, cache, long_texts)))
     columns = column_labels(model.model_head, split.labels, refuses=split.refuses)
     expected = [target for _, target in split.evaluation]
     if split.multi_label:
@@ -309,18 +319,25 @@ def _evaluate(model: SetFitModel, split: Split, coverage: float, cache: Embeddin
                                  split.none_of_these_examples)
 
 
+def _choose_long_texts(model: SetFitModel, split: Split, options: TrainingOptions) -> LongTextsChoice:
+    pairs = [*split.train, *([] if split.separate_evaluation else split.evaluation)]
+    return choose(model, [text for text, _ in pairs], [target for _, target in pairs], options.long_texts,
+                  split.multi_label, options.class_weight)
+
+
 def _finish(model: SetFitModel, split: Split, strategy: str, started: float, coverage: float,
-            cache: EmbeddingCache | None = None) -> TrainedClassifier:
+            long_texts: LongTextsChoice, cache: EmbeddingCache | None = None) -> TrainedClassifier:
     """Score the trained model and fit its scope. `cache`: the frozen body's embeddings (a head); a
     fine-tuned body embeds its examples here, once for the evaluation and the scope."""
     body_saw_training = cache is None
     cache = {} if cache is None else cache
-    evaluation = _evaluate(model, split, coverage, cache)
+    policy = long_texts.policy
+    evaluation = _evaluate(model, split, coverage, cache, policy)
     scope, scope_index = None, None
     if not split.multi_label:
         train_texts, eval_texts = [text for text, _ in split.train], [text for text, _ in split.evaluation]
-        eval_vectors = embed(model, eval_texts, cache) if eval_texts else np.empty((0, 1), dtype=np.float32)
-        scope_index, scope = fit_scope(embed(model, train_texts, cache), [target for _, target in split.train],
+        eval_vectors = embed(model, eval_texts, cache, policy) if eval_texts else np.empty((0, 1), dtype=np.float32)
+        scope_index, scope = fit_scope(embed(model, train_texts, cache, policy), [target for _, target in split.train],
                                        eval_vectors, [target for _, target in split.evaluation], coverage,
                                        body_saw_training)
     duration = time.perf_counter() - started
@@ -339,7 +356,7 @@ def _finish(model: SetFitModel, split: Split, strategy: str, started: float, cov
                              multi_label=split.multi_label, thresholds=thresholds, abstention=abstention,
                              num_examples=split.num_examples, training_duration_seconds=duration,
                              calibration_texts=texts[::every][:MAX_CALIBRATION_TEXTS], embeddings=cache, scope=scope,
-                             scope_index=scope_index, trained_on=list(split.train))
+                             scope_index=scope_index, trained_on=list(split.train), long_texts=long_texts)
 
 
 def train_head(split: Split, options: TrainingOptions, model: SetFitModel | None = None,
@@ -353,9 +370,12 @@ def train_head(split: Split, options: TrainingOptions, model: SetFitModel | None
     texts = {text for text, _ in [*split.train, *split.evaluation]}
     cache = {text: vector for text, vector in (cache or {}).items() if text in texts}  # deleted texts go
     started = time.perf_counter()
-    vectors = embed(model, [text for text, _ in split.train], cache)
+    long_texts = _choose_long_texts(model, split, options)
+    # a cached long text may have been read by another policy (the retrained version's)
+    cache = {text: vector for text, vector in cache.items() if text not in long_texts.long} | long_texts.embeddings
+    vectors = embed(model, [text for text, _ in split.train], cache, long_texts.policy)
     model.model_head.fit(vectors, _targets(split, split.train))
-    return _finish(model, split, "head", started, options.abstention_coverage, cache)
+    return _finish(model, split, "head", started, options.abstention_coverage, long_texts, cache)
 
 
 def fine_tune(split: Split, options: TrainingOptions, progress: ProgressCallback | None = None,
@@ -390,6 +410,11 @@ def fine_tune(split: Split, options: TrainingOptions, progress: ProgressCallback
             ] or None,
         )
         trainer.train()
-    return _finish(model, split, "setfit", started, options.abstention_coverage)
+    long_texts = _choose_long_texts(model, split, options)
+    if long_texts.policy != TRUNCATE:  # SetFit fitted the head on the texts cut at the window
+        train_texts = [text for text, _ in split.train]
+        model.model_head.fit(embed(model, train_texts, dict(long_texts.embeddings), long_texts.policy),
+                             _targets(split, split.train))
+    return _finish(model, split, "setfit", started, options.abstention_coverage, long_texts)
 
 

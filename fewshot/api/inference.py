@@ -33,6 +33,26 @@ from fewshot.store import StoredModel
 
 Send = Callable[[list[TextItem]], Awaitable[list]]
 
+CHARS_PER_TOKEN_ESTIMATE = 4
+"""The gateway has no tokenizer: a text's tokens are estimated from its length (English averages
+~4.5 characters per token of BERT-style and BPE tokenizers). The inference service cuts its forward
+passes by the real counts (MAX_BATCH_TOKENS); this only keeps calls to it even."""
+CALL_TOKENS_PER_TEXT = 256
+"""A call to the inference service holds at most MAX_BATCH_SIZE × this many estimated tokens (64 texts:
+16,384, TEI's default max-batch-tokens): a request of long texts does not take the call of 64 short ones."""
+
+
+def estimated_tokens(item: TextItem) -> int:
+    return len(item.text) // CHARS_PER_TOKEN_ESTIMATE + 2
+
+
+class TextRefused(Exception):
+    """A text is longer than the version takes (fewshot/serving/long_texts.py); `index`: its position."""
+
+    def __init__(self, index: int, why: str) -> None:
+        super().__init__(why)
+        self.index = index
+
 
 class InferenceClient:
     """The inference service as the gateway's routes call it: items in, results out, in order."""
@@ -40,7 +60,8 @@ class InferenceClient:
     def __init__(self, send_predict: Send, send_embed: Send, refresh: Callable[[list[str]], Awaitable[None]],
                  max_batch_size: int, max_latency_ms: float, max_texts_per_request: int) -> None:
         shed = {"max_wait_seconds": max_latency_ms / 1000,
-                "waited_too_long": lambda: ServiceUnavailable("too many requests are waiting; retry shortly")}
+                "waited_too_long": lambda: ServiceUnavailable("too many requests are waiting; retry shortly"),
+                "cost": estimated_tokens, "max_cost": max_batch_size * CALL_TOKENS_PER_TEXT}
         self.predict: Coalescer[TextItem, ItemPrediction] = Coalescer(send_predict, max_items=max_batch_size, **shed)
         self.embed: Coalescer[TextItem, ItemEmbedding] = Coalescer(send_embed, max_items=max_batch_size, **shed)
         self.refresh = refresh
@@ -53,19 +74,24 @@ class InferenceClient:
         for start in range(0, len(texts), self._chunk):
             answers += await self.predict([TextItem(model_name=version, text=text, **options)
                                            for text in texts[start:start + self._chunk]])
-        return answers if all(answer.found for answer in answers) else None
+        if not all(answer.found for answer in answers):
+            return None
+        _raise_refused(answers, list(range(len(texts))))
+        return answers
 
     async def vectors(self, version: StoredModel, texts: list[str]) -> np.ndarray | None:
         """The version's embeddings of `texts`: those its trainer cached (the texts it was trained and
         evaluated on), the rest from the inference service a request's worth at a time (None: deleted
         meanwhile)."""
         cached = await asyncio.to_thread(embedding_cache.read, version.name, version.version) if texts else {}
+        first = {text: index for index, text in reversed(list(enumerate(texts)))}
         missing = list(dict.fromkeys(text for text in texts if text not in cached))
         for start in range(0, len(missing), self._chunk):
             chunk = missing[start:start + self._chunk]
             results = await self.embed([TextItem(model_name=version.tag, text=text) for text in chunk])
             if not all(result.found for result in results):
                 return None
+            _raise_refused(results, [first[text] for text in chunk])
             cached.update((text, np.frombuffer(result.vector, dtype=np.float32))
                           for text, result in zip(chunk, results, strict=True))
         return np.stack([cached[text] for text in texts]) if texts else np.empty((0, 0), dtype=np.float32)
@@ -76,6 +102,8 @@ async def predict(client: InferenceClient, request: PredictRequest,
     results = await client.predict(request.items())
     if not all(result.found for result in results):
         return errors.unknown_model(request.model_name)
+    if too_long := _text_refused(results, "texts"):
+        return too_long
     if refused := next((result.error for result in results if result.error), None):
         return errors.invalid(refused)  # asked what this version cannot do (e.g. abstain, multi-label)
     if sampler is not None:
@@ -83,7 +111,7 @@ async def predict(client: InferenceClient, request: PredictRequest,
     return PredictResponse(predictions=[
         Prediction(text=text, label=result.label, score=result.score, labels=result.labels,
                    abstained=result.abstained, reason=result.reason, scope_score=result.scope_score,
-                   scores=result.scores)
+                   scores=result.scores, tokens=result.tokens, truncated=result.truncated)
         for text, result in zip(request.texts, results, strict=True)
     ])
 
@@ -93,6 +121,24 @@ async def embeddings(client: InferenceClient,
     results = await client.embed(request.items())
     if not all(result.found for result in results):
         return errors.unknown_model(request.reference, request.field)
+    if too_long := _text_refused(results, "input" if request.is_openai else "texts"):
+        return too_long
     if request.is_openai:
         return openai_response(request, results)
-    return EmbeddingsResponse(embeddings=[result.floats() for result in results])
+    return EmbeddingsResponse(embeddings=[result.floats() for result in results],
+                              tokens=[result.tokens for result in results],
+                              truncated=[result.truncated for result in results])
+
+
+def _raise_refused(results: list[ItemPrediction] | list[ItemEmbedding], positions: list[int]) -> None:
+    for position, result in zip(positions, results, strict=True):
+        if result.text_refused:
+            raise TextRefused(position, result.text_refused)
+
+
+def _text_refused(results: list[ItemPrediction] | list[ItemEmbedding], field: str) -> JSONResponse | None:
+    """A 400 naming the first text longer than its version takes (fewshot/serving/long_texts.py)."""
+    for index, result in enumerate(results):
+        if result.text_refused:
+            return errors.invalid(f"{field}[{index}]: {result.text_refused}")
+    return None

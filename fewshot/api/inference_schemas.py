@@ -74,6 +74,12 @@ class Prediction(BaseModel):
     scores: list[LabelScore] | None = Field(default=None, description=(
         "The top_k labels, most probable first; every label for a multi-label model or an abstained answer "
         "(top_k of them when given). Absent otherwise."))
+    tokens: int = Field(description=(
+        "Tokens of the text the model read (its tokenizer's, special tokens included): all of them, or what "
+        "the version's `long_texts` policy read of a text longer than its window."))
+    truncated: bool = Field(description=(
+        "Whether some of the text was not read: it is longer than the model's window and the version's "
+        "`long_texts` is `truncate` or `head_tail` (or `chunks` beyond its last window)."))
 
     @model_serializer(mode="wrap")
     def _without_absent_fields(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -167,13 +173,13 @@ class EmbeddingsRequest(BaseModel):
         return self.texts if self.texts is not None else self.input or []
 
     def items(self) -> list[TextItem]:
-        if self.is_openai:  # OpenAI's response reports tokens (`usage`): counted only for it
-            return [TextItem(model_name=self.reference, text=text, count_tokens=True) for text in self.all_texts()]
         return [TextItem(model_name=self.reference, text=text) for text in self.all_texts()]
 
 
 class EmbeddingsResponse(BaseModel):
     embeddings: list[list[float]]
+    tokens: list[int] = Field(description="Per text: the tokens the model read (see `Prediction.tokens`).")
+    truncated: list[bool] = Field(description="Per text: whether some of it was not read (see `Prediction.truncated`).")
 
 
 class OpenAIEmbedding(BaseModel):

@@ -20,7 +20,7 @@ from fewshot.api.errors import documented
 from fewshot.api.example_schemas import ExampleView, new_examples
 from fewshot.api.examples import form_to_send
 from fewshot.api.gateway import ExampleStoreDep, InferenceDep, PredictionLogDep, SamplerDep
-from fewshot.api.inference import InferenceClient
+from fewshot.api.inference import InferenceClient, TextRefused
 from fewshot.api.learning_schemas import (
     FeedbackRequest,
     FeedbackResponse,
@@ -156,10 +156,13 @@ async def suggest(model_name: str, body: SuggestRequest, client: InferenceDep, s
     # The margin needs a single-label version's two best labels only (every label's scores of 10,000
     # texts were ~770,000 objects in the gateway); a multi-label one's closeness needs every label.
     top_k = min(len(version.labels), settings.max_labels) if is_multi_label(version) else 2
-    answers = await client.answers(version.tag, pool.texts, top_k=top_k)
-    if answers is None:
-        return errors.unknown_model(version.tag)
-    picked = await _picks(client, version, pool.texts, answers, labelled, body.k)
+    try:
+        answers = await client.answers(version.tag, pool.texts, top_k=top_k)
+        if answers is None:
+            return errors.unknown_model(version.tag)
+        picked = await _picks(client, version, pool.texts, answers, labelled, body.k)
+    except TextRefused as refused:  # a pool text longer than the version takes
+        return errors.invalid(f"texts: a text of the pool is longer than version {version.tag} takes: {refused}")
     if picked is None:
         return errors.unknown_model(version.tag)
     return suggestions_view(version, pool, answers, picked)
@@ -243,7 +246,11 @@ async def suspects(model_name: str, request: Request, client: InferenceDep,
                                           f"with{'; train it first' if examples else ''}")
     if not examples:
         return errors.error_response(404, f"model_name: {model_name!r} has no example set")
-    vectors = await client.vectors(version, [example.text for example in examples])
+    try:
+        vectors = await client.vectors(version, [example.text for example in examples])
+    except TextRefused as refused:
+        return errors.invalid(f"model_name: example {examples[refused.index].text[:40]!r}… is longer than version "
+                              f"{version.tag} takes: {refused}")
     if vectors is None:
         return errors.unknown_model(version.tag)
     found = await asyncio.to_thread(audit_set, vectors, examples)

@@ -15,6 +15,21 @@ from fewshot.records.outcomes import Abstention, ConfusionMatrix, LabelMetrics, 
 from fewshot.timestamps import UtcTimestamp
 
 
+class LongTexts(BaseModel):
+    """How a version reads a text longer than its window (fewshot/serving/long_texts.py)."""
+
+    policy: Literal["truncate", "head_tail", "chunks"] = Field(description=(
+        "truncate: the first window of tokens; head_tail: its first quarter and last three quarters; chunks: "
+        "overlapping windows (up to 32), their embeddings averaged."))
+    requested: Literal["auto", "truncate", "head_tail", "chunks"] | None = Field(
+        default=None, description="What the training request asked for; null: a version from before the choice.")
+    window_tokens: int | None = Field(default=None, description="The base model's window: tokens per forward pass.")
+    long_examples: int | None = Field(default=None, description="Training examples longer than the window.")
+    scores: dict[str, float] | None = Field(default=None, description=(
+        "auto, where examples were longer than the window: each policy's out-of-fold accuracy on them."))
+    reason: str | None = Field(default=None, description="Why this policy.")
+
+
 class ModelView(BaseModel):
     model_name: str
     model_version: str
@@ -68,6 +83,9 @@ class ModelView(BaseModel):
         "A hash of the examples it was trained on (texts and labels, hold-out included): equal to the example "
         "set's `digest` (GET /v1/models/{name}/examples) when it was trained on the set as it is now. Null for "
         "an imported version or one trained before it was kept."))
+    long_texts: LongTexts = Field(description=(
+        "How it reads a text longer than its window (`long_texts` of the training request); `truncate` for a "
+        "version trained before the choice or imported."))
     backend: ServingBackend | None = Field(
         default=None, description="What serves this version (INFERENCE_BACKEND, INFERENCE_QUANTIZE), as its last "
         "load in the inference service found: torch, or an ONNX Runtime / OpenVINO export, and `error` when an "

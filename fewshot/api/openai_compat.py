@@ -43,7 +43,7 @@ def openai_response(request: EmbeddingsRequest, results: list[ItemEmbedding]) ->
         values = _vector(item, request.dimensions)
         embedding = base64.b64encode(values.tobytes()).decode("ascii") if as_base64 else values.tolist()
         data.append(OpenAIEmbedding(index=index, embedding=embedding))
-    tokens = sum(item.tokens or 0 for item in results)
+    tokens = sum(item.tokens for item in results)
     body = OpenAIEmbeddingsResponse(data=data, model=request.reference,
                                     usage=OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens))
     return Response(body.model_dump_json().encode(), media_type=JSONResponse.media_type)

@@ -25,7 +25,7 @@ from pydantic import (
 from fewshot.records.outcomes import (
     Target,
 )
-from fewshot.settings import get_settings
+from fewshot.settings import TEXT_CHARS_CEILING, get_settings
 
 # Request limits are settings (docs/settings.md); read once, when the schemas are built.
 LIMITS = get_settings()
@@ -87,7 +87,8 @@ MODEL_REFERENCE_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MODEL_R
 ModelReference = Annotated[str, AfterValidator(_check_model_reference), WithJsonSchema(MODEL_REFERENCE_SCHEMA)]
 NonBlankText = Annotated[
     str,
-    Field(max_length=LIMITS.max_text_chars, json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN}),
+    Field(max_length=LIMITS.max_text_chars or TEXT_CHARS_CEILING,
+          json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN}),
     AfterValidator(_check_not_blank),
 ]
 # A Hub id ("org/name", at most 96 characters on the Hub) or a local directory's absolute path,

@@ -116,6 +116,13 @@ class TrainRequest(BaseModel):
         "null` ones measure refusals): scored instead of a hold-out, and all of `examples` is trained on.",
     )
 
+    long_texts: Literal["auto", "truncate", "head_tail", "chunks"] = Field(
+        default="auto", description=(
+            "How the version reads a text longer than its base model's window (tokens). truncate: the first "
+            "window. head_tail: its first quarter and its last three quarters. chunks: the whole text in "
+            "overlapping windows (up to 32), their embeddings averaged. auto: the policy right on the most "
+            "long examples out of fold, or truncate where no example is longer than the window. Predictions "
+            "and embeddings say how many tokens of each text were read and whether it was `truncated`."))
     abstention_coverage: float | None = Field(strict=True,
         default=None, gt=0, le=1,
         description=f"Single-label: the share of in-scope texts the learned abstention threshold keeps "

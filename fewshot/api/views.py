@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fewshot import backend_cache, store
 from fewshot.api.job_schemas import JobView
-from fewshot.api.model_schemas import ModelVersions, ModelView
+from fewshot.api.model_schemas import LongTexts, ModelVersions, ModelView
 from fewshot.api.training_schemas import TrainAccepted
 from fewshot.records.jobs import JobRecord
 from fewshot.store import StoredModel
@@ -54,6 +54,9 @@ def model_view(stored: StoredModel) -> ModelView:
         promotion=meta.get("promotion"),
         source=meta.get("source"),
         revision=meta.get("revision"),
+        long_texts=LongTexts(policy=meta.get("long_texts") or "truncate", requested=meta.get("long_texts_requested"),
+                             window_tokens=meta.get("window_tokens"), long_examples=meta.get("long_texts_examples"),
+                             scores=meta.get("long_texts_scores"), reason=meta.get("long_texts_reason")),
         backend=backend_cache.read_status(stored.name, stored.version),
     )
 

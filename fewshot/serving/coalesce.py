@@ -21,7 +21,9 @@ Result = TypeVar("Result")
 
 
 class Coalescer(Generic[Item, Result]):
-    """Merge concurrent `__call__(items)` into calls of `send` with at most `max_items` items each.
+    """Merge concurrent `__call__(items)` into calls of `send` with at most `max_items` items each,
+    and at most `max_cost` of their `cost` (e.g. tokens: one request of long texts does not hold
+    up the short ones of many others behind a call that is all long texts).
 
     At most `max_in_flight` calls run at once. One is best measured (c=64, 2 CPU cores: 179 vs 153
     requests/s with two): with two, a request arriving just after a call left went out alone, and
@@ -30,7 +32,8 @@ class Coalescer(Generic[Item, Result]):
 
     def __init__(self, send: Callable[[list[Item]], Awaitable[Sequence[Result]]], max_items: int,
                  max_in_flight: int = 1, max_wait_seconds: float | None = None,
-                 waited_too_long: Callable[[], Exception] = lambda: TimeoutError("waited too long")) -> None:
+                 waited_too_long: Callable[[], Exception] = lambda: TimeoutError("waited too long"),
+                 cost: Callable[[Item], int] = lambda item: 1, max_cost: int | None = None) -> None:
         """Past `max_wait_seconds` unsent, a request fails with `waited_too_long()` instead of
         joining a call: under overload the queue sheds what would be answered too late."""
         if max_items < 1 or max_in_flight < 1:
@@ -40,6 +43,8 @@ class Coalescer(Generic[Item, Result]):
         self._max_in_flight = max_in_flight
         self._max_wait = max_wait_seconds
         self._waited_too_long = waited_too_long
+        self._cost = cost
+        self._max_cost = max_cost
         self._waiting: deque[tuple[list[Item], asyncio.Future[list[Result]], float]] = deque()
         self._in_flight = 0
 
@@ -57,9 +62,10 @@ class Coalescer(Generic[Item, Result]):
                 asyncio.get_running_loop().create_task(self._call(group))
 
     def _take_group(self) -> list[tuple[list[Item], asyncio.Future[list[Result]]]]:
-        """Whole requests, oldest first, up to `max_items` items (a larger request goes alone)."""
+        """Whole requests, oldest first, up to `max_items` items and `max_cost` (a larger request goes alone)."""
         group: list[tuple[list[Item], asyncio.Future[list[Result]]]] = []
         count = 0
+        spent = 0
         now = time.monotonic()
         while self._waiting:
             items, future, arrived = self._waiting[0]
@@ -70,11 +76,14 @@ class Coalescer(Generic[Item, Result]):
                 self._waiting.popleft()
                 future.set_exception(self._waited_too_long())
                 continue
-            if group and count + len(items) > self._max_items:
+            cost = sum(map(self._cost, items)) if self._max_cost is not None else 0
+            if group and (count + len(items) > self._max_items
+                          or (self._max_cost is not None and spent + cost > self._max_cost)):
                 break
             self._waiting.popleft()
             group.append((items, future))
             count += len(items)
+            spent += cost
         return group
 
     async def _call(self, group: list[tuple[list[Item], asyncio.Future[list[Result]]]]) -> None:

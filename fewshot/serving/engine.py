@@ -49,25 +49,40 @@ def _per_model(cache: ModelCache, items: Sequence[TextItem], missing: Result,
     return results
 
 
+def _refusing_long_texts(run: Callable[[LoadedModel, list[TextItem]], list[Result]],
+                         refused: Callable[[str], Result]) -> Callable[[LoadedModel, list[TextItem]], list[Result]]:
+    """`run` on the group's texts its version takes; the others answered `refused(why)`."""
+    def checked(loaded: LoadedModel, group: list[TextItem]) -> list[Result]:
+        reasons = [loaded.text_refused(item.text) for item in group]
+        if not any(reasons):
+            return run(loaded, group)
+        kept = [item for item, reason in zip(group, reasons, strict=True) if reason is None]
+        answers = iter(run(loaded, kept) if kept else [])
+        return [refused(reason) if reason else next(answers) for reason in reasons]
+
+    return checked
+
+
 def predict_items(cache: ModelCache, items: Sequence[TextItem], computed: Computed = _ignore) -> list[ItemPrediction]:
     def run(loaded: LoadedModel, group: list[TextItem]) -> list[ItemPrediction]:
         texts = [item.text for item in group]
-        if loaded.decisions.reads_embeddings(group):  # abstention by the scope score: one pass gives both
-            probabilities, embeddings = loaded.predict_with_embeddings(texts)
-            return loaded.decisions.answer(probabilities, group, embeddings)
-        return loaded.decisions.answer(loaded.predict_proba(texts), group)
+        probabilities, read = loaded.predict(texts, with_embeddings=loaded.decisions.reads_embeddings(group))
+        # abstention by the scope score reads the embeddings: one pass gives both
+        answers = loaded.decisions.answer(probabilities, group, read.vectors if read.vectors.size else None)
+        for answer, tokens, truncated in zip(answers, read.tokens, read.truncated, strict=True):
+            answer.tokens, answer.truncated = tokens, truncated
+        return answers
 
-    return _per_model(cache, items, ItemPrediction(found=False), run, computed)
+    return _per_model(cache, items, ItemPrediction(found=False),
+                      _refusing_long_texts(run, lambda why: ItemPrediction(text_refused=why)), computed)
 
 
 def embed_items(cache: ModelCache, items: Sequence[TextItem], computed: Computed = _ignore) -> list[ItemEmbedding]:
     def run(loaded: LoadedModel, group: list[TextItem]) -> list[ItemEmbedding]:
-        count_tokens = any(item.count_tokens for item in group)
-        vectors, tokens = loaded.embed([item.text for item in group], count_tokens)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if tokens is None:
-            return [ItemEmbedding(vector=row.tobytes()) for row in vectors]
-        return [ItemEmbedding(vector=row.tobytes(), tokens=count if item.count_tokens else None)
-                for row, count, item in zip(vectors, tokens, group, strict=True)]
+        read = loaded.embed([item.text for item in group])
+        vectors = np.ascontiguousarray(read.vectors, dtype=np.float32)
+        return [ItemEmbedding(vector=row.tobytes(), tokens=tokens, truncated=truncated)
+                for row, tokens, truncated in zip(vectors, read.tokens, read.truncated, strict=True)]
 
-    return _per_model(cache, items, ItemEmbedding(found=False), run, computed)
+    return _per_model(cache, items, ItemEmbedding(found=False),
+                      _refusing_long_texts(run, lambda why: ItemEmbedding(text_refused=why)), computed)

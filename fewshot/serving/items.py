@@ -26,14 +26,15 @@ class TextItem(BaseModel):
     """Predict: replaces the version's learned thresholds (multi-label) or abstention threshold."""
     abstain: bool = False
     """Predict, single-label: answer no label where the best one's probability is below the threshold."""
-    count_tokens: bool = False
-    """Embeddings: also say how many tokens the model read (OpenAI's `usage`)."""
 
 
 class ItemPrediction(BaseModel):
     found: bool = True
     error: str | None = None
     """The item asked for what its model cannot do (e.g. `abstain` of a multi-label model): a 400."""
+    text_refused: str | None = None
+    """The text is longer than its version takes (fewshot/serving/long_texts.py `text_limit`): a 400
+    naming the text."""
     label: str | None = ""
     score: float = 0.0
     scores: list[LabelScore] | None = None
@@ -45,6 +46,10 @@ class ItemPrediction(BaseModel):
     """Where it abstained, why: none_of_these, out_of_scope or low_confidence (fewshot/serving/decisions.py)."""
     scope_score: float | None = None
     """Where abstention applied by the version's scope score: the score (fewshot/serving/scope.py)."""
+    tokens: int = 0
+    """The tokens the model read of the text (special tokens included; fewshot/serving/long_texts.py)."""
+    truncated: bool = False
+    """Some of the text was not read (it is longer than the window, and the version's `long_texts` cuts)."""
 
 
 class ItemEmbedding(BaseModel):
@@ -60,9 +65,12 @@ class ItemEmbedding(BaseModel):
     model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 
     found: bool = True
+    text_refused: str | None = None
+    """The text is longer than its version takes (fewshot/serving/long_texts.py `text_limit`): a 400."""
     vector: bytes = b""
-    tokens: int | None = None
-    """With `count_tokens`: the tokens the model read (after truncation, special tokens included)."""
+    tokens: int = 0
+    """The tokens the model read (special tokens included; fewshot/serving/long_texts.py)."""
+    truncated: bool = False
 
     def floats(self) -> list[float]:
         values = array("f")  # C float: float32 in the machine's byte order, as numpy's tobytes() wrote it

@@ -25,7 +25,8 @@ from fewshot.serving import backends
 from fewshot.serving.backends import ExportedBody
 from fewshot.serving.decisions import DecisionRule
 from fewshot.serving.labels import column_labels
-from fewshot.serving.numpy_pipeline import SAVED_DIRECTORY, NumpyPipeline, Refused
+from fewshot.serving.long_texts import TRUNCATE, LongTextReader, Reading, refusal, text_limit
+from fewshot.serving.numpy_pipeline import SAVED_DIRECTORY, NumpyPipeline, Read, Refused
 from fewshot.serving.runtime import InferenceRuntime
 from fewshot.serving.scope import ScopeIndex
 
@@ -60,6 +61,12 @@ class LoadedModel:
     pipeline: NumpyPipeline | None = None
     """The numpy serving path of an exported body; None: sentence-transformers serves it (torch
     bodies, and what `backend.pipeline_error` names)."""
+    long_texts: str = TRUNCATE
+    """How it reads a text longer than its window (fewshot/serving/long_texts.py; the version's metadata)."""
+    window: int | None = None
+    """Tokens per text in one forward pass (its body's max_seq_length); None: no limit (static embeddings)."""
+    configured_text_chars: int | None = None
+    """MAX_TEXT_CHARS where set (else the version's limit follows its window: `text_refused`)."""
 
     @classmethod
     def load(cls, stored: store.StoredModel, runtime: InferenceRuntime, export_missing: bool = True,
@@ -83,11 +90,25 @@ class LoadedModel:
                     f"; torch until its {serving.requested} export is made" if serving.exporting else "")
         columns = column_labels(head, stored.labels, refuses=stored.refuses)
         decisions = DecisionRule.from_metadata(stored.tag, stored.metadata, columns, ScopeIndex.load(stored.path))
+        long_texts = str(stored.metadata.get("long_texts") or TRUNCATE)
+        if pipeline is not None:
+            pipeline.read_long_texts(long_texts)
+            window = pipeline.window
+        else:
+            window = getattr(model.model_body, "max_seq_length", None) if callable(model.model_body.tokenizer) else None
         loaded = cls(stored.name, stored.version, model, stored.labels, decisions, runtime.max_batch_tokens, serving,
-                     pipeline)
+                     pipeline, long_texts, window, runtime.max_text_chars)
         if record:
             loaded.record_backend(stored)
         return loaded
+
+    def text_refused(self, text: str) -> str | None:
+        """Why the version does not take `text` (longer than its limit: MAX_TEXT_CHARS, or what its
+        window and long-texts policy read); None when it does."""
+        limit = text_limit(self.window, self.long_texts, self.configured_text_chars)
+        if limit is None or len(text) <= limit:
+            return None
+        return refusal(len(text), limit, self.window, self.long_texts, self.configured_text_chars is not None)
 
     def with_backend(self, **changes: Any) -> LoadedModel:
         """The same loaded model, its `backend` record changed (e.g. AUTO's timings added)."""
@@ -111,32 +132,75 @@ class LoadedModel:
         return [len(ids) for ids in encoded["input_ids"]]
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Probabilities, each text cut at the window (AUTO's timing and agreement; answers use `predict`)."""
         if self.pipeline is not None:
             return self.pipeline.predict_proba(texts)
         return self._in_sub_batches(texts, lambda sub: self.model.predict_proba(
             sub, batch_size=len(sub), as_numpy=True))
 
-    def predict_with_embeddings(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The probabilities and the body's embeddings they were computed from (the scope score reads them).
-        Only versions trained here have a scope, so the torch path assumes their scikit-learn head."""
+    def predict(self, texts: list[str], with_embeddings: bool = False) -> tuple[np.ndarray, Read]:
+        """The probabilities, and how the texts were read (with their embeddings where asked for: the
+        scope score reads them), each text read by the version's long-texts policy."""
         if self.pipeline is not None:
-            embeddings = self.pipeline.embed(texts)
-            return self.pipeline.probabilities(embeddings), embeddings
-        embeddings = self._in_sub_batches(texts, lambda sub: self.model.encode(sub, batch_size=len(sub)))
-        probabilities = self.model.model_head.predict_proba(embeddings)  # as SetFitModel.predict_proba does
-        if isinstance(probabilities, list):
-            probabilities = np.stack(probabilities, axis=1)
-        return np.asarray(probabilities, dtype=np.float32), embeddings
+            read = self.pipeline.read(texts)
+            return self.pipeline.probabilities(read.vectors), read
+        reading = self._reading(texts)
+        if not reading.texts_as_sent(texts):
+            read = self._read_segments(reading)
+            return self._head_probabilities(read.vectors), read
+        if with_embeddings:  # only versions trained here have a scope: their scikit-learn head
+            embeddings = self._in_sub_batches(texts, lambda sub: self.model.encode(sub, batch_size=len(sub)))
+            return self._head_probabilities(embeddings, normalized=True), \
+                Read(embeddings, reading.tokens, reading.truncated)
+        probabilities = self._in_sub_batches(texts, lambda sub: self.model.predict_proba(
+            sub, batch_size=len(sub), as_numpy=True))
+        return probabilities, Read(np.empty((len(texts), 0), dtype=np.float32), reading.tokens, reading.truncated)
 
-    def embed(self, texts: list[str], count_tokens: bool = False) -> tuple[np.ndarray, list[int] | None]:
-        """Sentence embeddings (float32), and each text's token count when asked for (the numpy
-        path has them from its one tokenisation)."""
+    def predict_with_embeddings(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The probabilities and the body's embeddings they were computed from (the scope score reads them)."""
+        probabilities, read = self.predict(texts, with_embeddings=True)
+        return probabilities, read.vectors
+
+    def embed(self, texts: list[str]) -> Read:
+        """Sentence embeddings (float32) as the body gives them, each text read by the version's
+        long-texts policy, with the tokens read and whether each text was cut."""
         if self.pipeline is not None:
-            encoded = self.pipeline.encode_ids(texts)
-            return self.pipeline.embed(texts, encoded), encoded.lengths.tolist() if count_tokens else None
-        vectors = self._in_sub_batches(texts, lambda sub: self.model.model_body.encode(
+            return self.pipeline.read(texts)
+        reading = self._reading(texts)
+        return self._read_segments(reading)
+
+    def _reading(self, texts: list[str]) -> Reading:
+        """The torch path's plan of how to read `texts` (a static-embedding body reads all of each)."""
+        body = self.model.model_body
+        tokenizer = getattr(body.tokenizer, "backend_tokenizer", None) if callable(body.tokenizer) else body.tokenizer
+        if tokenizer is None or self.window is None:  # a slow tokenizer, or no limit: lengths only
+            tokens = self.token_lengths(texts)
+            return Reading(list(texts), np.arange(len(texts)), np.ones(len(texts)), tokens, [False] * len(texts))
+        reader = LongTextReader(tokenizer, self.window, self.long_texts,
+                                bool(getattr(body[0], "do_lower_case", False)))
+        return reader.read(texts)
+
+    def _read_segments(self, reading: Reading) -> Read:
+        body = self.model.model_body
+        vectors = self._in_sub_batches(reading.segments, lambda sub: body.encode(
             sub, batch_size=len(sub), convert_to_numpy=True, show_progress_bar=False))
-        return vectors, self.token_lengths(texts) if count_tokens else None
+        ends_normalized = type(body[len(body) - 1]).__name__ == "Normalize"
+        return Read(reading.pool(vectors, renormalize=ends_normalized), reading.tokens, reading.truncated)
+
+    def _head_probabilities(self, embeddings: np.ndarray, normalized: bool = False) -> np.ndarray:
+        """The head on the body's embeddings, as SetFitModel.predict_proba applies it (`normalized`: the
+        embeddings already had SetFit's `normalize_embeddings` applied)."""
+        if self.model.normalize_embeddings and not normalized:
+            embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        if self.model.has_differentiable_head:
+            import torch
+
+            with torch.inference_mode():
+                return self.model.model_head.predict_proba(torch.from_numpy(embeddings)).float().numpy()
+        probabilities = self.model.model_head.predict_proba(embeddings)
+        if isinstance(probabilities, list):  # one-vs-rest: a column per label
+            probabilities = np.stack(probabilities, axis=1)
+        return np.asarray(probabilities, dtype=np.float32)
 
     def _in_sub_batches(self, texts: list[str], forward: Callable[[list[str]], Any]) -> np.ndarray:
         """One forward pass per length-sorted sub-batch; rows come back in `texts` order, as float32."""

@@ -40,6 +40,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from fewshot.serving.batching import plan_sub_batches
+from fewshot.serving.long_texts import TRUNCATE, LongTextReader
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 """Feeds by input name (int64 arrays: texts × tokens) → last hidden state (texts × tokens × width)."""
@@ -70,10 +71,22 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Encoded:
-    """Token ids of a list of texts, unpadded, with their lengths (what plans the passes)."""
+    """Token ids of a list of texts, unpadded, with their lengths (what plans the passes) and
+    whether the tokenizer cut them at the body's window."""
 
     ids: list[list[int]]
     lengths: np.ndarray
+    truncated: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Read:
+    """A list of texts as the body read them: embeddings, and per text the tokens read (special
+    tokens included) and whether any were left out (fewshot/serving/long_texts.py)."""
+
+    vectors: np.ndarray
+    tokens: list[int]
+    truncated: list[bool]
 
 
 def _modules(body: Any) -> list[Any]:
@@ -220,6 +233,15 @@ class NumpyPipeline:
         self._max_batch_tokens = max_batch_tokens
         # tokenizers >= 0.20: encode_batch_fast skips the character offsets we never read.
         self._encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        truncation = tokenizer.truncation
+        self.window: int | None = truncation["max_length"] if truncation else None
+        """Tokens per text in one forward pass (the body's max_seq_length); None: no limit."""
+        self._long_texts: LongTextReader | None = None
+
+    def read_long_texts(self, policy: str) -> None:
+        """Read texts longer than the window by `policy` (a version's `long_texts`); truncate until told."""
+        self._long_texts = None if policy == TRUNCATE or self.window is None else \
+            LongTextReader(self._tokenizer, self.window, policy, self._lower_case)
 
     @classmethod
     def for_model(cls, model: Any, runner: Runner, input_names: Sequence[str], max_batch_tokens: int) -> NumpyPipeline:
@@ -272,8 +294,11 @@ class NumpyPipeline:
     def encode_ids(self, texts: Sequence[str]) -> Encoded:
         if self._lower_case:
             texts = [text.lower() for text in texts]
-        ids = [encoding.ids for encoding in self._encode_batch(list(texts))]
-        return Encoded(ids, np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
+        encodings = self._encode_batch(list(texts))
+        ids = [encoding.ids for encoding in encodings]
+        truncated = np.fromiter((bool(encoding.overflowing) for encoding in encodings), dtype=bool,
+                                count=len(ids)) if self.window is not None else np.zeros(len(ids), dtype=bool)
+        return Encoded(ids, np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), truncated)
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         return self.encode_ids(texts).lengths.tolist()
@@ -281,16 +306,46 @@ class NumpyPipeline:
     def embed(self, texts: Sequence[str], encoded: Encoded | None = None, one_pass: bool = False) -> np.ndarray:
         """The body's sentence embeddings (what sentence-transformers' `encode` returns), float32; in
         length-sorted passes of at most max_batch_tokens padded tokens, or in one pass."""
-        encoded = encoded or self.encode_ids(texts)
-        if not texts:
+        return self._embed_encoded(encoded or self.encode_ids(texts), one_pass)
+
+    def _embed_encoded(self, encoded: Encoded, one_pass: bool = False) -> np.ndarray:
+        if not encoded.ids:
             return np.empty((0, 0), dtype=np.float32)
-        passes = [list(range(len(texts)))] if one_pass else \
+        passes = [list(range(len(encoded.ids)))] if one_pass else \
             plan_sub_batches(encoded.lengths.tolist(), self._max_batch_tokens)
         outputs = [self._forward([encoded.ids[i] for i in positions], encoded.lengths[positions])
                    for positions in passes]
-        rows = np.empty((len(texts), outputs[0].shape[1]), dtype=np.float32)
+        rows = np.empty((len(encoded.ids), outputs[0].shape[1]), dtype=np.float32)
         rows[np.concatenate(passes)] = np.concatenate(outputs)
         return rows
+
+    def read(self, texts: Sequence[str]) -> Read:
+        """`embed`, with the version's long-texts policy: a text the window cuts is read as the
+        policy says (its segments embedded in the same passes as the other texts, then pooled)."""
+        encoded = self.encode_ids(texts)
+        assert encoded.truncated is not None
+        long = np.flatnonzero(encoded.truncated)
+        if self._long_texts is None or not len(long):
+            return Read(self.embed(texts, encoded), encoded.lengths.tolist(), encoded.truncated.tolist())
+        short = np.flatnonzero(~encoded.truncated)
+        reading = self._long_texts.read([texts[i] for i in long])
+        segments = self.encode_ids(reading.segments)
+        ids = [encoded.ids[i] for i in short] + segments.ids
+        together = Encoded(ids, np.concatenate([encoded.lengths[short], segments.lengths]))
+        vectors = self._embed_encoded(together)
+        rows = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+        rows[short] = vectors[:len(short)]
+        rows[long] = reading.pool(vectors[len(short):], renormalize=self.normalizes)
+        tokens = encoded.lengths.tolist()
+        truncated = encoded.truncated.tolist()
+        for position, count, cut in zip(long.tolist(), reading.tokens, reading.truncated, strict=True):
+            tokens[position], truncated[position] = count, cut
+        return Read(rows, tokens, truncated)
+
+    @property
+    def normalizes(self) -> bool:
+        """The body's rows are unit vectors (it ends with a Normalize module)."""
+        return bool(self._after_pooling) and self._after_pooling[-1] is None
 
     def predict_proba(self, texts: Sequence[str], one_pass: bool = False) -> np.ndarray:
         return self.probabilities(self.embed(texts, one_pass=one_pass))

@@ -65,6 +65,9 @@ class InferenceRuntime:
     numpy_pipeline: bool = True
     """Exported bodies served through fewshot/serving/numpy_pipeline.py where it reproduces them
     (INFERENCE_PIPELINE AUTO), or always through sentence-transformers (SENTENCE_TRANSFORMERS)."""
+    max_text_chars: int | None = None
+    """MAX_TEXT_CHARS where set: the characters of a text any version takes; None: each version's own
+    (fewshot/serving/long_texts.py `text_limit`)."""
     torch_threads: int = 1
     """Torch's intra-op threads in this worker (fewshot/serving/torch_loading.py: `use_threads`): all of
     `threads` when torch runs the bodies; one when the exports do and torch is left the pooling and
@@ -75,7 +78,7 @@ class InferenceRuntime:
     def resolve(cls, dtype: str = "AUTO", max_batch_tokens: int | None = None,
                 device: str | None = None, trust_remote_code: bool = False,
                 backend: str = "TORCH", quantize: str = "NONE", threads: int | None = None,
-                pipeline: str = "AUTO") -> InferenceRuntime:
+                pipeline: str = "AUTO", max_text_chars: int | None = None) -> InferenceRuntime:
         """Fill in the AUTO choices for this machine (settings: INFERENCE_DTYPE, MAX_BATCH_TOKENS,
         INFERENCE_BACKEND, INFERENCE_QUANTIZE)."""
         device = device or pick_device()
@@ -89,7 +92,7 @@ class InferenceRuntime:
         auto = backend == "AUTO" and quantize == "AUTO" and not on_gpu
         threads = threads or default_threads()
         return cls(device, chosen, budget, trust_remote_code, choice, threads, auto, pipeline == "AUTO",
-                   threads if choice.backend == backends.TORCH and not auto else 1)
+                   max_text_chars, threads if choice.backend == backends.TORCH and not auto else 1)
 
     def serving(self, choice: BackendChoice) -> InferenceRuntime:
         """This runtime with `choice` running the bodies (AUTO's decision; torch then gets the threads)."""

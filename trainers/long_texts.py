@@ -1,0 +1,158 @@
+"""A version's `long_texts` policy at training: the body's embeddings of texts read by a policy
+(fewshot/serving/long_texts.py, the same plan serving follows), and `auto`, which picks the policy
+on the training examples themselves.
+
+`auto`: where none of the examples is longer than the window, every policy reads them alike, and
+nothing says one is better: `truncate`, the cheapest (the choice says so). Otherwise each policy
+embeds the examples, a logistic-regression head is fitted and scored out of fold (stratified
+k-fold over all examples: few-shot sets are too small to hold long texts out only), and the policy
+right on most of the long examples wins; a tie goes to the cheaper (POLICIES' order). Published
+comparisons (Sun et al. 2019; Park et al. 2022, "Efficient Classification of Long Documents Using
+Transformers") find the best policy depends on the data set, which is why it is chosen on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from setfit import SetFitModel
+
+from fewshot.serving.long_texts import AUTO, POLICIES, TRUNCATE, LongTextReader
+
+logger = logging.getLogger("fewshot.training")
+
+MAX_FOLDS = 5
+
+
+@dataclass(frozen=True)
+class LongTextsChoice:
+    """What a version reads of a long text, and why (its model view's `long_texts`)."""
+
+    policy: str
+    requested: str
+    window: int | None
+    """The body's window in tokens (None: no limit)."""
+    long_examples: int = 0
+    """Examples longer than the window."""
+    scores: dict[str, float] = field(default_factory=dict)
+    """`auto`: each policy's out-of-fold accuracy on the long examples."""
+    reason: str = ""
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """`auto` with long examples: every example's embedding by the chosen policy (the body as it was)."""
+    long: frozenset[str] = field(default_factory=frozenset, repr=False)
+    """The examples longer than the window (`auto`)."""
+
+    def metadata(self) -> dict[str, object]:
+        return {"long_texts": self.policy, "long_texts_requested": self.requested, "window_tokens": self.window,
+                "long_texts_examples": self.long_examples, "long_texts_scores": self.scores or None,
+                "long_texts_reason": self.reason}
+
+
+def reader(model: SetFitModel, policy: str) -> LongTextReader | None:
+    """The body's reader for `policy`; None where its tokenizer is not a fast one or it has no window."""
+    body = model.model_body
+    window = getattr(body, "max_seq_length", None)
+    tokenizer = getattr(body.tokenizer, "backend_tokenizer", None) if callable(body.tokenizer) else None
+    if tokenizer is None or not window:
+        return None
+    return LongTextReader(tokenizer, window, policy, bool(getattr(body[0], "do_lower_case", False)))
+
+
+def embed_texts(model: SetFitModel, texts: Sequence[str], policy: str) -> np.ndarray:
+    """The body's embeddings of `texts` as SetFit feeds its head (`normalize_embeddings` applied), each
+    text read by `policy`: what serving computes for them (fewshot/serving/model_loading.py)."""
+    texts = list(texts)
+    found = reader(model, policy) if policy != TRUNCATE else None
+    reading = found.read(texts) if found is not None else None
+    if reading is None or reading.texts_as_sent(texts):
+        return np.asarray(model.model_body.encode(texts, normalize_embeddings=model.normalize_embeddings,
+                                                  convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
+    body = model.model_body
+    vectors = np.asarray(body.encode(reading.segments, convert_to_numpy=True, show_progress_bar=False),
+                         dtype=np.float32)
+    rows = reading.pool(vectors, renormalize=type(body[len(body) - 1]).__name__ == "Normalize")
+    if model.normalize_embeddings:
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return rows
+
+
+def choose(model: SetFitModel, texts: Sequence[str], targets: Sequence[object], requested: str,
+           multi_label: bool, class_weight: str | None) -> LongTextsChoice:
+    """The policy for a version trained on `texts` (its examples, evaluation ones included) with its
+    body as `model` has it now."""
+    window = getattr(model.model_body, "max_seq_length", None)
+    if requested != AUTO:
+        return LongTextsChoice(requested, requested, window, reason="as requested")
+    found = reader(model, TRUNCATE)
+    if found is None:
+        return LongTextsChoice(TRUNCATE, AUTO, window, reason="the body has no window to exceed")
+    long = np.flatnonzero(found.read(list(texts)).truncated)
+    if not len(long):
+        return LongTextsChoice(TRUNCATE, AUTO, window, reason=(
+            f"no example is longer than the window ({window} tokens): every policy reads them alike; "
+            "truncate is the cheapest"))
+    folds = _folds(targets, multi_label)
+    if folds is None:
+        return LongTextsChoice(TRUNCATE, AUTO, window, len(long), reason=(
+            "too few examples per label to compare the policies out of fold (2 per label at least)"))
+    texts = list(texts)
+    by_policy = {TRUNCATE: embed_texts(model, texts, TRUNCATE)}
+    for policy in POLICIES[1:]:  # the policies differ on the long examples only: those are embedded again
+        by_policy[policy] = by_policy[TRUNCATE].copy()
+        by_policy[policy][long] = embed_texts(model, [texts[i] for i in long], policy)
+    scores = {policy: _out_of_fold_accuracy(vectors, targets, long, folds, multi_label, class_weight)
+              for policy, vectors in by_policy.items()}
+    best = max(POLICIES, key=lambda policy: (scores[policy], -POLICIES.index(policy)))
+    logger.info("long_texts auto: %s on %d long examples (%s)", best, len(long),
+                ", ".join(f"{policy} {score:.3f}" for policy, score in scores.items()))
+    return LongTextsChoice(best, AUTO, window, len(long), scores, reason=(
+        f"right on the most of the {len(long)} examples longer than the window, out of fold"
+        + ("; a tie goes to the cheaper" if list(scores.values()).count(scores[best]) > 1 else "")),
+        embeddings=dict(zip(texts, by_policy[best], strict=True)), long=frozenset(texts[i] for i in long))
+
+
+def _folds(targets: Sequence[object], multi_label: bool) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if multi_label:
+        splits = min(MAX_FOLDS, len(targets))
+        return list(KFold(splits, shuffle=True, random_state=0).split(np.zeros(len(targets)))) if splits >= 2 else None
+    keys = ["\x00none" if target is None else str(target) for target in targets]
+    smallest = min(keys.count(key) for key in set(keys))
+    if smallest < 2:
+        return None
+    return list(StratifiedKFold(min(MAX_FOLDS, smallest), shuffle=True, random_state=0).split(np.zeros(len(keys)),
+                                                                                                keys))
+
+
+def _out_of_fold_accuracy(vectors: np.ndarray, targets: Sequence[object], long: np.ndarray,
+                          folds: list[tuple[np.ndarray, np.ndarray]], multi_label: bool,
+                          class_weight: str | None) -> float:
+    """Accuracy on the `long` examples of heads fitted without them (multi-label: of each label's decision)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    if multi_label:
+        matrix = MultiLabelBinarizer().fit_transform([tuple(target or ()) for target in targets])  # type: ignore[arg-type]
+    else:
+        matrix = np.array(["\x00none" if target is None else str(target) for target in targets])
+    predicted = np.empty_like(matrix)
+    for train, test in folds:
+        head = LogisticRegression(class_weight=class_weight, max_iter=1000)
+        if multi_label:
+            usable = matrix[train].min(axis=0) != matrix[train].max(axis=0)
+            predicted[test] = 0
+            if usable.any():
+                fitted = OneVsRestClassifier(head).fit(vectors[train], matrix[train][:, usable])
+                predicted[np.ix_(test, np.flatnonzero(usable))] = fitted.predict(vectors[test])
+        elif len(set(matrix[train])) < 2:
+            predicted[test] = matrix[train][0]
+        else:
+            predicted[test] = LogisticRegression(class_weight=class_weight, max_iter=1000).fit(
+                vectors[train], matrix[train]).predict(vectors[test])
+    right = predicted[long] == matrix[long]
+    return float(right.mean())
