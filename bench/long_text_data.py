@@ -5,6 +5,7 @@
 
 Origins, licenses, selection and statistics: bench/data/long_texts/SOURCE.md.
 """
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@ tokens, no truncation) exceeds MIN_TOKENS[name]; the first PER_LABEL of them are
 
     python bench/data/long_texts/build.py [mirror_root]
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,43 +28,46 @@ SOURCES = {
     "hyperpartisan": {
         "repo": "anshuly10/Biased-News-Detection",
         "commit": "89e4073cca91dfa8a250a2636082788bad170f4e",
-        "path": ["articles-training-byarticle-20181122.xml",
-                 "ground-truth-training-byarticle-20181122.xml"],
+        "path": ["articles-training-byarticle-20181122.xml", "ground-truth-training-byarticle-20181122.xml"],
         "original": "SemEval-2019 Task 4 Hyperpartisan News Detection, by-article training set "
-                    "(Kiesel et al. 2019), Zenodo record 1489920",
+        "(Kiesel et al. 2019), Zenodo record 1489920",
         "license": "CC BY 4.0 (the data set as published on Zenodo, doi:10.5281/zenodo.1489920); "
-                   "the carrying GitHub repository states no license of its own",
+        "the carrying GitHub repository states no license of its own",
     },
     "imdb_long": {
         "repo": "Srija17/Sentiment-Analyzer",
         "commit": "1cb34a3bfeebddd72cca93f3c9628d497f77cd01",
         "path": "IMDB Dataset.csv",
         "original": "Large Movie Review Dataset (Maas et al. 2011), the first 999 rows of the Kaggle "
-                    "'IMDB Dataset of 50K Movie Reviews' CSV",
+        "'IMDB Dataset of 50K Movie Reviews' CSV",
         "license": "no formal license; released by Maas et al. for research use (cite ACL 2011); "
-                   "the carrying GitHub repository states no license of its own",
+        "the carrying GitHub repository states no license of its own",
     },
     "bbc_news": {
         "repo": "dejanbatanjac/bbc-article-classify-bert",
         "commit": "8265dc84e88b82b87ce7f5b2df5bbbb1159ae922",
         "path": "bbc/<label>/<NNN>.txt",
-        "original": "BBC News full-text data set (Greene & Cunningham, ICML 2006), "
-                    "http://mlg.ucd.ie/datasets/bbc.html",
+        "original": "BBC News full-text data set (Greene & Cunningham, ICML 2006), http://mlg.ucd.ie/datasets/bbc.html",
         "license": "research use; 'All rights, including copyright, in the content of the original "
-                   "articles are owned by the BBC' (bbc/README.TXT); the carrying GitHub repository "
-                   "states no license of its own",
+        "articles are owned by the BBC' (bbc/README.TXT); the carrying GitHub repository "
+        "states no license of its own",
     },
 }
 
 
 def _git(mirror: Path, commit: str, path: str) -> bytes:
-    return subprocess.run(["git", "-C", str(mirror), "show", f"{commit}:{path}"],
-                          check=True, capture_output=True).stdout
+    return subprocess.run(
+        ["git", "-C", str(mirror), "show", f"{commit}:{path}"], check=True, capture_output=True
+    ).stdout
 
 
 def _ls(mirror: Path, commit: str, under: str) -> list[str]:
-    out = subprocess.run(["git", "-C", str(mirror), "ls-tree", "-r", "--name-only", commit, under],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["git", "-C", str(mirror), "ls-tree", "-r", "--name-only", commit, under],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return out.split()
 
 
@@ -75,8 +79,10 @@ def _tidy(text: str) -> str:
 def _hyperpartisan(mirror: Path, src: dict) -> list[tuple[str, str, str]]:
     arts = ET.fromstring(_git(mirror, src["commit"], src["path"][0]))
     truth = ET.fromstring(_git(mirror, src["commit"], src["path"][1]))
-    label = {a.get("id"): ("hyperpartisan" if a.get("hyperpartisan") == "true" else "not_hyperpartisan")
-             for a in truth.iter("article")}
+    label = {
+        a.get("id"): ("hyperpartisan" if a.get("hyperpartisan") == "true" else "not_hyperpartisan")
+        for a in truth.iter("article")
+    }
     docs = []
     for a in arts.iter("article"):
         parts = [a.text or ""]
@@ -143,18 +149,22 @@ def build(mirror_root: Path) -> None:
                 kept[lab].append((doc_id, lab, text))
         chosen = sorted((d for v in kept.values() for d in v), key=lambda d: d[0])
         out = {
-            "source": {**src, "how_selected": (
-                f"documents sorted by source id; per label, the first {PER_LABEL} whose "
-                f"all-MiniLM-L6-v2 token count (no special tokens, no truncation) is > "
-                f"{MIN_TOKENS[name]}; markup stripped, whitespace tidied, text otherwise as is"),
-                "ids": [d[0] for d in chosen]},
+            "source": {
+                **src,
+                "how_selected": (
+                    f"documents sorted by source id; per label, the first {PER_LABEL} whose "
+                    f"all-MiniLM-L6-v2 token count (no special tokens, no truncation) is > "
+                    f"{MIN_TOKENS[name]}; markup stripped, whitespace tidied, text otherwise as is"
+                ),
+                "ids": [d[0] for d in chosen],
+            },
             "labels": labels,
             "texts": [d[2] for d in chosen],
             "label_ids": [labels.index(d[1]) for d in chosen],
         }
         path = HERE / f"{name}.json"
         path.write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        print(name, {lab: len(v) for lab, v in kept.items()}, f"{path.stat().st_size/1e6:.2f} MB")
+        print(name, {lab: len(v) for lab, v in kept.items()}, f"{path.stat().st_size / 1e6:.2f} MB")
 
 
 if __name__ == "__main__":
