@@ -121,6 +121,24 @@ def test_requests_arriving_during_a_call_share_the_next_call_in_order() -> None:
     asyncio.run(scenario())
 
 
+def test_calls_hold_whole_requests_up_to_max_cost() -> None:
+    """Cut by cost (the gateway's estimated tokens), as by items: whole requests, oldest first, and one
+    over the cost alone."""
+    async def scenario() -> None:
+        backend = RecordingBackend()
+        coalescer = Coalescer(backend, max_items=64, cost=len, max_cost=100)
+        first = asyncio.create_task(coalescer(["a"]))
+        await settle()
+        rest = [asyncio.create_task(coalescer(items)) for items in (["x" * 90], ["b", "c"], ["y" * 150], ["d"])]
+        await settle()
+        backend.release.set()
+        await asyncio.gather(first, *rest)
+        # 90 + 2 fit 100; 150 goes alone (over the cost on its own); "d" would take it past 100
+        assert backend.calls == [["a"], ["x" * 90, "b", "c"], ["y" * 150], ["d"]]
+
+    asyncio.run(scenario())
+
+
 def test_calls_hold_whole_requests_up_to_max_items() -> None:
     async def scenario() -> None:
         backend, coalescer, first = await with_one_call_in_flight(max_items=4)

@@ -172,7 +172,8 @@ def test_a_single_label_version_learns_an_abstention_threshold(intents: dict) ->
 
 def test_abstain_refuses_a_foreign_text_and_keeps_an_in_scope_one(client: httpx.Client, intents: dict) -> None:
     plain = predict(client, {"model_name": "intents", "texts": [FOREIGN]})[0]
-    assert plain["label"] is not None and set(plain) == {"text", "label", "score"}  # the original shape
+    # the original shape, and how the text was read
+    assert plain["label"] is not None and set(plain) == {"text", "label", "score", "tokens", "truncated"}
     foreign, in_scope = predict(client, {"model_name": "intents", "texts": [FOREIGN, IN_SCOPE], "abstain": True})
     assert foreign["label"] is None and foreign["abstained"] is True and foreign["reason"] == "out_of_scope"
     assert foreign["scope_score"] < intents["scope"]["threshold"] <= in_scope["scope_score"]

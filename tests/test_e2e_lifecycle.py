@@ -142,7 +142,7 @@ def test_a_version_is_addressed_as_name_colon_version(client: httpx.Client, vers
 
 def test_predict_top_k_scores_and_pinned_versions(client: httpx.Client, versions: dict[str, str]) -> None:
     plain = predict(client, "life").json()["predictions"][0]
-    assert set(plain) == {"text", "label", "score"}  # without top_k: the original shape
+    assert set(plain) == {"text", "label", "score", "tokens", "truncated"}  # without top_k: the original shape
 
     latest = predict(client, "life", top_k=3).json()["predictions"][0]
     assert len(latest["scores"]) == 2 and {s["label"] for s in latest["scores"]} == TWO_LABELS  # v2: 2 labels

@@ -18,6 +18,7 @@ from collections import Counter
 from datetime import timedelta
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 from setfit import SetFitModel
@@ -169,16 +170,59 @@ def test_balanced_class_weights_still_predict_a_label_with_one_example(client: h
 
 
 def test_texts_longer_than_the_model_maximum_are_truncated_and_served(client: httpx.Client, plain: dict) -> None:
-    """all-MiniLM-L6-v2 reads 256 tokens: two texts that differ only after ~600 tokens are the same text."""
+    """all-MiniLM-L6-v2 reads 256 tokens: two texts that differ only after ~600 tokens are the same text
+    to a version whose examples were all short (`auto` chose truncate), and the answers say so."""
     head = " ".join(["my card has not arrived and I am still waiting for it"] * 50)  # ~600 tokens, < MAX_TEXT_CHARS
     texts = [head + " one ending", head + " a completely different ending about exchange rates"]
     embedded = client.post("/v1/embeddings", json={"model_name": "plain", "texts": texts})
     assert embedded.status_code == 200, embedded.text
     first, second = embedded.json()["embeddings"]
     assert first == pytest.approx(second, abs=1e-6)  # the endings were cut off
-    predicted = client.post("/v1/predict", json={"model_name": "plain", "texts": texts})
+    assert (embedded.json()["tokens"], embedded.json()["truncated"]) == ([256, 256], [True, True])
+    predicted = client.post("/v1/predict", json={"model_name": "plain", "texts": [*texts, "where is my card?"]})
     assert predicted.status_code == 200, predicted.text
-    assert len({p["label"] for p in predicted.json()["predictions"]}) == 1
+    predictions = predicted.json()["predictions"]
+    assert len({p["label"] for p in predictions[:2]}) == 1
+    assert [(p["tokens"], p["truncated"]) for p in predictions] == [(256, True), (256, True), (7, False)]
+    view = client.get(f"/v1/models/plain:{plain['model_version']}").json()["long_texts"]
+    assert (view["policy"], view["requested"], view["window_tokens"], view["long_examples"]) == \
+        ("truncate", "auto", 256, 0)
+
+
+FIVE_THOUSAND_WORDS = " ".join(f"my card number {n} has not arrived and I am still waiting for it." for n in
+                               range(400))  # 5,200 words, ~31,000 characters, ~6,800 MiniLM tokens
+
+
+def test_a_5000_word_text_is_refused_naming_the_limit_and_the_window(client: httpx.Client, plain: dict) -> None:
+    """A version that reads one window takes up to 10,000 characters (8 per token of a 256-token window,
+    never below 10,000): a text far past it is a 400 that says why, not a silent cut."""
+    for route, body, field in [("/v1/predict", {"model_name": "plain", "texts": ["hi", FIVE_THOUSAND_WORDS]},
+                                "texts[1]"),
+                               ("/v1/embeddings", {"model": "plain", "input": ["hi", FIVE_THOUSAND_WORDS]},
+                                "input[1]")]:
+        refused = client.post(route, json=body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["message"] == (
+            f"{field}: {len(FIVE_THOUSAND_WORDS):,} characters is more than this version takes: 10,000 (8 characters "
+            "per token it reads of a text: its window of 256 tokens, long_texts=truncate; MAX_TEXT_CHARS sets another "
+            "limit) (a version trained with long_texts=chunks reads more of a text)")
+
+
+def test_a_version_trained_to_read_chunks_reads_a_5000_word_text_whole(client: httpx.Client,
+                                                                        train_examples) -> None:
+    """long_texts=chunks: the whole text in overlapping 256-token windows, its embedding their mean; the
+    answer says how many tokens were read, and that none were left out."""
+    job = train(client, "chunked", train_examples, long_texts="chunks")
+    view = client.get(f"/v1/models/chunked:{job['model_version']}").json()["long_texts"]
+    assert (view["policy"], view["requested"], view["reason"]) == ("chunks", "chunks", "as requested")
+    predicted = client.post("/v1/predict", json={"model_name": "chunked", "texts": [FIVE_THOUSAND_WORDS, "hi"]})
+    assert predicted.status_code == 200, predicted.text
+    (long, short) = predicted.json()["predictions"]
+    assert long["truncated"] is False and long["tokens"] > 6_000 and long["label"] is not None
+    assert (short["tokens"], short["truncated"]) == (3, False)
+    embedded = client.post("/v1/embeddings", json={"model_name": "chunked", "texts": [FIVE_THOUSAND_WORDS]}).json()
+    assert embedded["tokens"] == [long["tokens"]] and embedded["truncated"] == [False]
+    assert np.linalg.norm(embedded["embeddings"][0]) == pytest.approx(1, abs=1e-4)  # MiniLM normalises: the mean too
 
 
 def test_requests_that_waited_max_latency_ms_are_answered_503(server: LiveServer, train_examples,

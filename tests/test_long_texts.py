@@ -88,7 +88,7 @@ def test_chunks_cover_the_whole_text_in_overlapping_windows(tokenizer: Tokenizer
     assert text.startswith(reading.segments[0]) and text.endswith(reading.segments[-1])
     positions = [text.index(segment) for segment in reading.segments]
     assert positions == sorted(positions)
-    for (before, after), start in zip(zip(reading.segments, reading.segments[1:]), positions[1:], strict=False):
+    for before, start in zip(reading.segments, positions[1:], strict=False):
         assert text.index(before) + len(before) > start  # each window overlaps the next: nothing falls between
     content = tokens_of(tokenizer, text) - 2
     assert reading.tokens == [content + 2 * len(reading.segments)]
