@@ -43,7 +43,7 @@ class LongTextsChoice:
     embeddings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     """`auto` with long examples: every example's embedding by the chosen policy (the body as it was)."""
     long: frozenset[str] = field(default_factory=frozenset, repr=False)
-    """The examples longer than the window (`auto`)."""
+    """The examples longer than the window."""
 
     def metadata(self) -> dict[str, object]:
         return {"long_texts": self.policy, "long_texts_requested": self.requested, "window_tokens": self.window,
@@ -84,12 +84,14 @@ def choose(model: SetFitModel, texts: Sequence[str], targets: Sequence[object], 
     """The policy for a version trained on `texts` (its examples, evaluation ones included) with its
     body as `model` has it now."""
     window = getattr(model.model_body, "max_seq_length", None)
-    if requested != AUTO:
-        return LongTextsChoice(requested, requested, window, reason="as requested")
     found = reader(model, TRUNCATE)
+    texts = list(texts)
+    long = np.flatnonzero(found.read(texts).truncated) if found is not None else np.empty(0, dtype=np.int64)
+    if requested != AUTO:
+        return LongTextsChoice(requested, requested, window, len(long), reason="as requested",
+                               long=frozenset(texts[i] for i in long))
     if found is None:
         return LongTextsChoice(TRUNCATE, AUTO, window, reason="the body has no window to exceed")
-    long = np.flatnonzero(found.read(list(texts)).truncated)
     if not len(long):
         return LongTextsChoice(TRUNCATE, AUTO, window, reason=(
             f"no example is longer than the window ({window} tokens): every policy reads them alike; "
@@ -98,7 +100,6 @@ def choose(model: SetFitModel, texts: Sequence[str], targets: Sequence[object], 
     if folds is None:
         return LongTextsChoice(TRUNCATE, AUTO, window, len(long), reason=(
             "too few examples per label to compare the policies out of fold (2 per label at least)"))
-    texts = list(texts)
     by_policy = {TRUNCATE: embed_texts(model, texts, TRUNCATE)}
     for policy in POLICIES[1:]:  # the policies differ on the long examples only: those are embedded again
         by_policy[policy] = by_policy[TRUNCATE].copy()

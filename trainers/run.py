@@ -190,13 +190,16 @@ def promote_or_hold(plan: RetrainPlan, model_name: str, trained: TrainedClassifi
                          served_version=served.version)
     served_trained = trained_examples(served)
     neither = unseen(split.evaluation, served_trained) if served_trained is not None else []
-    same_body = trained.strategy == "head" and plan.head_from == "version" and plan.from_version == served.tag
+    # the same body reading long texts the same way: the served version's embeddings are the new one's
+    same_body = trained.strategy == "head" and plan.head_from == "version" and plan.from_version == served.tag \
+        and (served.metadata.get("long_texts") or "truncate") == trained.long_texts_policy
     if same_body and served_trained is not None and not split.multi_label and served.metadata.get("strategy") \
             in ("head", "setfit") and len(neither) < ENOUGH_UNSEEN_TEXTS:
         from sklearn.linear_model import LogisticRegression
 
         cache = trained.embeddings if trained.embeddings is not None else {}
-        scores = cross_fitted(lambda texts: embed(trained.model, list(texts), cache), served_trained, split.train,
+        scores = cross_fitted(lambda texts: embed(trained.model, list(texts), cache, trained.long_texts_policy),
+                              served_trained, split.train,
                               [*split.train, *split.evaluation],
                               lambda vectors, labels: LogisticRegression(class_weight=options.class_weight)
                               .fit(vectors, labels))
