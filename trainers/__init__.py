@@ -7,7 +7,8 @@ API (nothing in fewshot/ imports this package).
 - `run`: one job from its record to a registered version, by strategy (setfit, head, auto).
 - `training`: SetFit training itself (single- or multi-label), no queue, store or HTTP; `holdout`:
   honest evaluation (the hold-out, accuracy, per-label metrics); `thresholds`: the thresholds a
-  version learns on its evaluation examples (per label; abstention) and the metrics measured with them.
+  version learns on its evaluation examples (per label; abstention) and the metrics measured with them;
+  `long_texts`: a version's policy for texts longer than the window (`auto` picks it on the examples).
 - `consumer` (`python -m trainers.consumer`), `heartbeat`, `health` (`python -m trainers.health`),
   `supervisor` (the embedded trainer beside `bentoml serve`), `logs`, `errors` (how a failed job
   explains itself).

@@ -10,6 +10,8 @@ them, and how their outputs become labels and vectors. No HTTP.
   serves).
 - `model_cache`: the loaded versions, kept current with the store, least recently used unloaded.
 - `engine`: a batch of items in, results in batch order out.
+- `long_texts`: what a version reads of a text longer than its window, and the text limit it follows
+  (the trainer embeds with the same plan).
 - `labels`: probability columns back to the user's label strings (the trainer scores with it too).
 - `decisions`: probabilities to answers: the best label, a multi-label set over learned thresholds,
   or an abstention (the trainer scores with the same rules).
