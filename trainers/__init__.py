@@ -14,7 +14,7 @@ API (nothing in fewshot/ imports this package).
   explains itself).
 
 May import: `fewshot.settings`, `fewshot.store`, `fewshot.base_models`, `fewshot.metrics`,
-`fewshot.serving.labels` and `fewshot.serving.decisions`, the request schema
+`fewshot.serving.labels`, `fewshot.serving.decisions` and `fewshot.serving.long_texts`, the request schema
 `fewshot.api.training_schemas.TrainRequest` a job carries, and the ML stack (lazily, in `tasks`: the gateway
 imports it to submit jobs). `holdout` and `thresholds` know nothing of HTTP; the API builds its
 views from the records and outcomes of fewshot.records (contracts in pyproject.toml).
