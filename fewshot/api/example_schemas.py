@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from fewshot.api.schemas import LIMITS, Example, NonBlankText, OneLabelForm, distinct, one_form
+from fewshot.api.schemas import LIMITS, Example, NonBlankLabel, OneLabelForm, distinct, one_form
 from fewshot.records.examples import ExampleSource, NewExample, StoredExample
 from fewshot.records.outcomes import fixed_evaluation
 from fewshot.timestamps import UtcTimestamp
@@ -79,7 +79,7 @@ class ExampleListQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: NonBlankText | None = Field(default=None, description="Only examples with this label.")
+    label: NonBlankLabel | None = Field(default=None, description="Only examples with this label.")
     limit: int = Field(default=100, ge=1, le=MAX_EXAMPLES_PAGE)
     cursor: str | None = Field(default=None, min_length=1, max_length=64,
                                description="`next_cursor` of the previous page.")

@@ -91,6 +91,14 @@ NonBlankText = Annotated[
           json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN}),
     AfterValidator(_check_not_blank),
 ]
+LABEL_CHARS = 10_000
+"""Characters of a label (its name) when MAX_TEXT_CHARS is not set: a name, not a text to read."""
+NonBlankLabel = Annotated[
+    str,
+    Field(max_length=LIMITS.max_text_chars or LABEL_CHARS,
+          json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN}),
+    AfterValidator(_check_not_blank),
+]
 # A Hub id ("org/name", at most 96 characters on the Hub) or a local directory's absolute path,
 # which Linux bounds at PATH_MAX (4096): not a text, so MAX_TEXT_CHARS does not apply to it.
 BASE_MODEL_MAX_LENGTH = 4096
@@ -125,10 +133,10 @@ class Example(OneLabelForm):
     model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["label"]}, {"required": ["labels"]}]})
 
     text: NonBlankText
-    label: NonBlankText | None = Field(default=None, description=(
+    label: NonBlankLabel | None = Field(default=None, description=(
         "Its label. null: the text belongs to none of the labels (teaches a model what to refuse)."))
     # A list when sent (the schema says so: `labels: null` is no form of its own); None: not sent.
-    labels: Annotated[Annotated[list[NonBlankText], AfterValidator(distinct)] | None,
+    labels: Annotated[Annotated[list[NonBlankLabel], AfterValidator(distinct)] | None,
                       WithJsonSchema({"type": "array", "items": {"type": "string", "minLength": 1},
                                       "maxItems": LIMITS.max_labels})] = Field(
         default=None, max_length=LIMITS.max_labels, description=(

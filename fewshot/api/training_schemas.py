@@ -25,7 +25,7 @@ from fewshot.api.schemas import (
     BaseModelName,
     Example,
     ModelName,
-    NonBlankText,
+    NonBlankLabel,
     distinct,
     label_counts,
     one_form,
@@ -45,8 +45,8 @@ def labels_among(evaluation: list[Example], known: set[str], whose: str) -> None
 class LabelName(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: NonBlankText = Field(description="The label, as predictions will name it.")
-    description: NonBlankText | None = Field(default=None, description=(
+    name: NonBlankLabel = Field(description="The label, as predictions will name it.")
+    description: NonBlankLabel | None = Field(default=None, description=(
         "What texts of it are about, in words (default: the name, `_` and `-` read as spaces)."))
 
 
@@ -229,7 +229,7 @@ class ImportRequest(BaseModel):
     revision: str | None = Field(
         default=None, min_length=1, max_length=255, pattern=REVISION_PATTERN.pattern,
         description="Hub source only: the branch, tag or commit to download (default: the main branch).")
-    labels: list[NonBlankText] | None = Field(
+    labels: list[NonBlankLabel] | None = Field(
         default=None, min_length=2, max_length=LIMITS.max_labels,
         description="Names of the head's classes, in class order; required when the model has none "
         "(its config_setfit.json `labels`), and then as many as the head has classes.")
