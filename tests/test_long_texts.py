@@ -195,3 +195,37 @@ def test_serving_reads_a_long_text_as_training_did_on_both_paths(module_model_pa
     assert ours.tokens == theirs.tokens
     np.testing.assert_allclose(our_probabilities, their_probabilities, atol=1e-5, rtol=0)
     np.testing.assert_allclose(our_probabilities, model.model_head.predict_proba(expected), atol=1e-5, rtol=0)
+
+
+FIVE_THOUSAND_WORDS = " ".join(f"my card number {n} has not arrived and I am still waiting for it." for n in
+                               range(400))  # 5,200 words, ~31,000 characters
+
+
+def test_the_default_architecture_reads_a_5000_word_text_whole(modernbert_standin, tmp_path: Path,
+                                                               module_model_path: Path, bank: list[str]) -> None:
+    """gte-modernbert-base's 8,192-token window holds a 5,000-word text: a version on its architecture
+    takes it (once a 400 at 10,000 characters), reads all of it and says so."""
+    import torch
+    from setfit import SetFitModel
+
+    from fewshot.serving.model_loading import InferenceRuntime, LoadedModel
+    from trainers.training import save_classifier
+
+    model = SetFitModel.from_pretrained(modernbert_standin(tmp_path))
+    assert model.model_body.max_seq_length == 8192
+    model.model_head.fit(model.encode(bank[:8]), [0, 1] * 4)
+    directory = module_model_path / "versions" / "modernbert"
+    save_classifier(model, directory, bank[:8])
+    stored = StoredModel(directory.name, "v1", directory, {"labels": ["a", "b"]})
+    loaded = LoadedModel.load(stored, InferenceRuntime.resolve(backend="TORCH", quantize="NONE", threads=2),
+                              record=False)
+    torch.set_num_threads(2)
+    assert loaded.text_refused(FIVE_THOUSAND_WORDS) is None
+    refused = loaded.text_refused("x" * 70_000)
+    assert refused is not None and "65,536" in refused and "window of 8,192 tokens" in refused
+    probabilities, read = loaded.predict([FIVE_THOUSAND_WORDS, "hi"])
+    whole = len(model.model_body.tokenizer(FIVE_THOUSAND_WORDS)["input_ids"])
+    assert 1_000 < whole <= 8192
+    short = len(model.model_body.tokenizer("hi")["input_ids"])
+    assert (read.tokens, read.truncated) == ([whole, short], [False, False])
+    assert probabilities.shape == (2, 2) and np.isfinite(probabilities).all()
