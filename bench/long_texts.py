@@ -323,7 +323,8 @@ def main() -> None:
     cost = None if arguments.no_cost else cost_part(arguments.cost_docs, arguments.modernbert_docs,
                                                     arguments.modernbert_data)
     load_end = [round(x, 2) for x in os.getloadavg()]
-    report = {"when": when.isoformat(timespec="seconds"), "machine": f"{in_process_machine()}, {platform.processor()}",
+    machine = ", ".join(filter(None, (in_process_machine(), platform.processor())))
+    report = {"when": when.isoformat(timespec="seconds"), "machine": machine,
               "cores": os.cpu_count(), "load_start": load_start, "load_end": load_end,
               "under_load": load_start[0] >= BUSY_LOAD or any(r["under_load"] for r in (cost or {"rows": []})["rows"]),
               "seeds": seeds, "shots": arguments.shots, "data_dir": str(DATA_DIR.relative_to(PROJECT_ROOT)),
