@@ -167,11 +167,11 @@ LABEL_TASKS_ARGS ?=
 bench-label-tasks: install-test
 	$(BIN)/python -m bench.label_tasks $(LABEL_TASKS_ARGS)
 
-## Long texts (issue 42; ~20 min on 2 busy CPU cores): accuracy of each long_texts policy (truncate,
-## head_tail, chunks) and of auto, head strategy on frozen all-MiniLM-L6-v2, 8 and 16 examples per label,
-## 10 seeds, on imdb_long, hyperpartisan and bbc_news (bench/data/long_texts/); then each policy's
-## embedding time and peak RSS with MiniLM and the 22-layer ModernBERT stand-in (windows 8192 and 512).
-## Writes bench/results/long-texts-<time>.json and .md.
+## Long texts (issue 42; 29 min on 2 CPU cores shared with another load): accuracy of each long_texts
+## policy (truncate, head_tail, chunks) and of auto, head strategy on frozen all-MiniLM-L6-v2, 8 and 16
+## examples per label, 10 seeds, on imdb_long, hyperpartisan and bbc_news (bench/data/long_texts/); then
+## each policy's embedding time and peak RSS with MiniLM and the 22-layer ModernBERT stand-in (windows
+## 8192 and 512; 75 s per row at most). Writes bench/results/long-texts-<time>.json and .md.
 LONG_TEXTS_ARGS ?=
 bench-long-texts: install-test
 	$(BIN)/python -m bench.long_texts $(LONG_TEXTS_ARGS)
