@@ -81,13 +81,19 @@ class LoadedModel:
                     runtime.device, serving.backend if serving.backend != backends.TORCH else runtime.dtype,
                     "; its saved numpy path, no torch" if model is None else "",
                     f"; torch until its {serving.requested} export is made" if serving.exporting else "")
-        columns = column_labels(head, stored.labels, refuses=stored.refuses)
-        decisions = DecisionRule.from_metadata(stored.tag, stored.metadata, columns, ScopeIndex.load(stored.path))
-        loaded = cls(stored.name, stored.version, model, stored.labels, decisions, runtime.max_batch_tokens, serving,
-                     pipeline)
+        loaded = cls.of(stored, runtime, model, serving, pipeline, head)
         if record:
             loaded.record_backend(stored)
         return loaded
+
+    @classmethod
+    def of(cls, stored: store.StoredModel, runtime: InferenceRuntime, model: Any, serving: ServingBackend,
+           pipeline: NumpyPipeline | None, head: Any) -> LoadedModel:
+        """The version as loaded from its parts (`head`: the SetFit model's, or the numpy path's)."""
+        columns = column_labels(head, stored.labels, refuses=stored.refuses)
+        decisions = DecisionRule.from_metadata(stored.tag, stored.metadata, columns, ScopeIndex.load(stored.path))
+        return cls(stored.name, stored.version, model, stored.labels, decisions, runtime.max_batch_tokens, serving,
+                   pipeline)
 
     def with_backend(self, **changes: Any) -> LoadedModel:
         """The same loaded model, its `backend` record changed (e.g. AUTO's timings added)."""
