@@ -13,7 +13,9 @@ MODEL_PATH/backends/auto/ under a key of the CPU (model name, instruction-set fl
 body's architecture (its config files), so later versions of the same base model (and a restart)
 load the chosen export at once; a volume moved to another machine is timed again.
 
-It runs in the inference worker's background export thread, while torch serves the version.
+It runs in a process the inference worker's background export thread starts (fewshot/serving/export_process.py:
+one SetFit load, one ONNX trace, every candidate made from it; its memory goes back to the OS when it ends),
+while torch serves the version.
 """
 
 from __future__ import annotations

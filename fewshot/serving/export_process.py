@@ -5,8 +5,9 @@ saved numpy path: fewshot/serving/model_loading.py, no SetFit load).
 Why apart: making an export holds the torch body, its traced ONNX graph, the quantizers' and OpenVINO's
 working copies and every candidate's runtime at once, and glibc keeps most of that memory in the worker
 after it is freed. gte-modernbert-base's stand-in (22 layers, bench/export_cost.py, 2 cores): AUTO's
-exports and timing in the worker's own thread ran 8.5 min and left it at 5.3 GB RSS while torch served
-the version; in a process of its own, that memory goes back to the OS when it exits. The worker keeps
+exports and timing in the worker's own thread took it from 1.0 GB (serving the version with torch) to a
+12.1 GB peak, and it kept 4.3 GB after; in a process of its own (4.6 GB at its peak, NNCF's int8), the
+worker stayed at 1.0 GB and the memory went back to the OS when the process ended. The worker keeps
 serving the version with torch meanwhile, as before.
 
     python -m fewshot.serving.export_process REQUEST_FILE     (started by `measure_apart` / `export_apart`)
@@ -42,7 +43,7 @@ logger = logging.getLogger("fewshot.inference")
 
 TIMEOUT_SECONDS = 3600
 """Beyond this the process is stopped and the version keeps being served with torch (said in its view).
-gte-modernbert-base's stand-in, AUTO: ~NN s on 2 busy cores."""
+gte-modernbert-base's stand-in, AUTO: ~10 min on 2 cores under other work (bench/export_cost.py)."""
 
 
 class ExportProcessFailed(Exception):

@@ -42,7 +42,8 @@ logger = logging.getLogger("fewshot.inference")
 
 MAX_CALIBRATION_SAMPLES = 64
 MAX_CALIBRATION_TOKENS = 128
-"""NNCF's int8 calibration: at most this many of the version's texts, each cut to this many tokens. NNCF runs
+"""NNCF's int8 calibration: at most this many of the version's texts (spread over them: they are kept in
+label order), each cut to this many tokens. NNCF runs
 the model once per sample per statistics pass (two: SmoothQuant's and the ranges'): gte-modernbert-base's
 stand-in (22 layers, 2 busy cores) took ~0.2 s a sample of ~15 tokens, and the version's texts may be up to
 MAX_CALIBRATION_TEXTS (300) and up to 8192 tokens long each. Bounds the worst case (not measured: the
@@ -118,8 +119,8 @@ def export(body: SentenceTransformer, choice: BackendChoice, directory: Path, ca
 class TracedOnnx:
     """The body's float32 ONNX graph, traced on first use and kept in a scratch directory while the block
     lasts: every variant is made from it (the int8 quantizers and OpenVINO's conversion read an ONNX file).
-    Traced once, not once per variant: gte-modernbert-base's stand-in (22 layers) took ~NN s and ~N GB
-    per trace (bench/export_cost.py), and AUTO made four."""
+    Traced once, not once per variant: gte-modernbert-base's stand-in (22 layers, 2 cores) took 8-13 s and
+    ~1.9 GB more RSS per trace (bench/export_cost.py), and AUTO traced it four times."""
 
     def __init__(self, body: SentenceTransformer) -> None:
         self._body = body
@@ -218,8 +219,9 @@ def to_openvino(source: Path, target: Path, body: SentenceTransformer, calibrati
             import nncf
 
             names = [node.get_any_name() for node in model.inputs]
+            every = max(1, -(-len(calibration) // MAX_CALIBRATION_SAMPLES))
             samples = [{name: array for name, array in _numpy_inputs(body, [text], MAX_CALIBRATION_TOKENS).items()
-                        if name in names} for text in calibration[:MAX_CALIBRATION_SAMPLES]]
+                        if name in names} for text in calibration[::every]]
             model = nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
                                   subset_size=len(samples))
         openvino.save_model(model, target, compress_to_fp16=False)

@@ -102,11 +102,13 @@ class ModelCache:
                     on_load: Callable[[str], None] | None = None,
                     on_evict: Callable[[str], None] | None = None) -> ModelCache:
         """A version whose export (INFERENCE_BACKEND onnx/openvino) is not made yet loads with torch and
-        serves at once; one background thread exports it, loads it again with the export and swaps
-        it in. A first request after training thus waits as long as with torch (time to a served
-        model, bench/time_to_model.py: ~1 s), not for the export (MiniLM, OpenVINO int8: ~12 s).
-        With INFERENCE_BACKEND=AUTO on CPU, that thread first times the candidates on this machine
-        (fewshot/serving/auto_backend.py), once per body architecture, and loads the fastest."""
+        serves at once; one background thread has it exported (and its numpy path checked and saved) in a
+        process of its own (fewshot/serving/export_process.py: that memory is the OS's again when it ends),
+        loads it again from those files and swaps it in. A first request after training thus waits as
+        long as with torch (time to a served model, bench/time_to_model.py: ~1 s), not for the export
+        (MiniLM, OpenVINO int8: ~12 s). With INFERENCE_BACKEND=AUTO on CPU, that process first times the
+        candidates on this machine (fewshot/serving/auto_backend.py), once per body architecture, and the
+        thread loads the fastest."""
         exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend-export")
 
         def runtime_for(stored: store.StoredModel) -> tuple[InferenceRuntime, AutoChoice | None]:
