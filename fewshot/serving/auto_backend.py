@@ -130,13 +130,31 @@ def time_candidate(predict: Predict, texts: list[str]) -> tuple[float, float, np
 
 
 def measure(stored: store.StoredModel, load: Callable[[BackendChoice], tuple[ServingBackend, Predict]],
-            threads: int, steps: StepTimes = NO_STEPS) -> AutoChoice:
+            threads: int, steps: StepTimes = NO_STEPS,
+            confirm: Callable[[BackendChoice], tuple[ServingBackend, Predict] | None] | None = None) -> AutoChoice:
     """Time every candidate on this machine (each exported into the cache as any backend is) and
-    choose. `load(choice)`: the version loaded with that backend, as what serves it and its predict."""
+    choose. `load(choice)`: the version loaded with that backend, as what serves it and its predict.
+    `confirm(choice)`, where given, is asked about the chosen one before it is final: None if it serves as
+    it was timed, else what serves it instead and its predict (its numpy path, timed unchecked, failed
+    the load-time check: sentence-transformers serves it), which is timed again and the choice made
+    again among the rest."""
     calibration = backends.calibration_texts(stored.path)
     texts = timing_texts(calibration)
     timings: dict[str, CandidateTiming] = {}
     reference: np.ndarray | None = None
+
+    def timed(choice: BackendChoice, serving: ServingBackend, predict: Predict) -> CandidateTiming:
+        nonlocal reference
+        with steps.step("timing"):
+            one_text_ms, texts_per_second, labels = time_candidate(predict, texts)
+        if reference is None:
+            reference = labels  # torch's, the first candidate
+        agreement = float((labels == reference).mean())
+        return CandidateTiming(
+            one_text_ms=round(one_text_ms, 3), full_pass_texts_per_s=round(texts_per_second, 1),
+            agreement=round(agreement, 4), eligible=choice.quantize == NONE or agreement >= MIN_AGREEMENT,
+            pipeline=serving.pipeline)
+
     for choice in CANDIDATES:
         if choice == BackendChoice(OPENVINO, INT8) and not calibration:
             continue  # nothing to calibrate on (backends.for_version)
@@ -144,18 +162,22 @@ def measure(stored: store.StoredModel, load: Callable[[BackendChoice], tuple[Ser
         if (serving.backend, serving.quantize) != (choice.backend, choice.quantize):
             timings[choice.variant] = CandidateTiming(error=serving.error or f"served as {serving.backend}")
             continue
-        with steps.step("timing"):
-            one_text_ms, texts_per_second, labels = time_candidate(predict, texts)
-        if reference is None:
-            reference = labels  # torch's, the first candidate
-        agreement = float((labels == reference).mean())
-        timings[choice.variant] = CandidateTiming(
-            one_text_ms=round(one_text_ms, 3), full_pass_texts_per_s=round(texts_per_second, 1),
-            agreement=round(agreement, 4), eligible=choice.quantize == NONE or agreement >= MIN_AGREEMENT,
-            pipeline=serving.pipeline)
+        timings[choice.variant] = timed(choice, serving, predict)
         del predict  # its model's memory goes with it
-    eligible = {variant: timing for variant, timing in timings.items() if timing.eligible}
-    chosen = max(eligible, key=lambda variant: eligible[variant].score)
+    confirmed: set[str] = set()
+    while True:
+        eligible = {variant: timing for variant, timing in timings.items() if timing.eligible}
+        chosen = max(eligible, key=lambda variant: eligible[variant].score)
+        if confirm is None or chosen in confirmed:
+            break
+        confirmed.add(chosen)
+        instead = confirm(BackendChoice.from_variant(chosen))
+        if instead is None:
+            break
+        serving, predict = instead
+        steps.candidate = chosen
+        timings[chosen] = timed(BackendChoice.from_variant(chosen), serving, predict)
+        del predict
     decision = AutoChoice(chosen=chosen, candidates=timings, texts=len(texts), cpu=cpu_identity().split("|")[0],
                           measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     logger.info("AUTO backend for %s on this CPU: %s (%s)", stored.tag, chosen, ", ".join(

@@ -118,11 +118,27 @@ def prepare_here(stored: store.StoredModel, runtime: InferenceRuntime, auto: boo
             steps.candidate = choice.variant
             _release_previous(model, exporting)
             torch_loading.use_threads(runtime.serving(choice))  # torch's threads as a worker serving it has them
-            serving, pipeline = torch_loading.serve_with(model, stored, runtime, choice, traced=traced, steps=steps)
+            serving, pipeline = torch_loading.serve_with(model, stored, runtime, choice, traced=traced, steps=steps,
+                                                         check=False)
+            timed_through[choice.variant] = serving.pipeline
             return serving, LoadedModel.of(stored, runtime, model, serving, pipeline,
                                            pipeline.head if pipeline is not None else model.model_head).predict_proba
 
-        decision = auto_backend.measure(stored, candidate, runtime.threads, steps=steps)
+        def confirm(choice: BackendChoice) -> tuple[ServingBackend, auto_backend.Predict] | None:
+            """The chosen candidate's numpy path checked (and saved) as at any load: only the chosen one's, as
+            the check was most of AUTO's time (22-layer stand-in: 46-99 s per candidate, bench/export_cost.py)."""
+            if choice.backend == backends.TORCH or timed_through.get(choice.variant) != "numpy":
+                return None  # as it was timed: torch, or sentence-transformers already
+            steps.candidate = choice.variant
+            _release_previous(model, exporting)
+            torch_loading.use_threads(runtime.serving(choice))
+            serving, pipeline = torch_loading.serve_with(model, stored, runtime, choice, traced=traced, steps=steps)
+            if pipeline is not None:
+                return None
+            return serving, LoadedModel.of(stored, runtime, model, serving, None, model.model_head).predict_proba
+
+        timed_through: dict[str, str] = {}
+        decision = auto_backend.measure(stored, candidate, runtime.threads, steps=steps, confirm=confirm)
         steps.candidate = None
     return {"decision": decision.model_dump(mode="json"), "steps": steps.records}
 

@@ -60,16 +60,20 @@ def load_setfit(stored: store.StoredModel, runtime: InferenceRuntime) -> SetFitM
 def serve_with(model: SetFitModel, stored: store.StoredModel, runtime: InferenceRuntime,
                choice: backends.BackendChoice, export_missing: bool = True,
                traced: exporting.TracedOnnx | None = None,
-               steps: StepTimes = NO_STEPS) -> tuple[ServingBackend, NumpyPipeline | None]:
+               steps: StepTimes = NO_STEPS, check: bool = True) -> tuple[ServingBackend, NumpyPipeline | None]:
     """`model`'s body served with `choice` (its export plugged in; `traced`: the body's ONNX graph, if
-    traced already), and the numpy path of an exported body once checked."""
+    traced already), and the numpy path of an exported body once checked (with `check` false: unchecked
+    and not saved, for AUTO's timing of candidates that may not serve: fewshot/serving/export_process.py)."""
     with steps.step("export (or read from the cache)"):
         serving = exporting.apply(model.model_body, stored, choice, runtime.threads, export_missing, traced)
     pipeline = None
     if serving.backend != backends.TORCH and runtime.numpy_pipeline:
         served = backends.BackendChoice(serving.backend, serving.quantize)
-        with steps.step("numpy-path check"):
-            pipeline, refused = numpy_pipeline_for(model, stored, served, runtime.max_batch_tokens)
+        if check:
+            with steps.step("numpy-path check"):
+                pipeline, refused = numpy_pipeline_for(model, stored, served, runtime.max_batch_tokens)
+        else:
+            pipeline, refused = unchecked_pipeline(model, runtime.max_batch_tokens)
         serving = serving.model_copy(update={"pipeline": "numpy" if pipeline else "sentence-transformers",
                                              "pipeline_error": refused})
     dtype = getattr(torch, runtime.dtype)
@@ -78,6 +82,18 @@ def serve_with(model: SetFitModel, stored: store.StoredModel, runtime: Inference
         if model.has_differentiable_head:  # a torch head must match the body's outputs
             model.model_head.to(dtype)
     return serving, pipeline
+
+
+def unchecked_pipeline(model: SetFitModel, max_batch_tokens: int) -> tuple[NumpyPipeline | None, str | None]:
+    """The numpy path of the exported body, not compared with sentence-transformers (nor saved)."""
+    exported: backends.ExportedBody = model.model_body[0].model.exported
+    try:
+        return NumpyPipeline.for_model(model, exported.run, exported.input_names, max_batch_tokens), None
+    except Refused as refused:
+        return None, f"not reproduced by the numpy path: {refused}"
+    except Exception as error:  # as numpy_pipeline_for: sentence-transformers serves it
+        logger.exception("the numpy path of an exported body failed to build")
+        return None, f"the numpy path failed at load ({type(error).__name__}: {error})"
 
 
 def numpy_pipeline_for(model: SetFitModel, stored: store.StoredModel, served: backends.BackendChoice,
