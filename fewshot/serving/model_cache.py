@@ -186,6 +186,11 @@ class ModelCache:
                         torch_runtime = replace(version_runtime, backend=backends.PYTORCH)
                         return LoadedModel.load(stored, torch_runtime, record=False).with_backend(
                             requested=serving.requested, error=serving.error)
+                    loaded = LoadedModel.load(stored, version_runtime, record=False)
+                    if (loaded.backend.backend, loaded.backend.quantize) == (serving.backend, serving.quantize):
+                        # what making it took, there: this load only read it from the cache
+                        loaded = loaded.with_backend(prepare_seconds=serving.prepare_seconds)
+                    return loaded
             return LoadedModel.load(stored, version_runtime, record=False)
 
         cache = cls(load, refresh_seconds, max_models, on_evict=on_evict)
