@@ -49,9 +49,9 @@ TIMING_SECONDS = 4.0
 MIN_ONE_TEXT_CALLS = 5
 """A big body's timing stops early: one-text calls once they took TIMING_SECONDS in all (at least
 MIN_ONE_TEXT_CALLS of them), full passes once they did (at least one). MiniLM's calls stay well under it,
-so it is timed as before; torch on gte-modernbert-base's stand-in (22 layers, 2 busy cores) answered one
-text in ~1.1 s and a 64-text pass in ~8 s: 55 s for its 24 calls and 3 passes, ~17 s now, and its
-median still ~20x the exports' (bench/export_cost.py)."""
+so it is timed as before; torch on gte-modernbert-base's stand-in (22 layers, 2 cores under other work)
+answered one text in ~1.1 s and a 64-text pass in ~8 s: 55 s for its 24 calls and 3 passes (41 s with
+this stop, on a busier box; bench/export_cost.py)."""
 MIN_AGREEMENT = 0.99
 """Int8 candidates: share of the timing texts on which they answer torch's label. The quality
 benchmark's rule was 0.5 accuracy point; on a version's own few dozen texts, that is all of them."""

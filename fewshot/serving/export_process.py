@@ -6,7 +6,7 @@ Why apart: making an export holds the torch body, its traced ONNX graph, the qua
 working copies and every candidate's runtime at once, and glibc keeps most of that memory in the worker
 after it is freed. gte-modernbert-base's stand-in (22 layers, bench/export_cost.py, 2 cores): AUTO's
 exports and timing in the worker's own thread took it from 1.0 GB (serving the version with torch) to a
-12.1 GB peak, and it kept 4.3 GB after; in a process of its own (4.6 GB at its peak, NNCF's int8), the
+12.1 GB peak, and it kept 4.4 GB after; in a process of its own (3.1 GB at its peak, NNCF's int8), the
 worker stayed at 1.0 GB and the memory went back to the OS when the process ended. The worker keeps
 serving the version with torch meanwhile, as before.
 
@@ -43,7 +43,7 @@ logger = logging.getLogger("fewshot.inference")
 
 TIMEOUT_SECONDS = 3600
 """Beyond this the process is stopped and the version keeps being served with torch (said in its view).
-gte-modernbert-base's stand-in, AUTO: ~10 min on 2 cores under other work (bench/export_cost.py)."""
+gte-modernbert-base's stand-in, AUTO: 92 s on 2 cores (bench/export_cost.py; ~10 min before this process)."""
 
 
 class ExportProcessFailed(Exception):
@@ -126,7 +126,8 @@ def prepare_here(stored: store.StoredModel, runtime: InferenceRuntime, auto: boo
 
         def confirm(choice: BackendChoice) -> tuple[ServingBackend, auto_backend.Predict] | None:
             """The chosen candidate's numpy path checked (and saved) as at any load: only the chosen one's, as
-            the check was most of AUTO's time (22-layer stand-in: 46-99 s per candidate, bench/export_cost.py)."""
+            the check was most of AUTO's time (22-layer stand-in: 46-180 s per candidate, 70% of its 568 s;
+            bench/export_cost.py)."""
             if choice.backend == backends.TORCH or timed_through.get(choice.variant) != "numpy":
                 return None  # as it was timed: torch, or sentence-transformers already
             steps.candidate = choice.variant
@@ -147,7 +148,7 @@ def _release_previous(model: Any, exporting: Any) -> None:
     """The previous candidate's runtime closed and its memory given back before the next export is made:
     ONNX Runtime's and OpenVINO's copies of a 22-layer body are ~0.6 GB each (float32), and glibc kept
     what Python freed (bench/export_cost.py: the process's peak during OpenVINO int8, measured with the
-    previous one still open, was 4.6 GB)."""
+    previous one still open, was 4.6 GB; 3.1 GB with it closed)."""
     import ctypes
     import gc
 

@@ -108,7 +108,8 @@ def numpy_pipeline_for(model: SetFitModel, stored: store.StoredModel, served: ba
         # padding a short text far past a long one is the fixed probes' pass ("" and "a" beside the long
         # one). All in one pass, every version text was padded to the long probe too: gte-modernbert-base's
         # stand-in (22 layers, 8192 positions: the long probe is ~800 tokens, not truncated) spent 137-145 s
-        # per ONNX Runtime variant in this check, most of AUTO's 10 minutes (bench/export_cost.py).
+        # per ONNX Runtime variant in this check, most of AUTO's 10 minutes; 65-99 s split so, on a busier
+        # box (bench/export_cost.py). AUTO now checks only the candidate it chooses (export_process.py).
         groups = [list(PROBE_TEXTS), backends.calibration_texts(stored.path)[:PROBES_FROM_VERSION]]
         with torch.inference_mode(), _encoding_each_group_once(model.model_body):
             problem = next(filter(None, (mismatch(
