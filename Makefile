@@ -149,7 +149,7 @@ bench-scope-backends: install-test
 	$(BIN)/python -m bench.scope_backends
 
 ## What INFERENCE_BACKEND=AUTO's export and timing of the default model cost (its 22-layer random-weight
-## stand-in, a `head` version): wall time and peak RSS per step against serving it with torch (~5 min on 2
+## stand-in, a `head` version): wall time and peak RSS per step against serving it with torch (~3 min on 2
 ## cores): writes bench/results/export-cost-<time>.*
 EXPORT_COST_ARGS ?=
 bench-export-cost: install-test

@@ -54,6 +54,9 @@ class Timeline:
 
     def __init__(self, pid: int, every: float) -> None:
         self.samples: list[tuple[float, float, float]] = []
+        self.cpu: list[tuple[float, float]] = []
+        """(time, CPU seconds of the worker and its exec'd children so far: user + system)."""
+        self._cpu_of: dict[int, float] = {}
         self.children: dict[int, str] = {}
         """The processes the worker started (pid: command line), seen by any sample."""
         self._pid, self._every = pid, every
@@ -73,12 +76,16 @@ class Timeline:
             try:
                 process = psutil.Process(self._pid)
                 own = process.memory_info().rss / MIB
+                times = process.cpu_times()
+                self._cpu_of[process.pid] = times.user + times.system
                 children = 0.0
                 for child in process.children(recursive=True):
                     try:
                         if child.cmdline() == psutil.Process(child.ppid()).cmdline():
                             continue  # forked, not yet exec'd (a subprocess starting): its pages are its parent's
                         children += child.memory_info().rss / MIB
+                        times = child.cpu_times()
+                        self._cpu_of[child.pid] = times.user + times.system
                         if child.pid not in self.children:
                             self.children[child.pid] = " ".join(child.cmdline())[:200]
                     except psutil.Error:
@@ -86,11 +93,14 @@ class Timeline:
             except psutil.Error:
                 continue
             self.samples.append((time.time(), own, children))
+            self.cpu.append((time.time(), sum(self._cpu_of.values())))
 
     def peaks(self, start: float, end: float) -> dict[str, float]:
         inside = [sample for sample in self.samples if start <= sample[0] <= end] or [
             min(self.samples, key=lambda sample: abs(sample[0] - end))] if self.samples else []
-        return {"worker_mib": round(max((own for _, own, _ in inside), default=0.0), 1),
+        spent = [total for moment, total in self.cpu if start <= moment <= end]
+        return {"cpu_seconds": round(spent[-1] - spent[0], 1) if len(spent) > 1 else 0.0,
+                "worker_mib": round(max((own for _, own, _ in inside), default=0.0), 1),
                 "children_mib": round(max((children for _, _, children in inside), default=0.0), 1),
                 "total_mib": round(max((own + children for _, own, children in inside), default=0.0), 1)}
 
@@ -280,10 +290,11 @@ def markdown(report: dict[str, Any]) -> str:
              f"(worker {auto['peak']['worker_mib']:.0f}, children {auto['peak']['children_mib']:.0f}): "
              f"**{auto['peak']['total_mib'] - serving:+.0f} MiB** above serving",
              f"- processes the worker started: {', '.join(f'`{c}`' for c in auto['children']) or 'none'}", "",
-             "| step | candidate | seconds | peak worker MiB | peak children MiB | peak total MiB |",
-             "|---|---|---:|---:|---:|---:|"]
+             "| step | candidate | seconds | CPU seconds | peak worker MiB | peak children MiB | peak total MiB |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for record in sorted(auto["steps"], key=lambda record: record["start"]):
         lines.append(f"| {record['step']} | {record['candidate'] or ''} | {record['seconds']} | "
+                     f"{record.get('cpu_seconds', '')} | "
                      f"{record['worker_mib']:.0f} | {record['children_mib']:.0f} | {record['total_mib']:.0f} |")
     timings = (auto["backend"].get("auto") or {}).get("candidates", {})
     if timings:
