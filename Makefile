@@ -17,7 +17,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-teach-loop bench-label-names bench-active-learning bench-promotion bench-out-of-scope bench-scope-cost bench-scope-backends bench-quality bench-label-tasks bench-long-texts bench-time-to-model image standin-images dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-teach-loop bench-label-names bench-active-learning bench-promotion bench-out-of-scope bench-scope-cost bench-scope-backends bench-export-cost bench-quality bench-label-tasks bench-long-texts bench-time-to-model image standin-images dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -147,6 +147,13 @@ bench-scope-cost: install-test
 ## bench/results/scope-backends-<time>.*
 bench-scope-backends: install-test
 	$(BIN)/python -m bench.scope_backends
+
+## What INFERENCE_BACKEND=AUTO's export and timing of the default model cost (its 22-layer random-weight
+## stand-in, a `head` version): wall time and peak RSS per step against serving it with torch (~3 min on 2
+## cores): writes bench/results/export-cost-<time>.*
+EXPORT_COST_ARGS ?=
+bench-export-cost: install-test
+	$(BIN)/python -m bench.export_cost $(EXPORT_COST_ARGS)
 
 ## Time from POST /v1/train (strategy head) to a served model, p50/p95 over 20 jobs, with our trainer
 ## polling and Huey's default in the same run (~20 min: idle gaps up to 60 s): writes bench/results/time-to-model-<time>.*

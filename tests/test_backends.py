@@ -82,6 +82,42 @@ def test_auto_keeps_the_fastest_eligible_candidate_by_both_throughputs() -> None
     assert CandidateTiming(error="ONNX export failed").score == 0
 
 
+def test_auto_checks_the_numpy_path_of_the_chosen_candidate_only_and_chooses_again_if_it_fails(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Candidates are timed through their numpy path unchecked; only the one chosen is checked (the check was
+    most of AUTO's time on the default model). One that fails it is timed again as it would then serve,
+    through sentence-transformers, and the choice is made again."""
+    import numpy as np
+
+    from fewshot.serving import auto_backend
+    from fewshot.store import StoredModel
+
+    speeds = {"torch-none": (50.0, 100.0), "onnx-none": (5.0, 500.0), "onnx-int8": (2.0, 900.0),
+              "openvino-none": (6.0, 450.0), "onnx-int8 through sentence-transformers": (9.0, 300.0)}
+    monkeypatch.setattr(auto_backend, "time_candidate", lambda predict, texts: (*predict(texts), np.zeros(len(texts))))
+
+    def load(choice: BackendChoice):
+        pipeline = "sentence-transformers" if choice.backend == "torch" else "numpy"
+        return (ServingBackend(requested=choice.variant, backend=choice.backend, quantize=choice.quantize,
+                               pipeline=pipeline), lambda texts: speeds[choice.variant])
+
+    asked = []
+
+    def confirm(choice: BackendChoice):
+        asked.append(choice.variant)
+        if choice.variant != "onnx-int8":
+            return None
+        return (ServingBackend(requested=choice.variant, backend=choice.backend, quantize=choice.quantize,
+                               pipeline_error="embedding cosine 0.9"),
+                lambda texts: speeds["onnx-int8 through sentence-transformers"])
+
+    decision = auto_backend.measure(StoredModel("m", "v1", tmp_path, {"labels": ["a"]}), load, 2, confirm=confirm)
+    assert asked == ["onnx-int8", "onnx-none"]
+    assert decision.chosen == "onnx-none"
+    assert decision.candidates["onnx-int8"].pipeline == "sentence-transformers"
+    assert "openvino-int8" not in decision.candidates  # no calibration texts
+
+
 def test_auto_times_again_on_another_cpu_or_architecture_not_for_another_version(
         model_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from fewshot.serving import auto_backend

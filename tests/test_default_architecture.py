@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,9 +24,10 @@ import pytest
 from bench.modernbert_standin import MAX_TOKENS, PUBLISHED, SPECIAL_TOKENS
 from fewshot.base_models import BaseModelSource
 from fewshot.serving.numpy_pipeline import EMBEDDING_COSINE, PROBE_TEXTS, mismatch
+from fewshot.settings import get_settings
 from fewshot.store import StoredModel
 from tests.test_e2e_backends import MIN_COSINE
-from tests.test_numpy_pipeline import TEXTS_FILE, assert_same_answers, load, saved_pipeline
+from tests.test_numpy_pipeline import OPEN_SAVED_PIPELINES, TEXTS_FILE, assert_same_answers, load, saved_pipeline
 
 EXPORTS = [("head", "onnx-none"), ("head", "onnx-int8"), ("setfit", "openvino-none"), ("setfit", "openvino-int8")]
 """Every backend variant, of a version with the base body (head) or a fine-tuned one (setfit): the same
@@ -157,6 +161,37 @@ def test_every_export_answers_as_sentence_transformers_and_as_torch(
     assert again.model is None and again.backend.pipeline == "numpy"
     np.testing.assert_allclose(again.pipeline.embed(mixed, one_pass=True), ours.pipeline.embed(mixed, one_pass=True),
                                atol=1e-5, rtol=0)
+
+
+def test_every_export_serves_after_a_restart_with_no_torch(trained: Callable[[str], StoredModel], texts: list[str],
+                                                           long_text: str) -> None:
+    """What a restarted inference worker does with the default model's exports: each variant loads from the
+    export and the numpy path checked and saved at its first load, in an interpreter that never imports torch,
+    SetFit, sentence-transformers or transformers, and answers as that checked load did."""
+    sample = [*texts[:8], SHORT, long_text, *PROBE_TEXTS]
+    checked = {}
+    for strategy, variant in EXPORTS:
+        stored = trained(strategy)
+        checked[(str(stored.path), variant)] = load(stored, variant, "AUTO")  # exported and checked (or opened) here
+        assert (saved_pipeline(stored, variant) / "pipeline.json").is_file()
+    assert trained("head").labels == trained("setfit").labels
+    environment = {**os.environ, "MODEL_PATH": str(get_settings().model_path)}
+    for restart in (EXPORTS[0::2], EXPORTS[1::2]):  # its answers are by version: one variant of each per restart
+        request = {"versions": [[str(trained(strategy).path), variant] for strategy, variant in restart],
+                   "labels": trained("head").labels, "texts": sample}
+        done = subprocess.run([sys.executable, "-c", OPEN_SAVED_PIPELINES], input=json.dumps(request), text=True,
+                              capture_output=True, check=True, env=environment, timeout=300)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result["heavy_modules"] == []
+        for (strategy, variant), (directory, answer) in zip(restart, result["answers"].items(), strict=True):
+            assert (answer["model"], answer["pipeline"], answer["backend"]) == ("none", "numpy", variant), strategy
+            reference = checked[(directory, variant)]
+            expected, expected_tokens = reference.embed(sample, count_tokens=True)
+            cosines = (unit(np.asarray(answer["embeddings"], dtype=np.float32)) * unit(expected)).sum(axis=1)
+            assert cosines.min() >= EMBEDDING_COSINE, (strategy, variant, cosines.min())
+            assert answer["tokens"] == expected_tokens
+            np.testing.assert_allclose(answer["probabilities"], reference.predict_proba(sample), atol=1e-5, rtol=0,
+                                       err_msg=f"{strategy} {variant}")
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

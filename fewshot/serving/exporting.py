@@ -6,6 +6,7 @@ needs torch; serving an export that is already made does not (fewshot/serving/ba
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -39,16 +40,26 @@ from fewshot.serving.backends import (
 
 logger = logging.getLogger("fewshot.inference")
 
+MAX_CALIBRATION_SAMPLES = 64
+MAX_CALIBRATION_TOKENS = 128
+"""NNCF's int8 calibration: at most this many of the version's texts (spread over them: they are kept in
+label order), each cut to this many tokens. NNCF runs
+the model once per sample per statistics pass (two: SmoothQuant's and the ranges'): gte-modernbert-base's
+stand-in (22 layers, 2 busy cores) took ~0.2 s a sample of ~15 tokens, and the version's texts may be up to
+MAX_CALIBRATION_TEXTS (300) and up to 8192 tokens long each. Bounds the worst case (not measured: the
+bench's version has 24 short texts); AUTO's int8 label-agreement rule still judges the result."""
+
 
 class ExportFailed(Exception):
     """The body could not be exported or quantized; the message says which step and why."""
 
 
 def apply(body: SentenceTransformer, stored: store.StoredModel, choice: BackendChoice, threads: int,
-          export_missing: bool = True) -> ServingBackend:
+          export_missing: bool = True, traced: TracedOnnx | None = None) -> ServingBackend:
     """Serve `body` with `choice` (as much of it as the version allows: `for_version`), exporting it
     into the cache if it is not there yet (unless `export_missing` is false: then torch serves it for
-    now, `exporting`); torch (said so) on failure."""
+    now, `exporting`); torch (said so) on failure. `traced`: the body's float32 ONNX graph, traced once
+    for every variant made from it (AUTO makes four)."""
     if choice.backend == TORCH:
         return ServingBackend(requested=choice.variant, backend=TORCH, quantize=NONE)
     if not export_missing and not is_exported(stored, choice):
@@ -57,7 +68,7 @@ def apply(body: SentenceTransformer, stored: store.StoredModel, choice: BackendC
     started = time.perf_counter()
     try:
         calibration = calibration_texts(stored.path)
-        directory, made = cached_export(body, stored, choice, calibration)
+        directory, made = cached_export(body, stored, choice, calibration, traced)
         exported = ExportedBody.open(directory, choice, threads)
     except Exception as error:  # any failure: the version still serves, with torch
         reason = str(error) if isinstance(error, ExportFailed) else f"{type(error).__name__}: {error}"
@@ -73,7 +84,7 @@ def apply(body: SentenceTransformer, stored: store.StoredModel, choice: BackendC
 
 
 def cached_export(body: SentenceTransformer, stored: store.StoredModel, choice: BackendChoice,
-                  calibration: list[str]) -> tuple[Path, bool]:
+                  calibration: list[str], traced: TracedOnnx | None = None) -> tuple[Path, bool]:
     """The export's directory, and whether this call made it. Workers loading the same version
     at once take turns (a lock file): one exports, into a temporary directory renamed into place,
     and the others find it done."""
@@ -86,21 +97,60 @@ def cached_export(body: SentenceTransformer, stored: store.StoredModel, choice: 
             return target, False
         staging = Path(tempfile.mkdtemp(prefix=f".{choice.variant}-", dir=version_dir))
         try:
-            export(body, choice, staging, calibration)
+            export(body, choice, staging, calibration, traced)
             os.rename(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target, True
 
 
-def export(body: SentenceTransformer, choice: BackendChoice, directory: Path, calibration: list[str]) -> None:
-    with tempfile.TemporaryDirectory(prefix="fewshot-export-") as scratch:
-        onnx_file = directory / ONNX_FILE if choice == BackendChoice(ONNX, NONE) else Path(scratch) / ONNX_FILE
-        export_onnx(body, onnx_file)
-        if choice.backend == ONNX and choice.quantize == INT8:
+def export(body: SentenceTransformer, choice: BackendChoice, directory: Path, calibration: list[str],
+           traced: TracedOnnx | None = None) -> None:
+    with TracedOnnx(body) if traced is None else contextlib.nullcontext(traced) as graph:
+        onnx_file = graph.path()
+        if choice == BackendChoice(ONNX, NONE):
+            shutil.copyfile(onnx_file, directory / ONNX_FILE)
+        elif choice.backend == ONNX and choice.quantize == INT8:
             quantize_onnx(onnx_file, directory / ONNX_FILE)
         elif choice.backend == OPENVINO:
             to_openvino(onnx_file, directory / OPENVINO_FILE, body, calibration if choice.quantize == INT8 else None)
+
+
+class TracedOnnx:
+    """The body's float32 ONNX graph, traced on first use and kept in a scratch directory while the block
+    lasts: every variant is made from it (the int8 quantizers and OpenVINO's conversion read an ONNX file).
+    Traced once, not once per variant: gte-modernbert-base's stand-in (22 layers, 2 cores) took 8-13 s and
+    ~1.9 GB more RSS per trace (bench/export_cost.py), and AUTO traced it four times."""
+
+    def __init__(self, body: SentenceTransformer) -> None:
+        self._body = body
+        self._scratch: tempfile.TemporaryDirectory | None = None
+        self._path: Path | None = None
+        self._failed: ExportFailed | None = None
+
+    def __enter__(self) -> TracedOnnx:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch, self._path = None, None
+
+    def path(self) -> Path:
+        if self._failed is not None:
+            raise self._failed
+        if self._path is None:
+            if isinstance(_transformer(self._body).model, ExportedTransformerModel):
+                raise ExportFailed("the body's torch weights were replaced by an export before it was traced")
+            self._scratch = tempfile.TemporaryDirectory(prefix="fewshot-export-")
+            path = Path(self._scratch.name) / ONNX_FILE
+            try:
+                export_onnx(self._body, path)
+            except ExportFailed as failed:
+                self._failed = failed
+                raise
+            self._path = path
+        return self._path
 
 
 def _transformer(body: SentenceTransformer) -> torch.nn.Module:
@@ -169,8 +219,9 @@ def to_openvino(source: Path, target: Path, body: SentenceTransformer, calibrati
             import nncf
 
             names = [node.get_any_name() for node in model.inputs]
-            samples = [{name: array for name, array in _numpy_inputs(body, [text]).items() if name in names}
-                       for text in calibration]
+            every = max(1, -(-len(calibration) // MAX_CALIBRATION_SAMPLES))
+            samples = [{name: array for name, array in _numpy_inputs(body, [text], MAX_CALIBRATION_TOKENS).items()
+                        if name in names} for text in calibration[::every]]
             model = nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
                                   subset_size=len(samples))
         openvino.save_model(model, target, compress_to_fp16=False)
@@ -179,8 +230,8 @@ def to_openvino(source: Path, target: Path, body: SentenceTransformer, calibrati
         raise ExportFailed(f"{step} failed ({type(error).__name__}: {str(error)[:300]})") from error
 
 
-def _numpy_inputs(body: SentenceTransformer, texts: list[str]) -> dict[str, np.ndarray]:
-    encoded = body.tokenizer(texts, padding=True, truncation=True, max_length=body.max_seq_length,
+def _numpy_inputs(body: SentenceTransformer, texts: list[str], max_tokens: int) -> dict[str, np.ndarray]:
+    encoded = body.tokenizer(texts, padding=True, truncation=True, max_length=min(body.max_seq_length, max_tokens),
                              return_tensors="np")
     return {name: array.astype(np.int64) for name, array in encoded.items()}
 

@@ -10,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from fewshot import store
-from fewshot.backend_cache import AutoChoice, ServingBackend
-from fewshot.serving import auto_backend, backends
-from fewshot.serving.auto_backend import Predict
+from fewshot.backend_cache import AutoChoice
+from fewshot.serving import auto_backend, backends, export_process
 from fewshot.serving.backends import BackendChoice
 from fewshot.serving.model_loading import InferenceRuntime, LoadedModel
 
@@ -103,11 +102,13 @@ class ModelCache:
                     on_load: Callable[[str], None] | None = None,
                     on_evict: Callable[[str], None] | None = None) -> ModelCache:
         """A version whose export (INFERENCE_BACKEND onnx/openvino) is not made yet loads with torch and
-        serves at once; one background thread exports it, loads it again with the export and swaps
-        it in. A first request after training thus waits as long as with torch (time to a served
-        model, bench/time_to_model.py: ~1 s), not for the export (MiniLM, OpenVINO int8: ~12 s).
-        With INFERENCE_BACKEND=AUTO on CPU, that thread first times the candidates on this machine
-        (fewshot/serving/auto_backend.py), once per body architecture, and loads the fastest."""
+        serves at once; one background thread has it exported (and its numpy path checked and saved) in a
+        process of its own (fewshot/serving/export_process.py: that memory is the OS's again when it ends),
+        loads it again from those files and swaps it in. A first request after training thus waits as
+        long as with torch (time to a served model, bench/time_to_model.py: ~1 s), not for the export
+        (MiniLM, OpenVINO int8: ~12 s). With INFERENCE_BACKEND=AUTO on CPU, that process first times the
+        candidates on this machine (fewshot/serving/auto_backend.py), once per body architecture, and the
+        thread loads the fastest."""
         exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend-export")
 
         def runtime_for(stored: store.StoredModel) -> tuple[InferenceRuntime, AutoChoice | None]:
@@ -138,8 +139,7 @@ class ModelCache:
             try:
                 decision = auto_backend.kept_decision(stored, runtime.threads)  # timed meanwhile for another version
                 if decision is None:
-                    decision = auto_backend.measure(stored, lambda choice: timing_candidate(stored, choice),
-                                                    runtime.threads)
+                    decision, _ = export_process.measure_apart(stored, runtime)
                     auto_backend.keep_decision(stored, runtime.threads, decision)
             except Exception as error:  # torch keeps serving it, and the model view says why
                 logger.exception("could not time the backends of %s; torch serves it", stored.tag)
@@ -158,18 +158,10 @@ class ModelCache:
                 return
             export_and_swap(stored, runtime.serving(BackendChoice.from_variant(decision.chosen)), decision)
 
-        def timing_candidate(stored: store.StoredModel, choice: BackendChoice) -> tuple[ServingBackend, Predict]:
-            loaded = LoadedModel.load(stored, replace(runtime, backend=choice), record=False)
-            if loaded.backend.backend != backends.TORCH:
-                return loaded.backend, loaded.predict_proba
-            from fewshot.serving.torch_loading import with_torch_threads
-
-            return loaded.backend, with_torch_threads(runtime.threads, loaded.predict_proba)
-
         def export_and_swap(stored: store.StoredModel, version_runtime: InferenceRuntime,
                             decision: AutoChoice | None) -> None:
             try:
-                exported = LoadedModel.load(stored, version_runtime, record=False)
+                exported = load_exported(stored, version_runtime)
             except Exception:  # the torch version keeps serving
                 logger.exception("could not load %s again with its export", stored.tag)
                 return
@@ -179,6 +171,27 @@ class ModelCache:
                 # only now: the model view never names a backend before it answers
                 exported.record_backend(stored)
                 logger.info("%s now served with %s", stored.tag, exported.backend.backend)
+
+        def load_exported(stored: store.StoredModel, version_runtime: InferenceRuntime) -> LoadedModel:
+            """The version with its export, made in a process of its own if it is not in the cache yet (with
+            its numpy path checked and saved there, so the worker opens the files: no SetFit load here)."""
+            choice = version_runtime.backend
+            if choice != backends.PYTORCH and not backends.is_exported(stored, choice):
+                try:
+                    serving, _ = export_process.export_apart(stored, version_runtime)
+                except export_process.ExportProcessFailed as failed:  # made here, then, as before
+                    logger.warning("%s: %s; exporting it in the inference worker", stored.tag, failed)
+                else:
+                    if serving.backend == backends.TORCH:  # the export failed: torch, and the view says why
+                        torch_runtime = replace(version_runtime, backend=backends.PYTORCH)
+                        return LoadedModel.load(stored, torch_runtime, record=False).with_backend(
+                            requested=serving.requested, error=serving.error)
+                    loaded = LoadedModel.load(stored, version_runtime, record=False)
+                    if (loaded.backend.backend, loaded.backend.quantize) == (serving.backend, serving.quantize):
+                        # what making it took, there: this load only read it from the cache
+                        loaded = loaded.with_backend(prepare_seconds=serving.prepare_seconds)
+                    return loaded
+            return LoadedModel.load(stored, version_runtime, record=False)
 
         cache = cls(load, refresh_seconds, max_models, on_evict=on_evict)
         return cache

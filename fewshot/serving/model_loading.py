@@ -88,6 +88,16 @@ class LoadedModel:
                     runtime.device, serving.backend if serving.backend != backends.TORCH else runtime.dtype,
                     "; its saved numpy path, no torch" if model is None else "",
                     f"; torch until its {serving.requested} export is made" if serving.exporting else "")
+        loaded = cls.of(stored, runtime, model, serving, pipeline, head)
+        if record:
+            loaded.record_backend(stored)
+        return loaded
+
+    @classmethod
+    def of(cls, stored: store.StoredModel, runtime: InferenceRuntime, model: Any, serving: ServingBackend,
+           pipeline: NumpyPipeline | None, head: Any) -> LoadedModel:
+        """The version as loaded from its parts (`head`: the SetFit model's, or the numpy path's), reading
+        long texts as its metadata says (`long_texts`)."""
         columns = column_labels(head, stored.labels, refuses=stored.refuses)
         decisions = DecisionRule.from_metadata(stored.tag, stored.metadata, columns, ScopeIndex.load(stored.path))
         long_texts = str(stored.metadata.get("long_texts") or TRUNCATE)
@@ -96,11 +106,8 @@ class LoadedModel:
             window = pipeline.window
         else:
             window = getattr(model.model_body, "max_seq_length", None) if callable(model.model_body.tokenizer) else None
-        loaded = cls(stored.name, stored.version, model, stored.labels, decisions, runtime.max_batch_tokens, serving,
-                     pipeline, long_texts, window, runtime.max_text_chars)
-        if record:
-            loaded.record_backend(stored)
-        return loaded
+        return cls(stored.name, stored.version, model, stored.labels, decisions, runtime.max_batch_tokens, serving,
+                   pipeline, long_texts, window, runtime.max_text_chars)
 
     def text_refused(self, text: str) -> str | None:
         """Why the version does not take `text` (longer than its limit: MAX_TEXT_CHARS, or what its
