@@ -17,7 +17,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-teach-loop bench-label-names bench-active-learning bench-promotion bench-out-of-scope bench-scope-cost bench-scope-backends bench-export-cost bench-quality bench-label-tasks bench-long-texts bench-time-to-model image standin-images dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-teach-loop bench-label-names bench-active-learning bench-promotion bench-out-of-scope bench-scope-cost bench-scope-backends bench-export-cost bench-modernbert bench-quality bench-label-tasks bench-long-texts bench-time-to-model image standin-images dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,14 @@ bench: install-test $(INFINITY_VENV)/bin/optimum-cli $(INFINITY_OPTIMUM_VENV)/bi
 	command -v wrk >/dev/null || { $(call APT_INSTALL,wrk); }
 	$(BIN)/python -m bench.serving $(BENCH_ARGS)
 	$(BIN)/python -m bench.backends $(BACKENDS_ARGS)
+
+## The default model's architecture served (~30 min on 2 idle cores): a random-weight 22-layer ModernBERT
+## (gte-modernbert-base's shape) trained through our API, at 32, 512 and 4,096 tokens per text, one client, with
+## every CPU backend and AUTO, against Infinity's torch and optimum engines on the same network, same run:
+## bench/results/modernbert-serving-<time>.json and .md.
+MODERNBERT_ARGS ?=
+bench-modernbert: install-test $(INFINITY_VENV)/bin/optimum-cli $(INFINITY_OPTIMUM_VENV)/bin/infinity_emb
+	$(BIN)/python -m bench.modernbert_serving $(MODERNBERT_ARGS)
 
 ## The server's own cost (tiny random-weight model) against Infinity and our naive baseline, same run
 ## (~6 min): writes bench/results/overhead-<time>.json and .md. Infinity needs transformers<5, so it

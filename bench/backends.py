@@ -62,13 +62,14 @@ def train(state: Path, base_model: Path) -> LiveServer:
     return server
 
 
-def onnx_model_for_infinity(venv_bin: Path, base_model: Path, state: Path) -> Path:
-    """MiniLM's directory with model.onnx (optimum-cli export) and model_quantized.onnx (optimum-cli's
-    dynamic int8 for this CPU's instruction set), as a Hub repository ships them for Infinity.
+def onnx_model_for_infinity(venv_bin: Path, base_model: Path, state: Path, name: str = "minilm-onnx") -> Path:
+    """The base model's directory (MiniLM's here) with model.onnx (optimum-cli export) and
+    model_quantized.onnx (optimum-cli's dynamic int8 for this CPU's instruction set), as a Hub repository
+    ships them for Infinity, written to `state`/`name` (links in `base_model` kept as links).
     `venv_bin`: Infinity's main virtualenv (optimum 2.x: its exporter runs with torch 2.13; the
     optimum 1.24 of the optimum-engine virtualenv needs onnxscript and sentence-transformers to)."""
-    directory = state / "minilm-onnx"
-    shutil.copytree(base_model, directory)
+    directory = state / name
+    shutil.copytree(base_model, directory, symlinks=True)
     env = {"HF_HUB_OFFLINE": "1", "PATH": f"{venv_bin}:/usr/bin:/bin"}
     subprocess.run([str(venv_bin / "optimum-cli"), "export", "onnx", "--model", str(base_model), "--task",
                     "feature-extraction", str(state / "exported")], check=True, capture_output=True, env=env)

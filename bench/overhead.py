@@ -151,10 +151,12 @@ def train_tiny_model(state: Path, base_model: Path) -> LiveServer:
 
 def run_bentoml(name: str, server: LiveServer, texts: list[str], duration: float,
                 points: tuple[tuple[int, int], ...] = POINTS, model: str = MODEL,
-                started: Callable[[LiveServer], None] | None = None, with_openai: bool = False) -> list[dict]:
+                started: Callable[[LiveServer], None] | None = None, with_openai: bool = False,
+                measure: Callable[[Target], list[dict]] | None = None) -> list[dict]:
     """Start one of our BentoML servers (the service, or the naive baseline), measure it, stop it;
     `started` runs once it answers (after the warm-up, before the measured points). `with_openai`:
-    /v1/embeddings with OpenAI's body too."""
+    /v1/embeddings with OpenAI's body too. `measure`: the points taken of the running server (default:
+    `measure_all` with wrk at `points`)."""
     server.start()
     try:
         assert server.process is not None
@@ -165,7 +167,7 @@ def run_bentoml(name: str, server: LiveServer, texts: list[str], duration: float
                 client.post(path, json=target.body_of(route)(model, ["warm up"] * 16)).raise_for_status()
         if started is not None:
             started(server)
-        return measure_all(target, texts, duration, points, model)
+        return measure(target) if measure is not None else measure_all(target, texts, duration, points, model)
     finally:
         server.close()
 
@@ -185,18 +187,20 @@ def settled_backend(url: str, model: str, timeout: float = 600) -> dict:
 
 def run_infinity(executable: Path, base_model: Path, state: Path, texts: list[str], duration: float,
                  engine: str = "torch", points: tuple[tuple[int, int], ...] = POINTS,
-                 name: str = "infinity") -> list[dict]:
+                 name: str = "infinity", extra_args: tuple[str, ...] = (),
+                 measure: Callable[[Target], list[dict]] | None = None) -> list[dict]:
     """Infinity serving `base_model` with `engine` (torch, or optimum: the ONNX files in the model's
     directory, int8 `*quantize*` preferred on CPU). Started from inside the directory with
     `--model-id .`: given an absolute directory, Infinity 0.0.78's optimum engine passes optimum an
-    absolute ONNX file name, which optimum refuses."""
+    absolute ONNX file name, which optimum refuses. `extra_args`: more of its command line;
+    `measure`: as in `run_bentoml`."""
     port = free_port()
     log = (state / f"{name}.log").open("wb")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1",
            "HF_HOME": str(state / f"{name}-hf-home")}  # its optimised ONNX cache: not in the user's
     process = subprocess.Popen(
         [str(executable), "v2", "--model-id", ".", "--served-model-name", MODEL, "--engine", engine,
-         "--device", "cpu", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+         "--device", "cpu", "--port", str(port), *extra_args], env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True, cwd=base_model)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -209,8 +213,8 @@ def run_infinity(executable: Path, base_model: Path, state: Path, texts: list[st
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        return measure_all(Target(name, url, {"embeddings": "/embeddings"}, openai, process.pid), texts,
-                           duration, points)
+        target = Target(name, url, {"embeddings": "/embeddings"}, openai, process.pid)
+        return measure(target) if measure is not None else measure_all(target, texts, duration, points)
     finally:
         process.terminate()
         process.wait(30)
