@@ -362,7 +362,9 @@ def wait_for_log(server: LiveServer, text: str, timeout: float = 60) -> None:
 
 def listed_versions(client: httpx.Client, name: str) -> list[dict]:
     """The versions GET /v1/models lists for model `name`, newest first."""
-    return next(m["versions"] for m in client.get("/v1/models").json()["models"] if m["model_name"] == name)
+    response = client.get("/v1/models")
+    assert response.status_code == 200, response.text
+    return next(m["versions"] for m in response.json()["models"] if m["model_name"] == name)
 
 
 def version_directories(server: LiveServer, name: str) -> list[str]:

@@ -22,6 +22,7 @@ from fewshot.serving.long_texts import (
     TRUNCATE,
     LongTextReader,
     text_limit,
+    window_of,
 )
 from fewshot.store import StoredModel
 
@@ -109,6 +110,17 @@ def test_pooling_is_the_token_weighted_mean_of_the_segments(tokenizer: Tokenizer
     weights = reading.weights[1:] / reading.weights[1:].sum()
     np.testing.assert_allclose(pooled[1], (rows[1:] * weights[:, None]).sum(0), rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(reading.pool(rows, renormalize=True), axis=1), 1, rtol=1e-5)
+
+
+def test_a_body_without_a_finite_window_has_none() -> None:
+    """sentence-transformers says max_seq_length = inf for a tokenizer that states no maximum: no window
+    (it once reached the model view as Infinity, and the listing failed)."""
+    from types import SimpleNamespace
+
+    assert window_of(SimpleNamespace(max_seq_length=256)) == 256
+    assert window_of(SimpleNamespace(max_seq_length=float("inf"))) is None
+    assert window_of(SimpleNamespace(max_seq_length=None)) is None
+    assert window_of(SimpleNamespace()) is None
 
 
 def test_the_text_limit_follows_the_window_and_the_policy() -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from setfit import SetFitModel
 
-from fewshot.serving.long_texts import AUTO, CHUNKS, POLICIES, TRUNCATE, LongTextReader
+from fewshot.serving.long_texts import AUTO, CHUNKS, POLICIES, TRUNCATE, LongTextReader, window_of
 
 logger = logging.getLogger("fewshot.training")
 
@@ -65,7 +65,7 @@ class LongTextsChoice:
 def reader(model: SetFitModel, policy: str) -> LongTextReader | None:
     """The body's reader for `policy`; None where its tokenizer is not a fast one or it has no window."""
     body = model.model_body
-    window = getattr(body, "max_seq_length", None)
+    window = window_of(body)
     tokenizer = getattr(body.tokenizer, "backend_tokenizer", None) if callable(body.tokenizer) else None
     if tokenizer is None or not window:
         return None
@@ -94,7 +94,7 @@ def choose(model: SetFitModel, texts: Sequence[str], targets: Sequence[object], 
            multi_label: bool, class_weight: str | None) -> LongTextsChoice:
     """The policy for a version trained on `texts` (its examples, evaluation ones included) with its
     body as `model` has it now."""
-    window = getattr(model.model_body, "max_seq_length", None)
+    window = window_of(model.model_body)
     found = reader(model, TRUNCATE)
     texts = list(texts)
     long = np.flatnonzero(found.read(texts).truncated) if found is not None else np.empty(0, dtype=np.int64)

@@ -50,6 +50,11 @@ class ExportProcessFailed(Exception):
     """The export process ended without a result; the message says how."""
 
 
+class ExportProcessStopped(ExportProcessFailed):
+    """The export process was ended by a signal: the server is stopping (`docker stop` signals the whole
+    container), or the system stopped it (e.g. out of memory). Not a bug to log with a traceback."""
+
+
 def measure_apart(stored: store.StoredModel, runtime: InferenceRuntime) -> tuple[AutoChoice, list[dict[str, Any]]]:
     """AUTO's candidates exported, checked and timed in a process of their own: the decision, and the steps."""
     result = run_apart(stored, runtime, auto=True)
@@ -79,6 +84,8 @@ def run_apart(stored: store.StoredModel, runtime: InferenceRuntime, auto: bool) 
                                   env=environment, stdin=subprocess.DEVNULL, timeout=TIMEOUT_SECONDS, check=False)
         except subprocess.TimeoutExpired as error:
             raise ExportProcessFailed(f"the export process ran past {TIMEOUT_SECONDS} s and was stopped") from error
+        if done.returncode < 0:
+            raise ExportProcessStopped(f"the export process was stopped by signal {-done.returncode}")
         if done.returncode != 0 or not result_file.is_file():
             raise ExportProcessFailed(f"the export process exited with {done.returncode} (its log says why)")
         result = json.loads(result_file.read_text(encoding="utf8"))

@@ -16,8 +16,10 @@ version's head sees at serving what it was fitted on. Pure numpy and `tokenizers
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -41,6 +43,15 @@ MIN_TEXT_CHARS = 10_000
 """`text_limit` is never below this (the limit before it followed the window)."""
 SEPARATOR = " … "
 """head_tail: between the head and the tail, where the middle was left out."""
+
+
+def window_of(body: Any) -> int | None:
+    """A sentence-transformers body's window (`max_seq_length`) in tokens; None where it has none: unset,
+    or infinite (a body whose tokenizer states no maximum: sentence-transformers then says inf)."""
+    window = getattr(body, "max_seq_length", None)
+    if not isinstance(window, int | float) or not math.isfinite(window) or window < 1:
+        return None
+    return int(window)
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,10 @@ class ModelCache:
                     decision, _ = export_process.measure_apart(stored, runtime)
                     auto_backend.keep_decision(stored, runtime.threads, decision)
             except Exception as error:  # torch keeps serving it, and the model view says why
-                logger.exception("could not time the backends of %s; torch serves it", stored.tag)
+                if isinstance(error, export_process.ExportProcessStopped):  # e.g. the server stopping
+                    logger.warning("could not time the backends of %s (%s); torch serves it", stored.tag, error)
+                else:
+                    logger.exception("could not time the backends of %s; torch serves it", stored.tag)
                 try:
                     torch_served = LoadedModel.load(stored, replace(runtime, backend=backends.PYTORCH), record=False)
                 except Exception:  # the version loaded at first keeps serving; the view must not say `exporting`
@@ -162,6 +165,9 @@ class ModelCache:
                             decision: AutoChoice | None) -> None:
             try:
                 exported = load_exported(stored, version_runtime)
+            except export_process.ExportProcessStopped as stopped:  # e.g. the server stopping: nothing to fix
+                logger.warning("%s: %s; torch keeps serving it", stored.tag, stopped)
+                return
             except Exception:  # the torch version keeps serving
                 logger.exception("could not load %s again with its export", stored.tag)
                 return
@@ -179,6 +185,8 @@ class ModelCache:
             if choice != backends.PYTORCH and not backends.is_exported(stored, choice):
                 try:
                     serving, _ = export_process.export_apart(stored, version_runtime)
+                except export_process.ExportProcessStopped:
+                    raise
                 except export_process.ExportProcessFailed as failed:  # made here, then, as before
                     logger.warning("%s: %s; exporting it in the inference worker", stored.tag, failed)
                 else:

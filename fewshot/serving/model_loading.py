@@ -25,7 +25,7 @@ from fewshot.serving import backends
 from fewshot.serving.backends import ExportedBody
 from fewshot.serving.decisions import DecisionRule
 from fewshot.serving.labels import column_labels
-from fewshot.serving.long_texts import TRUNCATE, LongTextReader, Reading, refusal, text_limit
+from fewshot.serving.long_texts import TRUNCATE, LongTextReader, Reading, refusal, text_limit, window_of
 from fewshot.serving.numpy_pipeline import SAVED_DIRECTORY, NumpyPipeline, Read, Refused
 from fewshot.serving.runtime import InferenceRuntime
 from fewshot.serving.scope import ScopeIndex
@@ -105,7 +105,7 @@ class LoadedModel:
             pipeline.read_long_texts(long_texts)
             window = pipeline.window
         else:
-            window = getattr(model.model_body, "max_seq_length", None) if callable(model.model_body.tokenizer) else None
+            window = window_of(model.model_body) if callable(model.model_body.tokenizer) else None
         return cls(stored.name, stored.version, model, stored.labels, decisions, runtime.max_batch_tokens, serving,
                    pipeline, long_texts, window, runtime.max_text_chars)
 
