@@ -424,6 +424,7 @@ def test_labels_and_texts_are_shown_as_text_never_as_markup(page: RecordedPage, 
 
 def test_try_it_shows_the_apis_error(page: RecordedPage, versions: list[dict]) -> None:
     open_console(page, "try")
+    page.page.select_option("#try-model", MODEL)  # waits for the model list: clicked before it, "No model to ask"
     page.page.fill("#try-texts", "hello")
     page.page.fill("#try-top-k", "100000")
     page.page.get_by_role("button", name="Predict").click()
