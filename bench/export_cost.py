@@ -30,8 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import psutil
 
 from bench.modernbert_standin import PUBLISHED_LAYERS, make_modernbert_standin
 from bench.report_files import in_process_machine, write_report
+from fewshot.serving.step_times import StepTimes
 from fewshot.store import CALIBRATION_TEXTS_FILE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -107,27 +107,7 @@ class Timeline:
 
 # -- in the worker interpreter -------------------------------------------------------------------------------
 
-class Steps:
-    """Named intervals (wall clock), nested by the candidate AUTO is on."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-        self.candidate: str | None = None
-
-    @contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        started = time.time()
-        try:
-            yield
-        finally:
-            self.add(name, started, time.time())
-
-    def add(self, name: str, start: float, end: float, candidate: str | None = None) -> None:
-        self.records.append({"step": name, "candidate": candidate or self.candidate, "start": start, "end": end,
-                             "seconds": round(end - start, 2)})
-
-
-def wrap(owner: Any, attribute: str, steps: Steps, name: str | Callable[..., str]) -> None:
+def wrap(owner: Any, attribute: str, steps: StepTimes, name: str | Callable[..., str]) -> None:
     """Record every call of `owner.attribute` as a step (`name` may read the call's arguments)."""
     original = getattr(owner, attribute)
     is_classmethod = isinstance(owner, type) and isinstance(owner.__dict__.get(attribute), classmethod)
@@ -141,7 +121,7 @@ def wrap(owner: Any, attribute: str, steps: Steps, name: str | Callable[..., str
     setattr(owner, attribute, classmethod(recorded) if is_classmethod else recorded)
 
 
-def instrument(steps: Steps) -> None:
+def instrument(steps: StepTimes) -> None:
     """Wrap the steps of AUTO's export and decision, wherever this release has them."""
     from setfit import SetFitModel
 
@@ -192,7 +172,7 @@ def worker(version: Path, mode: str, texts: list[str], output: Path) -> None:
     from fewshot.serving.model_loading import InferenceRuntime
     from fewshot.store import StoredModel
 
-    steps = Steps()
+    steps = StepTimes()
     stored = StoredModel(NAME, "v1", version, {"labels": json.loads((version.parent / "labels.json").read_text())})
     backend = "TORCH" if mode == "serving" else "AUTO"
     runtime = InferenceRuntime.resolve(backend=backend, quantize="NONE" if mode == "serving" else "AUTO")

@@ -64,12 +64,7 @@ class LongTextsChoice:
 
 def reader(model: SetFitModel, policy: str) -> LongTextReader | None:
     """The body's reader for `policy`; None where its tokenizer is not a fast one or it has no window."""
-    body = model.model_body
-    window = window_of(body)
-    tokenizer = getattr(body.tokenizer, "backend_tokenizer", None) if callable(body.tokenizer) else None
-    if tokenizer is None or not window:
-        return None
-    return LongTextReader(tokenizer, window, policy, bool(getattr(body[0], "do_lower_case", False)))
+    return LongTextReader.for_body(model.model_body, policy)
 
 
 def embed_texts(model: SetFitModel, texts: Sequence[str], policy: str) -> np.ndarray:

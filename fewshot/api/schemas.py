@@ -85,28 +85,23 @@ ModelName = Annotated[str, AfterValidator(_check_model_name), WithJsonSchema(MOD
 MODEL_REFERENCE_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MODEL_REFERENCE_MAX_LENGTH,
                           "pattern": MODEL_REFERENCE_PATTERN.pattern}
 ModelReference = Annotated[str, AfterValidator(_check_model_reference), WithJsonSchema(MODEL_REFERENCE_SCHEMA)]
-NonBlankText = Annotated[
-    str,
-    Field(max_length=LIMITS.max_text_chars or TEXT_CHARS_CEILING,
-          json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN}),
-    AfterValidator(_check_not_blank),
-]
+
+
+def non_blank(max_length: int) -> Any:
+    """A string of at most `max_length` characters that is not empty or only whitespace."""
+    return Annotated[str, Field(max_length=max_length,
+                                json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN}),
+                     AfterValidator(_check_not_blank)]
+
+
+NonBlankText = non_blank(LIMITS.max_text_chars or TEXT_CHARS_CEILING)
 LABEL_CHARS = 10_000
 """Characters of a label (its name) when MAX_TEXT_CHARS is not set: a name, not a text to read."""
-NonBlankLabel = Annotated[
-    str,
-    Field(max_length=LIMITS.max_text_chars or LABEL_CHARS,
-          json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN}),
-    AfterValidator(_check_not_blank),
-]
+NonBlankLabel = non_blank(LIMITS.max_text_chars or LABEL_CHARS)
 # A Hub id ("org/name", at most 96 characters on the Hub) or a local directory's absolute path,
 # which Linux bounds at PATH_MAX (4096): not a text, so MAX_TEXT_CHARS does not apply to it.
 BASE_MODEL_MAX_LENGTH = 4096
-BaseModelName = Annotated[
-    str,
-    Field(max_length=BASE_MODEL_MAX_LENGTH, json_schema_extra={"minLength": 1, "pattern": NOT_BLANK_PATTERN}),
-    AfterValidator(_check_not_blank),
-]
+BaseModelName = non_blank(BASE_MODEL_MAX_LENGTH)
 
 
 def distinct(values: list[str] | None) -> list[str] | None:

@@ -109,6 +109,16 @@ class LongTextReader:
         self.policy = policy
         self._lower_case = lower_case
 
+    @classmethod
+    def for_body(cls, body: Any, policy: str) -> LongTextReader | None:
+        """A sentence-transformers body's reader for `policy` (its Rust tokenizer, window and lower-casing);
+        None where its tokenizer is not a fast one or it has no window."""
+        window = window_of(body)
+        tokenizer = getattr(body.tokenizer, "backend_tokenizer", None) if callable(body.tokenizer) else None
+        if tokenizer is None or window is None:
+            return None
+        return cls(tokenizer, window, policy, bool(getattr(body[0], "do_lower_case", False)))
+
     def read(self, texts: Sequence[str]) -> Reading:
         if self._lower_case:
             texts = [text.lower() for text in texts]

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -176,15 +177,19 @@ class LoadedModel:
         reading = self._reading(texts)
         return self._read_segments(reading)
 
+    @cached_property
+    def _torch_reader(self) -> LongTextReader | None:
+        """The torch path's reader, made once: it copies the body's tokenizer (50k-token vocabularies: not
+        per batch)."""
+        return LongTextReader.for_body(self.model.model_body, self.long_texts)
+
     def _reading(self, texts: list[str]) -> Reading:
-        """The torch path's plan of how to read `texts` (a static-embedding body reads all of each)."""
-        body = self.model.model_body
-        tokenizer = getattr(body.tokenizer, "backend_tokenizer", None) if callable(body.tokenizer) else body.tokenizer
-        if tokenizer is None or self.window is None:  # a slow tokenizer, or no limit: lengths only
+        """The torch path's plan of how to read `texts` (a body without a fast tokenizer or a window, e.g.
+        static embeddings, reads all of each)."""
+        reader = self._torch_reader
+        if reader is None:  # lengths only
             tokens = self.token_lengths(texts)
             return Reading(list(texts), np.arange(len(texts)), np.ones(len(texts)), tokens, [False] * len(texts))
-        reader = LongTextReader(tokenizer, self.window, self.long_texts,
-                                bool(getattr(body[0], "do_lower_case", False)))
         return reader.read(texts)
 
     def _read_segments(self, reading: Reading) -> Read:

@@ -21,9 +21,12 @@ class StepTimes:
         try:
             yield
         finally:
-            ended = time.time()
-            self.records.append({"step": name, "candidate": self.candidate, "start": started, "end": ended,
-                                 "seconds": round(ended - started, 2)})
+            self.add(name, started, time.time())
+
+    def add(self, name: str, start: float, end: float, candidate: str | None = None) -> None:
+        """A step timed elsewhere (e.g. one the export process recorded), for `candidate` or the current one."""
+        self.records.append({"step": name, "candidate": candidate or self.candidate, "start": start, "end": end,
+                             "seconds": round(end - start, 2)})
 
     @staticmethod
     def summarize(records: list[dict[str, Any]]) -> str:
