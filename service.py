@@ -3,12 +3,13 @@
     client ─HTTP─▶ Gateway (this file's `Gateway`)             Trainer (Huey consumer, trainers/)
                    auth · validation · /v1 routes ─enqueue─▶ queue ─▶ SetFit · register in store
                    predict/embeddings ─to_async─▶ Inference (batchable; grouped by model; GPU)
+                   files/batches ─enqueue─▶ batch queue ─▶ Batch worker (batches/: shards, engine, SCHED_IDLE)
 
 Only wiring lives here: the services, their resources, the route table and the middleware. Each route
 hands its request to the room of fewshot/api that owns its resource (models, jobs, training, examples,
-learning, inference), where its rules and views live; fewshot/serving is the inference engine,
-fewshot/records what the API and the trainers share, fewshot/bentoml_fixes every BentoML workaround,
-trainers/ the jobs' queue and training (docs/architecture.md).
+learning, inference, files, batches), where its rules and views live; fewshot/serving is the inference
+engine, fewshot/records what the API and the workers share, fewshot/bentoml_fixes every BentoML
+workaround, trainers/ the jobs' queue and training, batches/ the batch worker (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from bentoml.validators import ContentType
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
+from batches import tasks as batch_queue
 from fewshot import bentoml_fixes
-from fewshot.api import errors, examples, inference, jobs, learning, models, training
+from fewshot.api import batches, errors, examples, files, inference, jobs, learning, models, training
 from fewshot.api.auth import APIKeyMiddleware
 from fewshot.api.body_limit import RequestBodyLimitMiddleware
 from fewshot.api.errors import responds
-from fewshot.api.gateway import TrainingQueue
+from fewshot.api.gateway import BatchQueue, TrainingQueue
 from fewshot.api.inference import InferenceClient
 from fewshot.api.inference_schemas import (
     EmbeddingsRequest,
@@ -111,28 +113,32 @@ class Inference:
 
 @bentoml.service(name="fewshot-trainer", workers=1)
 class EmbeddedTrainer:
-    """Runs the Huey consumer (`python -m trainers.consumer`) beside the server and supervises it."""
+    """Runs the Huey consumers beside the server and supervises them: the trainer (`python -m
+    trainers.consumer`) and the batch worker (`python -m batches.consumer`)."""
 
     def __init__(self) -> None:
         from trainers.supervisor import ChildSupervisor
 
-        self.consumer = ChildSupervisor.for_module("trainers.consumer", name="trainer")
-        self.consumer.start()
+        self.consumers = [ChildSupervisor.for_module("trainers.consumer", name="trainer"),
+                          ChildSupervisor.for_module("batches.consumer", name="batch worker")]
+        for consumer in self.consumers:
+            consumer.start()
 
     def __is_ready__(self) -> bool:
-        # The gateway's /readyz asks this service's: not ready while the consumer is down
+        # The gateway's /readyz asks this service's: not ready while a consumer is down
         # (between a crash and its restart), so a health check sees a dead trainer.
-        return self.consumer.alive()
+        return all(consumer.alive() for consumer in self.consumers)
 
     @bentoml.on_shutdown
     def stop_consumer(self) -> None:
-        self.consumer.stop()
+        for consumer in self.consumers:
+            consumer.stop()
 
 
 routes = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 # The route table: each resource's routes live in its room of fewshot/api (POST /v1/train, /v1/models/import,
 # /v1/predict and /v1/embeddings are BentoML APIs, on the Gateway below).
-for room in (models, jobs, examples, training, learning):
+for room in (models, jobs, examples, training, learning, files, batches):
     routes.include_router(room.router)
 
 
@@ -156,6 +162,7 @@ class Gateway:
                                       settings.max_batch_size, settings.max_latency_ms,
                                       settings.max_texts_per_request)
         self.queue: TrainingQueue = training_queue
+        self.batch_queue: BatchQueue = batch_queue
         self.sampler = None  # PREDICTION_LOG_SAMPLE: a share of predicted texts kept as a pool to suggest from
         if settings.prediction_log_sample > 0:
             from fewshot import metrics
@@ -214,7 +221,8 @@ class Gateway:
 routes.add_exception_handler(RequestValidationError, errors.request_validation_failed)
 Gateway.add_asgi_middleware(APIKeyMiddleware, api_key=settings.api_key)
 # Behind the key check (a client without the key is refused before its body is read), before all else.
-Gateway.add_asgi_middleware(RequestBodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+Gateway.add_asgi_middleware(RequestBodyLimitMiddleware, max_bytes=settings.max_request_bytes,
+                            uploads={"/v1/files": settings.max_file_bytes})
 bentoml_fixes.install(Gateway, routes, settings, job_counts=lambda: count_by_status(job_records))
 # After install(), which re-executes a `bentoml serve` CLI started without them: every process
 # of the server (and the trainer it starts) shares the store under MODEL_PATH and configuration.yaml.

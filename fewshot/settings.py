@@ -176,6 +176,19 @@ class Settings:
     """TRUST_REMOTE_CODE: allow base models that run their own Python code (off: such models fail)."""
     trust_pickled_heads: bool
     """TRUST_PICKLED_HEADS: allow importing models whose head is only a pickle (loading it runs code)."""
+    max_file_bytes: int
+    """MAX_FILE_BYTES: bytes of one uploaded file (POST /v1/files); more is answered 413."""
+    batch_file_days: float
+    """BATCH_FILE_DAYS: uploaded files and batch results are deleted this long after they were made."""
+    batch_shard_texts: int
+    """BATCH_SHARD_TEXTS: texts per shard of a batch: the unit a batch worker takes, holds in memory,
+    and computes again after a crash."""
+    batch_sweep_seconds: float
+    """BATCH_SWEEP_SECONDS: how often a batch worker looks for shards whose worker died, cancelled and
+    expired batches, and expired files."""
+    batch_claim_seconds: float
+    """BATCH_CLAIM_SECONDS: a shard whose worker (on another machine) has not reported for this long is
+    taken by another worker; a dead worker on the same machine is seen at once."""
 
     @property
     def queue_dir(self) -> Path:
@@ -192,6 +205,20 @@ class Settings:
     @property
     def consumer_lock_file(self) -> Path:
         return self.queue_dir / "consumer.lock"
+
+    @property
+    def batch_queue_file(self) -> Path:
+        return self.queue_dir / "batches.db"
+
+    @property
+    def files_dir(self) -> Path:
+        """Uploaded files and batch results (POST /v1/files), shared by every process like the store."""
+        return self.model_path / "files"
+
+    @property
+    def batches_dir(self) -> Path:
+        """Each batch's record, shards and their results (batches/), shared by every batch worker."""
+        return self.model_path / "batches"
 
 
 def load_settings() -> Settings:
@@ -247,6 +274,12 @@ def load_settings() -> Settings:
         local_model_dirs=_directories("LOCAL_MODEL_DIRS", default=(model_path / "base-models",)),
         trust_remote_code=_flag("TRUST_REMOTE_CODE", default=False),
         trust_pickled_heads=_flag("TRUST_PICKLED_HEADS", default=False),
+        # OpenAI's Batch API takes files of up to 200 MB; a million short texts as CSV is ~70 MB.
+        max_file_bytes=_int("MAX_FILE_BYTES", 1024 * 1024 * 1024, minimum=1024),
+        batch_file_days=_float("BATCH_FILE_DAYS", 30.0, minimum=0.0),
+        batch_shard_texts=_int("BATCH_SHARD_TEXTS", 10_000, minimum=1),
+        batch_sweep_seconds=_float("BATCH_SWEEP_SECONDS", 10.0, minimum=0.1),
+        batch_claim_seconds=_float("BATCH_CLAIM_SECONDS", 60.0, minimum=1.0),
     )
 
 

@@ -50,12 +50,25 @@ def replaying(body: bytes, receive: Receive) -> Receive:
 
 
 class RequestBodyLimitMiddleware(HTTPMiddleware):
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, uploads: dict[str, int] | None = None) -> None:
+        """`uploads`: paths that take files, each with its own limit (MAX_FILE_BYTES): their body must
+        declare its length (a file is never held in memory to count it) and may be that large."""
         super().__init__(app)
         self._max = max_bytes
+        self._uploads = uploads or {}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         length, chunked = declared_length(scope["headers"])
+        upload_limit = self._uploads.get(scope["path"]) if scope["method"] == "POST" else None
+        if upload_limit is not None:
+            if length is None and chunked:
+                await send_json(send, 411, json.dumps(error_body(
+                    "Content-Length: an upload must declare its length (sent chunked)")).encode())
+            elif length is not None and length > upload_limit:
+                await self._refuse(send, f"request body: {length} bytes is more than MAX_FILE_BYTES={upload_limit}")
+            else:
+                await self.app(scope, receive, send)
+            return
         if length is not None:
             if length > self._max:
                 await self._refuse(send, f"request body: {length} bytes is more than MAX_REQUEST_BYTES={self._max}")

@@ -36,9 +36,10 @@ INTERNAL_MESSAGE = "internal error; the server log has the details"
 STATUS_DESCRIPTIONS = {
     400: "Invalid input: the message names the field and the rule.",
     401: "Missing or wrong API key.",
-    404: "Unknown job or model.",
-    409: "The job has already finished: only pending or running jobs can be cancelled.",
-    413: "The request body is larger than MAX_REQUEST_BYTES.",
+    404: "Unknown job, model, file or batch.",
+    409: "The job or batch has already finished: only unfinished ones can be cancelled.",
+    411: "An upload (POST /v1/files) must declare its Content-Length.",
+    413: "The request body is larger than MAX_REQUEST_BYTES (an upload: MAX_FILE_BYTES).",
     415: "The body must be JSON (Content-Type: application/json).",
     429: "Too many training jobs pending (MAX_QUEUED_JOBS); retry after Retry-After seconds.",
     500: "Internal error.",

@@ -1,5 +1,5 @@
 """What the routes take from the running gateway, as FastAPI dependencies: the shared stores, the
-inference client and the training queue.
+inference client, the training queue and the batch queue.
 
 Each handler declares the parts it uses (`sets: ExampleStoreDep`), so a room is called without HTTP
 by handing it those parts (tests/test_api_rooms.py), and importing a room opens no store. BentoML
@@ -17,7 +17,9 @@ from fastapi import Depends
 from fewshot.api.inference import InferenceClient
 from fewshot.api.prediction_sampling import PredictionSampler
 from fewshot.api.training_schemas import ImportRequest, TrainRequest
+from fewshot.records.batches import BatchRecord, BatchStore
 from fewshot.records.examples import ExampleStore
+from fewshot.records.files import FileStore
 from fewshot.records.jobs import JobRecord, JobStore, RetrainPlan
 from fewshot.records.prediction_log import PredictionLog
 
@@ -35,12 +37,28 @@ class TrainingQueue(Protocol):
     def cancel_job(self, job_id: str) -> JobRecord | None: ...
 
 
+class BatchQueue(Protocol):
+    """What the batch routes ask of the batch queue (batches/tasks.py is one, handed over by service.py)."""
+
+    def submit_batch(self, record: BatchRecord) -> BatchRecord:
+        """Record the batch and queue its planning."""
+        ...
+
+    def cancel_batch(self, batch_id: str) -> BatchRecord | None:
+        """`cancelling` (None: no such batch); raises BatchNotCancellable once it has finished."""
+        ...
+
+
 def inference_client() -> InferenceClient:
     return get_current_service().client
 
 
 def training_queue() -> TrainingQueue:
     return get_current_service().queue
+
+
+def batch_queue() -> BatchQueue:
+    return get_current_service().batch_queue
 
 
 def prediction_sampler() -> PredictionSampler | None:
@@ -67,9 +85,24 @@ def prediction_log_store() -> PredictionLog:
     return prediction_log
 
 
+def file_store() -> FileStore:
+    from fewshot.records.stores import files
+
+    return files
+
+
+def batch_store() -> BatchStore:
+    from fewshot.records.stores import batches
+
+    return batches
+
+
 InferenceDep = Annotated[InferenceClient, Depends(inference_client)]
 QueueDep = Annotated[TrainingQueue, Depends(training_queue)]
 JobStoreDep = Annotated[JobStore, Depends(job_store)]
 ExampleStoreDep = Annotated[ExampleStore, Depends(example_store)]
 PredictionLogDep = Annotated[PredictionLog, Depends(prediction_log_store)]
 SamplerDep = Annotated[PredictionSampler | None, Depends(prediction_sampler)]
+BatchQueueDep = Annotated[BatchQueue, Depends(batch_queue)]
+FileStoreDep = Annotated[FileStore, Depends(file_store)]
+BatchStoreDep = Annotated[BatchStore, Depends(batch_store)]

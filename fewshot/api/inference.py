@@ -13,13 +13,12 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from fewshot.api import errors
 from fewshot.api.inference_schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
-    OpenAIEmbeddingsResponse,
     Prediction,
     PredictRequest,
     PredictResponse,
@@ -99,15 +98,26 @@ class InferenceClient:
 
 async def predict(client: InferenceClient, request: PredictRequest,
                   sampler: PredictionSampler | None) -> PredictResponse | JSONResponse:
-    results = await client.predict(request.items())
+    answer = prediction_answer(request, await client.predict(request.items()))
+    if sampler is not None and isinstance(answer, PredictResponse):
+        sampler.offer(request.model_name, request.texts)
+    return answer
+
+
+async def embeddings(client: InferenceClient,
+                     request: EmbeddingsRequest) -> EmbeddingsResponse | Response:
+    return embeddings_answer(request, await client.embed(request.items()))
+
+
+def prediction_answer(request: PredictRequest, results: list[ItemPrediction]) -> PredictResponse | JSONResponse:
+    """/v1/predict's answer from the inference service's results, one per text: the route's and a batch
+    line's (batches/), so an answer from a file is the one the route gives."""
     if not all(result.found for result in results):
         return errors.unknown_model(request.model_name)
     if too_long := _text_refused(results, "texts"):
         return too_long
     if refused := next((result.error for result in results if result.error), None):
         return errors.invalid(refused)  # asked what this version cannot do (e.g. abstain, multi-label)
-    if sampler is not None:
-        sampler.offer(request.model_name, request.texts)
     return PredictResponse(predictions=[
         Prediction(text=text, label=result.label, score=result.score, labels=result.labels,
                    abstained=result.abstained, reason=result.reason, scope_score=result.scope_score,
@@ -116,9 +126,8 @@ async def predict(client: InferenceClient, request: PredictRequest,
     ])
 
 
-async def embeddings(client: InferenceClient,
-                     request: EmbeddingsRequest) -> EmbeddingsResponse | OpenAIEmbeddingsResponse | JSONResponse:
-    results = await client.embed(request.items())
+def embeddings_answer(request: EmbeddingsRequest, results: list[ItemEmbedding]) -> EmbeddingsResponse | Response:
+    """/v1/embeddings' answer (ours or OpenAI's shape) from the inference service's results, one per text."""
     if not all(result.found for result in results):
         return errors.unknown_model(request.reference, request.field)
     if too_long := _text_refused(results, "input" if request.is_openai else "texts"):
