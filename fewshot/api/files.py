@@ -70,7 +70,7 @@ def get_file(file_id: str, store: FileStoreDep) -> FileObject | JSONResponse:
     return file_object(stored) if stored else unknown_file(file_id)
 
 
-@router.get("/v1/files/{file_id}/content", responses={**documented(404), 200: {
+@router.get("/v1/files/{file_id}/content", response_model=None, responses={**documented(404), 200: {
     "description": "The file's bytes.", "content": {"application/octet-stream": {}}}})
 def file_content(file_id: str, store: FileStoreDep) -> FileResponse | JSONResponse:
     """The file's bytes (a batch's results: JSONL, CSV or Parquet, as its input)."""
