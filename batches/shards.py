@@ -4,7 +4,8 @@ Each line is validated with the route's own request model (fewshot/api/inference
 answered with the route's own answer (fewshot/api/inference.py `prediction_answer`,
 `embeddings_answer`), so a line's `response.body` is what POST /v1/predict or /v1/embeddings gives
 for that body. In between, every text of the shard runs through the serving engine sorted by length
-(no padding to a long neighbour), CHUNK_TEXTS at a time; after each chunk the worker reports its
+(no padding to a long neighbour), BATCH_CHUNK_TEXTS at a time (512: ~0.3 s of MiniLM int8 on 2
+cores for short texts); after each chunk the worker reports its
 progress and looks whether the batch was asked to stop. A line that fails (malformed, unknown model,
 a text over the limits) is an error line with its `custom_id`: the batch goes on.
 """
@@ -30,10 +31,6 @@ from fewshot.serving.items import TextItem
 from fewshot.store import split_reference
 
 logger = logging.getLogger("fewshot.batches")
-
-CHUNK_TEXTS = 512
-"""Texts per call of the engine: it cuts them into forward passes of MAX_BATCH_TOKENS itself. Also how
-often a worker reports and looks for a cancel: ~0.3 s of MiniLM on 2 cores for short texts."""
 
 Engine = Callable[[Sequence[TextItem]], list[Any]]
 """fewshot.serving.engine's predict_items or embed_items over the worker's loaded models."""
@@ -129,13 +126,14 @@ def pinned(reference: str, versions: dict[str, str]) -> str:
     return f"{name}:{versions[name]}" if version is None and name in versions else reference
 
 
-def compute(lines: list[Line], engine: Engine, report: Callable[[int], None], stop: Callable[[], bool]) -> bool:
+def compute(lines: list[Line], engine: Engine, report: Callable[[int], None], stop: Callable[[], bool],
+            chunk_texts: int) -> bool:
     """Run every text of the lines, shortest first; False if asked to stop before all were run."""
     pending = sorted(((line, position) for line in lines for position in range(len(line.items))),
                      key=lambda pair: len(pair[0].items[pair[1]].text))
     done = 0
-    for start in range(0, len(pending), CHUNK_TEXTS):
-        chunk = pending[start:start + CHUNK_TEXTS]
+    for start in range(0, len(pending), chunk_texts):
+        chunk = pending[start:start + chunk_texts]
         try:
             results = engine([line.items[position] for line, position in chunk])
         except Exception as error:  # a broken version must not stop the batch: its lines fail, and say why
@@ -188,11 +186,11 @@ def _table_row(line: Line, endpoint: str) -> tuple[bool, dict[str, Any]]:
 
 
 def run(entries_path: Path, record: BatchRecord, engine: Engine, out_path: Path, err_path: Path,
-        report: Callable[[int], None], stop: Callable[[], bool]) -> ShardOutcome:
+        report: Callable[[int], None], stop: Callable[[], bool], chunk_texts: int) -> ShardOutcome:
     """Compute the shard whose entries are in `entries_path`; write its result and error lines (JSONL)."""
     with open(entries_path, encoding="utf-8") as handle:
         lines = [parse(json.loads(entry), record) for entry in handle]
-    finished = compute(lines, engine, report, stop)
+    finished = compute(lines, engine, report, stop, chunk_texts)
     write = _openai_line if record.input_format == "openai" else _table_row
     requests = completed = texts = 0
     with open(out_path, "w", encoding="utf-8") as out, open(err_path, "w", encoding="utf-8") as err:

@@ -185,7 +185,7 @@ def run_shard(batch_id: str, shard: int) -> None:
     err = batches.shard_path(batch_id, shard, f"err.{suffix}.partial")
     try:
         outcome = shards.run(batches.shard_path(batch_id, shard, "in"), record, _endpoint_engine(record.endpoint),
-                             out, err, report, stop)
+                             out, err, report, stop, settings.batch_chunk_texts)
     except BaseException:
         out.unlink(missing_ok=True)
         err.unlink(missing_ok=True)

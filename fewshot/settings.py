@@ -183,6 +183,9 @@ class Settings:
     batch_shard_texts: int
     """BATCH_SHARD_TEXTS: texts per shard of a batch: the unit a batch worker takes, holds in memory,
     and computes again after a crash."""
+    batch_chunk_texts: int
+    """BATCH_CHUNK_TEXTS: texts of a shard per call of the engine (which cuts them into forward passes of
+    MAX_BATCH_TOKENS); after each, the worker reports its progress and looks for a cancel."""
     batch_sweep_seconds: float
     """BATCH_SWEEP_SECONDS: how often a batch worker looks for shards whose worker died, cancelled and
     expired batches, and expired files."""
@@ -278,6 +281,7 @@ def load_settings() -> Settings:
         max_file_bytes=_int("MAX_FILE_BYTES", 1024 * 1024 * 1024, minimum=1024),
         batch_file_days=_float("BATCH_FILE_DAYS", 30.0, minimum=0.0),
         batch_shard_texts=_int("BATCH_SHARD_TEXTS", 10_000, minimum=1),
+        batch_chunk_texts=_int("BATCH_CHUNK_TEXTS", 512, minimum=1),
         batch_sweep_seconds=_float("BATCH_SWEEP_SECONDS", 10.0, minimum=0.1),
         batch_claim_seconds=_float("BATCH_CLAIM_SECONDS", 60.0, minimum=1.0),
     )
