@@ -48,7 +48,10 @@ def main() -> None:
     configure_logging(settings.log_level)
     apply_process_environment(settings)
     lowest_cpu_priority()  # before any thread starts: they inherit it
+    # The tasks register on the queue when their module is imported: before the consumer's first
+    # dequeue (else Huey drops the message: "batches.tasks.run_shard not found in TaskRegistry").
     from batches.queue import huey
+    from batches.tasks import sweep  # noqa: F401
 
     threading.Thread(target=sweep_forever, args=(settings.batch_sweep_seconds,), name="batch-sweep",
                      daemon=True).start()
