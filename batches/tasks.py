@@ -192,7 +192,7 @@ def run_shard(batch_id: str, shard: int) -> None:
         raise
     batches.finish_shard(batch_id, shard, {"out": out, "err": err}, ShardDone(
         requests=outcome.requests, completed=outcome.completed, failed=outcome.failed, texts=outcome.texts,
-        attempts=attempt, seconds=time.perf_counter() - started, partial=outcome.stopped))
+        worker=worker, attempts=attempt, seconds=time.perf_counter() - started, partial=outcome.stopped))
     logger.info("batch %s: shard %d done (%d requests, %d failed, %.1fs, attempt %d)", batch_id, shard,
                 outcome.requests, outcome.failed, time.perf_counter() - started, attempt)
     if outcome.stopped or all(batches.is_done(batch_id, k) for k in range(record.shards or 0)):

@@ -235,14 +235,16 @@ class LiveServer:
 
 
 class TrainerProcess:
-    """`python -m trainers.consumer` on its own, as on a separate trainer machine (REDIS_URL mode).
+    """`python -m trainers.consumer` (or `batches.consumer`, a batch worker) on its own, as on a separate
+    trainer machine (REDIS_URL mode).
 
     It shares the server's environment (REDIS_URL, MODEL_PATH: the shared model store volume).
     """
 
     def __init__(self, server: LiveServer, name: str, env: dict[str, str] | None = None,
-                 max_file_bytes: int | None = None) -> None:
+                 max_file_bytes: int | None = None, module: str = "trainers.consumer") -> None:
         self.server = server
+        self.module = module
         self.env = {**server.env, **(env or {})}
         self.log_path = server.state_dir / f"{name}.log"
         self.max_file_bytes = max_file_bytes
@@ -251,7 +253,7 @@ class TrainerProcess:
 
     def start(self) -> TrainerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.process = psutil.Popen([sys.executable, "-m", "trainers.consumer"], cwd=PROJECT_ROOT, env=self.env,
+        self.process = psutil.Popen([sys.executable, "-m", self.module], cwd=PROJECT_ROOT, env=self.env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=_file_size_limit(self.max_file_bytes) if self.max_file_bytes else None)
         self.server.companions.add(self.process.pid)
@@ -264,7 +266,8 @@ class TrainerProcess:
 
     def wait_until_consuming(self, timeout: float = 120) -> TrainerProcess:
         deadline = time.monotonic() + timeout
-        while "trainer consumer started" not in self.log_path.read_text(errors="replace"):
+        started = "trainer consumer started" if self.module == "trainers.consumer" else "batch worker started"
+        while started not in self.log_path.read_text(errors="replace"):
             assert self.process is not None and self.process.poll() is None, self.log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, f"trainer not consuming in {timeout}s"
             time.sleep(POLL_SECONDS)

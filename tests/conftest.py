@@ -102,8 +102,8 @@ def trainer_factory() -> Iterator:
     started: list[TrainerProcess] = []
 
     def start(server: LiveServer, name: str = "trainer", max_file_bytes: int | None = None,
-              **env: str) -> TrainerProcess:
-        trainer = TrainerProcess(server, name, env, max_file_bytes=max_file_bytes).start()
+              module: str = "trainers.consumer", **env: str) -> TrainerProcess:
+        trainer = TrainerProcess(server, name, env, max_file_bytes=max_file_bytes, module=module).start()
         started.append(trainer)
         return trainer
 

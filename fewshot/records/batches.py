@@ -92,6 +92,8 @@ class ShardDone(BaseModel):
     completed: int
     failed: int
     texts: int
+    worker: str
+    """The worker (host:pid) that finished it."""
     attempts: int
     """How many workers took it: more than 1 when a worker died mid-shard (or a cancel cut it)."""
     seconds: float
