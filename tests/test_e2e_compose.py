@@ -140,12 +140,30 @@ def test_up_builds_and_runs_the_api_and_a_separate_trainer(project: Project, mea
     measured(f"{project.default.name} up --build -d: built and started in {built:.0f} s "
              f"({build_steps(up.stdout + up.stderr)}), API healthy {healthy:.0f} s later; {COMPOSE_IMAGE} "
              f"{project.engine.image_size(COMPOSE_IMAGE) / 1e9:.2f} GB")
-    for service in ("api", "trainer"):
+    for service in ("api", "trainer", "batches"):
         assert {uid for uid, _ in project.engine.processes(project.container(service))} == {1034}, service
     project.engine.copy_into(MINILM, project.container("api"), IN_CONTAINER_MINILM)  # the shared volume
     job = train(project, "intents")
     assert_ran_in_the_trainer_container(project, job)
     assert_serves(project, "intents")
+    assert_batch_ran_in_the_batches_container(project, "intents")
+
+
+def assert_batch_ran_in_the_batches_container(project: Project, model_name: str) -> None:
+    with project.client() as client:
+        table = "id,text\n1,my card has not arrived\n2,how do I top up?\n"
+        uploaded = client.post("/v1/files", files={"file": ("rows.csv", table.encode())}, data={"purpose": "batch"})
+        batch = client.post("/v1/batches", json={"input_file_id": uploaded.json()["id"], "endpoint": "/v1/predict",
+                                                 "model_name": model_name}).json()
+        deadline = time.monotonic() + 300
+        while batch["status"] not in ("completed", "failed") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            batch = client.get(f"/v1/batches/{batch['id']}").json()
+        assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 2, batch
+    batches_log = project.engine.logs(project.container("batches"))
+    assert f"batch {batch['id']} completed" in batches_log, batches_log[-3000:]
+    api_processes = " ".join(command for _, command in project.engine.processes(project.container("api")))
+    assert "batches.consumer" not in api_processes, api_processes  # EMBEDDED_TRAINER=false
 
 
 def test_down_and_up_keep_models_and_jobs(project: Project, measured) -> None:
