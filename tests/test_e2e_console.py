@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Locator, expect
 
 from fewshot import __version__
 from fewshot.api.errors import UNAUTHORIZED_MESSAGE
@@ -545,6 +547,170 @@ def test_without_a_key_nothing_is_asked_and_older_jobs_page_in(browser: Browser,
         expect(older).to_be_hidden()  # no page after these
         page.page.get_by_role("navigation", name="Screens").get_by_role("link", name="Models").click()
         expect(page.page.locator("#model-list")).to_contain_text("No models yet")
+
+
+# ---------------------------------------------------------------------------------------- batches
+
+BATCH_ROWS = 30
+
+
+def upload(client: httpx.Client, name: str, content: bytes) -> dict:
+    response = client.post("/v1/files", files={"file": (name, content)}, data={"purpose": "batch"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def start_batch(client: httpx.Client, name: str, content: bytes, **options) -> dict:
+    file = upload(client, name, content)
+    response = client.post("/v1/batches", json={"input_file_id": file["id"], "endpoint": "/v1/predict", **options})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def batch_row(page: RecordedPage, batch_id: str) -> Locator:
+    return page.page.locator(f'#batch-table tr[data-batch-id="{batch_id}"]')
+
+
+def test_a_csv_batch_runs_on_screen_to_completion_and_its_results_download(
+        page: RecordedPage, client: httpx.Client, versions: list[dict], train_examples: list[dict],
+        test_examples: list[dict]) -> None:
+    texts = [example["text"] for example in train_examples + test_examples][:BATCH_ROWS]
+    rows = [["id", "text"]] + [[f"row-{n}", text] for n, text in enumerate(texts)]
+    open_console(page, "batches")
+    page.page.select_option("#batch-model", MODEL)  # waits for the model list
+    page.page.set_input_files("#batch-file", files=[csv_file(rows, "tickets.csv")])
+    page.page.get_by_role("button", name="Run batch").click()
+    row = page.page.locator("#batch-table tbody tr.submitted")
+    expect(row).to_have_count(1)
+    batch_id = row.get_attribute("data-batch-id")
+    expect(row).to_contain_text("tickets.csv")  # the input file's name (GET /v1/files/{id})
+    # Polled while unfinished: the row reaches `completed` with no reload.
+    expect(row.locator(".badge.status")).to_have_text("completed", timeout=LONG)
+    batch = client.get(f"/v1/batches/{batch_id}").json()
+    assert (batch["status"], batch["model_name"], batch["input_format"]) == ("completed", MODEL, "csv"), batch
+    assert batch["request_counts"] == {"total": BATCH_ROWS, "completed": BATCH_ROWS, "failed": 0}, batch
+    expect(row.locator("td.counts")).to_have_text(f"{BATCH_ROWS} completed · 0 failed · {BATCH_ROWS} in all")
+    expect(row.locator("progress")).to_have_attribute("value", str(BATCH_ROWS))
+    expect(row.locator("progress")).to_have_attribute("max", str(BATCH_ROWS))
+    expect(row.locator("td.progress")).to_contain_text(f"{BATCH_ROWS} / {BATCH_ROWS} texts")
+    expect(row).to_contain_text(f"{MODEL} ({batch['model_versions'][MODEL]})")  # the version it was pinned to
+    expect(row.get_by_role("button", name=f"Cancel batch {batch_id}")).to_have_count(0)
+    assert batch["error_file_id"] is None
+    expect(row.get_by_role("button", name="Download errors")).to_have_count(0)
+    assert page.page.evaluate("state.batchTimer") is None  # nothing unfinished: no more polling
+    page.screenshot("batches")
+    with page.page.expect_download() as downloading:
+        row.get_by_role("button", name="Download results").click()
+    download = downloading.value
+    assert download.suggested_filename == "tickets_results.csv"
+    content = Path(download.path()).read_bytes()
+    assert content == client.get(f"/v1/files/{batch['output_file_id']}/content").content
+    results = list(csv.DictReader(io.StringIO(content.decode("utf-8"))))
+    assert [(result["id"], result["text"]) for result in results] == [tuple(fields) for fields in rows[1:]]
+    pinned = f"{MODEL}:{batch['model_versions'][MODEL]}"
+    expected = client.post("/v1/predict", json={"model_name": pinned, "texts": texts}).json()["predictions"]
+    assert [result["label"] for result in results] == [prediction["label"] for prediction in expected]
+    assert not [url for url in page.requests if KEY in url]  # the download sent the key as a header
+
+
+def test_a_batch_with_failed_rows_offers_its_errors_file(page: RecordedPage, client: httpx.Client,
+                                                         versions: list[dict]) -> None:
+    content = b"id,text\na,my card has not arrived\nb,\nc,what is the exchange rate\n"
+    batch = start_batch(client, "mixed.csv", content, model_name=MODEL)
+    open_console(page, "batches")
+    row = batch_row(page, batch["id"])
+    expect(row.locator(".badge.status")).to_have_text("completed", timeout=LONG)
+    expect(row.locator("td.counts")).to_have_text("2 completed · 1 failed · 3 in all")
+    done = client.get(f"/v1/batches/{batch['id']}").json()
+    assert done["error_file_id"], done
+    with page.page.expect_download() as downloading:
+        row.get_by_role("button", name="Download errors").click()
+    assert downloading.value.suggested_filename == "mixed_errors.csv"
+    errors = list(csv.DictReader(io.StringIO(Path(downloading.value.path()).read_text(encoding="utf-8"))))
+    assert [error["id"] for error in errors] == ["b"] and errors[0]["error"], errors
+    expect(row.get_by_role("button", name="Download results")).to_have_count(1)
+
+
+def test_a_failed_batch_shows_its_errors(page: RecordedPage, client: httpx.Client, versions: list[dict]) -> None:
+    batch = start_batch(client, "no-text.csv", b"id,body\n1,hello\n", model_name=MODEL)
+    open_console(page, "batches")
+    row = batch_row(page, batch["id"])
+    expect(row.locator(".badge.status")).to_have_text("failed", timeout=LONG)
+    failed = client.get(f"/v1/batches/{batch['id']}").json()
+    error = failed["errors"]["data"][0]
+    expect(row.locator("td.error-text")).to_contain_text(f"{error['code']}: {error['message']}")
+    expect(row.get_by_role("button", name=f"Cancel batch {batch['id']}")).to_have_count(0)
+    expect(row.get_by_role("button", name="Download results")).to_have_count(0)
+
+
+def test_a_running_batch_shows_its_rate_and_eta_and_polling_stops_when_it_ends(page: RecordedPage) -> None:
+    """A real batch of a few rows ends before a browser sees it run: the list is answered here, running
+    (500 of 1,500 texts, 12.5 texts/s, 80 s left), then completed once the test says so."""
+    running = {
+        "id": "batch_" + "ab" * 16, "object": "batch", "endpoint": "/v1/predict", "errors": None,
+        "input_file_id": "file-" + "cd" * 16, "completion_window": "24h", "status": "in_progress",
+        "output_file_id": None, "error_file_id": None, "created_at": 1_765_000_000, "in_progress_at": 1_765_000_001,
+        "request_counts": {"total": 1500, "completed": 480, "failed": 20}, "metadata": None,
+        "model_name": MODEL, "model_versions": {MODEL: "v1"}, "input_format": "csv",
+        "progress": {"texts_done": 500, "texts_total": 1500, "texts_per_second": 12.5, "eta_seconds": 80.0,
+                     "shards_done": 1, "shards_total": 3, "shard_attempts": 2}}
+    completed = {**running, "status": "completed", "output_file_id": "file-" + "ef" * 16,
+                 "request_counts": {"total": 1500, "completed": 1480, "failed": 20},
+                 "progress": {**running["progress"], "texts_done": 1500, "eta_seconds": 0.0, "shards_done": 3}}
+    answer = {"batch": running}
+    page.page.route("**/v1/batches?limit=*", lambda route: route.fulfill(json={
+        "object": "list", "data": [answer["batch"]], "first_id": running["id"], "last_id": running["id"],
+        "has_more": False}))
+    open_console(page, "batches")
+    row = batch_row(page, running["id"])
+    expect(row.locator(".badge.status")).to_have_text("in_progress")
+    expect(row.locator("td.progress")).to_contain_text("500 / 1500 texts")
+    expect(row.locator("td.progress .rate")).to_have_text("12.5 texts/s · about 1 min 20 s left · shard 1 of 3")
+    expect(row.locator("progress")).to_have_attribute("value", "500")
+    expect(row.locator("td.counts")).to_have_text("480 completed · 20 failed · 1500 in all")
+    expect(row.get_by_role("button", name=f"Cancel batch {running['id']}")).to_be_visible()
+    page.screenshot("batches-running")
+    answer["batch"] = completed  # the next poll (every 2 s) finds it finished
+    expect(row.locator(".badge.status")).to_have_text("completed")
+    expect(page.page.locator("#notice")).to_contain_text("completed: 1480 of 1500 requests completed, 20 failed")
+    expect(row.locator("td.progress .rate")).to_have_count(0)
+    expect(row.get_by_role("button", name="Download results")).to_be_visible()
+    expect(row.get_by_role("button", name=f"Cancel batch {running['id']}")).to_have_count(0)
+    assert page.page.evaluate("state.batchTimer") is None  # nothing unfinished: no more polling
+
+
+def test_a_batch_table_needs_a_model_before_anything_is_sent(page: RecordedPage, versions: list[dict]) -> None:
+    open_console(page, "batches")
+    page.page.select_option("#batch-model", "")  # none: OpenAI request lines
+    page.page.set_input_files("#batch-file", files=[csv_file([["text"], ["hello"]], "plain.csv")])
+    sent = len(page.requests)
+    page.page.get_by_role("button", name="Run batch").click()
+    expect(page.page.locator("#batch-error")).to_contain_text("plain.csv is a table of texts: choose the model")
+    assert not [url for url in page.requests[sent:] if url.endswith(("/v1/files", "/v1/batches"))]  # the POSTs
+
+
+def test_an_unfinished_batch_is_cancelled_from_the_console(browser: Browser, open_server: LiveServer) -> None:
+    """The open server runs no batch worker: a batch stays `validating` until cancelled (`cancelling`
+    then, as no worker is there to put its results aside)."""
+    line = {"custom_id": "first", "method": "POST", "url": "/v1/predict",
+            "body": {"model_name": "anything", "texts": ["hello"]}}
+    with checked_page(browser, open_server.url) as page:
+        page.page.goto(f"{open_server.url}/console#batches")
+        expect(page.page.locator("#batch-model")).to_have_value("")  # no model: OpenAI request lines
+        page.page.set_input_files("#batch-file", files=[{
+            "name": "requests.jsonl", "mimeType": "application/jsonl", "buffer": (json.dumps(line) + "\n").encode()}])
+        page.page.get_by_role("button", name="Run batch").click()
+        row = page.page.locator("#batch-table tbody tr.submitted")
+        expect(row.locator(".badge.status")).to_have_text("validating")
+        expect(row).to_contain_text("requests.jsonl")
+        expect(row).to_contain_text("(OpenAI lines)")
+        batch_id = row.get_attribute("data-batch-id")
+        assert page.page.evaluate("state.batchTimer") is not None  # polled while unfinished
+        row.get_by_role("button", name=f"Cancel batch {batch_id}").click()
+        expect(row.locator(".badge.status")).to_have_text("cancelling")
+        expect(row).to_contain_text("cancelling…")
+        expect(row.get_by_role("button", name=f"Cancel batch {batch_id}")).to_have_count(0)
+        assert open_server.client().get(f"/v1/batches/{batch_id}").json()["status"] == "cancelling"
 
 
 # --------------------------------------------------------------------------------------- keyboard

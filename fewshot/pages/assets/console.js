@@ -9,8 +9,13 @@ const POLL_ACTIVE_MS = 1000; // a running job's progress, fetched from GET /v1/j
 const POLL_LIST_MS = 10000; // the job list, while the Jobs screen is open (jobs queued elsewhere)
 const JOBS_PAGE = 50; // jobs per page of GET /v1/jobs
 const MAX_POLLED_JOBS = 10; // the newest active ones; a long queue's others move with the list
-const SCREENS = ["models", "jobs", "try", "train"];
+const POLL_BATCHES_MS = 2000; // the batch list, while the Batches screen is open and a batch is unfinished
+const BATCHES_PAGE = 20; // batches per page of GET /v1/batches
+const FLASH_MS = 1500; // a new row's highlight (tr.new: its animation), not started again by later redraws
+const SCREENS = ["models", "jobs", "batches", "try", "train"];
 const ACTIVE = new Set(["pending", "running"]);
+const UNFINISHED_BATCH = new Set(["validating", "in_progress", "finalizing", "cancelling"]);
+const CANCELLABLE_BATCH = new Set(["validating", "in_progress"]); // finalizing: its results are being written
 const MAX_ROW_ERRORS = 10;
 const EXAMPLES_PAGE = 100; // examples per page of GET /v1/models/{name}/examples
 const SUGGESTIONS = 10; // texts asked of POST /v1/models/{name}/suggest per round
@@ -29,6 +34,12 @@ const state = {
   exampleSet: null, // the shown model's example set: {model, rows (pages so far), total, digest, nextCursor}
   inbox: null, // suggested texts to label: {model, cards, at (the card shown), labelled}
   suspects: null, // the shown model's suspect labels: {model, rows (not fixed or kept yet), thin}
+  batches: [], // GET /v1/batches: its first page, newest first, refreshed
+  olderBatches: [], // the pages after it that "Show older batches" fetched
+  moreBatches: false, // has_more of the last page fetched: an older page exists
+  batchTimer: null, // the next poll of the batch list (setTimeout), while one is unfinished
+  files: new Map(), // file id → its FileObject (GET /v1/files/{id}), or null: asked, or gone
+  newBatch: null, // the batch just submitted from the Batches screen: {id, at (ms)}
 };
 
 // ---------------------------------------------------------------------------------------- DOM
@@ -95,37 +106,51 @@ class ApiError extends Error {
   }
 }
 
-/** One call to the API (a path relative to the console, e.g. "v1/models"); the parsed JSON body,
- * or an ApiError carrying the API's own `error` message. A 401 asks for the key. */
-async function api(method, path, body) {
-  const headers = { Accept: "application/json" };
+/** A request to the API with the key, if any; the response whatever its status, or an ApiError
+ * when the server did not answer at all. */
+async function request(method, path, headers = {}, body = undefined) {
   const key = sessionStorage.getItem(KEY_STORAGE);
-  if (key) headers["X-API-Key"] = key;
-  const init = { method, headers, cache: "no-store" };
-  if (body !== undefined) {
-    headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  let response;
+  const init = { method, headers: key ? { ...headers, "X-API-Key": key } : headers, cache: "no-store" };
+  if (body !== undefined) init.body = body;
   try {
-    response = await fetch(path, init);
+    return await fetch(path, init);
   } catch (failure) {
     throw new ApiError(0, `the server did not answer (${failure.message})`, null);
   }
-  const text = await response.text();
+}
+
+/** The ApiError for a response that is not ok, carrying the API's own `error` message. A 401 asks for the key. */
+function refusal(response, text) {
   let payload = null;
   try {
     payload = text ? JSON.parse(text) : null;
   } catch {
     payload = null;
   }
-  if (!response.ok) {
-    const message = payload && typeof payload.error === "string"
-      ? payload.error : `HTTP ${response.status} ${response.statusText}`.trim();
-    if (response.status === 401) askForKey(message);
-    throw new ApiError(response.status, message, payload);
+  const message = payload && typeof payload.error === "string"
+    ? payload.error : `HTTP ${response.status} ${response.statusText}`.trim();
+  if (response.status === 401) askForKey(message);
+  return new ApiError(response.status, message, payload);
+}
+
+/** One call to the API (a path relative to the console, e.g. "v1/models"); the parsed JSON body,
+ * or an ApiError carrying the API's own `error` message. A body is sent as JSON, a FormData as
+ * multipart (an upload). A 401 asks for the key. */
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  let sent = body;
+  if (body !== undefined && !(body instanceof FormData)) { // FormData: the browser writes its multipart type
+    headers["Content-Type"] = "application/json";
+    sent = JSON.stringify(body);
   }
-  return payload;
+  const response = await request(method, path, headers, sent);
+  const text = await response.text();
+  if (!response.ok) throw refusal(response, text);
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
 }
 
 /** The API's message for a failed call, for the screen's error box. */
@@ -191,6 +216,8 @@ function showScreen(focus = true) {
   }
   if (focus) $(`${screen}-title`).focus();
   if (screen === "jobs") refreshJobs();
+  if (screen === "batches") refreshBatches();
+  else stopPollingBatches();
 }
 
 // ---------------------------------------------------------------------------------------- models
@@ -917,6 +944,298 @@ async function pollJobs() {
   setTimeout(pollJobs, POLL_ACTIVE_MS);
 }
 
+// ---------------------------------------------------------------------------------------- batches
+// Files and batches as OpenAI's Batch API: a file is uploaded (POST /v1/files), a batch runs it
+// (POST /v1/batches) in the batch workers, and its results become files. The list is polled every
+// POLL_BATCHES_MS while the screen is open and a batch is unfinished; it stops when none is.
+
+function shownBatches() {
+  const first = new Set(state.batches.map((batch) => batch.id));
+  return [...state.batches, ...state.olderBatches.filter((batch) => !first.has(batch.id))];
+}
+
+function stopPollingBatches() {
+  clearTimeout(state.batchTimer);
+  state.batchTimer = null;
+}
+
+function pollBatchesIfUnfinished() {
+  stopPollingBatches();
+  if (currentScreen() === "batches" && shownBatches().some((batch) => UNFINISHED_BATCH.has(batch.status))) {
+    state.batchTimer = setTimeout(refreshBatches, POLL_BATCHES_MS);
+  }
+}
+
+function shortBatchId(id) {
+  return id.replace(/^batch_/, "").slice(0, 8);
+}
+
+/** The first page again, and each unfinished batch of the older pages at its own route. */
+async function refreshBatches() {
+  stopPollingBatches();
+  const before = new Map(shownBatches().map((batch) => [batch.id, batch.status]));
+  try {
+    const page = await api("GET", `v1/batches?limit=${BATCHES_PAGE}`);
+    // A batch created while this page was on its way is kept (it is newer than the page's first).
+    const listed = new Set(page.data.map((batch) => batch.id));
+    const newer = state.batches.filter((batch) => !listed.has(batch.id)
+      && (!page.data.length || batch.created_at >= page.data[0].created_at));
+    state.batches = [...newer, ...page.data];
+    if (!state.olderBatches.length) state.moreBatches = page.has_more;
+    const first = new Set(state.batches.map((batch) => batch.id));
+    const older = [];
+    for (const batch of state.olderBatches) {
+      if (first.has(batch.id) || !UNFINISHED_BATCH.has(batch.status)) {
+        older.push(batch);
+        continue;
+      }
+      try {
+        older.push(await api("GET", `v1/batches/${encodeURIComponent(batch.id)}`));
+      } catch (failure) {
+        if (failure.status !== 404) older.push(batch); // 404: deleted with its files (BATCH_FILE_DAYS)
+      }
+    }
+    state.olderBatches = older;
+  } catch (failure) {
+    if (failure.status === 401) return; // the key is asked for: start() lists them again
+    notify(`Could not list the batches: ${failureText(failure)}`, true);
+  }
+  renderBatches();
+  for (const batch of shownBatches()) {
+    const was = before.get(batch.id);
+    if (was && UNFINISHED_BATCH.has(was) && !UNFINISHED_BATCH.has(batch.status)) {
+      const counts = batch.request_counts;
+      notify(`Batch ${shortBatchId(batch.id)} ${batch.status}: ${counts.completed} of ${counts.total} requests `
+        + `completed${counts.failed ? `, ${counts.failed} failed` : ""}.`, batch.status === "failed");
+    }
+  }
+  pollBatchesIfUnfinished();
+}
+
+async function showOlderBatches() {
+  const shown = shownBatches();
+  try {
+    const after = shown[shown.length - 1].id;
+    const page = await api("GET", `v1/batches?limit=${BATCHES_PAGE}&after=${encodeURIComponent(after)}`);
+    state.olderBatches.push(...page.data);
+    state.moreBatches = page.has_more;
+  } catch (failure) {
+    notify(`Could not list older batches: ${failureText(failure)}`, true);
+  }
+  renderBatches();
+  pollBatchesIfUnfinished();
+}
+
+/** "42 s", "3 min 5 s", "2 h 10 min": an ETA. */
+function duration(seconds) {
+  const whole = Math.round(seconds);
+  if (whole < 60) return `${whole} s`;
+  if (whole < 3600) return `${Math.floor(whole / 60)} min ${whole % 60} s`;
+  return `${Math.floor(whole / 3600)} h ${Math.floor((whole % 3600) / 60)} min`;
+}
+
+function batchProgressCell(batch) {
+  const progress = batch.progress;
+  if (progress.texts_total === null || progress.texts_total === undefined) {
+    if (batch.status === "validating") {
+      return el("span", {}, el("progress", { "aria-label": "validating" }), " ", el("span", { class: "muted" }, "reading the file"));
+    }
+    return el("span", { class: "muted" }, "—");
+  }
+  const total = progress.texts_total;
+  const done = Math.min(progress.texts_done, total);
+  const bar = total > 0
+    ? el("progress", { max: String(total), value: String(done), "aria-label": `${done} of ${total} texts done` })
+    : null;
+  const running = batch.status === "in_progress";
+  const rate = running && progress.texts_per_second ? `${progress.texts_per_second} texts/s` : null;
+  const eta = running && progress.eta_seconds !== null && progress.eta_seconds !== undefined
+    ? `about ${duration(progress.eta_seconds)} left` : null;
+  const shards = running && progress.shards_total > 1 ? `shard ${progress.shards_done} of ${progress.shards_total}` : null;
+  return el("span", {}, bar, " ", el("span", { class: "texts" }, `${done} / ${total} texts`),
+    rate || eta || shards ? el("div", { class: "muted rate" }, [rate, eta, shards].filter(Boolean).join(" · ")) : null);
+}
+
+function batchCounts(batch) {
+  const counts = batch.request_counts;
+  return el("span", {},
+    el("span", { "data-count": "completed" }, counts.completed), " completed · ",
+    el("span", { "data-count": "failed", class: counts.failed ? "bad" : "" }, counts.failed), " failed · ",
+    el("span", { "data-count": "total" }, counts.total), " in all");
+}
+
+function inputCell(batch) {
+  const file = state.files.get(batch.input_file_id);
+  return el("span", { title: batch.input_file_id },
+    file ? file.filename : el("code", {}, batch.input_file_id.replace(/^file-/, "").slice(0, 8)),
+    " ", el("span", { class: "muted" }, `(${batch.input_format === "openai" ? "OpenAI lines" : batch.input_format})`));
+}
+
+function modelCell(batch) {
+  if (batch.model_name) {
+    const name = batch.model_name.split(":")[0];
+    const pinned = batch.model_versions[name];
+    return el("span", {}, batch.model_name, pinned && !batch.model_name.includes(":")
+      ? el("span", { class: "muted", title: "the version served when the batch was planned" }, ` (${pinned})`) : null);
+  }
+  const pinned = Object.entries(batch.model_versions).map(([name, version]) => `${name}:${version}`);
+  return pinned.length ? pinned.join(", ") : el("span", { class: "muted" }, "named by each line");
+}
+
+function batchOutcome(batch) {
+  const parts = [];
+  for (const error of batch.errors?.data ?? []) {
+    parts.push(el("div", { class: "batch-error" }, `${error.code}: ${error.message}`
+      + (error.line !== null && error.line !== undefined ? ` (line ${error.line})` : "")));
+  }
+  if (batch.status === "cancelling") parts.push(el("div", { class: "muted" }, "cancelling…"));
+  if (batch.status === "expired") parts.push(el("div", { class: "muted" }, "past its completion window: what it finished is in its files"));
+  const links = [];
+  if (batch.output_file_id) {
+    links.push(el("button", { type: "button", class: "link", "data-file": batch.output_file_id,
+      onclick: (event) => downloadFile(batch.output_file_id, event.currentTarget) }, "Download results"));
+  }
+  if (batch.error_file_id) {
+    links.push(el("button", { type: "button", class: "link", "data-file": batch.error_file_id,
+      onclick: (event) => downloadFile(batch.error_file_id, event.currentTarget) }, "Download errors"));
+  }
+  if (links.length) parts.push(el("div", { class: "actions" }, links));
+  return parts;
+}
+
+function batchRow(batch) {
+  // The batch just submitted stays marked; it flashes only at first (the rows are drawn again at each poll).
+  const submitted = batch.id === state.newBatch?.id;
+  const flash = submitted && Date.now() - state.newBatch.at < FLASH_MS;
+  return el("tr", { "data-batch-id": batch.id, class: submitted ? `submitted${flash ? " new" : ""}` : "" },
+    el("td", { title: batch.id }, el("code", {}, shortBatchId(batch.id))),
+    el("td", {}, inputCell(batch)),
+    el("td", {}, modelCell(batch), el("div", { class: "muted" }, batch.endpoint)),
+    el("td", {}, el("span", { class: `badge status ${batch.status}` }, batch.status)),
+    el("td", { class: "progress" }, batchProgressCell(batch)),
+    el("td", { class: "counts" }, batchCounts(batch)),
+    el("td", {}, when(batch.created_at * 1000)),
+    el("td", { class: batch.errors ? "outcome error-text" : "outcome" }, batchOutcome(batch)),
+    el("td", {}, CANCELLABLE_BATCH.has(batch.status) ? el("button", {
+      type: "button", class: "danger", "aria-label": `Cancel batch ${batch.id}`, onclick: () => cancelBatch(batch),
+    }, "Cancel") : null));
+}
+
+function renderBatches() {
+  const batches = shownBatches();
+  $("batch-table").tBodies[0].replaceChildren(...batches.map(batchRow));
+  $("batches-empty").hidden = batches.length > 0;
+  $("batches-older").hidden = !state.moreBatches || !batches.length;
+  loadInputFiles(batches);
+}
+
+/** The input files' names, each asked once (GET /v1/files/{id}); the list is drawn again with them. */
+async function loadInputFiles(batches) {
+  const wanted = [...new Set(batches.map((batch) => batch.input_file_id))].filter((id) => !state.files.has(id));
+  if (!wanted.length) return;
+  for (const id of wanted) state.files.set(id, null);
+  const found = await Promise.all(wanted.map((id) => api("GET", `v1/files/${encodeURIComponent(id)}`).catch(() => null)));
+  found.forEach((file, index) => state.files.set(wanted[index], file));
+  if (found.some(Boolean)) $("batch-table").tBodies[0].replaceChildren(...shownBatches().map(batchRow));
+}
+
+function updateBatch(batch) {
+  const replace = (batches) => batches.map((known) => (known.id === batch.id ? batch : known));
+  const known = shownBatches().some((shown) => shown.id === batch.id);
+  state.batches = replace(state.batches);
+  state.olderBatches = replace(state.olderBatches);
+  if (!known) state.batches.unshift(batch);
+  renderBatches();
+  pollBatchesIfUnfinished();
+}
+
+async function cancelBatch(batch) {
+  try {
+    updateBatch(await api("POST", `v1/batches/${encodeURIComponent(batch.id)}/cancel`));
+  } catch (failure) {
+    notify(`Could not cancel batch ${batch.id}: ${failureText(failure)}`, true);
+    await refreshBatches();
+  }
+}
+
+/** A file's bytes, fetched with the key (a plain link could not send it), saved under the file's name. */
+async function downloadFile(fileId, button) {
+  button.disabled = true;
+  try {
+    const file = await api("GET", `v1/files/${encodeURIComponent(fileId)}`);
+    const response = await request("GET", `v1/files/${encodeURIComponent(fileId)}/content`);
+    if (!response.ok) throw refusal(response, await response.text());
+    const url = URL.createObjectURL(await response.blob());
+    const link = el("a", { href: url, download: file.filename, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000); // the download has read it by then
+  } catch (failure) {
+    notify(`Could not download ${fileId}: ${failureText(failure)}`, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function fillBatchModels() {
+  const select = $("batch-model");
+  const chosen = select.value;
+  select.replaceChildren(
+    el("option", { value: "" }, "none: OpenAI request lines (each line names its model)"),
+    ...state.models.map((model) => el("optgroup", { label: model.model_name },
+      el("option", { value: model.model_name }, `${model.model_name} (served version)`),
+      model.versions.map((version) => el("option", { value: version.tag }, version.tag)))));
+  if ([...select.options].some((option) => option.value === chosen) && (chosen || select.dataset.chosen)) {
+    select.value = chosen;
+  } else if (state.models.length) {
+    select.value = state.models[0].model_name; // a table's model: the usual case
+  }
+}
+
+const TABLE_SUFFIXES = ["csv", "parquet"]; // always tables; .jsonl may be either kind
+
+async function runBatch(event) {
+  event.preventDefault();
+  const error = $("batch-error");
+  error.textContent = "";
+  const file = $("batch-file").files[0];
+  const model = $("batch-model").value;
+  if (!file) {
+    error.textContent = "Choose a file: a CSV, JSONL or Parquet table of texts, or OpenAI request lines (JSONL).";
+    return;
+  }
+  const suffix = file.name.includes(".") ? file.name.split(".").pop().toLowerCase() : "";
+  if (!model && TABLE_SUFFIXES.includes(suffix)) {
+    error.textContent = `${file.name} is a table of texts: choose the model that answers its rows.`;
+    return;
+  }
+  await busy(event.target, "Sending…", async () => {
+    let uploaded;
+    try {
+      const form = new FormData();
+      form.append("purpose", "batch");
+      form.append("file", file, file.name);
+      uploaded = await api("POST", "v1/files", form);
+      state.files.set(uploaded.id, uploaded);
+    } catch (failure) {
+      error.textContent = `Could not upload ${file.name}: ${failureText(failure)}`;
+      return;
+    }
+    const body = { input_file_id: uploaded.id, endpoint: $("batch-endpoint").value };
+    if (model) body.model_name = model;
+    try {
+      const batch = await api("POST", "v1/batches", body);
+      state.newBatch = { id: batch.id, at: Date.now() };
+      $("batch-file").value = "";
+      notify(`Batch ${shortBatchId(batch.id)} of ${uploaded.filename} is ${batch.status}.`);
+      updateBatch(batch);
+    } catch (failure) {
+      error.textContent = `Uploaded ${uploaded.filename} as ${uploaded.id}, but the batch was refused: ${failureText(failure)}`;
+    }
+  });
+}
+
 // ---------------------------------------------------------------------------------------- try it
 
 function fillTryModels() {
@@ -926,6 +1245,7 @@ function fillTryModels() {
     el("option", { value: model.model_name }, `${model.model_name} (served version)`),
     model.versions.map((version) => el("option", { value: version.tag }, version.tag)))));
   if (chosen && [...select.options].some((option) => option.value === chosen)) select.value = chosen;
+  fillBatchModels();
 }
 
 async function predict(event) {
@@ -1131,6 +1451,7 @@ async function start() {
   if (await refreshModels()) {
     clearNotice();
     await refreshJobs();
+    if (currentScreen() === "batches") await refreshBatches();
   }
 }
 
@@ -1143,6 +1464,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("train-file").addEventListener("change", readTrainingFile);
   $("train-form").addEventListener("submit", train);
   $("jobs-older").addEventListener("click", showOlderJobs);
+  $("batch-form").addEventListener("submit", runBatch);
+  $("batch-model").addEventListener("change", (event) => { event.target.dataset.chosen = "yes"; });
+  $("batches-older").addEventListener("click", showOlderBatches);
   window.addEventListener("hashchange", () => showScreen());
   showScreen(false);
   start();
