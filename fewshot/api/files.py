@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Annotated, BinaryIO
+from typing import Annotated, BinaryIO, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
 from starlette.responses import FileResponse, JSONResponse
@@ -42,11 +42,9 @@ def _chunks(source: BinaryIO) -> Iterator[bytes]:
 
 @router.post("/v1/files", response_model=FileObject, responses=documented(400, 411, 413))
 async def upload_file(store: FileStoreDep, file: Annotated[UploadFile, File(description="The file's bytes.")],
-                      purpose: Annotated[str, Form(description="`batch`: a batch's input.")],
+                      purpose: Annotated[Literal["batch"], Form(description="`batch`: a batch's input.")],
                       ) -> FileObject | JSONResponse:
     """Upload a batch's input: OpenAI request lines (JSONL), or a table of texts (CSV, JSONL rows, Parquet)."""
-    if purpose != "batch":
-        return errors.invalid(f"purpose: must be 'batch' (a batch's input), got {purpose!r}")
     filename = (file.filename or "").strip()
     if not filename or len(filename) > MAX_FILENAME_CHARS:
         return errors.invalid(f"file: needs a file name of 1 to {MAX_FILENAME_CHARS} characters")
