@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from fewshot.api.schemas import ModelReference
 from fewshot.records.batches import BatchError, BatchStatus, InputFormat
@@ -115,6 +115,14 @@ class BatchList(BaseModel):
     has_more: bool = False
 
 
+class FileListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    purpose: FilePurpose | None = Field(default=None, description="batch: the uploads; batch_output: results.")
+
+
 class BatchListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     limit: int = Field(default=20, ge=1, le=100)
     after: str | None = Field(default=None, description="A batch id: the page after it (newest first).")

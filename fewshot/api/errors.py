@@ -121,6 +121,10 @@ Query = TypeVar("Query", bound=BaseModel)
 
 def validated_query(model: type[Query], parameters: Mapping[str, str]) -> Query | JSONResponse:
     """A GET route's query parameters as `model`, or the 400 that names the field and its rule."""
+    items = parameters.multi_items() if hasattr(parameters, "multi_items") else list(parameters.items())
+    given = [name for name, _ in items]
+    if repeated := sorted({name for name in given if given.count(name) > 1}):
+        return invalid(f"{repeated[0]}: give it once (it was given {given.count(repeated[0])} times)")
     try:
         return model.model_validate(dict(parameters))
     except ValidationError as invalid_parameters:

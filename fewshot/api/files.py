@@ -12,13 +12,14 @@ import asyncio
 from collections.abc import Iterator
 from typing import Annotated, BinaryIO, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.responses import FileResponse, JSONResponse
 
 from fewshot.api import errors
-from fewshot.api.batch_schemas import FileDeleted, FileList, FileObject
+from fewshot.api.batch_schemas import FileDeleted, FileList, FileListQuery, FileObject
 from fewshot.api.errors import documented
 from fewshot.api.gateway import FileStoreDep
+from fewshot.bentoml_fixes.openapi_document import query_parameters
 from fewshot.records.files import COPY_CHUNK_BYTES, FileTooLarge, StoredFile
 from fewshot.settings import get_settings
 
@@ -56,10 +57,14 @@ async def upload_file(store: FileStoreDep, file: Annotated[UploadFile, File(desc
     return file_object(stored)
 
 
-@router.get("/v1/files", response_model=FileList)
-def list_files(store: FileStoreDep, purpose: str | None = None) -> FileList:
+@router.get("/v1/files", response_model=FileList, responses=documented(400),
+            openapi_extra={"parameters": query_parameters(FileListQuery)})
+def list_files(request: Request, store: FileStoreDep) -> FileList | JSONResponse:
     """Every file, newest first (`purpose`: batch, the uploads; batch_output, the results)."""
-    return FileList(data=[file_object(stored) for stored in store.list(purpose)])
+    query = errors.validated_query(FileListQuery, request.query_params)
+    if isinstance(query, JSONResponse):
+        return query
+    return FileList(data=[file_object(stored) for stored in store.list(query.purpose)])
 
 
 @router.get("/v1/files/{file_id}", response_model=FileObject, responses=documented(404))
