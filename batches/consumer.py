@@ -48,6 +48,9 @@ def main() -> None:
     configure_logging(settings.log_level)
     apply_process_environment(settings)
     lowest_cpu_priority()  # before any thread starts: they inherit it
+    # The tasks registered before the consumer dequeues: a task read before `batches.tasks` was imported
+    # (by the sweep's thread) failed "not found in TaskRegistry" and its message was lost.
+    import batches.tasks  # noqa: F401
     from batches.queue import huey
 
     threading.Thread(target=sweep_forever, args=(settings.batch_sweep_seconds,), name="batch-sweep",
