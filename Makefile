@@ -17,7 +17,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-teach-loop bench-label-names bench-active-learning bench-promotion bench-out-of-scope bench-scope-cost bench-scope-backends bench-export-cost bench-modernbert bench-quality bench-label-tasks bench-long-texts bench-time-to-model image standin-images dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-teach-loop bench-label-names bench-active-learning bench-promotion bench-out-of-scope bench-scope-cost bench-scope-backends bench-export-cost bench-modernbert bench-quality bench-label-tasks bench-long-texts bench-time-to-model bench-batch image standin-images dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -168,6 +168,15 @@ bench-export-cost: install-test
 TTM_ARGS ?=
 bench-time-to-model: install-test
 	$(BIN)/python -m bench.time_to_model $(TTM_ARGS)
+
+## Batch jobs (issue 43; ~35 min on 2 CPU cores): 1,000,000 short and 20,000 long texts (made from ../shared/data) as
+## CSV batches through POST /v1/files and /v1/batches (INFERENCE_BACKEND=AUTO) against the same backend's in-process
+## limit, each server process's peak RSS at 100,000 and 1,000,000 rows, the batch worker SIGKILLed mid-run, and
+## online p99 during a batch against idle: bench/results/batch-<time>.json and .md. BENCH_GO_FILE=path: wait for
+## that file before the timed phases.
+BATCH_ARGS ?=
+bench-batch: install-test
+	$(BIN)/python -m bench.batch $(BATCH_ARGS)
 
 ## Quality benchmark (not part of the tests; ~10 min on 2 CPU cores): accuracy and training time
 ## per strategy on banking77, sst2 and trec6 from ../shared/data; writes bench/results/quality-<time>.*
