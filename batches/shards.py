@@ -185,12 +185,12 @@ def _table_row(line: Line, endpoint: str) -> tuple[bool, dict[str, Any]]:
                   "tokens": body["tokens"][0], "truncated": body["truncated"][0]}
 
 
-def run(entries_path: Path, record: BatchRecord, engine: Engine, out_path: Path, err_path: Path,
-        report: Callable[[int], None], stop: Callable[[], bool], chunk_texts: int) -> ShardOutcome:
-    """Compute the shard whose entries are in `entries_path`; write its result and error lines (JSONL)."""
+def _read(entries_path: Path, record: BatchRecord) -> list[Line]:
     with open(entries_path, encoding="utf-8") as handle:
-        lines = [parse(json.loads(entry), record) for entry in handle]
-    finished = compute(lines, engine, report, stop, chunk_texts)
+        return [parse(json.loads(entry), record) for entry in handle]
+
+
+def _write(lines: list[Line], record: BatchRecord, out_path: Path, err_path: Path, stopped: bool) -> ShardOutcome:
     write = _openai_line if record.input_format == "openai" else _table_row
     requests = completed = texts = 0
     with open(out_path, "w", encoding="utf-8") as out, open(err_path, "w", encoding="utf-8") as err:
@@ -203,5 +203,22 @@ def run(entries_path: Path, record: BatchRecord, engine: Engine, out_path: Path,
             completed += ok
             texts += len(line.items)
     return ShardOutcome(requests=requests, completed=completed, failed=requests - completed, texts=texts,
-                        stopped=not finished)
+                        stopped=stopped)
 
+
+def run(entries_path: Path, record: BatchRecord, engine: Engine, out_path: Path, err_path: Path,
+        report: Callable[[int], None], stop: Callable[[], bool], chunk_texts: int) -> ShardOutcome:
+    """Compute the shard whose entries are in `entries_path`; write its result and error lines (JSONL)."""
+    lines = _read(entries_path, record)
+    finished = compute(lines, engine, report, stop, chunk_texts)
+    return _write(lines, record, out_path, err_path, stopped=not finished)
+
+
+def give_up(entries_path: Path, record: BatchRecord, out_path: Path, err_path: Path, why: str) -> ShardOutcome:
+    """Every request of the shard as an error line (status 500, `why`), computing nothing: for a shard
+    whose workers died on it again and again (e.g. killed for memory), so the batch still ends."""
+    lines = _read(entries_path, record)
+    for line in lines:
+        if line.error is None and line.failure is None:
+            line.failure = 500, error_body(why)
+    return _write(lines, record, out_path, err_path, stopped=False)

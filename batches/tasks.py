@@ -38,6 +38,9 @@ from fewshot.records.batches import (
 
 logger = logging.getLogger("fewshot.batches")
 
+MAX_SHARD_ATTEMPTS = 3
+"""A shard taken this many times from workers that died on it (killed for memory, a crash in a runtime)
+is not computed again: its requests become error lines, and the batch ends."""
 REPORT_SECONDS = 1.0
 """A working shard's claim is refreshed at most this often (each refresh is a small file write)."""
 
@@ -183,9 +186,16 @@ def run_shard(batch_id: str, shard: int) -> None:
     suffix = uuid.uuid4().hex[:8]
     out = batches.shard_path(batch_id, shard, f"out.{suffix}.partial")
     err = batches.shard_path(batch_id, shard, f"err.{suffix}.partial")
+    entries = batches.shard_path(batch_id, shard, "in")
     try:
-        outcome = shards.run(batches.shard_path(batch_id, shard, "in"), record, _endpoint_engine(record.endpoint),
-                             out, err, report, stop, settings.batch_chunk_texts)
+        if attempt > MAX_SHARD_ATTEMPTS:
+            logger.error("batch %s: shard %d was taken %d times by workers that died on it; its requests fail",
+                         batch_id, shard, attempt - 1)
+            outcome = shards.give_up(entries, record, out, err, f"this request's shard was taken {attempt - 1} "
+                                     "times by batch workers that died on it (e.g. killed for memory); not run again")
+        else:
+            outcome = shards.run(entries, record, _endpoint_engine(record.endpoint), out, err, report, stop,
+                                 settings.batch_chunk_texts)
     except BaseException:
         out.unlink(missing_ok=True)
         err.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batches import inputs, results
+from batches import inputs, results, shards
 from fewshot.records.batches import HOST, BatchRecord, BatchStore, ShardDone
 from fewshot.records.files import FileStore, FileTooLarge
 
@@ -126,3 +126,12 @@ def test_results_are_written_in_the_inputs_format(tmp_path: Path) -> None:
     table = pq.read_table(tmp_path / "r.parquet")
     assert table.schema.field("embedding").type == pa.list_(pa.float32())
     assert table.to_pylist() == [{"id": "e", "text": "b", "embedding": [0.5, 0.25], "tokens": 3, "truncated": False}]
+
+
+def test_a_shard_given_up_answers_every_request_with_the_reason(tmp_path: Path) -> None:
+    entries = tmp_path / "0.in"
+    entries.write_text("".join(json.dumps({"n": n, "id": f"r{n}", "text": "hello"}) + "\n" for n in range(3)))
+    outcome = shards.give_up(entries, record(model_name="m"), tmp_path / "out", tmp_path / "err", "died 3 times")
+    assert (outcome.requests, outcome.completed, outcome.failed) == (3, 0, 3)
+    assert [json.loads(line) for line in (tmp_path / "err").read_text().splitlines()] == [
+        {"id": f"r{n}", "text": "hello", "error": "died 3 times"} for n in range(3)]

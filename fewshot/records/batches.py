@@ -210,8 +210,7 @@ class BatchStore:
             held = self._claim(batch_id, shard)
             if held is not None and self.alive(held) and held.worker != worker:
                 return None
-            attempt = (held.attempt + 1) if held is not None and held.worker != worker else (
-                held.attempt if held is not None else 1)
+            attempt = held.attempt + 1 if held is not None else 1  # its last holder died on it (or gave it up)
             host, pid = worker.rsplit(":", 1)
             _write_atomic(self.shard_path(batch_id, shard, "claim"), Claim(
                 host=host, pid=int(pid), worker=worker, attempt=attempt, heartbeat=time.time()).model_dump_json())
