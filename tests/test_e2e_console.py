@@ -33,7 +33,8 @@ LONG = 300_000  # ms: a training job on two CPU cores
 
 @pytest.fixture(scope="module")
 def server(live_server_factory) -> LiveServer:
-    return live_server_factory("console", API_KEY=KEY)
+    # Batches of a few thousand rows run long enough to be seen running and cancelled (5 texts per engine call).
+    return live_server_factory("console", API_KEY=KEY, BATCH_SHARD_TEXTS="500", BATCH_CHUNK_TEXTS="5")
 
 
 @pytest.fixture(scope="module")
@@ -643,39 +644,27 @@ def test_a_failed_batch_shows_its_errors(page: RecordedPage, client: httpx.Clien
     expect(row.get_by_role("button", name="Download results")).to_have_count(0)
 
 
-def test_a_running_batch_shows_its_rate_and_eta_and_polling_stops_when_it_ends(page: RecordedPage) -> None:
-    """A real batch of a few rows ends before a browser sees it run: the list is answered here, running
-    (500 of 1,500 texts, 12.5 texts/s, 80 s left), then completed once the test says so."""
-    running = {
-        "id": "batch_" + "ab" * 16, "object": "batch", "endpoint": "/v1/predict", "errors": None,
-        "input_file_id": "file-" + "cd" * 16, "completion_window": "24h", "status": "in_progress",
-        "output_file_id": None, "error_file_id": None, "created_at": 1_765_000_000, "in_progress_at": 1_765_000_001,
-        "request_counts": {"total": 1500, "completed": 480, "failed": 20}, "metadata": None,
-        "model_name": MODEL, "model_versions": {MODEL: "v1"}, "input_format": "csv",
-        "progress": {"texts_done": 500, "texts_total": 1500, "texts_per_second": 12.5, "eta_seconds": 80.0,
-                     "shards_done": 1, "shards_total": 3, "shard_attempts": 2}}
-    completed = {**running, "status": "completed", "output_file_id": "file-" + "ef" * 16,
-                 "request_counts": {"total": 1500, "completed": 1480, "failed": 20},
-                 "progress": {**running["progress"], "texts_done": 1500, "eta_seconds": 0.0, "shards_done": 3}}
-    answer = {"batch": running}
-    page.page.route("**/v1/batches?limit=*", lambda route: route.fulfill(json={
-        "object": "list", "data": [answer["batch"]], "first_id": running["id"], "last_id": running["id"],
-        "has_more": False}))
+def test_a_running_batch_shows_its_rate_and_is_cancelled_from_the_console(
+        page: RecordedPage, client: httpx.Client, versions: list[dict], train_examples: list[dict]) -> None:
+    """A real batch of 4,000 rows, run BATCH_CHUNK_TEXTS (5) texts at a time: the console shows it running
+    (its rate, time left and shard), cancels it, and offers what it finished."""
+    rows = [["id", "text"], *([f"r{n}", train_examples[n % len(train_examples)]["text"]] for n in range(4000))]
+    table = "".join(",".join(f'"{cell}"' for cell in row) + "\n" for row in rows).encode()
+    batch = start_batch(client, "many.csv", table, model_name=MODEL)
     open_console(page, "batches")
-    row = batch_row(page, running["id"])
-    expect(row.locator(".badge.status")).to_have_text("in_progress")
-    expect(row.locator("td.progress")).to_contain_text("500 / 1500 texts")
-    expect(row.locator("td.progress .rate")).to_have_text("12.5 texts/s · about 1 min 20 s left · shard 1 of 3")
-    expect(row.locator("progress")).to_have_attribute("value", "500")
-    expect(row.locator("td.counts")).to_have_text("480 completed · 20 failed · 1500 in all")
-    expect(row.get_by_role("button", name=f"Cancel batch {running['id']}")).to_be_visible()
+    row = batch_row(page, batch["id"])
+    expect(row.locator(".badge.status")).to_have_text("in_progress", timeout=LONG)
+    expect(row.locator("td.progress .rate")).to_contain_text("texts/s", timeout=LONG)
+    expect(row.locator("td.progress .rate")).to_contain_text(" left · shard ")
     page.screenshot("batches-running")
-    answer["batch"] = completed  # the next poll (every 2 s) finds it finished
-    expect(row.locator(".badge.status")).to_have_text("completed")
-    expect(page.page.locator("#notice")).to_contain_text("completed: 1480 of 1500 requests completed, 20 failed")
-    expect(row.locator("td.progress .rate")).to_have_count(0)
+    row.get_by_role("button", name=f"Cancel batch {batch['id']}").click()
+    expect(row.locator(".badge.status")).to_have_text("cancelled", timeout=60_000)
+    expect(row.get_by_role("button", name=f"Cancel batch {batch['id']}")).to_have_count(0)
     expect(row.get_by_role("button", name="Download results")).to_be_visible()
-    expect(row.get_by_role("button", name=f"Cancel batch {running['id']}")).to_have_count(0)
+    final = client.get(f"/v1/batches/{batch['id']}").json()
+    assert final["status"] == "cancelled" and 0 < final["request_counts"]["completed"] < 4000, final
+    expect(row.locator("td.counts")).to_have_text(f"{final['request_counts']['completed']} completed · 0 failed · "
+                                                  f"4000 in all")
     assert page.page.evaluate("state.batchTimer") is None  # nothing unfinished: no more polling
 
 
