@@ -24,7 +24,7 @@ Then, in this order (`--phases` picks; each prints its progress):
   from the server's settings, MODEL_PATH and BENTOML_HOME of the server's state) and times
   fewshot.serving.engine.predict_items over the first `--sample-short` short and `--sample-long` long
   rows, in groups of BATCH_SHARD_TEXTS sorted by length, 512 texts per call (batches/shards.py's
-  CHUNK_TEXTS): exactly the calls a batch worker makes, without the files, validation and answers;
+  BATCH_CHUNK_TEXTS): exactly the calls a batch worker makes, without the files, validation and answers;
 - small, full, long: a batch each (POST /v1/files, POST /v1/batches with `model_name`, endpoint
   /v1/predict), polled until it ends: rows/s = rows / (completed_at - in_progress_at) (the record's
   Unix seconds; planning the file into shards comes before in_progress_at) against the in-process
@@ -85,7 +85,7 @@ DATA = PROJECT_ROOT.parent / "shared" / "data"
 DATA_SETS = ("banking77", "sst2", "trec6", "goemotions")
 MODEL = "batch-bench"
 CHUNK_TEXTS = 512
-"""Texts per engine call, as batches/shards.py's CHUNK_TEXTS."""
+"""Texts per engine call, as the batch worker makes them (BATCH_CHUNK_TEXTS's default)."""
 DEFAULT_SHARD_TEXTS = 10_000
 """BATCH_SHARD_TEXTS' default (fewshot/settings.py): the in-process groups when --shard-texts is not given."""
 PHASES = ("idle", "inprocess", "small", "full", "long", "kill")
