@@ -72,11 +72,7 @@ class Inference:
         from fewshot.serving.model_loading import InferenceRuntime, single_threaded_numpy
 
         single_threaded_numpy()
-        runtime = InferenceRuntime.resolve(settings.inference_dtype, settings.max_batch_tokens,
-                                           trust_remote_code=settings.trust_remote_code,
-                                           backend=settings.inference_backend, quantize=settings.inference_quantize,
-                                           threads=settings.inference_threads, pipeline=settings.inference_pipeline,
-                                           max_text_chars=settings.max_text_chars)
+        runtime = InferenceRuntime.from_settings(settings)
         self.models = ModelCache.for_runtime(runtime, settings.model_refresh_seconds, settings.max_loaded_models,
                                              on_load=lambda tag: metrics.MODEL_LOADS.inc(),
                                              on_evict=lambda name: metrics.MODEL_EVICTIONS.inc())

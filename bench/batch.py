@@ -23,7 +23,7 @@ Then, in this order (`--phases` picks; each prints its progress):
   same stored version as the batch worker does (ModelCache.for_runtime with InferenceRuntime.resolve
   from the server's settings, MODEL_PATH and BENTOML_HOME of the server's state) and times
   fewshot.serving.engine.predict_items over the first `--sample-short` short and `--sample-long` long
-  rows, in groups of BATCH_SHARD_TEXTS sorted by length, 512 texts per call (batches/shards.py's
+  rows, in groups of BATCH_SHARD_TEXTS sorted by length, 512 texts per call (the default of
   BATCH_CHUNK_TEXTS): exactly the calls a batch worker makes, without the files, validation and answers;
 - small, full, long: a batch each (POST /v1/files, POST /v1/batches with `model_name`, endpoint
   /v1/predict), polled until it ends: rows/s = rows / (completed_at - in_progress_at) (the record's
@@ -333,11 +333,7 @@ def in_process_child(tag: str, samples_file: str, groups: int, out: str) -> None
     from fewshot.serving.model_loading import InferenceRuntime, single_threaded_numpy
 
     single_threaded_numpy()
-    runtime = InferenceRuntime.resolve(settings.inference_dtype, settings.max_batch_tokens,
-                                       trust_remote_code=settings.trust_remote_code,
-                                       backend=settings.inference_backend, quantize=settings.inference_quantize,
-                                       threads=settings.inference_threads, pipeline=settings.inference_pipeline,
-                                       max_text_chars=settings.max_text_chars)
+    runtime = InferenceRuntime.from_settings(settings)
     cache = ModelCache.for_runtime(runtime, settings.model_refresh_seconds, settings.max_loaded_models)
     began = time.perf_counter()
     loaded = cache.get(tag)

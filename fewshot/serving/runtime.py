@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fewshot.serving import backends
 from fewshot.serving.backends import BackendChoice
+from fewshot.settings import Settings
 
 CPU_MAX_BATCH_TOKENS = 768
 """Measured on 2 CPU cores (bench): 512-1024 padded tokens per pass are ~2x one padded pass of 64."""
@@ -93,6 +94,15 @@ class InferenceRuntime:
         threads = threads or default_threads()
         return cls(device, chosen, budget, trust_remote_code, choice, threads, auto, pipeline == "AUTO",
                    max_text_chars, threads if choice.backend == backends.TORCH and not auto else 1)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InferenceRuntime:
+        """The runtime the settings ask for, as every process that serves versions reads them (the
+        inference service, a batch worker)."""
+        return cls.resolve(settings.inference_dtype, settings.max_batch_tokens,
+                           trust_remote_code=settings.trust_remote_code, backend=settings.inference_backend,
+                           quantize=settings.inference_quantize, threads=settings.inference_threads,
+                           pipeline=settings.inference_pipeline, max_text_chars=settings.max_text_chars)
 
     def serving(self, choice: BackendChoice) -> InferenceRuntime:
         """This runtime with `choice` running the bodies (AUTO's decision; torch then gets the threads)."""
