@@ -25,7 +25,10 @@ BODIES = {
     "/v1/models/{model_name}/delete-examples": {"ids": ["some-id"]},
     "/v1/models/{model_name}/suggest": {"texts": ["hello"]},
     "/v1/models/{model_name}/feedback": {"text": "hello", "label": "x"},
+    "/v1/batches": {"input_file_id": "file-" + "0" * 32, "endpoint": "/v1/predict"},
 }
+UPLOADS = {"/v1/files": {"files": {"file": ("requests.jsonl", b"{}\n")}, "data": {"purpose": "batch"}}}
+"""Routes that take a multipart upload instead of a JSON body."""
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +45,8 @@ def documented_routes(server: LiveServer) -> list[tuple[str, str]]:
 
 def call(server: LiveServer, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
     url = server.url + path.replace("{job_id}", "some-job").replace("{model_name}", "some-model")
+    if method == "post" and path in UPLOADS:
+        return httpx.request(method, url, headers=headers, timeout=60, **UPLOADS[path])
     return httpx.request(method, url, headers=headers, json=BODIES.get(path), timeout=60)
 
 
@@ -59,7 +64,9 @@ def test_docs_stay_open_and_list_every_route(server: LiveServer) -> None:
                      ("post", "/v1/models/{model_name}/delete-examples"),
                      ("post", "/v1/models/{model_name}/suggest"), ("post", "/v1/models/{model_name}/feedback"),
                      ("get", "/v1/models/{model_name}/suspects"),
-                     ("delete", "/v1/models/{model_name}/prediction-log")]:
+                     ("delete", "/v1/models/{model_name}/prediction-log"), ("post", "/v1/files"),
+                     ("get", "/v1/files/{file_id}/content"), ("post", "/v1/batches"),
+                     ("post", "/v1/batches/{batch_id}/cancel")]:
         assert expected in routes
 
 

@@ -112,6 +112,7 @@ def test_completed_job_reports_its_model_version(trained: dict) -> None:
 # A line written by one of BentoML's processes (the API, inference and supervisor workers log
 # through BentoML's handlers): "2026-12-01T11:59:03+0000 [INFO] [entry_service:fewshot:1] …".
 BENTOML_LINE = re.compile(r"^\S+ \[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\] \[")
+PID = re.compile(r"\[pid \d+\]")
 
 
 def job_lines(server: LiveServer, job_id: str) -> list[str]:
@@ -124,7 +125,11 @@ def job_lines(server: LiveServer, job_id: str) -> list[str]:
         first = next((n for n, line in enumerate(lines) if f"job {job_id}: training " in line), None)
         last = next((n for n, line in enumerate(lines) if f"job {job_id}: completed as " in line), None)
         if first is not None and last is not None:
-            windows.append([line for line in lines[first:last + 1] if not BENTOML_LINE.match(line)])
+            # The trainer's lines, not those of the other processes writing to the same log: BentoML's, and
+            # the batch worker's (a process of our format with a pid of its own, started beside the trainer).
+            trainer = PID.search(lines[first]).group(0)
+            windows.append([line for line in lines[first:last + 1] if not BENTOML_LINE.match(line)
+                            and (PID.search(line) is None or PID.search(line).group(0) == trainer)])
     assert len(windows) == 1, f"the job's start and end lines were found in {len(windows)} logs"
     return windows[0]
 
