@@ -17,9 +17,27 @@ import os
 import threading
 
 from fewshot.settings import apply_process_environment, get_settings
-from trainers.logs import configure_logging
+from trainers.logs import LINE_FORMAT, JobIdFilter, configure_logging
 
 logger = logging.getLogger("fewshot.batches")
+
+
+class ProcessLinesFormatter(logging.Formatter):
+    """Every line of a multi-line record carries this process's id (Huey lists its tasks in one record
+    of several lines): the embedded batch worker writes to the server's log beside the trainer, and each
+    line must say whose it is."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        first, *rest = super().format(record).rstrip("\n").split("\n")
+        return "\n".join([first, *(f" ...[pid {record.process}] | {line}" for line in rest)])
+
+
+def configure_worker_logging(level: str) -> None:
+    configure_logging(level)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(ProcessLinesFormatter(LINE_FORMAT))
+        if not any(isinstance(existing, JobIdFilter) for existing in handler.filters):
+            handler.addFilter(JobIdFilter())
 
 
 def lowest_cpu_priority() -> None:
@@ -45,7 +63,7 @@ def sweep_forever(interval: float) -> None:
 
 def main() -> None:
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_worker_logging(settings.log_level)
     apply_process_environment(settings)
     lowest_cpu_priority()  # before any thread starts: they inherit it
     # The tasks register on the queue when their module is imported: before the consumer's first
