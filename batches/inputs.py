@@ -28,8 +28,6 @@ from fewshot.records.batches import InputFormat
 # A text may be up to TEXT_CHARS_CEILING characters: far above csv's default field limit (131,072).
 csv.field_size_limit(2**31 - 1)
 
-TABLE_FORMATS: dict[str, InputFormat] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-                                         ".parquet": "parquet"}
 PARQUET_ROWS_PER_READ = 4096
 
 
@@ -41,11 +39,6 @@ class InputRejected(Exception):
         self.code = code
         self.message = message
         self.line = line
-
-
-def table_format(filename: str) -> InputFormat | None:
-    """A table's format by its file name's extension (None: not one we read)."""
-    return TABLE_FORMATS.get(Path(filename).suffix.lower())
 
 
 @dataclass

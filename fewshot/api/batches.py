@@ -26,12 +26,19 @@ from fewshot.api.batch_schemas import (
 from fewshot.api.errors import documented
 from fewshot.api.gateway import BatchQueueDep, BatchStoreDep, FileStoreDep
 from fewshot.bentoml_fixes.openapi_document import query_parameters
-from fewshot.records.batches import FINISHED, BatchNotCancellable, BatchRecord, BatchStore, new_batch_id, now_seconds
+from fewshot.records.batches import (
+    FINISHED,
+    BatchNotCancellable,
+    BatchRecord,
+    BatchStore,
+    new_batch_id,
+    now_seconds,
+    table_format,
+)
 from fewshot.records.files import StoredFile
 
 router = APIRouter()
 COMPLETION_WINDOW_SECONDS = {"24h": 24 * 3600}
-TABLE_FORMATS = {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl", "parquet": "parquet"}
 
 
 def unknown_batch(batch_id: str) -> JSONResponse:
@@ -60,16 +67,16 @@ def batch_view(record: BatchRecord, batches: BatchStore) -> BatchObject:
 
 
 def _input_format(request: BatchCreate, stored: StoredFile) -> str | JSONResponse:
-    suffix = stored.filename.rsplit(".", 1)[-1].lower() if "." in stored.filename else ""
+    table = table_format(stored.filename)
     if request.model_name is None:
-        if suffix in ("csv", "parquet"):
+        if table in ("csv", "parquet"):
             return errors.invalid(f"model_name: required for a table of texts ({stored.filename}); OpenAI's "
                                   "request lines (JSONL) name their models")
         return "openai"
-    if suffix not in TABLE_FORMATS:
+    if table is None:
         return errors.invalid(f"input_file_id: a table of texts must be a .csv, .jsonl or .parquet file; "
                               f"got {stored.filename!r}")
-    return TABLE_FORMATS[suffix]
+    return table
 
 
 @router.post("/v1/batches", response_model=BatchObject, responses=documented(400, 404))

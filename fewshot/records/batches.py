@@ -37,6 +37,8 @@ BatchStatus = Literal["validating", "failed", "in_progress", "finalizing", "comp
                       "cancelled"]
 FINISHED: tuple[BatchStatus, ...] = ("failed", "completed", "expired", "cancelled")
 InputFormat = Literal["openai", "csv", "jsonl", "parquet"]
+TABLE_FORMATS: dict[str, InputFormat] = {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl",
+                                         "parquet": "parquet"}
 Stopping = Literal["cancel", "expire"]
 PLAN = "plan"
 FINISH = "finish"
@@ -117,6 +119,12 @@ class Progress(BaseModel):
     shards_done: int
     attempts: int
     """Shard computations started, the recomputed ones included."""
+
+
+def table_format(filename: str) -> InputFormat | None:
+    """A table's format by its file name's extension (None: not one a batch reads as a table)."""
+    suffix = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    return TABLE_FORMATS.get(suffix)
 
 
 def now_seconds() -> int:
