@@ -16,9 +16,6 @@ computed once. The sweep also stops batches past their completion window and del
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import logging
 import time
 import uuid
@@ -101,14 +98,6 @@ def _fail(batch_id: str, error: BatchError) -> None:
         return record
 
     batches.update(batch_id, failed)
-
-
-def release_memory() -> None:
-    """After a shard: its ~10,000 lines, items and results are garbage; hand the freed pages back to the OS
-    (glibc keeps them otherwise), so the worker's memory follows the shard, not how many it has run."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @huey.task()
@@ -212,7 +201,6 @@ def run_shard(batch_id: str, shard: int) -> None:
         worker=worker, attempts=attempt, seconds=time.perf_counter() - started, partial=outcome.stopped))
     logger.info("batch %s: shard %d done (%d requests, %d failed, %.1fs, attempt %d)", batch_id, shard,
                 outcome.requests, outcome.failed, time.perf_counter() - started, attempt)
-    release_memory()
     if outcome.stopped or all(batches.is_done(batch_id, k) for k in range(record.shards or 0)):
         finish_batch(batch_id)
 
