@@ -1,0 +1,95 @@
+"""Why a version answered what it did: which spans of a text carried the answer (occlusion), and
+which training examples the text lies nearest (neighbours).
+
+Occlusion asks the served model itself: each span (a word, or a sentence) is left out in turn, and
+its weight is how much the explained label's probability falls without it (negative: the span
+pulled away from that label). A text of N spans costs N + 1 predictions, sent as one request's worth
+of texts, which the inference service batches like any other: it works for every head, backend and
+decision rule, because it only reads probabilities. Measured against integrated gradients through
+the torch body and head, and against leaving out random words (bench/explain.py, docs/benchmarks.md).
+
+The neighbours are one product of the text's embedding with the version's training embeddings
+(those its scope score reads, or its trainer cached): the examples that taught it the answer.
+
+Pure: the gateway gathers the probabilities and embeddings; no HTTP, no ML stack.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from fewshot.learning.selection import normalized
+
+Granularity = Literal["word", "sentence"]
+
+WORD = re.compile(r"\w+(?:['’]\w+)*")
+"""A word: letters and digits, with inner apostrophes (don't, card's); punctuation is never a span."""
+SENTENCE = re.compile(r"[^.!?。！？\n]+(?:[.!?。！？]+|$)")
+"""A sentence: up to and with its closing punctuation, or a line."""
+
+
+CLOSING = set(",.;:!?)]}%…。！？、")
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    """Character offset in the text (Python string indices: code points)."""
+    end: int
+
+    def of(self, text: str) -> str:
+        return text[self.start:self.end]
+
+
+def spans_of(text: str, granularity: Granularity) -> list[Span]:
+    """The text's words or sentences, in order (a sentence without its surrounding whitespace)."""
+    pattern = WORD if granularity == "word" else SENTENCE
+    spans = []
+    for match in pattern.finditer(text):
+        piece = match.group()
+        start = match.start() + len(piece) - len(piece.lstrip())
+        end = match.end() - (len(piece) - len(piece.rstrip()))
+        if end > start and any(character.isalnum() for character in text[start:end]):
+            spans.append(Span(start, end))
+    return spans
+
+
+def without(text: str, spans: Sequence[Span]) -> str:
+    """The text with `spans` left out, the whitespace around each gap closed to one space."""
+    kept, position = [], 0
+    for span in sorted(spans, key=lambda span: span.start):
+        kept.append(text[position:span.start])
+        position = span.end
+    kept.append(text[position:])
+    joined = kept[0]
+    for piece in (rest.lstrip() for rest in kept[1:]):
+        # "card hasn't , why" reads as a typo to a tokenizer: no space before closing punctuation
+        space = " " if joined.strip() and piece and piece[0] not in CLOSING else ""
+        joined = joined.rstrip() + space + piece
+    return joined.strip()
+
+
+def occlusion_variants(text: str, spans: Sequence[Span]) -> list[str]:
+    """The texts to predict for an occlusion: one per span, each without it (the whole text is predicted beside)."""
+    return [without(text, [span]) for span in spans]
+
+
+def occlusion_weights(score: float, variant_scores: Sequence[float]) -> list[float]:
+    """Each span's weight: the explained label's probability on the whole text minus without the span."""
+    return [float(score) - float(left) for left in variant_scores]
+
+
+def nearest(query: np.ndarray, points: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The rows of `points` most cosine-similar to `query` (one vector), best first, with their similarity."""
+    if not len(points) or k <= 0:
+        return []
+    similarities = normalized(points) @ normalized(query.reshape(1, -1))[0]
+    k = min(k, len(similarities))
+    best = np.argpartition(-similarities, k - 1)[:k]
+    best = best[np.argsort(-similarities[best], kind="stable")]
+    return [(int(row), float(similarities[row])) for row in best]
