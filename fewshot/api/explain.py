@@ -94,12 +94,14 @@ async def explain(body: ExplainRequest, client: InferenceDep, sets: ExampleStore
                        abstain=body.abstain) for text in body.texts]
     variants = [variant for plan in plans for variant in plan.variants]
     try:
-        answers, variant_answers, embedded, points = await asyncio.gather(
+        # all at once: the inference calls, and the set's ids read while they run
+        answers, variant_answers, embedded, points, in_set = await asyncio.gather(
             client.predict(wholes),
             client.answers(version.tag, variants, top_k=every_label) if variants else _nothing(),
             client.embed([TextItem(model_name=version.tag, text=text) for text in body.texts])
             if body.neighbors else _nothing(),
-            training_points(client, version) if body.neighbors else _nothing())
+            training_points(client, version) if body.neighbors else _nothing(),
+            asyncio.to_thread(sets.all, version.name) if body.neighbors else _nothing())
     except TextRefused as refused:  # a variant is part of its text: the text is longer than the version takes
         owner = list(itertools.chain.from_iterable([i] * len(plan.variants) for i, plan in enumerate(plans)))
         return errors.invalid(f"texts[{owner[refused.index]}]: {refused}")
@@ -110,8 +112,7 @@ async def explain(body: ExplainRequest, client: InferenceDep, sets: ExampleStore
     if (variants and variant_answers is None) or (body.neighbors and points is None) \
             or not all(item.found for item in embedded or []):
         return errors.unknown_model(version.tag)  # deleted while it was explained
-    ids = ({example.text: example.id for example in await asyncio.to_thread(sets.all, version.name)}
-           if body.neighbors else {})
+    ids = {example.text: example.id for example in in_set or []}
     variant_scores = iter(variant_answers or [])
     explanations = []
     for index, (text, answer, prediction, plan) in enumerate(zip(body.texts, answers, shown.predictions, plans,
