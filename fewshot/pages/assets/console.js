@@ -20,6 +20,7 @@ const MAX_ROW_ERRORS = 10;
 const EXAMPLES_PAGE = 100; // examples per page of GET /v1/models/{name}/examples
 const SUGGESTIONS = 10; // texts asked of POST /v1/models/{name}/suggest per round
 const SUSPECTS = 20; // examples asked of GET /v1/models/{name}/suspects
+const MAX_TARGET_PAGES = 50; // pages of the example set read to find a linked example (5,000 examples)
 
 const state = {
   models: [], // GET /v1/models: [{model_name, versions: [newest first]}]
@@ -40,6 +41,7 @@ const state = {
   batchTimer: null, // the next poll of the batch list (setTimeout), while one is unfinished
   files: new Map(), // file id → its FileObject (GET /v1/files/{id}), or null: asked, or gone
   newBatch: null, // the batch just submitted from the Batches screen: {id, at (ms)}
+  target: null, // an example linked to (#models/{name}/examples/{id}): {model, id, pages (read to find it), found}
 };
 
 // ---------------------------------------------------------------------------------------- DOM
@@ -202,13 +204,44 @@ function setUpKey() {
 
 // ---------------------------------------------------------------------------------------- screens
 
+/** What the hash names: a screen ("#jobs"), and on the models screen a model and one example of its set
+ * ("#models/intents/examples/{id}": an explanation's nearest examples link there). */
+function route() {
+  let parts;
+  try {
+    parts = location.hash.replace("#", "").split("/").map(decodeURIComponent);
+  } catch {
+    parts = [];
+  }
+  const screen = SCREENS.includes(parts[0]) ? parts[0] : "models";
+  if (screen !== "models" || !parts[1]) return { screen };
+  return { screen, model: parts[1], example: parts[2] === "examples" && parts[3] ? parts[3] : null };
+}
+
 function currentScreen() {
-  const wanted = location.hash.replace("#", "");
-  return SCREENS.includes(wanted) ? wanted : "models";
+  return route().screen;
+}
+
+function exampleLink(modelName, exampleId) {
+  return `#models/${encodeURIComponent(modelName)}/examples/${encodeURIComponent(exampleId)}`;
+}
+
+/** A model (and example) the hash names is shown: chosen in the list, its example set read to that example. */
+function followRoute() {
+  const wanted = route();
+  if (!wanted.model) return;
+  state.model = wanted.model;
+  state.version = null;
+  state.target = wanted.example ? { model: wanted.model, id: wanted.example, pages: 0, found: false } : null;
+  if (state.models.length) {
+    renderModelList();
+    renderModel();
+  }
 }
 
 function showScreen(focus = true) {
   const screen = currentScreen();
+  followRoute();
   for (const name of SCREENS) $(`screen-${name}`).hidden = name !== screen;
   for (const link of document.querySelectorAll("nav a[data-screen]")) {
     if (link.dataset.screen === screen) link.setAttribute("aria-current", "page");
@@ -269,6 +302,8 @@ function renderModelList() {
         onclick: () => {
           state.model = model.model_name;
           state.version = null;
+          state.target = null;
+          if (route().model) history.replaceState(null, "", "#models"); // no longer the linked model
           renderModelList();
           renderModel();
         },
@@ -562,7 +597,10 @@ function trainedOnLine(model) {
 
 function renderExamples(model) {
   const set = state.exampleSet;
-  const rows = set.rows.map((example) => el("tr", { "data-example": example.id },
+  const target = state.target?.model === model.model_name ? state.target.id : null;
+  const rows = set.rows.map((example) => el("tr", example.id === target
+    ? { "data-example": example.id, class: "target", "aria-current": "true", tabindex: "-1" }
+    : { "data-example": example.id },
     el("td", {}, example.text),
     el("td", {}, example.labels ? example.labels.join(", ") : (example.label ?? "(none of these)")),
     el("td", {}, example.source),
@@ -584,6 +622,28 @@ function renderExamples(model) {
       : el("p", { class: "muted" }, "No examples kept for this model (trained before example sets existed): add some, then retrain."),
     set.nextCursor ? el("button", { type: "button", onclick: () => loadExamples(model, set.nextCursor) },
       `Show more examples (${set.rows.length} of ${set.total})`) : "");
+  showTarget(model);
+}
+
+/** The example a link named: scrolled to and focused once its page is read (pages are read on until it is). */
+function showTarget(model) {
+  const target = state.target;
+  if (!target || target.model !== model.model_name || target.found) return;
+  const row = $("example-set").querySelector(`tr[data-example="${CSS.escape(target.id)}"]`);
+  if (row) {
+    target.found = true;
+    row.scrollIntoView({ block: "center" });
+    row.focus();
+    notify(`The example “${row.cells[0].textContent}” is highlighted in the example set of ${model.model_name}.`);
+  } else if (state.exampleSet.nextCursor && target.pages < MAX_TARGET_PAGES) {
+    target.pages += 1;
+    loadExamples(model, state.exampleSet.nextCursor);
+  } else {
+    target.found = true; // looked for: not asked again at each redraw
+    notify(state.exampleSet.nextCursor
+      ? `That example is not among the first ${state.exampleSet.rows.length} of the example set of ${model.model_name}.`
+      : `That example is not in the example set of ${model.model_name} now (deleted since?).`, true);
+  }
 }
 
 function addExampleForm(model) {
