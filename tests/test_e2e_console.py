@@ -435,6 +435,117 @@ def test_try_it_shows_the_apis_error(page: RecordedPage, versions: list[dict]) -
     expect(page.page.locator("#try-error")).to_contain_text("(HTTP 400)")
 
 
+# ----------------------------------------------------------------------------------- explanations
+
+PLANTED = [{"text": text, "label": "crypto"} for text in (
+    "Can I buy bitcoin here?", "Do you support bitcoin transfers?", "I want to sell my bitcoin",
+    "How do I send bitcoin to a friend?")]
+"""A label decided by one word, as in tests/test_e2e_explain.py: every example of it says bitcoin, no other does."""
+DECIDED = "Can I get a bitcoin with my account?"
+EXPLAINED = "explained"
+
+
+@pytest.fixture(scope="module")
+def explained_model(client: httpx.Client, train_examples: list[dict]) -> str:
+    train(client, EXPLAINED, [*train_examples, *PLANTED])
+    return EXPLAINED
+
+
+def test_try_it_explains_an_answer_and_links_its_nearest_examples(page: RecordedPage, client: httpx.Client,
+                                                                  explained_model: str) -> None:
+    """Why? highlights the word that decides the answer, with the API's weights, lists the nearest training
+    examples, and each one still in the set links to its row on the models screen."""
+    asked = {"model_name": explained_model, "texts": [DECIDED], "method": "both"}
+    nearest = client.post("/v1/explain", json=asked).json()["explanations"][0]["nearest"]
+    # The nearest example leaves the set (the version keeps it): it is listed with no link.
+    gone = nearest[0]
+    assert client.delete(f"/v1/models/{explained_model}/examples/{gone['example_id']}").status_code == 200
+    expected = client.post("/v1/explain", json=asked).json()["explanations"][0]
+    assert expected["label"] == "crypto" and expected["nearest"][0]["example_id"] is None, expected
+    open_console(page, "try")
+    page.page.select_option("#try-model", explained_model)
+    page.page.fill("#try-texts", f"{DECIDED}\nmy card still has not arrived")
+    page.page.get_by_role("button", name="Predict").click()
+    card = page.page.locator(".prediction").first
+    expect(card.locator(".answer .label")).to_have_text("crypto")
+    why = card.get_by_role("button", name="Why?")
+    why.focus()
+    page.page.keyboard.press("Enter")  # the keyboard opens it
+    box = card.locator(".explanation")
+    expect(box).to_be_visible()
+    expect(why).to_have_attribute("aria-expanded", "true")
+    explained = box.locator(".explained")
+    expect(explained.locator(".label")).to_have_text("crypto")
+    assert float(explained.get_attribute("data-score")) == pytest.approx(expected["score"], abs=1e-3)
+    expect(box.locator(".granularity")).to_have_count(0)  # words: no fallback to sentences to say
+    # The text as typed, each word weighted as the API weighs it; the most highlighted is "bitcoin".
+    expect(box.locator(".weighted-text")).to_have_text(DECIDED)
+    spans = box.locator(".weighted-text [data-weight]")
+    expect(spans).to_have_count(len(expected["spans"]))
+    shown = spans.evaluate_all("nodes => nodes.map(node => [node.textContent, Number(node.dataset.weight), "
+                               "node.title, getComputedStyle(node).backgroundColor])")
+    assert [text for text, *_ in shown] == [span["text"] for span in expected["spans"]]
+    # abs: the same version, but a batch of other lengths pads the texts differently (test_e2e_explain.py)
+    assert [weight for _, weight, *_ in shown] == pytest.approx([span["weight"] for span in expected["spans"]],
+                                                                abs=1e-3)
+    top = max(shown, key=lambda span: span[1])
+    assert top[0] == "bitcoin" == max(expected["spans"], key=lambda span: span["weight"])["text"], shown
+    assert top[2].startswith("bitcoin: +") and "probability of crypto falls by" in top[2], top
+    assert top[3] == "rgba(242, 169, 0, 0.85)", shown  # the darkest: set through the CSSOM, under the CSP
+    expect(box.locator(".weights")).to_contain_text("carried it: bitcoin +")
+    # The nearest training examples, with a link to each one the set still holds.
+    rows = box.locator("table.nearest tbody tr")
+    expect(rows).to_have_count(len(expected["nearest"]))
+    for row, near in zip(rows.all(), expected["nearest"], strict=True):
+        expect(row.locator("td").nth(0)).to_have_text(near["text"])
+        expect(row.locator("td").nth(1)).to_have_text(near["label"])
+        similarity = float(row.locator(".meter").get_attribute("aria-label").split()[-1])
+        assert similarity == pytest.approx(near["similarity"], abs=2e-3)
+        expect(row.get_by_role("link")).to_have_count(1 if near["example_id"] else 0)
+    expect(rows.first).to_contain_text("no longer in the set")
+    page.screenshot("try-it-explained")
+    linked = expected["nearest"][1]
+    link = rows.nth(1).get_by_role("link", name=f"Show in the example set: {linked['text']}")
+    expect(link).to_have_attribute("href", f"#models/{explained_model}/examples/{linked['example_id']}")
+    link.click()
+    # The models screen, that model, its example set with the example highlighted and focused.
+    expect(page.page.locator("#screen-models")).to_be_visible()
+    expect(page.page.locator(f'#model-list button[data-model="{explained_model}"]')).to_have_attribute(
+        "aria-pressed", "true")
+    target = page.page.locator(f'#example-set tr[data-example="{linked["example_id"]}"]')
+    expect(target).to_have_class("target")
+    expect(target).to_have_attribute("aria-current", "true")
+    expect(target.locator("td").first).to_have_text(linked["text"])
+    expect(target).to_be_focused()
+    expect(target).to_be_in_viewport()
+    expect(page.page.locator("#example-set tr.target")).to_have_count(1)
+    expect(page.page.locator("#notice")).to_contain_text(f"“{linked['text']}” is highlighted in the example set of "
+                                                         f"{explained_model}")
+    page.screenshot("example-linked")
+    page.page.reload()  # the link is an address: the same view again
+    expect(target).to_be_focused()
+    # A model chosen in the list: the mark and the address go; Back returns to Try it.
+    page.page.locator(f'#model-list button[data-model="{explained_model}"]').click()
+    expect(page.page.locator("#example-set tr.target")).to_have_count(0)
+    assert page.page.evaluate("location.hash") == "#models"
+    page.page.go_back()
+    expect(page.page.locator("#screen-try")).to_be_visible()
+
+
+def test_try_it_shows_the_apis_error_for_an_explanation(page: RecordedPage, explained_model: str) -> None:
+    text = " ".join(f"Sentence {n}." for n in range(65))  # over MAX_EXPLAIN_SPANS (64) sentences: not explained
+    open_console(page, "try")
+    page.page.select_option("#try-model", explained_model)
+    page.page.fill("#try-texts", text)
+    page.page.get_by_role("button", name="Predict").click()
+    card = page.page.locator(".prediction")
+    expect(card).to_have_count(1)
+    card.get_by_role("button", name="Why?").click()
+    error = card.locator(".explanation .error-box[role=alert]")
+    expect(error).to_contain_text("Could not explain this answer: texts[0]: it has more than MAX_EXPLAIN_SPANS=")
+    expect(error).to_contain_text("(HTTP 400)")
+
+
 # ----------------------------------------------------------------------------------- jobs, train
 
 @pytest.mark.parametrize(("rows", "message"), [

@@ -20,6 +20,8 @@ const MAX_ROW_ERRORS = 10;
 const EXAMPLES_PAGE = 100; // examples per page of GET /v1/models/{name}/examples
 const SUGGESTIONS = 10; // texts asked of POST /v1/models/{name}/suggest per round
 const SUSPECTS = 20; // examples asked of GET /v1/models/{name}/suspects
+const NEAREST = 3; // training examples asked of POST /v1/explain per text (its top_k)
+const MAX_TARGET_PAGES = 50; // pages of the example set read to find a linked example (5,000 examples)
 
 const state = {
   models: [], // GET /v1/models: [{model_name, versions: [newest first]}]
@@ -40,6 +42,8 @@ const state = {
   batchTimer: null, // the next poll of the batch list (setTimeout), while one is unfinished
   files: new Map(), // file id → its FileObject (GET /v1/files/{id}), or null: asked, or gone
   newBatch: null, // the batch just submitted from the Batches screen: {id, at (ms)}
+  target: null, // an example linked to (#models/{name}/examples/{id}): {model, id, pages (read to find it), found}
+  cards: 0, // prediction cards drawn on Try it (their elements' ids)
 };
 
 // ---------------------------------------------------------------------------------------- DOM
@@ -202,13 +206,44 @@ function setUpKey() {
 
 // ---------------------------------------------------------------------------------------- screens
 
+/** What the hash names: a screen ("#jobs"), and on the models screen a model and one example of its set
+ * ("#models/intents/examples/{id}": an explanation's nearest examples link there). */
+function route() {
+  let parts;
+  try {
+    parts = location.hash.replace("#", "").split("/").map(decodeURIComponent);
+  } catch {
+    parts = [];
+  }
+  const screen = SCREENS.includes(parts[0]) ? parts[0] : "models";
+  if (screen !== "models" || !parts[1]) return { screen };
+  return { screen, model: parts[1], example: parts[2] === "examples" && parts[3] ? parts[3] : null };
+}
+
 function currentScreen() {
-  const wanted = location.hash.replace("#", "");
-  return SCREENS.includes(wanted) ? wanted : "models";
+  return route().screen;
+}
+
+function exampleLink(modelName, exampleId) {
+  return `#models/${encodeURIComponent(modelName)}/examples/${encodeURIComponent(exampleId)}`;
+}
+
+/** A model (and example) the hash names is shown: chosen in the list, its example set read to that example. */
+function followRoute() {
+  const wanted = route();
+  if (!wanted.model) return;
+  state.model = wanted.model;
+  state.version = null;
+  state.target = wanted.example ? { model: wanted.model, id: wanted.example, pages: 0, found: false } : null;
+  if (state.models.length) {
+    renderModelList();
+    renderModel();
+  }
 }
 
 function showScreen(focus = true) {
   const screen = currentScreen();
+  followRoute();
   for (const name of SCREENS) $(`screen-${name}`).hidden = name !== screen;
   for (const link of document.querySelectorAll("nav a[data-screen]")) {
     if (link.dataset.screen === screen) link.setAttribute("aria-current", "page");
@@ -269,6 +304,8 @@ function renderModelList() {
         onclick: () => {
           state.model = model.model_name;
           state.version = null;
+          state.target = null;
+          if (route().model) history.replaceState(null, "", "#models"); // no longer the linked model
           renderModelList();
           renderModel();
         },
@@ -562,7 +599,10 @@ function trainedOnLine(model) {
 
 function renderExamples(model) {
   const set = state.exampleSet;
-  const rows = set.rows.map((example) => el("tr", { "data-example": example.id },
+  const target = state.target?.model === model.model_name ? state.target.id : null;
+  const rows = set.rows.map((example) => el("tr", example.id === target
+    ? { "data-example": example.id, class: "target", "aria-current": "true", tabindex: "-1" }
+    : { "data-example": example.id },
     el("td", {}, example.text),
     el("td", {}, example.labels ? example.labels.join(", ") : (example.label ?? "(none of these)")),
     el("td", {}, example.source),
@@ -584,6 +624,28 @@ function renderExamples(model) {
       : el("p", { class: "muted" }, "No examples kept for this model (trained before example sets existed): add some, then retrain."),
     set.nextCursor ? el("button", { type: "button", onclick: () => loadExamples(model, set.nextCursor) },
       `Show more examples (${set.rows.length} of ${set.total})`) : "");
+  showTarget(model);
+}
+
+/** The example a link named: scrolled to and focused once its page is read (pages are read on until it is). */
+function showTarget(model) {
+  const target = state.target;
+  if (!target || target.model !== model.model_name || target.found) return;
+  const row = $("example-set").querySelector(`tr[data-example="${CSS.escape(target.id)}"]`);
+  if (row) {
+    target.found = true;
+    row.scrollIntoView({ block: "center" });
+    row.focus();
+    notify(`The example “${row.cells[0].textContent}” is highlighted in the example set of ${model.model_name}.`);
+  } else if (state.exampleSet.nextCursor && target.pages < MAX_TARGET_PAGES) {
+    target.pages += 1;
+    loadExamples(model, state.exampleSet.nextCursor);
+  } else {
+    target.found = true; // looked for: not asked again at each redraw
+    notify(state.exampleSet.nextCursor
+      ? `That example is not among the first ${state.exampleSet.rows.length} of the example set of ${model.model_name}.`
+      : `That example is not in the example set of ${model.model_name} now (deleted since?).`, true);
+  }
 }
 
 function addExampleForm(model) {
@@ -1265,10 +1327,11 @@ async function predict(event) {
   const topK = $("try-top-k").value.trim();
   if (topK) body.top_k = Number(topK);
   if ($("try-abstain").checked) body.abstain = true;
+  const asked = { model_name: body.model_name, abstain: body.abstain }; // what "Why?" asks again
   await busy(event.target, "Predicting…", async () => {
     try {
       const answer = await api("POST", "v1/predict", body);
-      $("try-results").replaceChildren(...answer.predictions.map(predictionCard));
+      $("try-results").replaceChildren(...answer.predictions.map((prediction) => predictionCard(prediction, asked)));
     } catch (failure) {
       error.textContent = failureText(failure);
       $("try-results").replaceChildren();
@@ -1299,18 +1362,144 @@ const ABSTAINED_BECAUSE = {
   low_confidence: "top probability under the threshold",
 };
 
-function predictionCard(prediction) {
-  const answer = prediction.labels
+function answerOf(prediction) {
+  return prediction.labels
     ? (prediction.labels.length ? prediction.labels.join(", ") : "no label over its threshold")
     : prediction.label === null ? `none of these (${ABSTAINED_BECAUSE[prediction.reason] || "abstained"})`
     : prediction.label;
+}
+
+function predictionCard(prediction, asked) {
   const scores = prediction.scores || [{ label: prediction.label, score: prediction.score }];
+  state.cards += 1;
+  const textId = `prediction-text-${state.cards}`;
+  const box = el("div", { class: "explanation", id: `explanation-${state.cards}`, hidden: true });
+  const why = el("button", { type: "button", class: "why", "aria-expanded": "false", "aria-controls": box.id,
+    "aria-describedby": textId }, "Why?");
+  why.addEventListener("click", () => toggleExplanation(prediction.text, asked, why, box));
   return el("div", { class: "prediction panel" },
-    el("div", { class: "text" }, `“${prediction.text}”`),
-    el("div", { class: "answer" }, "answer: ", el("b", { class: "label" }, answer)),
+    el("div", { class: "text", id: textId }, `“${prediction.text}”`),
+    el("div", { class: "answer" }, "answer: ", el("b", { class: "label" }, answerOf(prediction)), " ", why),
     el("table", { class: "scores" }, el("tbody", {}, scores.map((entry) => el("tr", { "data-label": entry.label ?? "" },
       el("th", { scope: "row" }, entry.label ?? "(none of these)"),
-      el("td", {}, meter(entry.score, "", `${entry.label} probability`)))))));
+      el("td", {}, meter(entry.score, "", `${entry.label} probability`)))))),
+    box);
+}
+
+// ---------------------------------------------------------------------------------- explanations
+// "Why?" on a prediction: POST /v1/explain (method both) for its text, with the model and abstain it was
+// predicted with. Its words are highlighted by their weight (how much the explained label's probability
+// falls without each), and its nearest training examples link to their rows in the model's example set.
+
+/** Shows the text's explanation (asked once), or hides it again. */
+async function toggleExplanation(text, asked, button, box) {
+  if (button.getAttribute("aria-expanded") === "true") {
+    button.setAttribute("aria-expanded", "false");
+    box.hidden = true;
+    return;
+  }
+  if (box.getAttribute("aria-busy")) return; // asked already: its answer is on its way
+  if (!box.dataset.explained) {
+    button.textContent = "Explaining…"; // not disabled: a disabled button would lose the keyboard's focus
+    box.setAttribute("aria-busy", "true");
+    try {
+      const body = { model_name: asked.model_name, texts: [text], method: "both", top_k: NEAREST };
+      if (asked.abstain) body.abstain = true;
+      const answer = await api("POST", "v1/explain", body);
+      box.replaceChildren(...explanationView(answer.explanations[0], answer.model_version));
+      box.dataset.explained = "yes";
+    } catch (failure) {
+      box.replaceChildren(el("div", { class: "error-box", role: "alert" },
+        `Could not explain this answer: ${failureText(failure)}`));
+    } finally {
+      button.textContent = "Why?";
+      box.removeAttribute("aria-busy");
+    }
+  }
+  box.hidden = false;
+  button.setAttribute("aria-expanded", "true");
+}
+
+/** "+0.412", "−0.012": a weight with its sign. */
+function signed(value, digits = 3) {
+  return `${value > 0 ? "+" : value < 0 ? "−" : "±"}${Math.abs(value).toFixed(digits)}`;
+}
+
+function explanationView(explanation, tag) {
+  const label = explanation.label;
+  const answered = explanation.prediction.labels ?? explanation.prediction.label;
+  const other = Array.isArray(answered) ? !answered.includes(label) : answered !== label;
+  const unit = explanation.granularity === "sentence" ? "sentence" : "word";
+  return [
+    el("p", { class: "facts-line explained", "data-label": label, "data-score": explanation.score },
+      el("span", {}, "why ", el("b", { class: "label" }, label)),
+      el("span", {}, "probability ", el("b", { class: "score" }, fixed(explanation.score))),
+      other ? el("span", {}, "its most probable label; the answer was ", el("b", {}, answerOf(explanation.prediction)))
+        : null,
+      explanation.granularity === "sentence"
+        ? el("span", { class: "granularity" }, "by sentence: the text has more words than are weighed one at a time")
+        : null),
+    ...(explanation.spans ? weightedText(explanation, unit) : []),
+    ...(explanation.nearest ? nearestExamples(explanation.nearest, tag.split(":")[0]) : []),
+  ];
+}
+
+/** The text with each span highlighted by its weight: the stronger, the darker (the largest of the text's
+ * weights darkest); a span that pulled away from the label is underlined, dashed. Each span's weight is in
+ * its title and its data-weight; the strongest are written out below, for every reader. */
+function weightedText(explanation, unit) {
+  const characters = Array.from(explanation.text); // the API counts code points, as Array.from does
+  const spans = explanation.spans;
+  const strongest = Math.max(0.05, ...spans.map((span) => Math.abs(span.weight))); // noise stays pale
+  const parts = [];
+  let at = 0;
+  for (const span of spans) {
+    if (span.start > at) parts.push(characters.slice(at, span.start).join(""));
+    const share = Math.min(1, Math.abs(span.weight) / strongest);
+    const direction = span.weight > 0 ? "up" : span.weight < 0 ? "down" : "";
+    const node = el("span", {
+      class: `span ${direction}`.trim(), "data-weight": span.weight, "data-start": span.start, "data-end": span.end,
+      title: `${span.text}: ${signed(span.weight)} (the probability of ${explanation.label} `
+        + `${span.weight < 0 ? "rises" : "falls"} by ${Math.abs(span.weight).toFixed(3)} without it)`,
+    }, characters.slice(span.start, span.end).join(""));
+    // Colours set through the CSSOM: the page's Content-Security-Policy refuses style attributes.
+    if (span.weight > 0) node.style.backgroundColor = `rgba(242, 169, 0, ${(0.85 * share).toFixed(3)})`;
+    if (span.weight < 0) node.style.textDecorationColor = `rgba(179, 38, 30, ${(0.3 + 0.7 * share).toFixed(3)})`;
+    parts.push(node);
+    at = span.end;
+  }
+  if (at < characters.length) parts.push(characters.slice(at).join(""));
+  const listed = (chosen) => chosen.slice(0, 3).flatMap((span, index) => [index ? ", " : "", el("b", {}, span.text),
+    ` ${signed(span.weight)}`]);
+  const carried = spans.filter((span) => span.weight >= 0.001).sort((a, b) => b.weight - a.weight);
+  const pulled = spans.filter((span) => span.weight <= -0.001).sort((a, b) => a.weight - b.weight);
+  return [
+    el("p", { class: "weighted-text" }, parts),
+    el("p", { class: "weights" },
+      carried.length ? ["carried it: ", ...listed(carried)] : `no ${unit} carried it by more than 0.001`,
+      pulled.length ? [" · pulled away: ", ...listed(pulled)] : null),
+    el("p", { class: "legend" }, `Highlighted: how much the probability of ${explanation.label} falls without each `
+      + `${unit} (darker: more); underlined, dashed: it rises without it. Hover a ${unit} for its weight.`),
+  ];
+}
+
+function nearestExamples(nearest, modelName) {
+  if (!nearest.length) return [el("p", { class: "muted" }, "No training examples to compare with (an imported version).")];
+  const rows = nearest.map((near) => el("tr", { "data-example": near.example_id ?? "" },
+    el("td", { class: "near-text" }, near.text),
+    el("td", {}, near.labels ? (near.labels.join(", ") || "no label") : (near.label ?? "(none of these)")),
+    el("td", {}, meter(near.similarity, "similarity", "similarity")),
+    el("td", {}, near.example_id
+      ? el("a", { href: exampleLink(modelName, near.example_id), "aria-label": `Show in the example set: ${near.text}` },
+        "Show in the example set")
+      : el("span", { class: "muted" }, "no longer in the set"))));
+  return [
+    el("h4", {}, "Nearest training examples"),
+    el("table", { class: "nearest" },
+      el("thead", {}, el("tr", {}, el("th", {}, "Text"), el("th", {}, "Label"), el("th", {}, "Similarity"),
+        el("th", {}, el("span", { class: "visually-hidden" }, "Link")))),
+      el("tbody", {}, rows)),
+  ];
 }
 
 // ---------------------------------------------------------------------------------------- train
