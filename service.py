@@ -3,11 +3,12 @@
     client ─HTTP─▶ Gateway (this file's `Gateway`)             Trainer (Huey consumer, trainers/)
                    auth · validation · /v1 routes ─enqueue─▶ queue ─▶ SetFit · register in store
                    predict/embeddings ─to_async─▶ Inference (batchable; grouped by model; GPU)
+                   explain: a text, its occlusion variants, its embedding ─▶ the same Inference calls
                    files/batches ─enqueue─▶ batch queue ─▶ Batch worker (batches/: shards, engine, SCHED_IDLE)
 
 Only wiring lives here: the services, their resources, the route table and the middleware. Each route
 hands its request to the room of fewshot/api that owns its resource (models, jobs, training, examples,
-learning, inference, files, batches), where its rules and views live; fewshot/serving is the inference
+learning, explain, inference, files, batches), where its rules and views live; fewshot/serving is the inference
 engine, fewshot/records what the API and the workers share, fewshot/bentoml_fixes every BentoML
 workaround, trainers/ the jobs' queue and training, batches/ the batch worker (docs/architecture.md).
 """
@@ -25,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 
 from batches import tasks as batch_queue
 from fewshot import bentoml_fixes
-from fewshot.api import batches, errors, examples, files, inference, jobs, learning, models, training
+from fewshot.api import batches, errors, examples, explain, files, inference, jobs, learning, models, training
 from fewshot.api.auth import APIKeyMiddleware
 from fewshot.api.body_limit import RequestBodyLimitMiddleware
 from fewshot.api.errors import responds
@@ -134,7 +135,7 @@ class EmbeddedTrainer:
 routes = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 # The route table: each resource's routes live in its room of fewshot/api (POST /v1/train, /v1/models/import,
 # /v1/predict and /v1/embeddings are BentoML APIs, on the Gateway below).
-for room in (models, jobs, examples, training, learning, files, batches):
+for room in (models, jobs, examples, training, learning, explain, files, batches):
     routes.include_router(room.router)
 
 

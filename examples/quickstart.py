@@ -1,5 +1,5 @@
-"""Train a classifier, wait for it with progress, then predict (latest and pinned version, top-k), list
-versions and jobs, and embed: the README's Python walkthrough.
+"""Train a classifier, wait for it with progress, then predict (latest and pinned version, top-k), explain
+an answer, list versions and jobs, and embed: the README's Python walkthrough.
 
     python examples/quickstart.py [http://localhost:8000]      (API_KEY in the environment if set)
 """
@@ -43,6 +43,8 @@ def main(url: str) -> None:
         # Pin the version just trained, and ask for the two most probable labels.
         pinned = client.predict(f"intents:{model.model_version}", ["where is my card?"], top_k=2).predictions[0]
         print("top 2:", ", ".join(f"{score.label} {score.score:.2f}" for score in pinned.scores))
+        why = client.explain("intents", ["where is my card?"]).explanations[0]
+        print(f"why: {max(why.spans, key=lambda span: span.weight).text!r}, nearest {why.nearest[0].text!r}")
         versions = next(m.versions for m in client.models().models if m.model_name == "intents")
         statuses = [job.status for job in client.jobs(model_name="intents").jobs]
         print(f"versions of intents: {len(versions)}, its jobs newest first: {statuses}")

@@ -1,4 +1,4 @@
-"""A small typed Python client: train or import → wait (with progress) → predict / embeddings / download.
+"""A small typed Python client: train or import → wait (with progress) → predict / explain / embeddings / download.
 
 POST routes go through BentoML's own client (`bentoml.SyncHTTPClient`, which knows the service's
 API schema); GET routes through the httpx client it holds. Responses come back as this project's
@@ -27,6 +27,7 @@ import httpx
 from bentoml.exceptions import BentoMLException
 
 from fewshot.api.example_schemas import ExampleList, ExamplesAdded, ExamplesDeleted
+from fewshot.api.explain_schemas import ExplainResponse
 from fewshot.api.inference_schemas import EmbeddingsResponse, PredictResponse
 from fewshot.api.job_schemas import JobList, JobView
 from fewshot.api.learning_schemas import FeedbackResponse, SuggestResponse, SuspectsResponse
@@ -188,6 +189,16 @@ class FewshotClient:
         options = {"top_k": top_k, "threshold": threshold, "abstain": abstain or None}
         body = {"model_name": model_name, "texts": list(texts), **{k: v for k, v in options.items() if v is not None}}
         return PredictResponse.model_validate(self._post("predict", body))
+
+    def explain(self, model_name: str, texts: Sequence[str], method: str = "both", granularity: str = "word",
+                top_k: int = 3, label: str | None = None, abstain: bool = False,
+                threshold: float | None = None) -> ExplainResponse:
+        """Why the model answered what it did (POST /v1/explain): each text's answer, the weight of each word
+        (or sentence) for the explained label (`method` occlusion), its nearest training examples (neighbors)."""
+        options = {"label": label, "threshold": threshold, "abstain": abstain or None}
+        body = {"model_name": model_name, "texts": list(texts), "method": method, "granularity": granularity,
+                "top_k": top_k, **{k: v for k, v in options.items() if v is not None}}
+        return ExplainResponse.model_validate(self._send("POST", "/v1/explain", body=body))
 
     def embeddings(self, model_name: str, texts: Sequence[str]) -> EmbeddingsResponse:
         body = {"model_name": model_name, "texts": list(texts)}

@@ -136,6 +136,9 @@ class Settings:
     """MAX_TRAIN_EXAMPLES: examples in one training request."""
     max_pool_texts: int
     """MAX_POOL_TEXTS: unlabelled texts in one suggest request (POST /v1/models/{name}/suggest)."""
+    max_explain_spans: int
+    """MAX_EXPLAIN_SPANS: spans an explanation leaves out of one text (POST /v1/explain): its words, or
+    its sentences where it has more words than this; more sentences than this are a 400."""
     max_request_bytes: int
     """MAX_REQUEST_BYTES: bytes of one request body; more is answered 413 before it is parsed."""
     prediction_log_sample: float
@@ -256,6 +259,7 @@ def load_settings() -> Settings:
         max_text_chars=_int("MAX_TEXT_CHARS", 0, minimum=0) or None,
         max_train_examples=_int("MAX_TRAIN_EXAMPLES", 10_000, minimum=2),
         max_pool_texts=_int("MAX_POOL_TEXTS", 10_000, minimum=1),
+        max_explain_spans=_int("MAX_EXPLAIN_SPANS", 64, minimum=1),
         # 32 MiB: 10,000 training examples (MAX_TRAIN_EXAMPLES) of ~3,300 bytes, and a full predict request
         # (256 texts of 10,000 characters: 15 MB even with every character sent as a \uXXXX escape).
         max_request_bytes=_int("MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024),

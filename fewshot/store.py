@@ -12,6 +12,7 @@ exclusive lock on a file in the store, and `remove_incomplete_versions` clears w
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -69,6 +70,20 @@ class StoredModel:
     def refuses(self) -> bool:
         """Trained with "none of these" examples: its head has one more class than it has labels."""
         return bool((self.metadata.get("abstention") or {}).get("none_of_these_examples"))
+
+    def training_examples(self) -> list[tuple[str, str | tuple[str, ...] | None]] | None:
+        """The examples it was trained on (TRAINING_EXAMPLES_FILE), each target a label, None (none of
+        these) or a tuple of labels; None when it kept none (an import, a version made before they were
+        kept) or the file cannot be read (said in the log)."""
+        path = self.path / TRAINING_EXAMPLES_FILE
+        if not path.is_file():
+            return None
+        try:
+            return [(text, tuple(target) if isinstance(target, list) else target)
+                    for text, target in json.loads(path.read_text(encoding="utf8"))]
+        except (OSError, ValueError, TypeError) as error:
+            logger.warning("%s: its training examples could not be read (%s)", self.tag, error)
+            return None
 
 
 @contextmanager

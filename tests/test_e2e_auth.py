@@ -20,6 +20,7 @@ BODIES = {
     "/v1/train": {"model_name": "m", "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]},
     "/v1/predict": {"model_name": "m", "texts": ["hello"]},
     "/v1/embeddings": {"model_name": "m", "texts": ["hello"]},
+    "/v1/explain": {"model_name": "m", "texts": ["hello"]},
     "/v1/models/import": {"model_name": "m", "source": "some-org/some-setfit-model"},
     "/v1/models/{model_name}/examples": {"examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]},
     "/v1/models/{model_name}/delete-examples": {"ids": ["some-id"]},
@@ -55,7 +56,8 @@ def test_docs_stay_open_and_list_every_route(server: LiveServer) -> None:
         assert httpx.get(f"{server.url}{path}").status_code == 200, path
     routes = documented_routes(server)
     for expected in [("post", "/v1/train"), ("post", "/v1/predict"), ("post", "/v1/embeddings"),
-                     ("get", "/v1/jobs/{job_id}"), ("get", "/v1/models/{model_name}"), ("get", "/health"),
+                     ("post", "/v1/explain"), ("get", "/v1/jobs/{job_id}"), ("get", "/v1/models/{model_name}"),
+                     ("get", "/health"),
                      ("get", "/metrics"), ("delete", "/v1/models/{model_name}"), ("get", "/v1/jobs"),
                      ("get", "/v1/models"), ("post", "/v1/jobs/{job_id}/cancel"), ("post", "/v1/models/import"),
                      ("get", "/v1/models/{model_name}/download"), ("get", "/v1/models/{model_name}/examples"),

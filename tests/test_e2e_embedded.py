@@ -292,6 +292,7 @@ def test_readme_python_quickstart_runs_against_the_server(server: LiveServer) ->
     assert "predict: card_arrival" in result.stdout
     assert "top 2: card_arrival " in result.stdout and "versions of intents: " in result.stdout
     assert "embedding dimensions: 384" in result.stdout
+    assert "why: '" in result.stdout and ", nearest '" in result.stdout  # the word, the training example
 
 
 def test_python_client_reports_errors_and_failed_jobs(server: LiveServer, trained: dict) -> None:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,14 +229,8 @@ def trained_examples(version: StoredModel) -> list[tuple[str, Target]] | None:
     """The examples `version` was trained on: kept in its files; for a version made before they were,
     the split its job's request gives again (the same seed), while the job's record lasts; else None
     (an import: trained elsewhere)."""
-    path = version.path / store.TRAINING_EXAMPLES_FILE
-    if path.is_file():
-        try:
-            return [(text, tuple(target) if isinstance(target, list) else target)
-                    for text, target in json.loads(path.read_text(encoding="utf8"))]
-        except (ValueError, TypeError) as error:
-            logger.warning("%s: its training examples could not be read (%s)", version.tag, error)
-            return None
+    if (version.path / store.TRAINING_EXAMPLES_FILE).is_file():
+        return version.training_examples()
     from trainers.queue import jobs
 
     record = jobs.get(version.metadata.get("job_id") or "") if version.metadata.get("strategy") != "imported" else None

@@ -93,3 +93,14 @@ def nearest(query: np.ndarray, points: np.ndarray, k: int) -> list[tuple[int, fl
     best = np.argpartition(-similarities, k - 1)[:k]
     best = best[np.argsort(-similarities[best], kind="stable")]
     return [(int(row), float(similarities[row])) for row in best]
+
+
+def spans_within(text: str, granularity: Granularity, cap: int) -> tuple[Granularity, list[Span]] | None:
+    """The spans to leave out of `text`: its words (where asked for) while there are at most `cap`, else
+    its sentences; None where even its sentences are more than `cap`."""
+    if granularity == "word":
+        words = spans_of(text, "word")
+        if len(words) <= cap:
+            return "word", words
+    sentences = spans_of(text, "sentence")
+    return ("sentence", sentences) if len(sentences) <= cap else None
