@@ -41,12 +41,16 @@ prediction the bench waits until AUTO has exported and swapped in the backend it
    Goal: a 20-word explanation's median ≤ COST_GOAL_FACTOR × the prediction's median.
 3. Nearest examples on planted wrong labels, planted as the label audit of bench/active_learning.py
    plants them (same draw: banking77, 8 examples per label, FLIPPED_SHARE of them given a random other
-   label; --audit-seeds). A `head` version trained on the noisy set predicts every banking77 test text;
-   for the mispredictions that a planted label explains — a test text of true label T predicted W where a
-   planted example is a T text labelled W — and, wider, every misprediction into a label that received a
-   planted example, and for a sample of correct predictions, POST /v1/explain (method neighbors, top_k
-   NEIGHBOURS) says which training examples the text lies nearest: the share whose top-1 is a planted
-   example, beside chance (planted / training examples).
+   label; --audit-seeds). A `head` version trained on the noisy set predicts every banking77 test text.
+   The audit bench asks of training examples whether their label is wrong; here the test side's natural
+   equivalent is the misprediction a planted label explains: a test text of true label T predicted W where
+   a T text was planted as W (the "planted pair"). Beside it, the other mispredictions into a label some
+   planted example was given (the brief's wider reading), the mispredictions into any other label, and
+   correct predictions (samples of SAMPLES texts per seed). For each, POST /v1/explain (method neighbors,
+   top_k NEIGHBOURS): the share whose top-1 nearest example is a planted one, against chance (planted /
+   training examples) and the topic chance (planted among the training texts of the test text's true
+   label: what a neighbour that found only the topic would give); also whether the top-1 is the culprit
+   (a planted T text labelled W), of the text's topic, and labelled as predicted.
 
 Writes bench/results/explain-<time>.json and .md; the Markdown also goes to stdout.
 """
@@ -95,11 +99,13 @@ RANDOM_FACTOR = 2.0
 FLIPPED_SHARE = 0.05
 """As bench/active_learning.py's label audit."""
 NEIGHBOURS = 3
-CORRECT_SAMPLE = 200
-"""Correct predictions explained per audit seed (a sample: the share among them is the comparison)."""
-WIDE_SAMPLE = 300
-"""Mispredictions into a label with a planted example explained per audit seed, at most."""
 METHODS = ("ours", "integrated gradients", "occlusion (torch fp32)", "random")
+PAIR = "planted pair: true T predicted W, and a T text was planted as W"
+INTO_PLANTED = "other misprediction into a label given to a planted example"
+OTHER_WRONG = "misprediction into a label with no planted example"
+CORRECT = "correct prediction"
+SAMPLES = {INTO_PLANTED: 300, OTHER_WRONG: 300, CORRECT: 200}
+"""Texts explained per audit seed and group, at most (a sample where the group is large; the planted pairs all)."""
 
 
 # Data
@@ -346,13 +352,13 @@ class Served:
         method = options.get("method", "both")
         if explanation.get("text") != text:
             self.problem("explanation's text is not the text sent", f"{explanation.get('text')!r} for {text!r}")
-        for key in ("prediction", "label", "score", "granularity"):
+        for key in ("prediction", "label", "score", *(("granularity",) if method != "neighbors" else ())):
             if key not in explanation:
                 self.problem(f"no `{key}` in an explanation", f"method={method}")
         spans = explanation.get("spans")
         if method == "neighbors":
-            if spans:
-                self.problem("`spans` in a method=neighbors explanation")
+            if spans or explanation.get("granularity"):
+                self.problem("`spans` or `granularity` in a method=neighbors explanation")
         elif spans is None:
             self.problem(f"no `spans` for method={method}")
         else:
@@ -520,63 +526,75 @@ def planted_nearest(served: Served, train: dict[str, list[str]], test: dict[str,
     examples, planted = planted_examples(train, seed)
     version = served.train(f"explain-audit-{seed}", examples)
     tag = version["tag"]
-    labels = sorted(train)
     pairs = {(p["true"], p["label"]) for p in planted}
     planted_keys = {(p["text"], p["label"]) for p in planted}
     wrong_labels = {p["label"] for p in planted}
-    items = [(text, label) for label in labels for text in distinct(test[label])]
-    predictions = []
+    # a training example's true label (the data set's), planted or not: the text's own topic
+    truth_of = {e["text"]: e["label"] for e in examples} | {p["text"]: p["true"] for p in planted}
+    of_truth = {label: [text for text, truth in truth_of.items() if truth == label] for label in train}
+    planted_of_truth = {label: sum(p["true"] == label for p in planted) for label in train}
+    items = [(text, label) for label in sorted(test) for text in distinct(test[label])]
+    predictions: list[str] = []
     for start in range(0, len(items), PREDICT_TEXTS):
         chunk = [text for text, _ in items[start:start + PREDICT_TEXTS]]
         response = served.client.post("/v1/predict", json={"model_name": tag, "texts": chunk})
         response.raise_for_status()
         predictions += [p["label"] for p in response.json()["predictions"]]
-    rng = random.Random(30_000 + seed)
-    groups: dict[str, list[str]] = {
-        "planted pair (true T predicted W, a T text planted as W)":
-            [text for (text, truth), predicted in zip(items, predictions, strict=True) if (truth, predicted) in pairs],
-        "misprediction into a label with a planted example": [
-            text for (text, truth), predicted in zip(items, predictions, strict=True)
-            if predicted != truth and predicted in wrong_labels and (truth, predicted) not in pairs],
-        "other mispredictions": [text for (text, truth), predicted in zip(items, predictions, strict=True)
-                                 if predicted != truth and predicted not in wrong_labels],
-        "correct predictions": [text for (text, truth), predicted in zip(items, predictions, strict=True)
-                                if predicted == truth]}
+    answered = [(text, truth, predicted) for (text, truth), predicted in zip(items, predictions, strict=True)]
+    groups: dict[str, list[tuple[str, str, str]]] = {
+        PAIR: [a for a in answered if (a[1], a[2]) in pairs],
+        INTO_PLANTED: [a for a in answered if a[2] != a[1] and a[2] in wrong_labels and (a[1], a[2]) not in pairs],
+        OTHER_WRONG: [a for a in answered if a[2] != a[1] and a[2] not in wrong_labels],
+        CORRECT: [a for a in answered if a[2] == a[1]]}
     result: dict[str, Any] = {"seed": seed, "tag": tag, "backend": version["backend"], "examples": len(examples),
                               "planted": len(planted), "chance": round(len(planted) / len(examples), 4),
-                              "accuracy": round(statistics.fmean(float(p == t) for (_, t), p in
-                                                                 zip(items, predictions, strict=True)), 4),
+                              "accuracy": round(statistics.fmean(float(p == t) for _, t, p in answered), 4),
                               "groups": {}}
-    for name, texts in groups.items():
-        cap = WIDE_SAMPLE if name.startswith(("misprediction", "other")) else \
-            CORRECT_SAMPLE if name.startswith("correct") else len(texts)
-        chosen = rng.sample(texts, min(cap, len(texts)))
-        explanations = served.explain(tag, chosen, method="neighbors", top_k=NEIGHBOURS) if chosen else []
-        top1 = [bool(e["nearest"]) and (e["nearest"][0]["text"], e["nearest"][0]["label"]) in planted_keys
-                for e in explanations]
-        any_k = [any((n["text"], n["label"]) in planted_keys for n in e["nearest"]) for e in explanations]
-        top1_predicted = [bool(e["nearest"]) and e["nearest"][0]["label"] == e["label"] for e in explanations]
-        result["groups"][name] = {"texts": len(texts), "explained": len(chosen),
-                                  "top1_planted": sum(top1), f"top{NEIGHBOURS}_planted": sum(any_k),
-                                  "top1_label_is_explained": sum(top1_predicted)}
-    print(f"  audit seed {seed}: accuracy {result['accuracy']}, " + "; ".join(
-        f"{name.split(' (')[0]}: {g['top1_planted']}/{g['explained']}" for name, g in result["groups"].items()),
+    rng = random.Random(30_000 + seed)
+    for name, members in groups.items():
+        chosen = rng.sample(members, min(SAMPLES.get(name, len(members)), len(members)))
+        explanations = served.explain(tag, [text for text, _, _ in chosen], method="neighbors", top_k=NEIGHBOURS) \
+            if chosen else []
+        counts = {"texts": len(members), "explained": len(chosen), "top1_planted": 0, f"top{NEIGHBOURS}_planted": 0,
+                  "top1_planted_culprit": 0, "top1_same_topic": 0, "top1_label_is_predicted": 0,
+                  "topic_chance_sum": 0.0}
+        for (_, truth, predicted), explanation in zip(chosen, explanations, strict=True):
+            near = explanation["nearest"]
+            keys = [(n["text"], n["label"]) for n in near]
+            counts["top1_planted"] += bool(keys) and keys[0] in planted_keys
+            counts[f"top{NEIGHBOURS}_planted"] += any(key in planted_keys for key in keys)
+            # the culprit: a planted example of the text's own topic given the label it was mispredicted as
+            counts["top1_planted_culprit"] += bool(keys) and keys[0] in planted_keys and \
+                (truth_of[keys[0][0]], keys[0][1]) == (truth, predicted)
+            counts["top1_same_topic"] += bool(keys) and truth_of.get(keys[0][0]) == truth
+            counts["top1_label_is_predicted"] += bool(keys) and keys[0][1] == predicted
+            # chance within the text's topic: its true label's training texts that are planted
+            counts["topic_chance_sum"] += planted_of_truth[truth] / max(1, len(of_truth[truth]))
+        result["groups"][name] = counts
+    print(f"  audit seed {seed}: accuracy {result['accuracy']}, top-1 planted: " + "; ".join(
+        f"{name.split(':')[0]} {g['top1_planted']}/{g['explained']}" for name, g in result["groups"].items()),
         flush=True)
     return result
 
 
 def summarise_planted(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each group's counts over the seeds, as shares of the texts explained."""
     summary: dict[str, Any] = {"seeds": len(runs), "chance": round(statistics.fmean(r["chance"] for r in runs), 4),
                                "accuracy": round(statistics.fmean(r["accuracy"] for r in runs), 4), "groups": {}}
     for name in runs[0]["groups"]:
-        explained = sum(r["groups"][name]["explained"] for r in runs)
-        top1 = sum(r["groups"][name]["top1_planted"] for r in runs)
-        topk = sum(r["groups"][name][f"top{NEIGHBOURS}_planted"] for r in runs)
+        total = {key: sum(r["groups"][name][key] for r in runs) for key in runs[0]["groups"][name]}
+        explained = total["explained"]
+
+        def share(key: str, total: dict[str, float] = total, explained: int = explained) -> float | None:
+            return round(total[key] / explained, 4) if explained else None
+
         summary["groups"][name] = {
-            "texts": sum(r["groups"][name]["texts"] for r in runs), "explained": explained,
-            "top1_planted_share": round(top1 / explained, 4) if explained else None,
-            f"top{NEIGHBOURS}_planted_share": round(topk / explained, 4) if explained else None,
-            "top1_planted_ci": wilson(top1, explained)}
+            "texts": total["texts"], "explained": explained,
+            **{f"{key}_share": share(key) for key in ("top1_planted", f"top{NEIGHBOURS}_planted",
+                                                      "top1_planted_culprit", "top1_same_topic",
+                                                      "top1_label_is_predicted")},
+            "topic_chance": share("topic_chance_sum"),
+            "top1_planted_ci": wilson(int(total["top1_planted"]), explained)}
     return summary
 
 
@@ -625,8 +643,9 @@ def markdown(report: dict[str, Any]) -> str:
             lines += ["| ours − IG (paired) | " + " | ".join(cells) + " |", ""]
             for k in KS:
                 goal = summary["goals"][str(k)]
+                ratio = "∞ (random ≤ 0)" if goal["ours_vs_random"] is None else f"{goal['ours_vs_random']}×"
                 lines.append(f"- k={k}: ours ≥ IG (torch): **{'met' if goal['ours_at_least_ig'] else 'not met'}**; "
-                             f"ours / random = {goal['ours_vs_random']} (≥ {RANDOM_FACTOR:g}: "
+                             f"ours / random = {ratio} (≥ {RANDOM_FACTOR:g}×: "
                              f"**{'met' if goal['far_steeper_than_random'] else 'not met'}**)")
             lines.append("")
     if report.get("cost"):
@@ -647,17 +666,24 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## 3. Nearest examples on planted wrong labels", "",
                   f"banking77, {SHOTS} per label, {FLIPPED_SHARE:.0%} given a random other label (bench/"
                   f"active_learning.py's draw), {planted['seeds']} seeds; test accuracy {planted['accuracy']}. "
-                  f"Chance that a training example is planted: {planted['chance']:.4f}. POST /v1/explain "
-                  f"method neighbors, top_k {NEIGHBOURS}.", "",
-                  f"| test texts | texts (explained) | top-1 nearest is planted [95% CI] | a planted one in top "
-                  f"{NEIGHBOURS} |", "|---|---|---|---|"]
+                  f"Chance that a training example is planted: {planted['chance']:.4f}; *topic chance*: the share "
+                  "of planted examples among the training texts of the test text's true label (where the nearest "
+                  f"example would be drawn from if it only found the topic). POST /v1/explain method neighbors, "
+                  f"top_k {NEIGHBOURS}; shares of the texts explained.", "",
+                  f"| test texts | texts (explained) | top-1 planted [95% CI] | topic chance | planted in top "
+                  f"{NEIGHBOURS} | top-1 the culprit | top-1 of the text's topic | top-1 labelled as predicted |",
+                  "|---|---|---|---|---|---|---|---|"]
+
+        def cell(value: float | None) -> str:
+            return "–" if value is None else f"{value:.3f}"
+
         for name, group in planted["groups"].items():
             ci = group["top1_planted_ci"]
-            share = group["top1_planted_share"]
-            lines.append(f"| {name} | {group['texts']} ({group['explained']}) | "
-                         f"{'–' if share is None else f'{share:.3f}'} "
-                         f"{'' if ci is None else f'[{ci[0]:.3f}, {ci[1]:.3f}]'} | "
-                         f"{group[f'top{NEIGHBOURS}_planted_share']} |")
+            lines.append(f"| {name} | {group['texts']} ({group['explained']}) | {cell(group['top1_planted_share'])} "
+                         f"{'' if ci is None else f'[{ci[0]:.3f}, {ci[1]:.3f}]'} | {cell(group['topic_chance'])} | "
+                         f"{cell(group[f'top{NEIGHBOURS}_planted_share'])} | "
+                         f"{cell(group['top1_planted_culprit_share'])} | {cell(group['top1_same_topic_share'])} | "
+                         f"{cell(group['top1_label_is_predicted_share'])} |")
         lines.append("")
     problems = report.get("route_problems") or {}
     lines += ["## The route's answers", "",
@@ -673,7 +699,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--texts", type=int, default=80, help="test texts per seed and data set")
-    parser.add_argument("--audit-seeds", type=int, default=5)
+    parser.add_argument("--audit-seeds", type=int, default=10)
     parser.add_argument("--cost-requests", type=int, default=30)
     parser.add_argument("--phases", default="faithfulness,cost,planted")
     parser.add_argument("--out", type=Path, default=RESULTS)
