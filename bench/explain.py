@@ -11,7 +11,8 @@ prediction the bench waits until AUTO has exported and swapped in the backend it
 `backend` no longer `exporting`), so that every served number comes from the backend users get.
 
 1. Faithfulness (the deletion curve). banking77 (77 labels) and trec6 (6), 8 examples per label drawn
-   by each of --seeds; per seed and data set --texts test texts of at least MIN_WORDS words (seeded).
+   by each of --seeds; per seed and data set --texts test texts of MIN_WORDS to MAX_EXPLAIN_SPANS words
+   (seeded; a longer one would be explained by sentences).
    For each text and the label the served version predicts (the `label` /v1/explain explained), the
    words are ranked by:
    - ours: the occlusion weights of POST /v1/explain (method occlusion, granularity word), from the served
@@ -50,7 +51,9 @@ prediction the bench waits until AUTO has exported and swapped in the backend it
    top_k NEIGHBOURS): the share whose top-1 nearest example is a planted one, against chance (planted /
    training examples) and the topic chance (planted among the training texts of the test text's true
    label: what a neighbour that found only the topic would give); also whether the top-1 is the culprit
-   (a planted T text labelled W), of the text's topic, and labelled as predicted.
+   (a planted T text labelled W), of the text's topic, and labelled as predicted. Control: the same draw with
+   no label planted, trained and served the same way: the planted pairs it mispredicts too were not the
+   planting's doing; those it answers right were (the share of these whose top-1 is planted is reported).
 
 Writes bench/results/explain-<time>.json and .md; the Markdown also goes to stdout.
 """
@@ -128,9 +131,10 @@ def training_examples(train: dict[str, list[str]], seed: int) -> list[dict[str, 
 
 
 def test_texts(test: dict[str, list[str]], seed: int, count: int) -> list[str]:
-    """`count` test texts of at least MIN_WORDS words, drawn by `seed`."""
+    """`count` test texts of MIN_WORDS to MAX_EXPLAIN_SPANS words (longer ones are explained by sentences),
+    drawn by `seed`."""
     long_enough = distinct([text for label in sorted(test) for text in test[label]
-                            if len(spans_of(text, "word")) >= MIN_WORDS])
+                            if MIN_WORDS <= len(spans_of(text, "word")) <= MAX_EXPLAIN_SPANS])
     return random.Random(10_000 + seed).sample(long_enough, min(count, len(long_enough)))
 
 
@@ -322,6 +326,16 @@ class Served:
                 self.cache[tag, text] = {entry["label"]: entry["score"] for entry in prediction["scores"]}
         return [self.cache[tag, text] for text in texts]
 
+    def labels(self, tag: str, texts: list[str]) -> list[str]:
+        """The label /v1/predict answers for each text."""
+        answered: list[str] = []
+        for start in range(0, len(texts), PREDICT_TEXTS):
+            chunk = texts[start:start + PREDICT_TEXTS]
+            response = self.client.post("/v1/predict", json={"model_name": tag, "texts": chunk})
+            response.raise_for_status()
+            answered += [prediction["label"] for prediction in response.json()["predictions"]]
+        return answered
+
     def explain(self, tag: str, texts: list[str], **options: Any) -> list[dict[str, Any]]:
         """POST /v1/explain in requests of EXPLAIN_TEXTS texts; each answer's shape checked."""
         explanations = []
@@ -470,6 +484,8 @@ def summarise_faithfulness(rows: list[dict[str, Any]]) -> dict[str, Any]:
             summary[where][method] = {str(k): bootstrap([r["falls"][where][method][k] for r in rows]) for k in KS}
         summary["ours_minus_ig"][where] = {str(k): bootstrap([
             r["falls"][where]["ours"][k] - r["falls"][where]["integrated gradients"][k] for r in rows]) for k in KS}
+        summary.setdefault("ours_minus_random", {})[where] = {str(k): bootstrap([
+            r["falls"][where]["ours"][k] - r["falls"][where]["random"][k] for r in rows]) for k in KS}
     for k in KS:
         torch_falls = {method: summary["torch"][method][str(k)]["mean"] for method in METHODS}
         summary["goals"][str(k)] = {
@@ -534,13 +550,13 @@ def planted_nearest(served: Served, train: dict[str, list[str]], test: dict[str,
     of_truth = {label: [text for text, truth in truth_of.items() if truth == label] for label in train}
     planted_of_truth = {label: sum(p["true"] == label for p in planted) for label in train}
     items = [(text, label) for label in sorted(test) for text in distinct(test[label])]
-    predictions: list[str] = []
-    for start in range(0, len(items), PREDICT_TEXTS):
-        chunk = [text for text, _ in items[start:start + PREDICT_TEXTS]]
-        response = served.client.post("/v1/predict", json={"model_name": tag, "texts": chunk})
-        response.raise_for_status()
-        predictions += [p["label"] for p in response.json()["predictions"]]
+    predictions = served.labels(tag, [text for text, _ in items])
     answered = [(text, truth, predicted) for (text, truth), predicted in zip(items, predictions, strict=True)]
+    # The control: the same draw with no label planted. A planted pair it mispredicts the same way was not
+    # the planting's doing; one it gets right was.
+    control = served.train(f"explain-clean-{seed}", [{"text": text, "label": truth_of[text]} for text in truth_of])
+    clean_of = dict(zip([text for text, _ in items], served.labels(control["tag"], [text for text, _ in items]),
+                        strict=True))
     groups: dict[str, list[tuple[str, str, str]]] = {
         PAIR: [a for a in answered if (a[1], a[2]) in pairs],
         INTO_PLANTED: [a for a in answered if a[2] != a[1] and a[2] in wrong_labels and (a[1], a[2]) not in pairs],
@@ -549,6 +565,10 @@ def planted_nearest(served: Served, train: dict[str, list[str]], test: dict[str,
     result: dict[str, Any] = {"seed": seed, "tag": tag, "backend": version["backend"], "examples": len(examples),
                               "planted": len(planted), "chance": round(len(planted) / len(examples), 4),
                               "accuracy": round(statistics.fmean(float(p == t) for _, t, p in answered), 4),
+                              "clean_tag": control["tag"],
+                              "clean_accuracy": round(statistics.fmean(float(clean_of[x] == t) for x, t, _ in answered),
+                                                      4),
+                              "clean_pair_mispredictions": sum((t, clean_of[x]) in pairs for x, t, _ in answered),
                               "groups": {}}
     rng = random.Random(30_000 + seed)
     for name, members in groups.items():
@@ -557,8 +577,8 @@ def planted_nearest(served: Served, train: dict[str, list[str]], test: dict[str,
             if chosen else []
         counts = {"texts": len(members), "explained": len(chosen), "top1_planted": 0, f"top{NEIGHBOURS}_planted": 0,
                   "top1_planted_culprit": 0, "top1_same_topic": 0, "top1_label_is_predicted": 0,
-                  "topic_chance_sum": 0.0}
-        for (_, truth, predicted), explanation in zip(chosen, explanations, strict=True):
+                  "topic_chance_sum": 0.0, "caused": 0, "caused_top1_planted": 0}
+        for (text, truth, predicted), explanation in zip(chosen, explanations, strict=True):
             near = explanation["nearest"]
             keys = [(n["text"], n["label"]) for n in near]
             counts["top1_planted"] += bool(keys) and keys[0] in planted_keys
@@ -570,6 +590,9 @@ def planted_nearest(served: Served, train: dict[str, list[str]], test: dict[str,
             counts["top1_label_is_predicted"] += bool(keys) and keys[0][1] == predicted
             # chance within the text's topic: its true label's training texts that are planted
             counts["topic_chance_sum"] += planted_of_truth[truth] / max(1, len(of_truth[truth]))
+            if predicted != truth and clean_of[text] == truth:  # the planting's doing (the control got it right)
+                counts["caused"] += 1
+                counts["caused_top1_planted"] += bool(keys) and keys[0] in planted_keys
         result["groups"][name] = counts
     print(f"  audit seed {seed}: accuracy {result['accuracy']}, top-1 planted: " + "; ".join(
         f"{name.split(':')[0]} {g['top1_planted']}/{g['explained']}" for name, g in result["groups"].items()),
@@ -580,7 +603,10 @@ def planted_nearest(served: Served, train: dict[str, list[str]], test: dict[str,
 def summarise_planted(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Each group's counts over the seeds, as shares of the texts explained."""
     summary: dict[str, Any] = {"seeds": len(runs), "chance": round(statistics.fmean(r["chance"] for r in runs), 4),
-                               "accuracy": round(statistics.fmean(r["accuracy"] for r in runs), 4), "groups": {}}
+                               "accuracy": round(statistics.fmean(r["accuracy"] for r in runs), 4),
+                               "clean_accuracy": round(statistics.fmean(r["clean_accuracy"] for r in runs), 4),
+                               "clean_pair_mispredictions": sum(r["clean_pair_mispredictions"] for r in runs),
+                               "groups": {}}
     for name in runs[0]["groups"]:
         total = {key: sum(r["groups"][name][key] for r in runs) for key in runs[0]["groups"][name]}
         explained = total["explained"]
@@ -594,6 +620,9 @@ def summarise_planted(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                                       "top1_planted_culprit", "top1_same_topic",
                                                       "top1_label_is_predicted")},
             "topic_chance": share("topic_chance_sum"),
+            "caused": total["caused"],
+            "caused_top1_planted_share": round(total["caused_top1_planted"] / total["caused"], 4)
+            if total["caused"] else None,
             "top1_planted_ci": wilson(int(total["top1_planted"]), explained)}
     return summary
 
@@ -615,7 +644,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Explanations (issue 44), {report['when']}", "",
              f"{report['machine']}; server INFERENCE_BACKEND=AUTO (served by {', '.join(report['backends'])}); "
              f"{BASE_MODEL} `head` versions trained through POST /v1/train, {SHOTS} examples per label; seeds "
-             f"{setup['seeds']}; {setup['texts']} test texts of ≥ {MIN_WORDS} words per seed and data set; "
+             f"{setup['seeds']}; {setup['texts']} test texts of {MIN_WORDS}–{MAX_EXPLAIN_SPANS} words per seed and "
+             "data set; "
              f"IG: captum {setup['captum']} LayerIntegratedGradients, {IG_STEPS} steps, baseline [PAD]'s embedding "
              f"([CLS]/[SEP] kept); random: mean of {RANDOM_DRAWS} draws. Total {report['wall_seconds']:.0f} s.", ""]
     if report.get("faithfulness"):
@@ -635,12 +665,14 @@ def markdown(report: dict[str, Any]) -> str:
                         s = summary[where][method][str(k)]
                         cells.append(f"{s['mean']:.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}]")
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
-            cells = []
-            for k in KS:
-                for where in ("torch", "served"):
-                    s = summary["ours_minus_ig"][where][str(k)]
-                    cells.append(f"{s['mean']:+.4f} [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}]")
-            lines += ["| ours − IG (paired) | " + " | ".join(cells) + " |", ""]
+            for key, name in (("ours_minus_ig", "ours − IG (paired)"), ("ours_minus_random", "ours − random (paired)")):
+                cells = []
+                for k in KS:
+                    for where in ("torch", "served"):
+                        s = summary[key][where][str(k)]
+                        cells.append(f"{s['mean']:+.4f} [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}]")
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
             for k in KS:
                 goal = summary["goals"][str(k)]
                 ratio = "∞ (random ≤ 0)" if goal["ours_vs_random"] is None else f"{goal['ours_vs_random']}×"
@@ -684,7 +716,12 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{cell(group[f'top{NEIGHBOURS}_planted_share'])} | "
                          f"{cell(group['top1_planted_culprit_share'])} | {cell(group['top1_same_topic_share'])} | "
                          f"{cell(group['top1_label_is_predicted_share'])} |")
-        lines.append("")
+        pair = planted["groups"][PAIR]
+        lines += ["", f"Control: the same draws with no label planted, trained and served the same way (test accuracy "
+                  f"{planted['clean_accuracy']}), mispredict {planted['clean_pair_mispredictions']} test texts as a "
+                  f"planted pair (true T as W) against {pair['texts']} with the planting; {pair['caused']} of the "
+                  f"planted pairs explained are the planting's doing (the control answered them right), and their "
+                  f"top-1 nearest example is planted for {cell(pair['caused_top1_planted_share'])} of them.", ""]
     problems = report.get("route_problems") or {}
     lines += ["## The route's answers", "",
               "Every explanation was checked against the contract (text, label = the prediction's, score, spans = "
