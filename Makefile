@@ -17,7 +17,7 @@ INFINITY_OPTIMUM_VENV ?= bench/.venv-infinity-optimum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = $(SUDO) apt-get install -y -q $(1) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q $(1); }
 
-.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-teach-loop bench-label-names bench-active-learning bench-promotion bench-out-of-scope bench-scope-cost bench-scope-backends bench-export-cost bench-modernbert bench-quality bench-label-tasks bench-long-texts bench-time-to-model bench-batch image standin-images dockerfile clean
+.PHONY: install install-test serve test lint bench bench-overhead bench-pipeline bench-worker-footprint bench-retraining bench-teach-loop bench-label-names bench-active-learning bench-promotion bench-out-of-scope bench-scope-cost bench-scope-backends bench-export-cost bench-modernbert bench-quality bench-label-tasks bench-long-texts bench-time-to-model bench-batch bench-explain image standin-images dockerfile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -177,6 +177,18 @@ bench-time-to-model: install-test
 BATCH_ARGS ?=
 bench-batch: install-test
 	$(BIN)/python -m bench.batch $(BATCH_ARGS)
+
+## Explanations (issue 44; ~12 min on 2 CPU cores): POST /v1/explain's occlusion word weights against integrated
+## gradients (captum, through the same version in torch) and random words on a deletion curve, banking77 and trec6,
+## 3 seeds; its cost against /v1/predict of the same text; its nearest examples on planted wrong labels (INFERENCE_BACKEND
+## AUTO): bench/results/explain-<time>.json and .md. captum comes from pyproject's `bench-explain` extra.
+EXPLAIN_ARGS ?=
+$(VENV)/.installed-bench-explain: $(VENV)/.installed-test
+	$(BIN)/pip install -q -e ".[bench-explain]"
+	touch $@
+
+bench-explain: $(VENV)/.installed-bench-explain
+	$(BIN)/python -m bench.explain $(EXPLAIN_ARGS)
 
 ## Quality benchmark (not part of the tests; ~10 min on 2 CPU cores): accuracy and training time
 ## per strategy on banking77, sst2 and trec6 from ../shared/data; writes bench/results/quality-<time>.*
