@@ -73,6 +73,9 @@ def test_the_word_that_decides_a_planted_label_carries_its_explanation(server: L
         assert nearest[0].label == "crypto" and nearest[0].text in {example["text"] for example in PLANTED}
         assert all(near.example_id == ids[near.text] for near in nearest)
         assert 0 < nearest[-1].similarity <= nearest[0].similarity <= 1
+        # the examples that taught it the answer: the explained label's nearest
+        assert [near.label for near in explanation.support] == ["crypto"] * 3
+        assert explanation.support[0] == nearest[0]
 
 
 def test_one_method_a_chosen_label_and_the_answer_as_predict_gives_it(server: LiveServer, model: str) -> None:
@@ -87,10 +90,10 @@ def test_one_method_a_chosen_label_and_the_answer_as_predict_gives_it(server: Li
             assert explained.prediction.score == pytest.approx(answer.score, abs=1e-4)
         assert near.prediction.label == CLEAR_TEXTS[text]
         assert near.spans is None and near.granularity is None and len(near.nearest) == 1
-        assert occlusion.nearest is None and occlusion.label == "card_arrival" and occlusion.spans
+        assert occlusion.nearest is None and occlusion.support is None and occlusion.label == "card_arrival" and occlusion.spans
     raw = httpx.post(f"{server.url}/v1/explain", json={"model_name": model, "texts": texts[:1],
                                                         "method": "neighbors"}, timeout=60).json()
-    assert set(raw["explanations"][0]) == {"text", "prediction", "label", "score", "nearest"}
+    assert set(raw["explanations"][0]) == {"text", "prediction", "label", "score", "nearest", "support"}
 
 
 def test_a_long_text_is_explained_by_sentences_up_to_the_limit(server: LiveServer, model: str) -> None:
@@ -120,11 +123,13 @@ def test_multi_label_and_abstaining_versions_are_explained(server: LiveServer, t
         tags = client.explain(multi, ["My card has not arrived yet."], top_k=2).explanations[0]
         assert tags.prediction.labels is not None and tags.label in {"urgent", *(e["label"] for e in train_examples)}
         assert tags.nearest[0].labels is not None and tags.nearest[0].label is None
+        assert all(tags.label in near.labels for near in tags.support)
         weather = client.explain(refusing, ["Will it rain tomorrow?"], top_k=2).explanations[0]
         assert weather.prediction.abstained and weather.prediction.label is None
         # what an abstention was near: its most probable label, and the `label: null` example it resembles
         assert weather.label == weather.prediction.scores[0].label and weather.spans
         assert weather.nearest[0].label is None and weather.nearest[0].text == "What is the weather tomorrow?"
+        assert [near.label for near in weather.support] == [weather.label] * 2
 
 
 @pytest.mark.parametrize(("body", "status", "named"), [

@@ -1,5 +1,6 @@
 """Why a version answered what it did (POST /v1/explain): the answer, the spans that carried it
-(occlusion) and the training examples nearest the text (neighbours).
+(occlusion), and the training examples nearest the text: of any label, and of the explained one
+(neighbours; its `support`: where a wrong label that taught the answer shows itself).
 
 Everything is asked of the inference service like any other prediction: the whole texts, every
 occlusion variant and the texts' embeddings go out together, so the coalescer merges them into the
@@ -59,6 +60,11 @@ class TrainingPoints:
     texts: list[str]
     targets: list[Target]
     vectors: np.ndarray
+
+    def rows_with(self, label: str) -> np.ndarray:
+        """The rows whose training label is `label` (or, multi-label, whose labels include it)."""
+        return np.array([row for row, target in enumerate(self.targets)
+                         if target == label or (isinstance(target, tuple) and label in target)], dtype=np.int64)
 
 
 NO_POINTS = TrainingPoints([], [], np.empty((0, 0), dtype=np.float32))
@@ -129,6 +135,9 @@ async def explain(body: ExplainRequest, client: InferenceDep, sets: ExampleStore
             query = np.frombuffer(embedded[index].vector, dtype=np.float32)
             explanation.nearest = [near_example(points, row, similarity, ids)
                                    for row, similarity in nearest(query, points.vectors, body.top_k)]
+            rows = points.rows_with(label)
+            explanation.support = [near_example(points, int(rows[row]), similarity, ids)
+                                   for row, similarity in nearest(query, points.vectors[rows], body.top_k)]
         explanations.append(explanation)
     return ExplainResponse(explanations=explanations, model_version=version.tag)
 

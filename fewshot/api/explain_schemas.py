@@ -35,7 +35,8 @@ class ExplainRequest(BaseModel):
         "Occlusion's spans: words, or sentences. A text of more than MAX_EXPLAIN_SPANS words is explained by "
         "sentences (its `granularity` says so); more sentences than that is a 400."))
     top_k: int = Field(strict=True, default=3, ge=1, le=MAX_NEAREST,
-                       description="How many nearest training examples to list per text.")
+                       description=(
+        "How many nearest training examples to list per text (in `nearest`, and again in `support`)."))
     label: NonBlankLabel | None = Field(default=None, description=(
         "Explain this label's probability (why not this label?) instead of the answered one."))
     abstain: bool = Field(default=False, description="As /v1/predict: the prediction explained may abstain.")
@@ -78,13 +79,16 @@ class Explanation(BaseModel):
     granularity: Literal["word", "sentence"] | None = Field(default=None, description="Occlusion: the spans'.")
     spans: list[SpanWeight] | None = Field(default=None, description="Occlusion: every span, in text order.")
     nearest: list[NearExample] | None = Field(default=None, description=(
-        "Neighbors: the training examples nearest the text, most similar first; empty for a version that kept "
-        "none (imported)."))
+        "Neighbors: the training examples nearest the text, whatever their label, most similar first; empty for "
+        "a version that kept none (imported)."))
+    support: list[NearExample] | None = Field(default=None, description=(
+        "Neighbors: the training examples with the explained label nearest the text, most similar first: those "
+        "that taught it this answer (a wrong label among them is the one to fix)."))
 
     @model_serializer(mode="wrap")
     def _method_fields_only(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = serialize(self)
-        for key in ("granularity", "spans", "nearest"):
+        for key in ("granularity", "spans", "nearest", "support"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
