@@ -503,6 +503,14 @@ def test_try_it_explains_an_answer_and_links_its_nearest_examples(page: Recorded
         assert similarity == pytest.approx(near["similarity"], abs=2e-3)
         expect(row.get_by_role("link")).to_have_count(1 if near["example_id"] else 0)
     expect(rows.first).to_contain_text("no longer in the set")
+    # and the nearest of the explained label: what taught it the answer
+    support = box.locator("table.support tbody tr")
+    expect(support).to_have_count(len(expected["support"]))
+    heading = "Nearest examples labelled crypto: what taught it this answer"
+    expect(box.get_by_role("heading", name=heading)).to_be_visible()
+    for row, near in zip(support.all(), expected["support"], strict=True):
+        expect(row.locator("td").nth(0)).to_have_text(near["text"])
+        expect(row.locator("td").nth(1)).to_have_text("crypto")
     page.screenshot("try-it-explained")
     linked = expected["nearest"][1]
     link = rows.nth(1).get_by_role("link", name=f"Show in the example set: {linked['text']}")

@@ -1440,7 +1440,11 @@ function explanationView(explanation, tag) {
         ? el("span", { class: "granularity" }, "by sentence: the text has more words than are weighed one at a time")
         : null),
     ...(explanation.spans ? weightedText(explanation, unit) : []),
-    ...(explanation.nearest ? nearestExamples(explanation.nearest, tag.split(":")[0]) : []),
+    ...(explanation.nearest ? nearestExamples(explanation.nearest, tag.split(":")[0], "Nearest training examples",
+      "nearest") : []),
+    // a wrong label that taught the answer shows here: the mislabelled text is the nearest of its label
+    ...(explanation.support?.length ? nearestExamples(explanation.support, tag.split(":")[0],
+      `Nearest examples labelled ${label}: what taught it this answer`, "support") : []),
   ];
 }
 
@@ -1483,7 +1487,7 @@ function weightedText(explanation, unit) {
   ];
 }
 
-function nearestExamples(nearest, modelName) {
+function nearestExamples(nearest, modelName, title, kind) {
   if (!nearest.length) return [el("p", { class: "muted" }, "No training examples to compare with (an imported version).")];
   const rows = nearest.map((near) => el("tr", { "data-example": near.example_id ?? "" },
     el("td", { class: "near-text" }, near.text),
@@ -1494,8 +1498,8 @@ function nearestExamples(nearest, modelName) {
         "Show in the example set")
       : el("span", { class: "muted" }, "no longer in the set"))));
   return [
-    el("h4", {}, "Nearest training examples"),
-    el("table", { class: "nearest" },
+    el("h4", {}, title),
+    el("table", { class: `near-examples ${kind}` },
       el("thead", {}, el("tr", {}, el("th", {}, "Text"), el("th", {}, "Label"), el("th", {}, "Similarity"),
         el("th", {}, el("span", { class: "visually-hidden" }, "Link")))),
       el("tbody", {}, rows)),
