@@ -64,6 +64,14 @@ def test_the_word_that_decides_a_planted_label_carries_its_explanation(server: L
         without_it = without(DECIDED, [Span(top.start, top.end)])
         assert top.weight == pytest.approx(explanation.score - probability(client, model, without_it, "crypto"),
                                            abs=1e-4)
+        # ranks: the heaviest first, then by the fall with it left out (the second round), as /v1/predict answers
+        spans = explanation.spans
+        assert sorted(span.rank for span in spans) == list(range(1, len(spans) + 1)) and top.rank == 1
+        others = sorted((span for span in spans if span is not top), key=lambda span: span.rank)
+        pairs = [without(DECIDED, [Span(top.start, top.end), Span(span.start, span.end)]) for span in others]
+        left = [next(scored.score for scored in answer.scores if scored.label == "crypto")
+                for answer in client.predict(model, pairs, top_k=5).predictions]
+        assert left == pytest.approx(sorted(left), abs=1e-4)  # the label's probability rises along the ranks
         # the nearest training examples are the planted ones, named by their ids in the set
         assert explained.model_version == client.model(model).tag
         ids = {example.text: example.id for example in client.examples(model, limit=100).examples}
@@ -90,7 +98,8 @@ def test_one_method_a_chosen_label_and_the_answer_as_predict_gives_it(server: Li
             assert explained.prediction.score == pytest.approx(answer.score, abs=1e-4)
         assert near.prediction.label == CLEAR_TEXTS[text]
         assert near.spans is None and near.granularity is None and len(near.nearest) == 1
-        assert occlusion.nearest is None and occlusion.support is None and occlusion.label == "card_arrival" and occlusion.spans
+        assert occlusion.nearest is None and occlusion.support is None
+        assert occlusion.label == "card_arrival" and occlusion.spans
     raw = httpx.post(f"{server.url}/v1/explain", json={"model_name": model, "texts": texts[:1],
                                                         "method": "neighbors"}, timeout=60).json()
     assert set(raw["explanations"][0]) == {"text", "prediction", "label", "score", "nearest", "support"}

@@ -12,9 +12,12 @@ from fewshot.api.explain import plan_occlusion
 from fewshot.api.explain_schemas import MAX_EXPLAIN_CHARS, ExplainRequest
 from fewshot.learning.explanations import (
     Span,
+    heaviest,
     nearest,
     occlusion_variants,
     occlusion_weights,
+    ranks,
+    second_round_variants,
     spans_of,
     spans_within,
     without,
@@ -82,3 +85,16 @@ def test_the_plan_names_the_limit_a_request_is_over() -> None:
     plans = plan_occlusion(ExplainRequest(model_name="m", texts=["where is my card"]))
     assert plans[0].granularity == "word" and len(plans[0].variants) == 4
     assert plan_occlusion(ExplainRequest(model_name="m", texts=texts, method="neighbors"))[0].variants == ()
+
+
+def test_the_second_round_ranks_by_the_fall_with_the_heaviest_left_out() -> None:
+    spans = spans_of("how many people live here", "word")
+    weights = [0.01, 0.02, 0.30, 0.0, 0.05]
+    top = heaviest(weights)
+    assert top == 2 and heaviest([0.1, 0.1]) == 0  # ties: the first
+    assert second_round_variants("how many people live here", spans, top) == [
+        "many live here", "how live here", "how many here", "how many live"]
+    # with "people" left out, leaving out "how" lowers the label most (0.2), though it weighed little alone
+    assert ranks(weights, top, [0.2, 0.5, 0.6, 0.4]) == [2, 4, 1, 5, 3]
+    assert ranks(weights) == [4, 3, 1, 5, 2]  # one round: by weight
+    assert ranks([0.0, 0.0, 0.0], None) == [1, 2, 3]

@@ -37,9 +37,12 @@ from fewshot.api.inference_schemas import PredictRequest
 from fewshot.learning.explanations import (
     Granularity,
     Span,
+    heaviest,
     nearest,
     occlusion_variants,
     occlusion_weights,
+    ranks,
+    second_round_variants,
     spans_within,
 )
 from fewshot.learning.selection import normalized
@@ -119,18 +122,22 @@ async def explain(body: ExplainRequest, client: InferenceDep, sets: ExampleStore
             or not all(item.found for item in embedded or []):
         return errors.unknown_model(version.tag)  # deleted while it was explained
     ids = {example.text: example.id for example in in_set or []}
-    variant_scores = iter(variant_answers or [])
+    labels = [body.label or answer.label or (answer.scores or [])[0].label for answer in answers]
+    weights = first_round(plans, answers, labels, variant_answers or []) if body.occludes else []
+    rounds = await second_round(client, version.tag, every_label, body.texts, plans, labels, weights) \
+        if body.occludes else []
+    if rounds is None:
+        return errors.unknown_model(version.tag)
     explanations = []
-    for index, (text, answer, prediction, plan) in enumerate(zip(body.texts, answers, shown.predictions, plans,
-                                                                 strict=True)):
-        label = body.label or answer.label or (answer.scores or [])[0].label
-        score = score_of(answer, label)
-        explanation = Explanation(text=text, prediction=prediction, label=label, score=round(score, 6))
+    for index, (text, answer, prediction, plan, label) in enumerate(zip(body.texts, answers, shown.predictions, plans,
+                                                                        labels, strict=True)):
+        explanation = Explanation(text=text, prediction=prediction, label=label,
+                                  score=round(score_of(answer, label), 6))
         if body.occludes:
-            left = [score_of(next(variant_scores), label) for _ in plan.variants]
             explanation.granularity = plan.granularity
-            explanation.spans = [SpanWeight(start=span.start, end=span.end, text=span.of(text), weight=round(weight, 6))
-                                 for span, weight in zip(plan.spans, occlusion_weights(score, left), strict=True)]
+            explanation.spans = [SpanWeight(start=span.start, end=span.end, text=span.of(text), weight=round(weight, 6),
+                                            rank=rank)
+                                 for span, weight, rank in zip(plan.spans, weights[index], rounds[index], strict=True)]
         if body.neighbors:
             query = np.frombuffer(embedded[index].vector, dtype=np.float32)
             explanation.nearest = [near_example(points, row, similarity, ids)
@@ -140,6 +147,32 @@ async def explain(body: ExplainRequest, client: InferenceDep, sets: ExampleStore
                                    for row, similarity in nearest(query, points.vectors[rows], body.top_k)]
         explanations.append(explanation)
     return ExplainResponse(explanations=explanations, model_version=version.tag)
+
+
+def first_round(plans: Sequence[Plan], answers: Sequence[ItemPrediction], labels: Sequence[str],
+                variant_answers: Sequence[ItemPrediction]) -> list[list[float]]:
+    """Each text's span weights: its label's probability on the whole text minus without each span."""
+    left = iter(variant_answers)
+    return [occlusion_weights(score_of(answer, label), [score_of(next(left), label) for _ in plan.variants])
+            for plan, answer, label in zip(plans, answers, labels, strict=True)]
+
+
+async def second_round(client: InferenceClient, tag: str, every_label: int, texts: Sequence[str],
+                       plans: Sequence[Plan], labels: Sequence[str],
+                       weights: Sequence[list[float]]) -> list[list[int]] | None:
+    """Each text's span ranks (fewshot/learning/explanations.py `ranks`): its heaviest span left out with each
+    other in turn, every text's variants asked together; a text of two spans or fewer ranks by weight alone.
+    None: the version was deleted meanwhile."""
+    tops = [heaviest(weighed) if len(plan.spans) > 2 else None for plan, weighed in zip(plans, weights, strict=True)]
+    variants = [second_round_variants(text, plan.spans, top) if top is not None else []
+                for text, plan, top in zip(texts, plans, tops, strict=True)]
+    flat = [variant for per_text in variants for variant in per_text]
+    answers = await client.answers(tag, flat, top_k=every_label) if flat else []
+    if answers is None:
+        return None
+    left = iter(answers)
+    return [ranks(weighed, top, [score_of(next(left), label) for _ in per_text])
+            for weighed, top, per_text, label in zip(weights, tops, variants, labels, strict=True)]
 
 
 def plan_occlusion(body: ExplainRequest) -> list[Plan] | JSONResponse:
@@ -156,9 +189,9 @@ def plan_occlusion(body: ExplainRequest) -> list[Plan] | JSONResponse:
         granularity, spans = chosen
         variants = occlusion_variants(text, spans)
         plans.append(Plan(granularity, tuple(spans), tuple(variants)))
-        work += len(text) + sum(map(len, variants))
+        work += len(text) + 2 * sum(map(len, variants))  # the second round's variants are shorter still
     if work > MAX_EXPLAIN_CHARS:
-        return errors.invalid(f"texts: explaining them predicts {work:,} characters (each text, and each once "
+        return errors.invalid(f"texts: explaining them predicts {work:,} characters (each text, and each twice "
                               f"per span left out), over the limit of {MAX_EXPLAIN_CHARS:,} per request; send "
                               "fewer or shorter texts, or `granularity: sentence`")
     return plans

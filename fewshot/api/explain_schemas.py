@@ -11,11 +11,11 @@ from fewshot.api.inference_schemas import Prediction
 from fewshot.api.schemas import ModelReference, NonBlankLabel, NonBlankText, OneLabelForm
 
 MAX_EXPLAIN_TEXTS = 16
-"""Texts in one explain request: each costs up to MAX_EXPLAIN_SPANS + 1 predictions."""
+"""Texts in one explain request: each costs up to 2 × MAX_EXPLAIN_SPANS predictions."""
 MAX_EXPLAIN_CHARS = 1_000_000
-"""Characters predicted for one explain request, the whole texts and every occlusion variant together:
-the work one request may ask of the inference service (~250,000 tokens; a 200-word text explained word
-by word is ~80,000 characters)."""
+"""Characters predicted for one explain request, the whole texts and both rounds of occlusion variants
+together: the work one request may ask of the inference service (~250,000 tokens; a 200-word text
+explained word by word is ~160,000 characters)."""
 MAX_NEAREST = 20
 
 Method = Literal["both", "occlusion", "neighbors"]
@@ -28,9 +28,9 @@ class ExplainRequest(BaseModel):
     model_name: ModelReference = Field(description="A model's name (its latest version) or name:version.")
     texts: list[NonBlankText] = Field(min_length=1, max_length=MAX_EXPLAIN_TEXTS)
     method: Method = Field(default="both", description=(
-        "`occlusion`: each span's weight, how much the explained label's probability falls without it (N + 1 "
-        "predictions for a text of N spans, batched); `neighbors`: the training examples nearest the text; "
-        "`both`."))
+        "`occlusion`: each span's weight, how much the explained label's probability falls without it, and its "
+        "rank (2N predictions for a text of N spans, in two batched rounds); `neighbors`: the training examples "
+        "nearest the text; `both`."))
     granularity: Literal["word", "sentence"] = Field(default="word", description=(
         "Occlusion's spans: words, or sentences. A text of more than MAX_EXPLAIN_SPANS words is explained by "
         "sentences (its `granularity` says so); more sentences than that is a 400."))
@@ -58,6 +58,10 @@ class SpanWeight(BaseModel):
     weight: float = Field(description=(
         "The explained label's probability on the whole text minus on the text without this span: positive, "
         "the span carried the answer; negative, it pulled away from it."))
+    rank: int = Field(description=(
+        "1 for the span whose leaving out lowers the explained label most; then the others by how far the label "
+        "falls when each is left out together with rank 1 (a second round of occlusion): the order in which the "
+        "spans carried the answer, words that stand in for each other included. Ties keep text order."))
 
 
 class NearExample(OneLabelForm):
