@@ -182,6 +182,7 @@ bench-batch: install-test
 ## gradients (captum, through the same version in torch) and random words on a deletion curve, banking77 and trec6,
 ## 3 seeds; its cost against /v1/predict of the same text; its nearest examples on planted wrong labels (INFERENCE_BACKEND
 ## AUTO): bench/results/explain-<time>.json and .md. captum comes from pyproject's `bench-explain` extra.
+## One section alone: EXPLAIN_ARGS="--only planted" (or faithfulness, cost; --phases a,b for several).
 EXPLAIN_ARGS ?=
 $(VENV)/.installed-bench-explain: $(VENV)/.installed-test
 	$(BIN)/pip install -q -e ".[bench-explain]"

@@ -2,6 +2,8 @@
 explanation costs, and whether its nearest examples point at planted wrong labels. Peers in the same run.
 
     make bench-explain     (or: .venv/bin/python -m bench.explain [--data ../shared/data])
+    make bench-explain EXPLAIN_ARGS="--only planted"    (one section alone: faithfulness, cost or planted;
+                                                         --phases takes several, comma-separated)
 
 Server: `bentoml serve` as a user starts it (harness/live_server.py: temporary MODEL_PATH, embedded
 trainer) with INFERENCE_BACKEND=AUTO, the default (the harness sets TORCH). Every version is a `head`
@@ -51,11 +53,20 @@ prediction the bench waits until AUTO has exported and swapped in the backend it
    top_k NEIGHBOURS): the share whose top-1 nearest example is a planted one, against chance (planted /
    training examples) and the topic chance (planted among the training texts of the test text's true
    label: what a neighbour that found only the topic would give); also whether the top-1 is the culprit
-   (a planted T text labelled W), of the text's topic, and labelled as predicted. Control: the same draw with
-   no label planted, trained and served the same way: the planted pairs it mispredicts too were not the
-   planting's doing; those it answers right were (the share of these whose top-1 is planted is reported).
+   (a planted T text labelled W), of the text's topic, and labelled as predicted. The same of the route's
+   `support` (the top_k training examples nearest the text among those given the explained label, here the
+   predicted W): its top-1 planted, a planted one in its top NEIGHBOURS, its top-1 the culprit, against
+   support's chance (planted among the training examples labelled W: a top-1 drawn from support's pool at
+   random). Control: the same draw with no label planted, trained and served the same way: the planted pairs
+   it mispredicts too were not the planting's doing; those it answers right were (the share of these whose
+   top-1 is planted is reported, nearest's and support's). The results keep each planted pair's top-1 of both.
 
-Writes bench/results/explain-<time>.json and .md; the Markdown also goes to stdout.
+Every explanation is checked against the route's contract (Served.check), `support` included: present with
+method neighbors/both and absent with occlusion, every example of the explained label (multi-label: among its
+labels), best first, at most top_k, holding nearest's examples of that label.
+
+Writes bench/results/explain-<time>.json and .md (the sections run; --note adds a sentence to the header, e.g.
+where the others are); the Markdown also goes to stdout.
 """
 
 from __future__ import annotations
@@ -102,6 +113,8 @@ RANDOM_FACTOR = 2.0
 FLIPPED_SHARE = 0.05
 """As bench/active_learning.py's label audit."""
 NEIGHBOURS = 3
+PHASES = ("faithfulness", "cost", "planted")
+"""The sections, in order (--phases, --only)."""
 METHODS = ("ours", "integrated gradients", "occlusion (torch fp32)", "random")
 PAIR = "planted pair: true T predicted W, and a T text was planted as W"
 INTO_PLANTED = "other misprediction into a label given to a planted example"
@@ -399,6 +412,7 @@ class Served:
                 self.problem("`nearest` not best first")
             if not nearest or len(nearest) > options.get("top_k", 3):
                 self.problem("nearest empty or more than top_k", f"{len(nearest)} for top_k {options.get('top_k', 3)}")
+        self.check_support(explanation, method, options.get("top_k", 3))
         prediction = explanation.get("prediction") or {}
         if options.get("label") is None and prediction.get("label") != explanation.get("label"):
             self.problem("the explained label is not the predicted one (no `label` asked)",
@@ -406,6 +420,35 @@ class Served:
         scores = (prediction.get("score"), explanation.get("score"))
         if options.get("label") is None and None not in scores and abs(scores[0] - scores[1]) > 1e-4:
             self.problem("`score` differs from the prediction's", f"{scores[1]} against {scores[0]}")
+
+
+    def check_support(self, explanation: dict[str, Any], method: str, top_k: int) -> None:
+        """`support`: only with neighbours; the explained label's training examples (multi-label: the label among
+        their labels), best first, at most top_k; and every `nearest` example of that label among them (the same
+        ranking within the label's examples; a tie at support's last place excepted)."""
+        support = explanation.get("support")
+        if method == "occlusion":
+            if support is not None:
+                self.problem("`support` in a method=occlusion explanation")
+            return
+        if support is None:
+            self.problem(f"no `support` for method={method}")
+            return
+        label = explanation.get("label")
+        if not support or len(support) > top_k:
+            self.problem("support empty or more than top_k", f"{len(support)} for top_k {top_k}")
+        if any(item.get("label") != label and label not in (item.get("labels") or []) for item in support):
+            self.problem("a `support` example without the explained label",
+                         f"{[(item.get('label'), item.get('labels')) for item in support]} for {label!r}")
+        similarities = [item["similarity"] for item in support]
+        if similarities != sorted(similarities, reverse=True):
+            self.problem("`support` not best first")
+        shown = {item["text"] for item in support}
+        for item in explanation.get("nearest") or []:
+            if (item.get("label") == label or label in (item.get("labels") or [])) and item["text"] not in shown \
+                    and not (support and item["similarity"] <= support[-1]["similarity"] + 1e-4):
+                self.problem("a `nearest` example of the explained label missing from `support`",
+                             f"{item['text']!r} ({item['similarity']}) for {label!r}")
 
 
 # 1. Faithfulness
@@ -560,6 +603,9 @@ def planted_nearest(served: Served, train: dict[str, list[str]], test: dict[str,
     truth_of = {e["text"]: e["label"] for e in examples} | {p["text"]: p["true"] for p in planted}
     of_truth = {label: [text for text, truth in truth_of.items() if truth == label] for label in train}
     planted_of_truth = {label: sum(p["true"] == label for p in planted) for label in train}
+    # support's chance: planted among the training examples given the explained label (support's pool)
+    given = {label: sum(e["label"] == label for e in examples) for label in train}
+    planted_given = {label: sum(p["label"] == label for p in planted) for label in train}
     items = [(text, label) for label in sorted(test) for text in distinct(test[label])]
     predictions = served.labels(tag, [text for text, _ in items])
     answered = [(text, truth, predicted) for (text, truth), predicted in zip(items, predictions, strict=True)]
@@ -588,10 +634,20 @@ def planted_nearest(served: Served, train: dict[str, list[str]], test: dict[str,
             if chosen else []
         counts = {"texts": len(members), "explained": len(chosen), "top1_planted": 0, f"top{NEIGHBOURS}_planted": 0,
                   "top1_planted_culprit": 0, "top1_same_topic": 0, "top1_label_is_predicted": 0,
-                  "topic_chance_sum": 0.0, "caused": 0, "caused_top1_planted": 0}
+                  "topic_chance_sum": 0.0, "caused": 0, "caused_top1_planted": 0,
+                  "support_top1_planted": 0, f"support_top{NEIGHBOURS}_planted": 0, "support_top1_planted_culprit": 0,
+                  "support_chance_sum": 0.0, "caused_support_top1_planted": 0, "caused_support_top1_planted_culprit": 0}
         for (text, truth, predicted), explanation in zip(chosen, explanations, strict=True):
             near = explanation["nearest"]
             keys = [(n["text"], n["label"]) for n in near]
+            # support: the explained label's (= the prediction's: the route check holds it) nearest examples
+            backing = [(n["text"], n["label"]) for n in explanation.get("support") or []]
+            support_planted = bool(backing) and backing[0] in planted_keys
+            support_culprit = support_planted and (truth_of[backing[0][0]], backing[0][1]) == (truth, predicted)
+            counts["support_top1_planted"] += support_planted
+            counts[f"support_top{NEIGHBOURS}_planted"] += any(key in planted_keys for key in backing)
+            counts["support_top1_planted_culprit"] += support_culprit
+            counts["support_chance_sum"] += planted_given[explanation["label"]] / max(1, given[explanation["label"]])
             counts["top1_planted"] += bool(keys) and keys[0] in planted_keys
             counts[f"top{NEIGHBOURS}_planted"] += any(key in planted_keys for key in keys)
             # the culprit: a planted example of the text's own topic given the label it was mispredicted as
@@ -601,14 +657,31 @@ def planted_nearest(served: Served, train: dict[str, list[str]], test: dict[str,
             counts["top1_label_is_predicted"] += bool(keys) and keys[0][1] == predicted
             # chance within the text's topic: its true label's training texts that are planted
             counts["topic_chance_sum"] += planted_of_truth[truth] / max(1, len(of_truth[truth]))
-            if predicted != truth and clean_of[text] == truth:  # the planting's doing (the control got it right)
+            caused = predicted != truth and clean_of[text] == truth  # the planting's doing (the control got it right)
+            if caused:
                 counts["caused"] += 1
                 counts["caused_top1_planted"] += bool(keys) and keys[0] in planted_keys
+                counts["caused_support_top1_planted"] += support_planted
+                counts["caused_support_top1_planted_culprit"] += support_culprit
+            if name == PAIR:  # few (61 in 10 seeds): each kept, its top-1 of both lists
+                result.setdefault("pairs", []).append({
+                    "text": text, "true": truth, "predicted": predicted, "caused": caused,
+                    "nearest_top1": top1(near, planted_keys), "support_top1": top1(explanation.get("support"),
+                                                                                   planted_keys)})
         result["groups"][name] = counts
-    print(f"  audit seed {seed}: accuracy {result['accuracy']}, top-1 planted: " + "; ".join(
-        f"{name.split(':')[0]} {g['top1_planted']}/{g['explained']}" for name, g in result["groups"].items()),
-        flush=True)
+    print(f"  audit seed {seed}: accuracy {result['accuracy']}, top-1 planted (nearest, support): " + "; ".join(
+        f"{name.split(':')[0]} {g['top1_planted']}, {g['support_top1_planted']} /{g['explained']}"
+        for name, g in result["groups"].items()), flush=True)
     return result
+
+
+def top1(items: list[dict[str, Any]] | None, planted_keys: set[tuple[str, str]]) -> dict[str, Any] | None:
+    """A list's best example as the results file keeps it: text, label, similarity, planted or not."""
+    if not items:
+        return None
+    best = items[0]
+    return {"text": best["text"], "label": best.get("label"), "similarity": best["similarity"],
+            "planted": (best["text"], best["label"]) in planted_keys}
 
 
 def summarise_planted(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -618,6 +691,12 @@ def summarise_planted(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                "clean_accuracy": round(statistics.fmean(r["clean_accuracy"] for r in runs), 4),
                                "clean_pair_mispredictions": sum(r["clean_pair_mispredictions"] for r in runs),
                                "groups": {}}
+    # the planted pairs the control mispredicts too (not the planting's doing): support's top-1 planted or not
+    not_caused = [pair for r in runs for pair in r.get("pairs", []) if not pair["caused"]]
+    summary["pairs_not_caused"] = {
+        "explained": len(not_caused),
+        **{f"{which}_top1_planted": sum(bool(p[f"{which}_top1"] and p[f"{which}_top1"]["planted"])
+                                        for p in not_caused) for which in ("nearest", "support")}}
     for name in runs[0]["groups"]:
         total = {key: sum(r["groups"][name][key] for r in runs) for key in runs[0]["groups"][name]}
         explained = total["explained"]
@@ -634,7 +713,17 @@ def summarise_planted(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "caused": total["caused"],
             "caused_top1_planted_share": round(total["caused_top1_planted"] / total["caused"], 4)
             if total["caused"] else None,
-            "top1_planted_ci": wilson(int(total["top1_planted"]), explained)}
+            "top1_planted_ci": wilson(int(total["top1_planted"]), explained),
+            **{f"{key}_share": share(key) for key in ("support_top1_planted", f"support_top{NEIGHBOURS}_planted",
+                                                      "support_top1_planted_culprit")},
+            **{f"{key}_ci": wilson(int(total[key]), explained)
+               for key in ("support_top1_planted", f"support_top{NEIGHBOURS}_planted",
+                           "support_top1_planted_culprit")},
+            "support_chance": share("support_chance_sum"),
+            **{f"{key}_share": round(total[key] / total["caused"], 4) if total["caused"] else None
+               for key in ("caused_support_top1_planted", "caused_support_top1_planted_culprit")},
+            **{f"{key}_ci": wilson(int(total[key]), int(total["caused"]))
+               for key in ("caused_top1_planted", "caused_support_top1_planted")}}
     return summary
 
 
@@ -652,13 +741,18 @@ def wilson(successes: int, n: int) -> list[float] | None:
 
 def markdown(report: dict[str, Any]) -> str:
     setup = report["setup"]
+    phases = setup.get("phases", PHASES)
+    faithfulness_setup = (
+        f"seeds {setup['seeds']}; {setup['texts']} test texts of {MIN_WORDS}–{MAX_EXPLAIN_SPANS} words per seed and "
+        f"data set; IG: captum {setup['captum']} LayerIntegratedGradients, {IG_STEPS} steps, baseline [PAD]'s "
+        f"embedding ([CLS]/[SEP] kept); random: mean of {RANDOM_DRAWS} draws. ") if "faithfulness" in phases else ""
+    not_run = [f"{number}. {phase}" for number, phase in enumerate(PHASES, 1) if phase not in phases]
     lines = [f"# Explanations (issue 44), {report['when']}", "",
              f"{report['machine']}; server INFERENCE_BACKEND=AUTO (served by {', '.join(report['backends'])}); "
-             f"{BASE_MODEL} `head` versions trained through POST /v1/train, {SHOTS} examples per label; seeds "
-             f"{setup['seeds']}; {setup['texts']} test texts of {MIN_WORDS}–{MAX_EXPLAIN_SPANS} words per seed and "
-             "data set; "
-             f"IG: captum {setup['captum']} LayerIntegratedGradients, {IG_STEPS} steps, baseline [PAD]'s embedding "
-             f"([CLS]/[SEP] kept); random: mean of {RANDOM_DRAWS} draws. Total {report['wall_seconds']:.0f} s.", ""]
+             f"{BASE_MODEL} `head` versions trained through POST /v1/train, {SHOTS} examples per label; "
+             f"{faithfulness_setup}Total {report['wall_seconds']:.0f} s."
+             + (f" Not run here: {', '.join(not_run)}." if not_run else "")
+             + (f" {report['note']}" if report.get("note") else ""), ""]
     if report.get("faithfulness"):
         lines += ["## 1. Faithfulness: fall of the explained label's probability with the top-k words removed", "",
                   "Mean over texts (seeds pooled) [95% bootstrap CI]. *torch*: the version in float32 in-process "
@@ -727,16 +821,48 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{cell(group[f'top{NEIGHBOURS}_planted_share'])} | "
                          f"{cell(group['top1_planted_culprit_share'])} | {cell(group['top1_same_topic_share'])} | "
                          f"{cell(group['top1_label_is_predicted_share'])} |")
+        lines += ["", f"*Support* (the route's `support`: the {NEIGHBOURS} training examples nearest the text among "
+                  "those given the explained label, here the predicted one). *Support chance*: the share of planted "
+                  "examples among the training examples given that label (support's pool: what a top-1 drawn from it "
+                  "at random would give). *Culprit*: a planted example of the text's true label T given the "
+                  "predicted label W. Nearest's top-1 planted (the table above) beside it.", "",
+                  f"| test texts | explained | support top-1 planted [95% CI] | support chance | planted in support "
+                  f"top {NEIGHBOURS} [95% CI] | support top-1 the culprit [95% CI] | nearest top-1 planted |",
+                  "|---|---|---|---|---|---|---|"]
+
+        def with_ci(group: dict[str, Any], key: str) -> str:
+            ci = group.get(f"{key}_ci")
+            return f"{cell(group[f'{key}_share'])}" + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
+
+        for name, group in planted["groups"].items():
+            lines.append(f"| {name} | {group['explained']} | {with_ci(group, 'support_top1_planted')} | "
+                         f"{cell(group['support_chance'])} | {with_ci(group, f'support_top{NEIGHBOURS}_planted')} | "
+                         f"{with_ci(group, 'support_top1_planted_culprit')} | {cell(group['top1_planted_share'])} |")
         pair = planted["groups"][PAIR]
         lines += ["", f"Control: the same draws with no label planted, trained and served the same way (test accuracy "
                   f"{planted['clean_accuracy']}), mispredict {planted['clean_pair_mispredictions']} test texts as a "
                   f"planted pair (true T as W) against {pair['texts']} with the planting; {pair['caused']} of the "
                   f"planted pairs explained are the planting's doing (the control answered them right), and their "
-                  f"top-1 nearest example is planted for {cell(pair['caused_top1_planted_share'])} of them.", ""]
+                  f"top-1 nearest example is planted for {cell(pair['caused_top1_planted_share'])} of them."]
+        if "caused_support_top1_planted_share" in pair:
+            ci, near_ci = pair["caused_support_top1_planted_ci"], pair["caused_top1_planted_ci"]
+            rest = planted.get("pairs_not_caused", {})
+            lines += ["", f"Support on the same {pair['caused']} (the planting's doing): top-1 planted "
+                      f"{cell(pair['caused_support_top1_planted_share'])}"
+                      + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
+                      + f", the culprit {cell(pair['caused_support_top1_planted_culprit_share'])} (nearest: "
+                      f"{cell(pair['caused_top1_planted_share'])}"
+                      + ("" if near_ci is None else f" [{near_ci[0]:.3f}, {near_ci[1]:.3f}]") + "). "
+                      f"On the {rest.get('explained', 0)} planted pairs the control mispredicts too: support top-1 "
+                      f"planted for {rest.get('support_top1_planted', 0)}, nearest for "
+                      f"{rest.get('nearest_top1_planted', 0)}."]
+        lines.append("")
     problems = report.get("route_problems") or {}
     lines += ["## The route's answers", "",
               "Every explanation was checked against the contract (text, label = the prediction's, score, spans = "
-              "spans_of(text, granularity) in order, granularity and its fallback, nearest best first and ≤ top_k): "
+              "spans_of(text, granularity) in order, granularity and its fallback, nearest best first and ≤ top_k; "
+              "support only with neighbours, every example of the explained label, best first, ≤ top_k, holding "
+              "nearest's examples of that label): "
               + ("no problem found." if not problems else f"{len(problems)} problem(s):"), ""]
     lines += [f"- {kind}: {seen['count']} time(s); first: {seen['first']}" for kind, seen in problems.items()]
     return "\n".join(lines).rstrip() + "\n"
@@ -749,11 +875,17 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=80, help="test texts per seed and data set")
     parser.add_argument("--audit-seeds", type=int, default=10)
     parser.add_argument("--cost-requests", type=int, default=30)
-    parser.add_argument("--phases", default="faithfulness,cost,planted")
+    parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated, of: " + ", ".join(PHASES))
+    parser.add_argument("--only", choices=PHASES, help="run this section alone (overrides --phases); e.g. "
+                        "`--only planted`: section 3 without re-running faithfulness and cost")
+    parser.add_argument("--note", default="", help="a sentence for the results' header (e.g. where the sections "
+                        "not run here are)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep-state", action="store_true", help="keep the temporary state directory")
     args = parser.parse_args()
-    phases = set(args.phases.split(","))
+    phases = {args.only} if args.only else set(args.phases.split(","))
+    if unknown := phases - set(PHASES):
+        parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
     import captum
 
     when = datetime.now(UTC).replace(microsecond=0)
@@ -765,7 +897,9 @@ def main() -> None:
     report: dict[str, Any] = {"when": when.isoformat(), "machine": server_machine(),
                               "setup": {"seeds": list(range(args.seeds)), "texts": args.texts, "shots": SHOTS,
                                         "ks": list(KS), "ig_steps": IG_STEPS, "random_draws": RANDOM_DRAWS,
-                                        "captum": captum.__version__, "audit_seeds": list(range(args.audit_seeds))},
+                                        "captum": captum.__version__, "audit_seeds": list(range(args.audit_seeds)),
+                                        "phases": [phase for phase in PHASES if phase in phases]},
+                              **({"note": args.note} if args.note else {}),
                               "backends": [], "faithfulness": {}, "runs": [], "goals": {}}
     served: Served | None = None
     try:
