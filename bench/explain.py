@@ -115,7 +115,9 @@ FLIPPED_SHARE = 0.05
 NEIGHBOURS = 3
 PHASES = ("faithfulness", "cost", "planted")
 """The sections, in order (--phases, --only)."""
-METHODS = ("ours", "integrated gradients", "occlusion (torch fp32)", "random")
+METHODS = ("ours", "ours, first round alone", "integrated gradients", "occlusion (torch fp32)", "random")
+"""ours: the spans by `rank` (two rounds of occlusion); its first round alone: by `weight` (each span left out
+alone), what the route gave before its second round; occlusion (torch fp32): that first round in-process."""
 PAIR = "planted pair: true T predicted W, and a T text was planted as W"
 INTO_PLANTED = "other misprediction into a label given to a planted example"
 OTHER_WRONG = "misprediction into a label with no planted example"
@@ -393,6 +395,11 @@ class Served:
             expected = spans_of(text, granularity) if granularity in ("word", "sentence") else []
             if [(s["start"], s["end"]) for s in spans] != [(s.start, s.end) for s in expected]:
                 self.problem("spans differ from spans_of(text, granularity)", f"{granularity}: {text!r}")
+            if sorted(s.get("rank", 0) for s in spans) != list(range(1, len(spans) + 1)):
+                self.problem("span ranks are not 1..N", f"{text!r}")
+            if spans and spans[0].get("rank") is not None and max(s["weight"] for s in spans) != next(
+                    s["weight"] for s in spans if s["rank"] == 1):
+                self.problem("rank 1 is not the heaviest span", f"{text!r}")
             if any(s["text"] != text[s["start"]:s["end"]] for s in spans):
                 self.problem("a span's `text` is not text[start:end]")
             words = len(spans_of(text, "word"))
@@ -474,6 +481,7 @@ def faithfulness(served: Served, version: dict[str, Any], reference: TorchRefere
         if explanation.get("granularity") != "word" or len(explanation.get("spans") or []) != len(spans):
             continue  # counted as a route problem already; never ranked on spans other than these
         ours = [float(span["weight"]) for span in explanation["spans"]]
+        by_rank = sorted(range(len(spans)), key=lambda i: explanation["spans"][i]["rank"])
         started = time.perf_counter()
         ig, delta = reference.integrated_gradients(text, label, spans)
         ig_seconds += time.perf_counter() - started
@@ -482,7 +490,8 @@ def faithfulness(served: Served, version: dict[str, Any], reference: TorchRefere
         occluded = reference.probabilities([without(text, [span]) for span in spans])[:, column]
         fp32 = [whole - float(p) for p in occluded]
         removed: dict[str, dict[int, list[list[int]]]] = {
-            "ours": {k: [top_k(ours, k)] for k in KS},
+            "ours": {k: [sorted(by_rank[:k])] for k in KS},
+            "ours, first round alone": {k: [top_k(ours, k)] for k in KS},
             "integrated gradients": {k: [top_k(ig, k)] for k in KS},
             "occlusion (torch fp32)": {k: [top_k(fp32, k)] for k in KS},
             "random": {k: [sorted(rng.sample(range(len(spans)), k)) for _ in range(RANDOM_DRAWS)] for k in KS}}
