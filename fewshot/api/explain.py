@@ -2,9 +2,10 @@
 (occlusion), and the training examples nearest the text: of any label, and of the explained one
 (neighbours; its `support`: where a wrong label that taught the answer shows itself).
 
-Everything is asked of the inference service like any other prediction: the whole texts, every
-occlusion variant and the texts' embeddings go out together, so the coalescer merges them into the
-same calls as concurrent /v1/predict traffic, through the version's served backend. The maths is
+Everything is asked of the inference service like any other prediction: the whole texts, the first
+round's occlusion variants and the texts' embeddings go out together, so the coalescer merges them
+into the same calls as concurrent /v1/predict traffic, through the version's served backend; then
+the second round's variants, which need the first round's heaviest span. The maths is
 fewshot/learning/explanations.py; the schemas fewshot/api/explain_schemas.py.
 """
 
@@ -78,7 +79,7 @@ _kept: OrderedDict[str, TrainingPoints] = OrderedDict()
 
 @dataclass(frozen=True)
 class Plan:
-    """What occlusion asks of one text: its spans and the variants without each."""
+    """What occlusion's first round asks of one text: its spans and the variants without each."""
 
     granularity: Granularity | None = None
     spans: tuple[Span, ...] = ()
