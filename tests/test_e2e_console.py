@@ -491,6 +491,7 @@ def test_try_it_explains_an_answer_and_links_its_nearest_examples(page: Recorded
     top = max(shown, key=lambda span: span[1])
     assert top[0] == "bitcoin" == max(expected["spans"], key=lambda span: span["weight"])["text"], shown
     assert top[2].startswith("bitcoin: +") and "probability of crypto falls by" in top[2], top
+    assert top[2].endswith(f"rank 1 of {len(expected['spans'])})"), top  # the API's rank, first for the top word
     assert top[3] == "rgba(242, 169, 0, 0.85)", shown  # the darkest: set through the CSSOM, under the CSP
     expect(box.locator(".weights")).to_contain_text("carried it: bitcoin +")
     # The nearest training examples, with a link to each one the set still holds.

@@ -1462,9 +1462,11 @@ function weightedText(explanation, unit) {
     const share = Math.min(1, Math.abs(span.weight) / strongest);
     const direction = span.weight > 0 ? "up" : span.weight < 0 ? "down" : "";
     const node = el("span", {
-      class: `span ${direction}`.trim(), "data-weight": span.weight, "data-start": span.start, "data-end": span.end,
+      class: `span ${direction}`.trim(), "data-weight": span.weight, "data-rank": span.rank,
+      "data-start": span.start, "data-end": span.end,
       title: `${span.text}: ${signed(span.weight)} (the probability of ${explanation.label} `
-        + `${span.weight < 0 ? "rises" : "falls"} by ${Math.abs(span.weight).toFixed(3)} without it)`,
+        + `${span.weight < 0 ? "rises" : "falls"} by ${Math.abs(span.weight).toFixed(3)} without it; `
+        + `rank ${span.rank} of ${spans.length})`,
     }, characters.slice(span.start, span.end).join(""));
     // Colours set through the CSSOM: the page's Content-Security-Policy refuses style attributes.
     if (span.weight > 0) node.style.backgroundColor = `rgba(242, 169, 0, ${(0.85 * share).toFixed(3)})`;
@@ -1475,7 +1477,8 @@ function weightedText(explanation, unit) {
   if (at < characters.length) parts.push(characters.slice(at).join(""));
   const listed = (chosen) => chosen.slice(0, 3).flatMap((span, index) => [index ? ", " : "", el("b", {}, span.text),
     ` ${signed(span.weight)}`]);
-  const carried = spans.filter((span) => span.weight >= 0.001).sort((a, b) => b.weight - a.weight);
+  // in the API's rank order: its second round finds words that carry the answer together
+  const carried = spans.filter((span) => span.weight >= 0.001).sort((a, b) => a.rank - b.rank);
   const pulled = spans.filter((span) => span.weight <= -0.001).sort((a, b) => a.weight - b.weight);
   return [
     el("p", { class: "weighted-text" }, parts),
