@@ -96,7 +96,9 @@ HEADS: dict[str, Head] = {"least squares": least_squares_probabilities, "logisti
 """The audit's own head, and the baseline."""
 
 
-def label_audit(train: dict[str, list[str]], encode, seed: int, head: str) -> dict:
+def flipped_labels(train: dict[str, list[str]], seed: int) -> tuple[list[str], list[str], list[str], set[int]]:
+    """The label audit's draw: AUDIT_SHOTS texts per label, FLIPPED_SHARE of them given a random other label.
+    (texts, their true labels, the labels given, the rows flipped); bench/explain.py plants the same."""
     rng = random.Random(seed)
     labels = sorted(train)
     texts, given = [], []
@@ -107,6 +109,11 @@ def label_audit(train: dict[str, list[str]], encode, seed: int, head: str) -> di
     flipped = set(rng.sample(range(len(texts)), round(FLIPPED_SHARE * len(texts))))
     noisy = [rng.choice([other for other in labels if other != label]) if row in flipped else label
              for row, label in enumerate(given)]
+    return texts, given, noisy, flipped
+
+
+def label_audit(train: dict[str, list[str]], encode, seed: int, head: str) -> dict:
+    texts, given, noisy, flipped = flipped_labels(train, seed)
     vectors = encode(texts)
     started = time.perf_counter()
     found = audit(vectors, noisy, HEADS[head])

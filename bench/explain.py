@@ -84,6 +84,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.active_learning import AUDIT_SHOTS, FLIPPED_SHARE, flipped_labels
 from bench.report_files import server_machine, write_report
 from bench.retraining import read_csv
 from fewshot.learning.explanations import Span, spans_of, without
@@ -110,8 +111,6 @@ COST_WARMUP = 5
 COST_GOAL_FACTOR = 10.0
 RANDOM_FACTOR = 2.0
 """Ours is 'far steeper than random' when its mean fall is at least this many times random's."""
-FLIPPED_SHARE = 0.05
-"""As bench/active_learning.py's label audit."""
 NEIGHBOURS = 3
 PHASES = ("faithfulness", "cost", "planted")
 """The sections, in order (--phases, --only)."""
@@ -155,17 +154,8 @@ def test_texts(test: dict[str, list[str]], seed: int, count: int) -> list[str]:
 
 def planted_examples(train: dict[str, list[str]], seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """bench/active_learning.py's label audit draw: (the noisy training set, the planted examples with their
-    `true` label), FLIPPED_SHARE of SHOTS per label given a random other label."""
-    rng = random.Random(seed)
-    labels = sorted(train)
-    texts, given = [], []
-    for label in labels:
-        for text in rng.sample(train[label], SHOTS):
-            texts.append(text)
-            given.append(label)
-    flipped = set(rng.sample(range(len(texts)), round(FLIPPED_SHARE * len(texts))))
-    noisy = [rng.choice([other for other in labels if other != label]) if row in flipped else label
-             for row, label in enumerate(given)]
+    `true` label), FLIPPED_SHARE of AUDIT_SHOTS per label given a random other label."""
+    texts, given, noisy, flipped = flipped_labels(train, seed)
     examples = [{"text": text, "label": label} for text, label in zip(texts, noisy, strict=True)]
     planted = [{"text": texts[row], "label": noisy[row], "true": given[row]} for row in sorted(flipped)]
     return examples, planted
@@ -810,7 +800,7 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("planted"):
         planted = report["planted"]
         lines += ["## 3. Nearest examples on planted wrong labels", "",
-                  f"banking77, {SHOTS} per label, {FLIPPED_SHARE:.0%} given a random other label (bench/"
+                  f"banking77, {AUDIT_SHOTS} per label, {FLIPPED_SHARE:.0%} given a random other label (bench/"
                   f"active_learning.py's draw), {planted['seeds']} seeds; test accuracy {planted['accuracy']}. "
                   f"Chance that a training example is planted: {planted['chance']:.4f}; *topic chance*: the share "
                   "of planted examples among the training texts of the test text's true label (where the nearest "
