@@ -12,8 +12,9 @@ from fewshot.api.explain import plan_occlusion
 from fewshot.api.explain_schemas import MAX_EXPLAIN_CHARS, ExplainRequest
 from fewshot.learning.explanations import (
     Span,
+    cosine_similarities,
     heaviest,
-    nearest,
+    most_similar,
     occlusion_variants,
     occlusion_weights,
     ranks,
@@ -54,6 +55,10 @@ def test_a_variant_per_span_and_its_weight_is_the_fall() -> None:
                                                              "where is my"]
     assert without("card", [Span(0, 4)]) == ""
     assert occlusion_weights(0.9, [0.2, 0.95]) == pytest.approx([0.7, -0.05])
+
+
+def nearest(query: np.ndarray, points: np.ndarray, k: int) -> list[tuple[int, float]]:
+    return most_similar(cosine_similarities(query, points), k)
 
 
 def test_nearest_rows_by_cosine_best_first() -> None:

@@ -38,15 +38,15 @@ from fewshot.api.inference_schemas import PredictRequest
 from fewshot.learning.explanations import (
     Granularity,
     Span,
+    cosine_similarities,
     heaviest,
-    nearest,
+    most_similar,
     occlusion_variants,
     occlusion_weights,
     ranks,
     second_round_variants,
     spans_within,
 )
-from fewshot.learning.selection import normalized
 from fewshot.serving.items import ItemPrediction, TextItem
 from fewshot.serving.scope import ScopeIndex
 from fewshot.settings import get_settings
@@ -59,7 +59,7 @@ Target = str | tuple[str, ...] | None
 
 @dataclass(frozen=True)
 class TrainingPoints:
-    """A version's training examples and their unit-length embeddings by its body, row by row."""
+    """A version's training examples and their embeddings by its body, row by row."""
 
     texts: list[str]
     targets: list[Target]
@@ -140,12 +140,13 @@ async def explain(body: ExplainRequest, client: InferenceDep, sets: ExampleStore
                                             rank=rank)
                                  for span, weight, rank in zip(plan.spans, weights[index], rounds[index], strict=True)]
         if body.neighbors:
-            query = np.frombuffer(embedded[index].vector, dtype=np.float32)
+            # one product for both lists
+            similarities = cosine_similarities(np.frombuffer(embedded[index].vector, dtype=np.float32), points.vectors)
             explanation.nearest = [near_example(points, row, similarity, ids)
-                                   for row, similarity in nearest(query, points.vectors, body.top_k)]
+                                   for row, similarity in most_similar(similarities, body.top_k)]
             rows = points.rows_with(label)
             explanation.support = [near_example(points, int(rows[row]), similarity, ids)
-                                   for row, similarity in nearest(query, points.vectors[rows], body.top_k)]
+                                   for row, similarity in most_similar(similarities[rows], body.top_k)]
         explanations.append(explanation)
     return ExplainResponse(explanations=explanations, model_version=version.tag)
 
@@ -237,7 +238,7 @@ async def training_points(client: InferenceClient, version: StoredModel) -> Trai
             return NO_POINTS
         if vectors is None:
             return None
-    points = TrainingPoints(texts, targets, normalized(vectors))
+    points = TrainingPoints(texts, targets, np.asarray(vectors, dtype=np.float32))
     _kept[version.tag] = points
     while len(_kept) > KEPT_VERSIONS:
         _kept.popitem(last=False)

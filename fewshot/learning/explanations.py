@@ -118,11 +118,17 @@ def ranks(weights: Sequence[float], top: int | None = None, together: Sequence[f
     return rank
 
 
-def nearest(query: np.ndarray, points: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """The rows of `points` most cosine-similar to `query` (one vector), best first, with their similarity."""
-    if not len(points) or k <= 0:
+def cosine_similarities(query: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Each row of `points`' cosine similarity to `query` (one vector)."""
+    if not len(points):
+        return np.empty(0, dtype=np.float32)
+    return normalized(points) @ normalized(query.reshape(1, -1))[0]
+
+
+def most_similar(similarities: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k positions of the highest similarities, best first, with their similarity (k above them: all)."""
+    if not len(similarities) or k <= 0:
         return []
-    similarities = normalized(points) @ normalized(query.reshape(1, -1))[0]
     k = min(k, len(similarities))
     best = np.argpartition(-similarities, k - 1)[:k]
     best = best[np.argsort(-similarities[best], kind="stable")]
